@@ -1,0 +1,180 @@
+"""The `dqnlab` command: presets, train, ab.
+
+Bad input (unknown preset, key, env id, malformed value, existing run directory) gets one line naming the
+problem and exit status 2, never a traceback. TensorFlow is imported only once the input is known good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from dqnlab.config import ConfigError, load_preset, preset_description, preset_names
+from dqnlab.rundir import RunDirExists
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage dump
+        self.exit(EXIT_BAD_INPUT, f"dqnlab: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=_positive_int, help="environment steps per run (default: the preset's)")
+    p.add_argument("--logdir", default="runs", help="root of the run directories (default: runs)")
+    p.add_argument("--name", help="experiment name (default: a timestamp)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a preset value, type-checked (repeatable), e.g. --set train.gamma=0.98",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "gpu"],
+        help="where TensorFlow runs the learner (default: auto)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dqnlab", description="A DQN debugging testbed: A/B the backward pass of DQN.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("presets", help="list the agent presets with their one-line description")
+
+    t = sub.add_parser("train", help="train one preset on one env and seed")
+    t.add_argument("preset", help="a name in agents/ or a path to a .toml preset")
+    t.add_argument("--env", help="gymnasium id (default: the preset's env)")
+    t.add_argument("--seed", type=_nonneg_int, default=0)
+    _common(t)
+
+    a = sub.add_parser("ab", help="train presets x envs x seeds in parallel and compare them")
+    a.add_argument("presets", nargs="+", metavar="PRESET", help="two or more presets (the arms)")
+    a.add_argument(
+        "--env", dest="envs", action="append", help="gymnasium id (repeatable; default: presets' env)"
+    )
+    a.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 for every arm (default: 3)")
+    a.add_argument("--workers", type=_positive_int, help="parallel processes (default: CPU count)")
+    a.add_argument(
+        "--backend", default="local", choices=["local"], help="where runs execute (default: local)"
+    )
+    _common(a)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"presets": _presets, "train": _train, "ab": _ab}[args.command](args)
+    except (ConfigError, RunDirExists) as exc:
+        print(f"dqnlab: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("dqnlab: interrupted; run.json of each unfinished run says 'interrupted'", file=sys.stderr)
+        return 130
+
+
+def _presets(args) -> int:
+    names = preset_names()
+    width = max(map(len, names), default=0)
+    for name in names:
+        print(f"{name.ljust(width)}  {preset_description(name)}")
+    return 0
+
+
+def _train(args) -> int:
+    from dqnlab.runner import validate_env
+
+    cfg = load_preset(args.preset, args.overrides)
+    env_id = args.env or cfg.env
+    validate_env(env_id)
+    from tqdm import tqdm
+
+    from dqnlab.trainer import train  # imports TensorFlow: only after the input is known good
+
+    steps = args.steps or cfg.train.steps
+    with tqdm(total=steps, unit="step", disable=args.quiet, dynamic_ncols=True, desc=cfg.name) as bar:
+
+        def progress(step: int, episode_return: float | None) -> None:
+            bar.update(step - bar.n)
+            if episode_return is not None:
+                bar.set_postfix_str(f"return {episode_return:.1f}", refresh=False)
+
+        res = train(
+            cfg,
+            env=env_id,
+            seed=args.seed,
+            steps=steps,
+            logdir=args.logdir,
+            name=args.name,
+            device=args.device,
+            progress=progress,
+        )
+    eval_return = res.final.get("eval_return")
+    shown = "-" if eval_return is None else f"{eval_return:.1f}"
+    print(f"{res.status}: {res.run_dir}  final eval return {shown}", end="")
+    print(f"  ({res.env_steps} env steps, {res.wall_time_s:.0f} s)")
+    if res.error:
+        print(f"  {res.error}")
+    print(f"TensorBoard: tensorboard --logdir {res.run_dir} --host 127.0.0.1")
+    return 0 if res.status == "done" else 1
+
+
+def _ab(args) -> int:
+    if len(args.presets) < 2:
+        raise ConfigError("ab compares two or more presets; use `dqnlab train` for one")
+    from dqnlab.rundir import default_experiment_name
+    from dqnlab.runner import plan_experiment, run_experiment
+    from dqnlab.table import format_table, summarize
+
+    name = args.name or default_experiment_name()
+    specs, _ = plan_experiment(
+        args.presets,
+        args.envs,
+        list(range(args.seeds)),
+        args.steps,
+        args.logdir,
+        name,
+        args.overrides,
+        args.device,
+    )
+    outcomes = run_experiment(specs, workers=args.workers, quiet=args.quiet)
+    exp_dir = Path(args.logdir) / name
+    print(format_table(summarize(exp_dir)))
+    for o in outcomes:
+        if o.status != "done":
+            print(f"{o.status}: {o.run_dir}: {o.error}")
+    print(f"\nRuns in {exp_dir}{os.sep}")
+    print(f"TensorBoard: tensorboard --logdir {exp_dir} --host 127.0.0.1")
+    return 0 if all(o.status == "done" for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Agent presets: TOML files in `agents/` parsed into a frozen, validated `Config`.
+
+A preset is complete: every section and every key below must be present (no inheritance, no hidden
+defaults), and an unknown key is an error. Each field carries a one-line `doc` (rendered into
+docs/presets.md) and, where it applies, the valid `choices` or a lower bound `min`.
+
+This module is pure Python (no TensorFlow) so the CLI can reject bad input before paying for an import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+AGENTS_DIR = Path(__file__).resolve().parent.parent / "agents"
+
+LOSS_KINDS = ("squared", "clipped_delta_squared", "clipped_gradient_squared", "huber")
+NETWORK_KINDS = ("mlp",)
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
+KERNEL_INITS = ("he_uniform", "he_normal", "glorot_uniform", "glorot_normal", "lecun_normal")
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+
+
+class ConfigError(ValueError):
+    """Bad preset, override or argument. Its message is one line, fit to show a user as is."""
+
+
+def _f(doc: str, **meta: Any):
+    return field(metadata={"doc": doc, **meta})
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The TD loss: the one thing the headline A/B varies."""
+
+    kind: str = _f("TD loss on delta = target - Q(s,a); see dqnlab/losses.py", choices=LOSS_KINDS)
+    bound: float = _f("clip bound for the clipped losses, kappa for Huber (ignored by squared)", min=0.0)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The Q-network: layers are named hidden_0, hidden_1, ..., q_head."""
+
+    kind: str = _f("network family", choices=NETWORK_KINDS)
+    activation: str = _f("hidden-layer nonlinearity", choices=ACTIVATIONS)
+    hidden: tuple[int, ...] = _f("hidden layer widths, input side first", min=1)
+    kernel_init: str = _f("Keras initializer of every kernel", choices=KERNEL_INITS)
+    init_scale: float = _f("multiplies every initial kernel (large values saturate sigmoids)", min=0.0)
+    bias_init: float = _f("initial value of every hidden bias (very negative values kill ReLUs)")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    kind: str = _f("optimizer", choices=OPTIMIZERS)
+    learning_rate: float = _f("step size", min=0.0)
+    epsilon: float = _f("Adam/RMSProp denominator epsilon (ignored by SGD)", min=0.0)
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    capacity: int = _f("transitions kept in the uniform replay ring buffer", min=1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Step counts are environment steps unless the name says updates."""
+
+    steps: int = _f("environment steps of training", min=1)
+    learning_starts: int = _f("environment steps of pure acting before the first update", min=0)
+    train_every: int = _f("environment steps between bursts of updates", min=1)
+    gradient_steps: int = _f("updates per burst, fused into one compiled call", min=1)
+    batch_size: int = _f("transitions per update", min=1)
+    gamma: float = _f("discount factor", min=0.0)
+    target_update_every: int = _f("environment steps between target-network updates", min=1)
+    target_tau: float = _f("target update weight: 1.0 copies (hard), < 1 is Polyak averaging", min=0.0)
+    double_dqn: bool = _f("pick the bootstrap action with the online network (van Hasselt et al. 2016)")
+    epsilon_start: float = _f("exploration epsilon at step 0", min=0.0)
+    epsilon_end: float = _f("exploration epsilon after the decay", min=0.0)
+    epsilon_decay_steps: int = _f("environment steps of the linear epsilon decay", min=1)
+    grad_clip_norm: float = _f("global-norm gradient clipping threshold; 0 turns it off", min=0.0)
+    eval_every: int = _f("environment steps between greedy evaluations; 0 evaluates only at the end", min=0)
+    eval_episodes: int = _f("episodes per greedy evaluation", min=1)
+
+
+@dataclass(frozen=True)
+class DiagnosticsConfig:
+    enabled: bool = _f("compute and log the gradient diagnostics")
+    every: int = _f(
+        "updates between logged diagnostic updates (the last update of a burst is measured)", min=1
+    )
+    near_zero_tol: float = _f("|g| below this counts in grad_near_zero_frac", min=0.0)
+
+
+SECTIONS: dict[str, type] = {
+    "loss": LossConfig,
+    "network": NetworkConfig,
+    "optimizer": OptimizerConfig,
+    "replay": ReplayConfig,
+    "train": TrainConfig,
+    "diagnostics": DiagnosticsConfig,
+}
+TOP_LEVEL = {"description": "one line: what this preset shows", "env": "default gymnasium id"}
+
+
+@dataclass(frozen=True)
+class Config:
+    """A complete, validated agent configuration (a parsed preset plus overrides)."""
+
+    name: str
+    description: str
+    env: str
+    loss: LossConfig
+    network: NetworkConfig
+    optimizer: OptimizerConfig
+    replay: ReplayConfig
+    train: TrainConfig
+    diagnostics: DiagnosticsConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready dict (tuples become lists)."""
+        return dataclasses.asdict(
+            self, dict_factory=lambda kv: {k: list(v) if isinstance(v, tuple) else v for k, v in kv}
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parsing and validation
+
+
+def _check_value(where: str, f: dataclasses.Field, value: Any) -> Any:
+    """Type-check one value against its field; return it normalized (ints accepted as floats)."""
+    typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    meta = f.metadata
+    if typ == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    elif typ == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    elif typ == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        value = float(value)
+    elif typ == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+    elif typ == "tuple[int, ...]":
+        if (
+            not isinstance(value, (list, tuple))
+            or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            raise ConfigError(f"{where}: expected a non-empty list of integers, got {value!r}")
+        value = tuple(value)
+    else:  # pragma: no cover - a new field type must be taught here
+        raise TypeError(f"unsupported config field type {typ}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    low = meta.get("min")
+    if low is not None:
+        values = value if isinstance(value, tuple) else (value,)
+        if any(v < low for v in values):
+            raise ConfigError(f"{where}: must be >= {low}, got {value!r}")
+    return value
+
+
+def _unknown(where: str, key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(known)}")
+
+
+def _build_section(source: str, section: str, table: Any) -> Any:
+    cls = SECTIONS[section]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{section}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields:
+            raise _unknown(f"{source} [{section}]", key, list(fields))
+    missing = [k for k in fields if k not in table]
+    if missing:
+        raise ConfigError(f"{source} [{section}]: missing key(s) {', '.join(missing)} (presets are complete)")
+    values = {k: _check_value(f"{source} {section}.{k}", fields[k], table[k]) for k in fields}
+    return cls(**values)
+
+
+def _cross_check(cfg: Config, source: str) -> None:
+    t = cfg.train
+    if t.gamma > 1.0:
+        raise ConfigError(f"{source} train.gamma: must be <= 1, got {t.gamma}")
+    if t.target_tau > 1.0:
+        raise ConfigError(f"{source} train.target_tau: must be <= 1, got {t.target_tau}")
+    for key in ("epsilon_start", "epsilon_end"):
+        if getattr(t, key) > 1.0:
+            raise ConfigError(f"{source} train.{key}: must be <= 1, got {getattr(t, key)}")
+    if t.batch_size > cfg.replay.capacity:
+        raise ConfigError(
+            f"{source}: train.batch_size {t.batch_size} exceeds replay.capacity {cfg.replay.capacity}"
+        )
+
+
+def config_from_dict(data: dict[str, Any], name: str, source: str = "<dict>") -> Config:
+    """Validate a parsed preset table and build the frozen Config."""
+    known = list(TOP_LEVEL) + list(SECTIONS)
+    for key in data:
+        if key not in known:
+            raise _unknown(source, key, known)
+    for key in known:
+        if key not in data:
+            raise ConfigError(f"{source}: missing {'key' if key in TOP_LEVEL else 'section'} {key!r}")
+    for key in TOP_LEVEL:
+        if not isinstance(data[key], str) or not data[key]:
+            raise ConfigError(f"{source}: {key!r} must be a non-empty string")
+    sections = {s: _build_section(source, s, data[s]) for s in SECTIONS}
+    cfg = Config(name=name, description=data["description"], env=data["env"], **sections)
+    _cross_check(cfg, source)
+    return cfg
+
+
+def resolve_preset_path(name_or_path: str | Path) -> Path:
+    """A bare name resolves to agents/<name>.toml; anything with a suffix or a slash is a path."""
+    text = str(name_or_path)
+    if text.endswith(".toml") or "/" in text or "\\" in text:
+        path = Path(text)
+        if not path.is_file():
+            raise ConfigError(f"preset file not found: {text}")
+        return path
+    path = AGENTS_DIR / f"{text}.toml"
+    if not path.is_file():
+        names = preset_names()
+        close = difflib.get_close_matches(text, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown preset {text!r}{hint}; run `dqnlab presets` to list them")
+    return path
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in AGENTS_DIR.glob("*.toml"))
+
+
+def load_preset(name_or_path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> Config:
+    """Load and validate a preset by name (agents/<name>.toml) or path, then apply overrides.
+
+    `overrides` is a dict {"section.key": value} or a list of "section.key=value" strings (TOML values).
+    """
+    path = resolve_preset_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    cfg = config_from_dict(data, name=path.stem, source=str(path))
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.gamma=0.9' -> ('train.gamma', 0.9). The value is read as TOML; bare words are strings."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key or not raw:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word such as huber or CartPole-v1
+    return key, value
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Config:
+    """Return a new Config with overrides applied and type-checked like preset values."""
+    items = [parse_override(o) for o in overrides] if isinstance(overrides, list) else list(overrides.items())
+    data = cfg.to_dict()
+    name = data.pop("name")
+    for key, value in items:
+        section, _, sub = key.partition(".")
+        if not sub:
+            if section not in TOP_LEVEL:
+                raise _unknown("--set", key, list(TOP_LEVEL) + [f"{s}.<key>" for s in SECTIONS])
+            data[section] = value
+            continue
+        if section not in SECTIONS:
+            raise _unknown("--set", section, list(SECTIONS))
+        if sub not in data[section]:
+            raise _unknown(f"--set [{section}]", sub, list(data[section]))
+        data[section][sub] = value
+    return config_from_dict(data, name=name, source="--set")
+
+
+def preset_description(name: str) -> str:
+    """The preset's one-line description, without validating the rest (for listings)."""
+    try:
+        return str(tomllib.loads((AGENTS_DIR / f"{name}.toml").read_text()).get("description", ""))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return f"(unreadable: {exc})"

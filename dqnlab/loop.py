@@ -1,0 +1,128 @@
+"""The acting/learning loop: a generator of events that knows nothing about logging.
+
+One environment, epsilon-greedy through the numpy twin of the online network, a uniform replay, and a
+burst of `gradient_steps` updates every `train_every` environment steps once `learning_starts` have passed.
+Transitions store `terminated` (not `truncated`) as the terminal flag: a time limit is not a terminal
+state, so its next state is still bootstrapped. The caller (dqnlab.trainer) turns events into summaries,
+progress and run.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from dqnlab.config import TrainConfig
+from dqnlab.learner import Learner
+from dqnlab.networks import NumpyMLP
+from dqnlab.replay import ReplayBuffer
+
+
+@dataclass(frozen=True)
+class EpisodeEnd:
+    step: int  # env step at which the episode ended
+    episode_return: float
+    length: int
+    epsilon: float
+
+
+@dataclass(frozen=True)
+class Updated:
+    """A burst of updates ran; `metrics` holds tensors only when the burst was a measured one."""
+
+    step: int
+    updates: int  # updates done so far, this burst included
+    metrics: dict  # tag -> tf.Tensor; empty unless diagnostics were measured
+    finite: bool
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    step: int
+    returns: tuple[float, ...]  # one per greedy episode
+
+    @property
+    def mean_return(self) -> float:
+        return float(np.mean(self.returns))
+
+
+Event = EpisodeEnd | Updated | Evaluated
+
+
+def epsilon_at(step: int, cfg: TrainConfig) -> float:
+    """Linear decay from epsilon_start to epsilon_end over epsilon_decay_steps env steps."""
+    frac = min(step / cfg.epsilon_decay_steps, 1.0)
+    return cfg.epsilon_start + frac * (cfg.epsilon_end - cfg.epsilon_start)
+
+
+def greedy_episodes(env: gym.Env, q: NumpyMLP, episodes: int, seed: int) -> tuple[float, ...]:
+    """Returns of `episodes` greedy episodes (seeded from `seed`, one seed per episode)."""
+    returns = []
+    for k in range(episodes):
+        obs, _ = env.reset(seed=seed + k)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(int(np.argmax(q(obs))))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return tuple(returns)
+
+
+def run_loop(
+    env: gym.Env,
+    eval_env: gym.Env,
+    learner: Learner,
+    replay: ReplayBuffer,
+    cfg: TrainConfig,
+    *,
+    steps: int,
+    seed: int,
+    diagnostics_every: int | None,
+) -> Iterator[Event]:
+    """Train for `steps` env steps, yielding events. `diagnostics_every=None` never measures."""
+    rng = np.random.default_rng(seed)
+    num_actions = int(env.action_space.n)
+    policy = NumpyMLP(learner.cfg.network.activation)
+    policy.set_weights(learner.online_weights())
+    updates = 0
+    updates_at_target_sync = 0  # a hard sync with no update since the last one would copy the same weights
+    obs, _ = env.reset(seed=seed)
+    episode_return, episode_length = 0.0, 0
+    for step in range(1, steps + 1):
+        epsilon = epsilon_at(step, cfg)
+        action = int(rng.integers(num_actions)) if rng.random() < epsilon else int(np.argmax(policy(obs)))
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        replay.add(obs, action, reward, next_obs, terminated)
+        episode_return += float(reward)
+        episode_length += 1
+        if terminated or truncated:
+            yield EpisodeEnd(step, episode_return, episode_length, epsilon)
+            obs, _ = env.reset()
+            episode_return, episode_length = 0.0, 0
+        else:
+            obs = next_obs
+
+        if step >= cfg.learning_starts and step % cfg.train_every == 0:
+            k = cfg.gradient_steps
+            measure = (
+                diagnostics_every is not None
+                and (updates + k) // diagnostics_every > updates // diagnostics_every
+            )
+            out = learner.update(replay.sample_many(k, cfg.batch_size), measure)
+            updates += k
+            policy.set_weights(learner.online_weights())
+            finite = bool(out.pop("finite"))
+            yield Updated(step, updates, out if measure else {}, finite)
+            if not finite:
+                return
+        if step % cfg.target_update_every == 0 and (updates > updates_at_target_sync or cfg.target_tau < 1.0):
+            learner.update_target()
+            updates_at_target_sync = updates
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == steps:
+            yield Evaluated(
+                step, greedy_episodes(eval_env, policy, cfg.eval_episodes, seed=seed + 10_000 + step)
+            )

@@ -1,0 +1,232 @@
+"""Run many training runs (presets x envs x seeds) in parallel local processes.
+
+Each worker is a `spawn`ed process that imports TensorFlow itself and uses one intra-op and one inter-op
+thread (and one BLAS thread), so N workers use N cores without oversubscription. A run that fails is
+recorded in its run.json and the other runs go on. Workers report progress through a queue; the parent
+draws one progress bar over all runs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_module
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dqnlab.config import Config, ConfigError, load_preset
+from dqnlab.envs import make_env
+from dqnlab.rundir import EXPERIMENT_JSON, RunDirExists, package_versions, run_dir_for, write_json_atomic
+
+_SINGLE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of an experiment: a preset (name or path) with overrides, on one env, one seed."""
+
+    preset: str
+    overrides: tuple[str, ...]
+    env: str
+    seed: int
+    steps: int
+    logdir: str
+    experiment: str
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    spec: RunSpec
+    run_dir: str
+    status: str
+    error: str | None
+    eval_return: float | None
+
+
+def plan_experiment(
+    presets: list[str],
+    envs: list[str] | None,
+    seeds: list[int],
+    steps: int | None,
+    logdir: str | Path,
+    experiment: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str = "auto",
+) -> tuple[list[RunSpec], dict[str, Config]]:
+    """Validate everything a user typed and return the runs, before any process or file is created."""
+    if not presets:
+        raise ConfigError("give at least one preset")
+    if len(set(presets)) != len(presets):
+        raise ConfigError(f"a preset is given twice: {' '.join(presets)}")
+    configs = {p: load_preset(p, list(overrides)) for p in presets}
+    names = [c.name for c in configs.values()]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two presets share the name {names}: their run directories would collide")
+    env_ids = envs or sorted({c.env for c in configs.values()})
+    for env_id in env_ids:
+        validate_env(env_id)
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {steps}")
+    specs = []
+    for env_id in env_ids:
+        for p in presets:
+            for seed in seeds:
+                cfg = configs[p]
+                n = steps if steps is not None else cfg.train.steps
+                specs.append(RunSpec(p, tuple(overrides), env_id, seed, n, str(logdir), experiment, device))
+                run_dir = run_dir_for(logdir, experiment, cfg.name, env_id, seed)
+                if run_dir.exists() and any(run_dir.iterdir()):
+                    raise RunDirExists(
+                        f"run directory {run_dir} already exists; choose another --name or delete it"
+                    )
+    return specs, configs
+
+
+def validate_env(env_id: str) -> None:
+    try:
+        make_env(env_id).close()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+@contextmanager
+def _single_threaded_children():
+    """Children inherit the environment at spawn: give them one thread each, restore ours after."""
+    saved = {k: os.environ.get(k) for k in _SINGLE_THREAD_ENV}
+    os.environ.update(_SINGLE_THREAD_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_progress_queue = None
+
+
+def _init_worker(progress_queue) -> None:
+    global _progress_queue
+    _progress_queue = progress_queue
+    from dqnlab._tf import tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _run_in_worker(index: int, spec: RunSpec) -> RunOutcome:
+    from dqnlab.trainer import train
+
+    last_sent = [0.0, 0]
+
+    def report(step: int, episode_return: float | None) -> None:
+        now = time.monotonic()
+        if _progress_queue is not None and (now - last_sent[0] > 0.5 or step >= spec.steps):
+            _progress_queue.put((index, step - last_sent[1], episode_return))
+            last_sent[:] = [now, step]
+
+    cfg = load_preset(spec.preset, list(spec.overrides))
+    run_dir = run_dir_for(spec.logdir, spec.experiment, cfg.name, spec.env, spec.seed)
+    try:
+        res = train(
+            cfg,
+            env=spec.env,
+            seed=spec.seed,
+            steps=spec.steps,
+            logdir=spec.logdir,
+            name=spec.experiment,
+            device=spec.device,
+            progress=report,
+        )
+        return RunOutcome(spec, str(res.run_dir), res.status, res.error, res.final.get("eval_return"))
+    except Exception as exc:  # recorded in run.json by train(); the other runs go on
+        return RunOutcome(spec, str(run_dir), "failed", f"{type(exc).__name__}: {exc}", None)
+
+
+def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool = False) -> list[RunOutcome]:
+    """Run every spec in `workers` spawned processes (default: the CPU count); outcomes in spec order."""
+    if not specs:
+        return []
+    workers = max(1, min(workers or os.cpu_count() or 1, len(specs)))
+    exp_dir = Path(specs[0].logdir) / specs[0].experiment
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(
+        exp_dir / EXPERIMENT_JSON,
+        {
+            "presets": sorted({s.preset for s in specs}, key=[s.preset for s in specs].index),
+            "envs": sorted({s.env for s in specs}),
+            "seeds": sorted({s.seed for s in specs}),
+            "steps": max(s.steps for s in specs),
+            "overrides": list(specs[0].overrides),
+            "backend": "local",
+            "workers": workers,
+            "runs": [asdict(s) for s in specs],
+            "versions": package_versions(),
+        },
+    )
+    ctx = mp.get_context("spawn")
+    progress_queue = ctx.Queue()
+    outcomes: dict[int, RunOutcome] = {}
+    bar = tqdm(
+        total=sum(s.steps for s in specs),
+        unit="step",
+        disable=quiet,
+        dynamic_ncols=True,
+        desc=f"{len(specs)} runs on {workers} workers",
+    )
+    with (
+        _single_threaded_children(),
+        ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue,)
+        ) as pool,
+    ):
+        futures = {pool.submit(_run_in_worker, i, s): i for i, s in enumerate(specs)}
+        pending = set(futures)
+        try:
+            while pending:
+                _drain(progress_queue, bar)
+                done = {f for f in pending if f.done()}
+                for f in as_completed(done):
+                    outcomes[futures[f]] = _outcome(f, specs[futures[f]])
+                    bar.set_postfix_str(f"{len(outcomes)}/{len(specs)} runs finished")
+                pending -= done
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)  # workers got the SIGINT too and record it
+            raise
+        finally:
+            _drain(progress_queue, bar)
+            bar.close()
+    return [outcomes[i] for i in range(len(specs))]
+
+
+def _outcome(future, spec: RunSpec) -> RunOutcome:
+    try:
+        return future.result()
+    except Exception as exc:  # the worker process itself died (killed, out of memory)
+        run_dir = str(Path(spec.logdir) / spec.experiment)
+        return RunOutcome(spec, run_dir, "failed", f"worker process died: {type(exc).__name__}: {exc}", None)
+
+
+def _drain(progress_queue, bar) -> None:
+    while True:
+        try:
+            _, advanced, _ = progress_queue.get_nowait()
+        except queue_module.Empty:
+            return
+        bar.update(advanced)

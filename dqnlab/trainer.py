@@ -1,0 +1,178 @@
+"""One training run end to end: config -> learner + replay + loop -> summaries and run.json.
+
+`train()` is the `dqnlab.train` of the public API. It records the run's fate in run.json whatever happens:
+`done`, `diverged` (first non-finite loss: the run stops, everything logged before it is kept), `failed`
+(an exception, re-raised after recording) or `interrupted` (Ctrl-C, re-raised after recording).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dqnlab._tf import tf
+from dqnlab.config import Config, ConfigError
+from dqnlab.envs import make_env
+from dqnlab.learner import Learner
+from dqnlab.loop import EpisodeEnd, Evaluated, Updated, run_loop
+from dqnlab.replay import ReplayBuffer
+from dqnlab.rundir import (
+    EXPERIMENT_JSON,
+    RUN_JSON,
+    RunResult,
+    claim_run_dir,
+    default_experiment_name,
+    package_versions,
+    read_run,
+    run_dir_for,
+    write_json_atomic,
+)
+from dqnlab.summaries import Summaries
+
+ProgressFn = Callable[[int, float | None], None]  # (env step, latest episode return)
+
+
+def configure_device(device: str) -> None:
+    """'cpu' hides GPUs from TensorFlow, 'gpu' insists on one, 'auto' uses one when visible."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise ConfigError(f"--device {device!r}: expected auto, cpu or gpu")
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "gpu" and not gpus:
+        raise ConfigError("--device gpu: TensorFlow sees no GPU (see the README's GPU install)")
+    if device == "cpu" and gpus:
+        tf.config.set_visible_devices([], "GPU")
+
+
+def train(
+    cfg: Config,
+    env: str | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    logdir: str | Path = "runs",
+    name: str | None = None,
+    *,
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+) -> RunResult:
+    """Train one agent and return its RunResult (also readable later with `dqnlab.read_run`)."""
+    if os.environ.get("DQNLAB_EAGER") == "1":
+        tf.config.run_functions_eagerly(True)
+    configure_device(device)
+    env_id = env or cfg.env
+    steps = int(steps if steps is not None else cfg.train.steps)
+    if steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {steps}")
+    name = name or default_experiment_name()
+    # Build the environments first: a bad id must fail before anything is written.
+    train_env = make_env(env_id, seed=seed)
+    eval_env = make_env(env_id)
+    obs_shape = train_env.observation_space.shape
+    run_dir = run_dir_for(logdir, name, cfg.name, env_id, seed)
+    claim_run_dir(run_dir)
+    experiment_json = run_dir.parents[2] / EXPERIMENT_JSON
+    if not experiment_json.exists():
+        write_json_atomic(
+            experiment_json,
+            {
+                "presets": [cfg.name],
+                "envs": [env_id],
+                "seeds": [seed],
+                "steps": steps,
+                "backend": "in-process",
+            },
+        )
+
+    info = {
+        "preset": cfg.name,
+        "env": env_id,
+        "seed": seed,
+        "status": "running",
+        "env_steps": 0,
+        "updates": 0,
+        "wall_time_s": 0.0,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "final": {},
+        "error": None,
+        "config": cfg.to_dict(),
+        "versions": package_versions(),
+    }
+    write_json_atomic(run_dir / RUN_JSON, info)
+    start = time.perf_counter()
+    final: dict = {}
+
+    def record(status: str, error: str | None = None, **extra) -> None:
+        info.update(
+            status=status, error=error, final=final, wall_time_s=round(time.perf_counter() - start, 3)
+        )
+        info.update(extra)
+        write_json_atomic(run_dir / RUN_JSON, info)
+
+    try:
+        learner = Learner(
+            cfg, obs_dim=int(obs_shape[0]), num_actions=int(train_env.action_space.n), seed=seed
+        )
+        replay = ReplayBuffer(cfg.replay.capacity, obs_shape, seed=seed)
+        every = cfg.diagnostics.every if cfg.diagnostics.enabled else None
+        events = run_loop(
+            train_env, eval_env, learner, replay, cfg.train, steps=steps, seed=seed, diagnostics_every=every
+        )
+        with Summaries(run_dir) as summaries:
+            status = _consume(events, summaries, info, final, progress, start)
+            summaries.flush()
+        if status == "diverged":
+            record("diverged", f"non-finite TD loss in the updates ending at env step {info['env_steps']}")
+        else:
+            record("done")
+    except KeyboardInterrupt:
+        record("interrupted", "interrupted by the user (Ctrl-C)")
+        raise
+    except Exception as exc:
+        record("failed", f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        raise
+    finally:
+        train_env.close()
+        eval_env.close()
+    return read_run(run_dir)
+
+
+def _consume(
+    events, summaries: Summaries, info: dict, final: dict, progress: ProgressFn | None, start: float
+) -> str:
+    """Write every event; keep run.json's counters current. Returns 'done' or 'diverged'."""
+    last_return: float | None = None
+    perf_clock, perf_step, perf_updates = start, 0, 0
+    for event in events:
+        info["env_steps"] = event.step
+        if isinstance(event, EpisodeEnd):
+            summaries.episode(event)
+            last_return = event.episode_return
+            final["episodes"] = final.get("episodes", 0) + 1
+            if progress:
+                progress(event.step, last_return)
+        elif isinstance(event, Updated):
+            info["updates"] = event.updates
+            if event.metrics:
+                final["diagnostics"] = summaries.metrics(event.step, event.metrics)
+                now = time.perf_counter()
+                summaries.scalars(
+                    event.step,
+                    {
+                        "perf/env_steps_per_s": (event.step - perf_step) / max(now - perf_clock, 1e-9),
+                        "perf/updates_per_s": (event.updates - perf_updates) / max(now - perf_clock, 1e-9),
+                    },
+                )
+                perf_clock, perf_step, perf_updates = now, event.step, event.updates
+            if not event.finite:
+                return "diverged"
+        elif isinstance(event, Evaluated):
+            summaries.evaluation(event)
+            final["eval_return"] = event.mean_return
+            final["best_eval_return"] = max(final.get("best_eval_return", float("-inf")), event.mean_return)
+            final.setdefault("eval_history", []).append([event.step, event.mean_return])
+    if progress:
+        progress(info["env_steps"], last_return)
+    return "done"

@@ -1,0 +1,130 @@
+"""The `dqnlab` command as a user runs it: real subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dqnlab.config import preset_names
+
+FAST = [
+    "--set",
+    "train.learning_starts=100",
+    "--set",
+    "train.train_every=50",
+    "--set",
+    "train.gradient_steps=2",
+    "--set",
+    "train.eval_every=0",
+    "--set",
+    "train.eval_episodes=1",
+    "--set",
+    "diagnostics.every=2",
+]
+
+
+def dqnlab_cmd(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dqnlab.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def test_presets_lists_every_preset_with_its_description():
+    out = dqnlab_cmd("presets")
+    assert out.returncode == 0
+    lines = out.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == preset_names()
+    assert all(len(line.split(None, 1)) == 2 for line in lines)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "no_such_preset"], "unknown preset 'no_such_preset'"),
+        (["train", "huber_relu", "--env", "NoSuchEnv-v0"], "unknown environment id 'NoSuchEnv-v0'"),
+        (["train", "huber_relu", "--env", "Pendulum-v1"], "discrete action space"),
+        (["train", "huber_relu", "--set", "train.gama=0.9"], "unknown key 'gama'"),
+        (["train", "huber_relu", "--set", "train.steps=lots"], "expected an integer"),
+        (["train", "huber_relu", "--set", "nonsense"], "expected section.key=value"),
+        (["train", "huber_relu", "--steps", "-5"], "must be >= 1"),
+        (["train", "huber_relu", "--device", "tpu"], "invalid choice"),
+        (["ab", "huber_relu"], "two or more presets"),
+        (["ab", "huber_relu", "huber_relu"], "given twice"),
+        (["ab", "huber_relu", "squared_relu", "--seeds", "0"], "must be >= 1"),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+    ],
+    ids=lambda v: "-".join(v) if isinstance(v, list) else None,
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    out = (
+        dqnlab_cmd(*args, "--logdir", str(tmp_path)) if args[:1] in (["train"], ["ab"]) else dqnlab_cmd(*args)
+    )
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_train_then_refuse_to_overwrite(tmp_path):
+    args = [
+        "train",
+        "huber_relu",
+        "--steps",
+        "200",
+        "--logdir",
+        str(tmp_path),
+        "--name",
+        "cli",
+        "--quiet",
+        *FAST,
+    ]
+    first = dqnlab_cmd(*args)
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "cli" / "huber_relu" / "CartPole-v1" / "seed_0"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "done"
+    assert "tensorboard --logdir" in first.stdout
+    again = dqnlab_cmd(*args)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_ab_runs_arms_x_seeds_in_parallel_and_prints_the_table(tmp_path):
+    out = dqnlab_cmd(
+        "ab",
+        "clipped_delta_relu",
+        "huber_relu",
+        "--env",
+        "dqnlab/CartPole-reward100-v1",
+        "--seeds",
+        "2",
+        "--steps",
+        "300",
+        "--workers",
+        "2",
+        "--logdir",
+        str(tmp_path),
+        "--name",
+        "ab",
+        "--quiet",
+        *FAST,
+    )
+    assert out.returncode == 0, out.stderr
+    exp = tmp_path / "ab"
+    runs = sorted(p.parent.relative_to(exp).as_posix() for p in exp.rglob("run.json"))
+    assert runs == [
+        f"{arm}/dqnlab-CartPole-reward100-v1/seed_{s}"
+        for arm in ("clipped_delta_relu", "huber_relu")
+        for s in (0, 1)
+    ]
+    experiment = json.loads((exp / "experiment.json").read_text())
+    assert experiment["presets"] == ["clipped_delta_relu", "huber_relu"] and experiment["seeds"] == [0, 1]
+    rows = {line.split()[1]: line for line in out.stdout.splitlines() if line.startswith("dqnlab/")}
+    assert set(rows) == {"clipped_delta_relu", "huber_relu"}
+    assert "2/2" in rows["huber_relu"]
+    huber_blocked = float(rows["huber_relu"].split()[-2])
+    clipped_blocked = float(rows["clipped_delta_relu"].split()[-2])
+    assert huber_blocked == 0.0 and clipped_blocked > 0.5

@@ -1,0 +1,192 @@
+"""The compiled update and its diagnostics, on a tiny network with constant weights and a hand-worked batch.
+
+Network: obs_dim 2 -> hidden_0 (2 ReLU units, kernel I, bias 0) -> q_head (kernel I, bias 0), so for
+non-negative observations Q(s, .) = s. Batch (every transition terminal, so target = r):
+
+    obs        a   Q(s,a)   r     delta = r - Q(s,a)
+    [1, 2]     0   1        4      3.0
+    [.5, .5]   1   0.5      1      0.5
+    [1, 1]     0   1       -1     -2.0
+    [2, 0]     0   2        2      0.0
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dqnlab.config import load_preset
+from dqnlab.learner import Batch, Learner
+
+OBS = np.array([[1, 2], [0.5, 0.5], [1, 1], [2, 0]], np.float32)
+ACTIONS = np.array([0, 1, 0, 0], np.int32)
+REWARDS = np.array([4, 1, -1, 2], np.float32)
+B = 4
+
+
+def tiny_learner(loss_kind: str, **extra) -> Learner:
+    overrides = {
+        "loss.kind": loss_kind,
+        "network.hidden": [2],
+        "optimizer.kind": "sgd",
+        "optimizer.learning_rate": 0.1,
+        "train.grad_clip_norm": 0.0,
+        "train.batch_size": B,
+        **extra,
+    }
+    learner = Learner(load_preset("huber_relu", overrides), obs_dim=2, num_actions=2, seed=0)
+    eye, zero = np.eye(2, dtype=np.float32), np.zeros(2, np.float32)
+    learner.online.set_weights([eye, zero, eye, zero])
+    learner.target.set_weights([eye, zero, eye, zero])
+    return learner
+
+
+def batch(k: int = 1) -> Batch:
+    stack = lambda x: np.repeat(x[None], k, axis=0)  # noqa: E731
+    return Batch(stack(OBS), stack(ACTIONS), stack(REWARDS), stack(OBS), stack(np.zeros(B, np.float32)))
+
+
+# Per-sample dL/dQ(s,a) (before the 1/B of the mean): Huber -clip(delta) = [-1, -.5, 1, 0];
+# clipped-delta -2*delta inside |delta| <= 1 and exactly 0 beyond = [0, -1, 0, 0]; squared -delta.
+# q_head/kernel gradient [j, a] = sum_i dL/dQ_i * h_i[j] * [a_i = a] / B with h_i = obs_i:
+#   Huber:          a=0: (-1*[1,2] + 1*[1,1] + 0*[2,0])/4 = [0, -.25]; a=1: -.5*[.5,.5]/4 = [-.0625, -.0625]
+#   clipped-delta:  a=0: [0, 0];                                          a=1: -1*[.5,.5]/4 = [-.125, -.125]
+#   squared:        a=0: (-3*[1,2] + 2*[1,1]) / 4 = [-.25, -1];          a=1: [-.0625, -.0625]
+CASES = {
+    # kind: (loss, blocked frac, q_head/kernel zero frac, q_head/kernel grad norm)
+    "huber": ((2.5 + 0.125 + 1.5 + 0) / 4, 0.0, 1 / 4, np.sqrt(0.25**2 + 2 * 0.0625**2)),
+    "clipped_delta_squared": ((1 + 0.25 + 1 + 0) / 4, 2 / 3, 2 / 4, np.sqrt(2 * 0.125**2)),
+    "clipped_gradient_squared": ((4.5 + 0.125 + 2 + 0) / 4, 0.0, 1 / 4, np.sqrt(0.25**2 + 2 * 0.0625**2)),
+    "squared": ((4.5 + 0.125 + 2 + 0) / 4, 0.0, 0.0, np.sqrt(0.25**2 + 1 + 2 * 0.0625**2)),
+}
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_diagnostics_match_hand_computation(kind):
+    loss, blocked, zero_frac, head_norm = CASES[kind]
+    m = {k: v.numpy() for k, v in tiny_learner(kind).update(batch(), with_diagnostics=True).items()}
+    assert m["finite"]
+    np.testing.assert_allclose(m["loss/td"], loss, rtol=1e-6)
+    np.testing.assert_allclose(m["td/grad_blocked_frac"], blocked, rtol=1e-6)
+    assert m["td/beyond_bound_frac"] == pytest.approx(2 / 4)  # |3| and |-2| exceed bound 1
+    assert m["td/abs_max"] == pytest.approx(3.0) and m["td/abs_mean"] == pytest.approx(5.5 / 4)
+    assert m["q/target_mean"] == pytest.approx(REWARDS.mean())
+    assert m["q/max"] == pytest.approx(2.0) and m["q/mean"] == pytest.approx(OBS.mean())
+    assert m["grad_zero_frac/q_head/kernel"] == pytest.approx(zero_frac)
+    np.testing.assert_allclose(m["grad_norm/q_head/kernel"], head_norm, rtol=1e-6)
+    assert m["grad/nonfinite"] == 0
+    assert "grad_norm/preclip_global" not in m  # clipping is off
+
+
+def test_blocked_fraction_is_exactly_the_beyond_bound_share_for_the_forward_clip():
+    # With no delta == 0 and every |delta| != bound, the forward clip blocks exactly those beyond the bound.
+    learner = tiny_learner("clipped_delta_squared")
+    rng = np.random.default_rng(0)
+    rewards = rng.uniform(-5, 5, size=B).astype(np.float32)
+    b = batch()._replace(rewards=rewards[None])
+    m = learner.update(b, with_diagnostics=True)
+    q_a = OBS[np.arange(B), ACTIONS]
+    expected = np.mean(np.abs(rewards - q_a) > 1.0)
+    assert float(m["td/grad_blocked_frac"]) == pytest.approx(expected)
+
+
+def test_global_norm_and_near_zero_use_every_variable():
+    m = tiny_learner("huber").update(batch(), with_diagnostics=True)
+    tags = ["hidden_0/kernel", "hidden_0/bias", "q_head/kernel", "q_head/bias"]
+    norms = np.array([float(m[f"grad_norm/{t}"]) for t in tags])
+    assert float(m["grad_norm/global"]) == pytest.approx(np.sqrt((norms**2).sum()), rel=1e-6)
+    for t in tags:
+        assert float(m[f"grad_near_zero_frac/{t}"]) >= float(m[f"grad_zero_frac/{t}"])
+
+
+def test_clipping_reports_preclip_norm_and_fires():
+    learner = tiny_learner("squared", **{"train.grad_clip_norm": 0.01})
+    m = learner.update(batch(), with_diagnostics=True)
+    assert float(m["grad/clipped"]) == 1.0
+    assert float(m["grad_norm/preclip_global"]) > 0.01
+    assert float(m["grad_norm/global"]) == pytest.approx(0.01, rel=1e-5)
+
+
+def test_fused_burst_equals_one_update_per_call():
+    fused, single = tiny_learner("huber"), tiny_learner("huber")
+    fused.update(batch(k=5), with_diagnostics=True)
+    for _ in range(5):
+        single.update(batch(k=1), with_diagnostics=False)
+    for a, b in zip(fused.online_weights(), single.online_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_without_diagnostics_only_finiteness_comes_back():
+    out = tiny_learner("huber").update(batch(k=3), with_diagnostics=False)
+    assert set(out) == {"finite"} and bool(out["finite"])
+
+
+def test_non_finite_loss_is_flagged():
+    b = batch()._replace(rewards=np.full((1, B), np.nan, np.float32))
+    assert not bool(tiny_learner("huber").update(b, with_diagnostics=False)["finite"])
+
+
+def test_target_sync_hard_and_soft():
+    learner = tiny_learner("squared")
+    learner.update(batch(), with_diagnostics=False)
+    before = [w.copy() for w in learner.target.get_weights()]
+    learner.update_target()
+    for t, o in zip(learner.target.get_weights(), learner.online_weights(), strict=True):
+        np.testing.assert_array_equal(t, o)
+    soft = tiny_learner("squared", **{"train.target_tau": 0.25})
+    soft.update(batch(), with_diagnostics=False)
+    soft.update_target()
+    for t, o, b0 in zip(soft.target.get_weights(), soft.online_weights(), before, strict=True):
+        np.testing.assert_allclose(t, 0.25 * o + 0.75 * b0, rtol=1e-6, atol=1e-7)
+
+
+def test_double_dqn_bootstraps_with_the_online_argmax():
+    # Non-terminal batch; online and target differ: online picks the action, target evaluates it.
+    learner = tiny_learner("squared", **{"train.double_dqn": True, "train.gamma": 0.5})
+    eye, zero = np.eye(2, dtype=np.float32), np.zeros(2, np.float32)
+    learner.target.set_weights([eye, zero, np.array([[0, 1], [1, 0]], np.float32), zero])  # swaps the Qs
+    b = batch()._replace(discounts=np.ones((1, B), np.float32))
+    m = learner.update(b, with_diagnostics=True)
+    a_star = OBS.argmax(axis=1)  # online Q(s', .) = s'
+    v = OBS[np.arange(B), 1 - a_star]  # target's Q(s', a*) reads the other coordinate
+    assert float(m["q/target_mean"]) == pytest.approx(np.mean(REWARDS + 0.5 * v))
+
+
+def test_same_seed_gives_identical_initial_weights_across_arms():
+    arms = [
+        Learner(load_preset(n), obs_dim=4, num_actions=2, seed=3)
+        for n in ("huber_relu", "clipped_delta_relu")
+    ]
+    for a, b in zip(arms[0].online_weights(), arms[1].online_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = Learner(load_preset("huber_relu"), obs_dim=4, num_actions=2, seed=4)
+    assert not np.array_equal(arms[0].online_weights()[0], other.online_weights()[0])
+
+
+def test_compiled_step_does_not_retrace():
+    learner = tiny_learner("huber")
+    for _ in range(3):
+        learner.update(batch(k=2), with_diagnostics=False)
+        learner.update(batch(k=2), with_diagnostics=True)
+    assert learner._burst.experimental_get_tracing_count() == 2  # one trace per diagnostics flag
+
+
+def test_variable_tags_are_paths_below_the_model():
+    assert tiny_learner("huber").variable_tags == [
+        "hidden_0/kernel",
+        "hidden_0/bias",
+        "q_head/kernel",
+        "q_head/bias",
+    ]
+
+
+def test_eager_switch_gives_the_same_metrics():
+    compiled = tiny_learner("clipped_delta_squared").update(batch(), with_diagnostics=True)
+    tf.config.run_functions_eagerly(True)
+    try:
+        eager = tiny_learner("clipped_delta_squared").update(batch(), with_diagnostics=True)
+    finally:
+        tf.config.run_functions_eagerly(False)
+    for k in compiled:
+        np.testing.assert_allclose(np.asarray(eager[k]), np.asarray(compiled[k]), rtol=1e-6)

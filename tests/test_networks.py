@@ -1,0 +1,47 @@
+"""The Q-network's layer names, its init knobs, and the numpy acting path against the Keras model."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from dqnlab.config import load_preset
+from dqnlab.networks import NumpyMLP, build_q_network, variable_tag
+
+
+def net_cfg(**overrides):
+    return load_preset("huber_relu", {f"network.{k}": v for k, v in overrides.items()}).network
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("init_scale", [1.0, 8.0])
+def test_numpy_forward_equals_keras(activation, init_scale):
+    keras.utils.set_random_seed(1)
+    cfg = net_cfg(activation=activation, hidden=[32, 16], init_scale=init_scale, bias_init=0.1)
+    model = build_q_network(cfg, obs_dim=4, num_actions=3)
+    twin = NumpyMLP(activation)
+    twin.set_weights([v.numpy() for v in model.trainable_variables])
+    obs = np.random.default_rng(0).normal(scale=3.0, size=(64, 4)).astype(np.float32)
+    expected = model(obs).numpy()
+    np.testing.assert_allclose(twin(obs), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(twin(obs[0]), expected[0], rtol=1e-5, atol=1e-5)  # a single observation
+    assert np.array_equal(twin(obs).argmax(axis=1), expected.argmax(axis=1))
+
+
+def test_layers_are_named_explicitly():
+    model = build_q_network(net_cfg(hidden=[8, 8, 8]), obs_dim=4, num_actions=2)
+    assert [variable_tag(v) for v in model.trainable_variables] == [
+        f"{layer}/{p}" for layer in ("hidden_0", "hidden_1", "hidden_2", "q_head") for p in ("kernel", "bias")
+    ]
+
+
+def test_init_scale_multiplies_kernels_and_bias_init_sets_hidden_biases():
+    keras.utils.set_random_seed(5)
+    base = build_q_network(net_cfg(), obs_dim=4, num_actions=2).get_weights()
+    keras.utils.set_random_seed(5)
+    scaled = build_q_network(net_cfg(init_scale=10.0, bias_init=-3.0), obs_dim=4, num_actions=2).get_weights()
+    np.testing.assert_allclose(scaled[0], 10.0 * base[0], rtol=1e-6)
+    np.testing.assert_allclose(scaled[2], 10.0 * base[2], rtol=1e-6)
+    assert np.all(scaled[1] == -3.0) and np.all(scaled[3] == -3.0)
+    assert np.all(scaled[-1] == 0.0)  # the head's bias is not a hidden bias

@@ -1,0 +1,136 @@
+"""Short runs through the public API, read back from the event files with TensorBoard's own reader."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import dqnlab
+from dqnlab.config import ConfigError, preset_names
+from dqnlab.rundir import RunDirExists
+
+SHORT = {
+    "train.learning_starts": 100,
+    "train.train_every": 50,
+    "train.gradient_steps": 4,
+    "train.eval_every": 0,
+    "train.eval_episodes": 1,
+    "diagnostics.every": 4,
+}
+
+
+def short_cfg(name: str, **extra):
+    return dqnlab.load_preset(name, {**SHORT, **extra})
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_trains_a_few_steps_and_logs_its_core_tags(tmp_path, name):
+    res = dqnlab.train(short_cfg(name), env="CartPole-v1", seed=0, steps=300, logdir=tmp_path, name="t")
+    assert res.status == "done" and res.env_steps == 300
+    assert res.run_dir == tmp_path / "t" / name / "CartPole-v1" / "seed_0"
+    tags = set(res.tags())
+    core = {
+        "loss/td",
+        "q/mean",
+        "q/max",
+        "q/target_mean",
+        "td/abs_mean",
+        "td/abs_max",
+        "td/grad_blocked_frac",
+        "td/beyond_bound_frac",
+        "grad_norm/global",
+        "grad/nonfinite",
+        "episode/return",
+        "episode/length",
+        "eval/return",
+        "perf/env_steps_per_s",
+        "perf/updates_per_s",
+        "charts/epsilon",
+    }
+    per_var = {
+        f"{fam}/{layer}/{p}"
+        for fam in ("grad_norm", "grad_zero_frac", "grad_near_zero_frac")
+        for layer in [f"hidden_{i}" for i in range(len(res.config["network"]["hidden"]))] + ["q_head"]
+        for p in ("kernel", "bias")
+    }
+    assert core | per_var <= tags, sorted((core | per_var) - tags)
+    for tag in tags:
+        assert all(math.isfinite(v) for _, v in res.scalars(tag)), tag
+    # (300 - 100) // 50 + 1 = 5 bursts of 4 updates; every burst is measured (every = 4).
+    assert [s for s, _ in res.scalars("loss/td")] == [100, 150, 200, 250, 300]
+
+
+def test_run_json_records_the_run(tmp_path):
+    res = dqnlab.train(short_cfg("huber_relu"), seed=1, steps=200, logdir=tmp_path, name="exp")
+    info = json.loads((res.run_dir / "run.json").read_text())
+    assert info["status"] == "done" and info["seed"] == 1 and info["env"] == "CartPole-v1"
+    assert info["env_steps"] == 200 and info["updates"] == 3 * 4
+    assert info["config"]["loss"]["kind"] == "huber"
+    assert info["versions"]["tensorflow"].startswith("2.21")
+    assert "eval_return" in info["final"] and "td/grad_blocked_frac" in info["final"]["diagnostics"]
+    assert json.loads((tmp_path / "exp" / "experiment.json").read_text())["presets"] == ["huber_relu"]
+    assert dqnlab.read_run(res.run_dir).final == res.final
+
+
+def test_headline_arms_show_the_bug_on_reward_scaled_cartpole(tmp_path):
+    """Rewards x100 put almost every |delta| beyond 1: the forward clip blocks, Huber never does."""
+    results = {
+        name: dqnlab.train(
+            short_cfg(name), env="dqnlab/CartPole-reward100-v1", seed=0, steps=400, logdir=tmp_path, name="ab"
+        )
+        for name in ("clipped_delta_relu", "huber_relu")
+    }
+    clipped = [v for _, v in results["clipped_delta_relu"].scalars("td/grad_blocked_frac")]
+    beyond = [v for _, v in results["clipped_delta_relu"].scalars("td/beyond_bound_frac")]
+    huber = [v for _, v in results["huber_relu"].scalars("td/grad_blocked_frac")]
+    assert min(clipped) > 0.5
+    # Every sample beyond the bound is blocked (no delta sits exactly on it).
+    assert clipped == pytest.approx(beyond)
+    assert huber == [0.0] * len(huber)
+
+
+def test_existing_run_dir_is_never_overwritten(tmp_path):
+    dqnlab.train(short_cfg("huber_relu"), steps=50, logdir=tmp_path, name="same")
+    with pytest.raises(RunDirExists, match="already exists"):
+        dqnlab.train(short_cfg("huber_relu"), steps=50, logdir=tmp_path, name="same")
+
+
+def test_bad_env_fails_before_writing_anything(tmp_path):
+    with pytest.raises(ValueError, match="unknown environment id"):
+        dqnlab.train(short_cfg("huber_relu"), env="NoSuchEnv-v0", steps=50, logdir=tmp_path, name="x")
+    assert not any(tmp_path.iterdir())
+
+
+def test_divergence_ends_as_diverged_with_the_logged_data_kept(tmp_path):
+    # A learning rate of 1e30 with plain SGD blows the weights up to inf within a few updates.
+    cfg = short_cfg(
+        "squared_relu",
+        **{"optimizer.kind": "sgd", "optimizer.learning_rate": 1e30, "train.grad_clip_norm": 0.0},
+    )
+    res = dqnlab.train(cfg, steps=2_000, logdir=tmp_path, name="nan")
+    assert res.status == "diverged"
+    assert "non-finite" in res.error
+    assert res.env_steps < 2_000
+    assert res.scalars("episode/return")  # what was logged before is still there
+
+
+def test_failure_is_recorded_then_raised(tmp_path, monkeypatch):
+    import dqnlab.trainer
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(dqnlab.trainer, "run_loop", boom)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        dqnlab.train(short_cfg("huber_relu"), steps=50, logdir=tmp_path, name="crash")
+    info = json.loads(next(tmp_path.rglob("run.json")).read_text())
+    assert (
+        info["status"] == "failed" and "simulated crash" in info["error"] and "Traceback" in info["traceback"]
+    )
+
+
+def test_bad_steps_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError):
+        dqnlab.train(short_cfg("huber_relu"), steps=0, logdir=tmp_path)
