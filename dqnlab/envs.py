@@ -27,13 +27,18 @@ _BASE_ID = "CartPole-v1"
 _BASE_SPEC = gym.spec(_BASE_ID)
 
 # env id -> (entry point, kwargs, reward threshold). The one list of dqnlab's ids.
-_ENVS: dict[str, tuple[str, dict, float | None]] = {
+_ENVS: dict[str, tuple[str, dict, float]] = {
     f"{NAMESPACE}/CartPole-reward10-v1": (
-        "dqnlab.envs:make_scaled_cartpole", {"scale": 10.0}, 10.0 * _BASE_SPEC.reward_threshold),
+        "dqnlab.envs:make_scaled_cartpole",
+        {"scale": 10.0},
+        10.0 * _BASE_SPEC.reward_threshold,
+    ),
     f"{NAMESPACE}/CartPole-reward100-v1": (
-        "dqnlab.envs:make_scaled_cartpole", {"scale": 100.0}, 100.0 * _BASE_SPEC.reward_threshold),
-    f"{NAMESPACE}/CartPole-masked-v1": (
-        "dqnlab.envs:make_masked_cartpole", {}, _BASE_SPEC.reward_threshold),
+        "dqnlab.envs:make_scaled_cartpole",
+        {"scale": 100.0},
+        100.0 * _BASE_SPEC.reward_threshold,
+    ),
+    f"{NAMESPACE}/CartPole-masked-v1": ("dqnlab.envs:make_masked_cartpole", {}, _BASE_SPEC.reward_threshold),
 }
 ENV_IDS: tuple[str, ...] = tuple(_ENVS)
 
@@ -107,7 +112,9 @@ def make_env(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
     try:
         env = gym.make(env_id, **kwargs)
     except (gym.error.DependencyNotInstalled, ImportError) as exc:
-        raise ValueError(f"environment {env_id!r} needs a package that is not installed: {_line(exc)}") from None
+        raise ValueError(
+            f"environment {env_id!r} needs a package that is not installed: {_line(exc)}"
+        ) from None
     except gym.error.Error as exc:  # NameNotFound, NamespaceNotFound, VersionNotFound, malformed id, ...
         raise ValueError(
             f"unknown environment id {env_id!r}: {_line(exc)} (dqnlab's own ids: {', '.join(ENV_IDS)})"

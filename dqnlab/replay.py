@@ -111,10 +111,11 @@ class ReplayBuffer:
         return self._rng.integers(0, self._size, size=shape)  # [*shape]
 
     def _gather(self, idx: np.ndarray) -> Batch:
+        # np.take along axis 0 is several times faster than fancy indexing `obs[idx]` for [C, *obs_shape].
         return Batch(
-            obs=self.obs[idx],  # [*idx.shape, *obs_shape]
-            actions=self.actions[idx],  # [*idx.shape]
-            rewards=self.rewards[idx],  # [*idx.shape]
-            next_obs=self.next_obs[idx],  # [*idx.shape, *obs_shape]
-            discounts=self.discounts[idx],  # [*idx.shape]
+            obs=np.take(self.obs, idx, axis=0),  # [*idx.shape, *obs_shape]
+            actions=np.take(self.actions, idx),  # [*idx.shape]
+            rewards=np.take(self.rewards, idx),  # [*idx.shape]
+            next_obs=np.take(self.next_obs, idx, axis=0),  # [*idx.shape, *obs_shape]
+            discounts=np.take(self.discounts, idx),  # [*idx.shape]
         )

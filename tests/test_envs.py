@@ -1,0 +1,159 @@
+"""dqnlab's gymnasium ids: scaled rewards, masked velocities, the 500-step limit, make_env errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from dqnlab.envs import ENV_IDS, MaskVelocity, RewardScale, env_dirname, make_env, register_envs
+
+ACTIONS = [0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 0]
+
+
+def rollout(env: gym.Env, seed: int = 7):
+    """Observations, rewards and flags for a fixed action sequence, stopping at the episode's end."""
+    obs, _ = env.reset(seed=seed)
+    observations, rewards, flags = [obs], [], []
+    for a in ACTIONS:
+        obs, r, terminated, truncated, _ = env.step(a)
+        observations.append(obs)
+        rewards.append(r)
+        flags.append((terminated, truncated))
+        if terminated or truncated:
+            break
+    env.close()
+    return np.array(observations), np.array(rewards), flags
+
+
+def test_ids_listed():
+    assert ENV_IDS == (
+        "dqnlab/CartPole-reward10-v1",
+        "dqnlab/CartPole-reward100-v1",
+        "dqnlab/CartPole-masked-v1",
+    )
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_ids_make_with_gymnasium_and_make_env(env_id):
+    env = gym.make(env_id)
+    assert env.spec.id == env_id
+    assert env.spec.max_episode_steps == 500  # CartPole-v1's limit kept
+    assert env.action_space == gym.spaces.Discrete(2)
+    env.close()
+    env = make_env(env_id, seed=0)
+    assert env.spec.id == env_id
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_kwargs_pass_through_to_cartpole(env_id):
+    env = gym.make(env_id, render_mode="rgb_array")
+    assert env.render_mode == "rgb_array" and env.unwrapped.render_mode == "rgb_array"
+    env.close()
+    env = gym.make(env_id, max_episode_steps=20)
+    assert env.spec.max_episode_steps == 20
+    env.close()
+
+
+@pytest.mark.parametrize(("env_id", "scale"), [(ENV_IDS[0], 10.0), (ENV_IDS[1], 100.0)])
+def test_rewards_scaled_exactly(env_id, scale):
+    obs, rewards, flags = rollout(gym.make(env_id))
+    ref_obs, ref_rewards, ref_flags = rollout(gym.make("CartPole-v1"))
+    assert len(rewards) >= 5
+    np.testing.assert_array_equal(rewards, scale * ref_rewards)  # exact: 1.0 * 10.0 == 10.0
+    np.testing.assert_array_equal(obs, ref_obs)
+    assert flags == ref_flags
+    env = gym.make(env_id)
+    assert [w.scale for w in _wrappers(env) if isinstance(w, RewardScale)] == [scale]
+    env.close()
+
+
+def test_masked_obs_is_full_obs_at_positions():
+    obs, rewards, flags = rollout(gym.make(ENV_IDS[2]))
+    ref_obs, ref_rewards, ref_flags = rollout(gym.make("CartPole-v1"))
+    assert obs.shape == (len(ref_obs), 2)
+    np.testing.assert_array_equal(obs, ref_obs[:, [0, 2]])
+    np.testing.assert_array_equal(rewards, ref_rewards)
+    assert flags == ref_flags
+
+
+def test_masked_observation_space():
+    env = gym.make(ENV_IDS[2])
+    full = gym.make("CartPole-v1").observation_space
+    space = env.observation_space
+    assert isinstance(space, gym.spaces.Box) and space.shape == (2,) and space.dtype == np.float32
+    np.testing.assert_array_equal(space.low, full.low[[0, 2]])
+    np.testing.assert_array_equal(space.high, full.high[[0, 2]])
+    assert np.all(np.isfinite(space.high))  # both velocities (the infinite bounds) are gone
+    obs, _ = env.reset(seed=1)
+    assert space.contains(obs)
+    assert any(isinstance(w, MaskVelocity) for w in _wrappers(env))
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_episode_truncates_at_500_steps(env_id):
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    steps, terminated, truncated = 0, False, False
+    while not (terminated or truncated):
+        env.unwrapped.state = np.zeros(4)  # hold the pole upright so only the time limit can end it
+        _, _, terminated, truncated, _ = env.step(steps % 2)
+        steps += 1
+    assert (steps, terminated, truncated) == (500, False, True)
+    env.close()
+
+
+def test_make_env_seed_is_reproducible():
+    a, b = make_env(ENV_IDS[0], seed=5), make_env(ENV_IDS[0], seed=5)
+    assert [a.action_space.sample() for _ in range(20)] == [b.action_space.sample() for _ in range(20)]
+    np.testing.assert_array_equal(a.reset(seed=5)[0], gym.make("CartPole-v1").reset(seed=5)[0])
+
+
+@pytest.mark.parametrize(
+    "env_id", ["Cartpole-v1", "CartPole-v9", "nope/CartPole-v1", "dqnlab/Nope-v1", "a b"]
+)
+def test_unknown_id_is_one_line_value_error(env_id):
+    with pytest.raises(ValueError, match="^unknown environment id") as info:
+        make_env(env_id)
+    message = str(info.value)
+    assert repr(env_id) in message and "\n" not in message
+    assert "dqnlab/CartPole-reward10-v1" in message  # lists dqnlab's own ids
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_continuous_action_space_is_one_line_value_error():
+    with pytest.raises(ValueError, match=r"discrete action space; Pendulum-v1 has Box\(") as info:
+        make_env("Pendulum-v1")
+    assert "\n" not in str(info.value)
+
+
+def test_env_dirname():
+    assert env_dirname("dqnlab/CartPole-reward10-v1") == "dqnlab-CartPole-reward10-v1"
+    assert env_dirname("CartPole-v1") == "CartPole-v1"
+
+
+def test_register_envs_is_idempotent():
+    before = {k: v for k, v in gym.registry.items() if k.startswith("dqnlab/")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # gymnasium warns when an id is registered twice
+        register_envs()
+        register_envs()
+    after = {k: v for k, v in gym.registry.items() if k.startswith("dqnlab/")}
+    assert after == before and set(after) == set(ENV_IDS)
+
+
+def test_module_does_not_import_tensorflow():
+    code = "import sys, dqnlab.envs; sys.exit('tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def _wrappers(env: gym.Env):
+    while isinstance(env, gym.Wrapper):
+        yield env
+        env = env.env
