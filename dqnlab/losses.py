@@ -1,7 +1,7 @@
 """TD losses for DQN, as pure per-sample functions of the TD error.
 
 Every function takes `delta = target - Q(s, a)` of shape [B] and a `bound` (the clip bound, or Huber's
-kappa) and returns the per-sample loss, shape [B]; the learner reduces it with an explicit mean. What
+kappa) and returns the per-sample loss, shape [B]; the caller reduces it with an explicit mean. What
 matters for dqnlab is what each one does to the gradient dL/d(delta) *beyond the bound*:
 
 | loss                       | forward             | gradient inside | gradient beyond the bound |
@@ -11,10 +11,14 @@ matters for dqnlab is what each one does to the gradient dL/d(delta) *beyond the
 | `clipped_gradient_squared` | 0.5 d^2             | d               | +-b (= Huber's)           |
 | `huber`                    | Huber(d, kappa = b) | d               | +-kappa                   |
 
-The bug: devsisters/DQN-tensorflow (`dqn/agent.py`, 2016) wrote `loss = mean(square(clip_by_value(delta,
--1, 1)))`, meaning to clip the gradient as the 2015 Nature DQN does. But clip_by_value's local gradient is
-0 outside its range, so every transition with |delta| > 1 teaches nothing. Reported in that repository's
-issue #16 and fixed the next day with a Huber loss (commit 6d11105).
+The bug: devsisters/DQN-tensorflow (`dqn/agent.py`, late 2016) wrote `loss = mean(square(clip_by_value(
+delta, -1, 1)))`, meaning to clip the gradient as the 2015 Nature DQN does. But clip_by_value's local
+gradient is 0 outside its range, so every transition with |delta| > 1 -- the ones with most to teach --
+contributes nothing. Reported in that repository's issue #16 (2016-12-18) and fixed the next day with a
+Huber loss (commit 6d11105). The correct clip is a backward one (`clipped_gradient_squared`): forward value
+unchanged, gradient clipped, which is exactly Huber's gradient.
+
+All four work eagerly and inside `tf.function`, in float32 and float64; `bound` is a Python float.
 """
 
 from __future__ import annotations
@@ -27,18 +31,22 @@ LossFn = Callable[[tf.Tensor, float], tf.Tensor]
 
 
 def squared(delta: tf.Tensor, bound: float) -> tf.Tensor:
-    """0.5 * delta^2: the unclipped control. Gradient: delta, unbounded. `bound` is ignored."""
-    del bound
+    """0.5 * delta^2: the unclipped control (the squared TD error of Mnih et al. 2013; CleanRL's MSE).
+
+    Gradient: d/d(delta) = delta, unbounded: large TD errors give large gradients. `bound` is ignored.
+    """
+    del bound  # Same signature as the others so the registry can swap them.
     return 0.5 * tf.square(delta)
 
 
 def clipped_delta_squared(delta: tf.Tensor, bound: float) -> tf.Tensor:
     """square(clip_by_value(delta, -bound, bound)): the 2016 clipped-delta bug, written exactly as it was.
 
-    Gradient: 2 * delta for |delta| <= bound and EXACTLY ZERO beyond it, because clip_by_value passes no
-    gradient outside its range. The factor 2 inside the bound (against Huber's 1) is kept so this is
-    literally the buggy code; Adam is invariant to a constant scale of the loss, so it changes nothing there.
-    Source: devsisters/DQN-tensorflow issue #16 (2016-12-18).
+    Source: devsisters/DQN-tensorflow `dqn/agent.py` (2016), issue #16; fixed with Huber in commit 6d11105.
+    Gradient: 2 * delta for |delta| <= bound (the bound itself included) and EXACTLY ZERO for
+    |delta| > bound, because clip_by_value passes no gradient outside its range. The factor 2 inside the
+    bound (against Huber's 1; there is no 0.5) is kept so that this is literally the buggy code; Adam is
+    invariant to a constant scale of the loss, so the factor changes nothing there.
     """
     return tf.square(tf.clip_by_value(delta, -bound, bound))
 
@@ -46,17 +54,21 @@ def clipped_delta_squared(delta: tf.Tensor, bound: float) -> tf.Tensor:
 def clipped_gradient_squared(delta: tf.Tensor, bound: float) -> tf.Tensor:
     """Forward 0.5 * delta^2, backward clip(delta, -bound, bound): what the 2016 code meant.
 
-    Gradient: delta inside the bound and +-bound beyond, i.e. exactly Huber's gradient (rlax:
-    grad of 0.5 * clip_gradient(d)^2 == grad of huber(d)); the forward value is the squared loss's.
-    The clip is applied to each sample's own gradient, not to the cotangent flowing into delta: rlax's
-    `clip_gradient` clips the incoming cotangent, which after a batch mean is delta_i / B -- which is why
-    dqn_zoo sets `grad_error_bound = 1 / 32` for B = 32. Done per sample, it equals Huber whatever the
-    reduction.
+    Source: the 2015 Nature DQN's error clipping (Mnih et al.); rlax `clip_gradient`, whose docs state
+    grad of 0.5 * clip_gradient(d)^2 == grad of huber(d). Gradient: delta for |delta| <= bound and exactly
+    +-bound beyond, i.e. exactly Huber's gradient with kappa = bound; the forward value is `squared`'s.
+
+    The clip is applied to each sample's own gradient dL_i/d(delta_i), via `tf.custom_gradient` on the
+    per-sample loss, not to the cotangent that flows into delta. rlax's `clip_gradient` clips that incoming
+    cotangent, which after a batch mean is delta_i / B, not delta_i -- which is why dqn_zoo sets
+    `grad_error_bound = 1 / 32` for B = 32. Done per sample, the gradient equals Huber's whatever the
+    reduction (sum, mean, any B).
     """
 
     @tf.custom_gradient
-    def _loss(d: tf.Tensor):
+    def _loss(d: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
         def grad(upstream: tf.Tensor) -> tf.Tensor:
+            # upstream is the reduction's weight (1 or 1/B); the clip acts on dL_i/d(delta_i) itself.
             return upstream * tf.clip_by_value(d, -bound, bound)
 
         return 0.5 * tf.square(d), grad
@@ -65,16 +77,22 @@ def clipped_gradient_squared(delta: tf.Tensor, bound: float) -> tf.Tensor:
 
 
 def huber(delta: tf.Tensor, bound: float) -> tf.Tensor:
-    """Huber loss with kappa = bound: 0.5 d^2 for |d| <= kappa, kappa * (|d| - 0.5 kappa) beyond.
+    """Huber loss, kappa = bound: 0.5 * d^2 for |d| <= kappa, kappa * (|d| - 0.5 * kappa) beyond.
 
-    Gradient: clip(delta, -kappa, kappa), so +-kappa beyond the bound: every transition still teaches, the
-    large errors at a bounded rate (Huber 1964; the fix of devsisters/DQN-tensorflow commit 6d11105).
-    Written elementwise: keras.losses.Huber averages over the last axis.
+    Source: Huber (1964); the fix of devsisters/DQN-tensorflow (commit 6d11105); rlax `huber_loss`.
+    Gradient: clip(delta, -kappa, kappa): delta inside, exactly +-kappa beyond, so every transition still
+    teaches and large errors do so at a bounded rate.
+
+    Written elementwise (keras.losses.Huber averages over the last axis) and with `tf.where` rather than
+    rlax's `0.5 * q^2 + kappa * (|d| - q)`, q = min(|d|, kappa): that form sums two gradient terms that
+    cancel only up to rounding (about 1e-9 off under a batch mean), whereas this one gives bit-for-bit the
+    same gradient as `clipped_gradient_squared`.
     """
     abs_delta = tf.abs(delta)
-    quadratic = tf.minimum(abs_delta, bound)
-    linear = abs_delta - quadratic
-    return 0.5 * tf.square(quadratic) + bound * linear
+    # Clipped inside the quadratic branch so its unselected gradient (2d) cannot overflow to inf for huge
+    # |d|, which tf.where's zero upstream would turn into NaN; inside the bound the clip is the identity.
+    small = tf.clip_by_value(delta, -bound, bound)
+    return tf.where(abs_delta <= bound, 0.5 * tf.square(small), bound * (abs_delta - 0.5 * bound))
 
 
 LOSSES: dict[str, LossFn] = {
@@ -86,7 +104,8 @@ LOSSES: dict[str, LossFn] = {
 
 
 def get_loss(name: str) -> LossFn:
+    """The per-sample loss registered under `name`; ValueError listing the valid names otherwise."""
     try:
         return LOSSES[name]
     except KeyError:
-        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}") from None
+        raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)}") from None

@@ -134,3 +134,18 @@ def test_failure_is_recorded_then_raised(tmp_path, monkeypatch):
 def test_bad_steps_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError):
         dqnlab.train(short_cfg("huber_relu"), steps=0, logdir=tmp_path)
+
+
+def test_every_logged_tag_is_documented(tmp_path):
+    import re
+    from pathlib import Path
+
+    cfg = short_cfg("huber_relu", **{"train.grad_clip_norm": 1.0})
+    res = dqnlab.train(cfg, steps=200, logdir=tmp_path, name="doc")
+    documented = set(
+        re.findall(r"^\| `([^`]+)` \|", (Path(__file__).parent.parent / "docs/metrics.md").read_text(), re.M)
+    )
+    for tag in res.tags():
+        generic = re.sub(r"/(hidden_\d+|q_head)/(kernel|bias)$", "/<var>", tag)
+        assert tag in documented or generic in documented, f"{tag} is not defined in docs/metrics.md"
+    assert {"grad_norm/preclip_global", "grad/clipped"} <= set(res.tags())
