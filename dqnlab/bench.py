@@ -8,12 +8,32 @@ configured identically:
   target every 10 env steps).
 Both start learning after 1,000 steps (CleanRL uses 10,000), so that a short benchmark measures the
 learning phase; both peers get the same value.
+
+Measurements for the scripts run one per fresh subprocess (`measure_in_subprocess`), so TensorFlow and
+torch never share a process, each limited to one thread: TF intra-op = inter-op = 1, torch
+`set_num_threads(1)` and `set_num_interop_threads(1)`, and OMP/OPENBLAS/MKL_NUM_THREADS=1 in the child's
+environment. What is timed:
+- dqnlab: the whole `dqnlab.train()` call: env creation, network build, tf.function tracing, run dir and
+  run.json, acting, replay, update bursts, TensorBoard summaries (diagnostics when on) and the one final
+  greedy evaluation episode. Importing TensorFlow and dqnlab is not timed.
+- SB3: the whole `model.learn()` call: env reset, logger setup, acting, replay and updates. Building the
+  `DQN(...)` object (its env and networks) is not timed (it is reported apart as `setup_s`).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from importlib import metadata
 
 
 @dataclass(frozen=True)
@@ -83,8 +103,9 @@ def dqnlab_steps_per_s(setting_name: str, steps: int, diagnostics: bool, logdir:
     from dqnlab.config import load_preset
 
     cfg = load_preset("huber_relu", dqnlab_overrides(SETTINGS[setting_name], diagnostics))
+    train = dqnlab.train  # resolve the lazy import (TensorFlow, Keras) before the clock starts
     start = time.perf_counter()
-    res = dqnlab.train(
+    res = train(
         cfg,
         env="CartPole-v1",
         seed=seed,
@@ -96,3 +117,255 @@ def dqnlab_steps_per_s(setting_name: str, steps: int, diagnostics: bool, logdir:
     if res.status != "done":
         raise RuntimeError(f"benchmark run ended {res.status}: {res.error}")
     return steps / elapsed
+
+
+# -- the peer: Stable-Baselines3 (benchmark-only; imported inside functions) ---------------------------
+
+SB3_INSTALL_HINT = (
+    "stable-baselines3 is not installed (a benchmark-only dependency): install a CPU torch first, "
+    "`pip install torch==2.13.0` (a CPU build; elsewhere take torch from PyTorch's CPU wheel index), "
+    "then `pip install -e '.[bench]'`"
+)
+
+
+def sb3_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "stable_baselines3"))
+
+
+def sb3_kwargs(setting: Setting, steps: int, seed: int) -> dict[str, object]:
+    """DQN(...) keyword arguments mapping `setting` field by field (Huber = SB3's smooth_l1 loss)."""
+    return {
+        "learning_rate": setting.learning_rate,
+        "buffer_size": setting.buffer_size,
+        "learning_starts": setting.learning_starts,
+        "batch_size": setting.batch_size,
+        "gamma": setting.gamma,
+        "train_freq": setting.train_every,
+        "gradient_steps": setting.gradient_steps,
+        "target_update_interval": setting.target_update_every,
+        "exploration_fraction": setting.epsilon_decay_steps / steps,
+        "exploration_initial_eps": 1.0,
+        "exploration_final_eps": setting.epsilon_end,
+        "policy_kwargs": {"net_arch": list(setting.hidden)},
+        "max_grad_norm": 10,  # dqnlab's huber_relu clips the global norm at 10 too
+        "device": "cpu",
+        "seed": seed,
+        "verbose": 0,
+    }
+
+
+def _sb3_run(setting_name: str, steps: int, seed: int) -> dict[str, float]:
+    from stable_baselines3 import DQN
+
+    start = time.perf_counter()
+    model = DQN("MlpPolicy", "CartPole-v1", **sb3_kwargs(SETTINGS[setting_name], steps, seed))
+    setup_s = time.perf_counter() - start
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    elapsed = time.perf_counter() - start
+    if model.num_timesteps != steps:
+        raise RuntimeError(f"SB3 ran {model.num_timesteps} env steps, expected {steps}")
+    return {"steps_per_s": steps / elapsed, "seconds": elapsed, "setup_s": setup_s}
+
+
+def sb3_steps_per_s(setting_name: str, steps: int, seed: int = 0) -> float:
+    """Env steps per second of SB3's `model.learn(steps)` at `setting_name` (construction not timed)."""
+    return _sb3_run(setting_name, steps, seed)["steps_per_s"]
+
+
+# -- one measurement per fresh, single-threaded subprocess ---------------------------------------------
+
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+THREADS_NOTE = (
+    "one fresh process per measurement, 1 thread each: TF intra-op=1 inter-op=1, "
+    "torch set_num_threads(1) set_num_interop_threads(1), OMP/OPENBLAS/MKL_NUM_THREADS=1"
+)
+TIMED_NOTE = (
+    "timed: dqnlab = whole dqnlab.train() call (env + network build, tf.function tracing, run dir, "
+    "summaries, final 1-episode eval); SB3 = whole model.learn() call (DQN(...) construction not timed)"
+)
+FRAMEWORKS = ("dqnlab", "sb3")
+_RESULT_PREFIX = "DQNLAB_BENCH_RESULT "
+
+
+def _measure_here(framework: str, setting_name: str, steps: int, seed: int, diagnostics: bool) -> dict:
+    """Run one measurement in this process after limiting its framework to one thread."""
+    if framework == "dqnlab":
+        from dqnlab._tf import tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        import dqnlab.trainer  # noqa: F401  (pay for the imports before anything is timed)
+
+        logdir = tempfile.mkdtemp(prefix="dqnlab-bench-")
+        try:
+            start = time.perf_counter()
+            sps = dqnlab_steps_per_s(setting_name, steps, diagnostics, logdir=logdir, seed=seed)
+            out = {"steps_per_s": sps, "seconds": time.perf_counter() - start}
+        finally:
+            shutil.rmtree(logdir, ignore_errors=True)
+        threads = (
+            f"tf intra={tf.config.threading.get_intra_op_parallelism_threads()} "
+            f"inter={tf.config.threading.get_inter_op_parallelism_threads()}"
+        )
+        other = "torch"
+    elif framework == "sb3":
+        sys.modules["tensorflow"] = None  # SB3's TensorBoard import would otherwise pull in TensorFlow
+        import torch
+
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+        out = _sb3_run(setting_name, steps, seed)
+        threads = f"torch intra={torch.get_num_threads()} inter={torch.get_num_interop_threads()}"
+        other = "tensorflow"
+    else:
+        raise ValueError(f"unknown framework {framework!r}; valid: {', '.join(FRAMEWORKS)}")
+    if sys.modules.get(other) is not None:
+        raise RuntimeError(f"{other} was imported into the {framework} measurement process")
+    return {
+        "framework": framework,
+        "setting": setting_name,
+        "diagnostics": diagnostics if framework == "dqnlab" else None,
+        "steps": steps,
+        "seed": seed,
+        "threads": threads,
+        **out,
+    }
+
+
+def _child_main(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    result = _measure_here(
+        spec["framework"], spec["setting"], spec["steps"], spec["seed"], spec["diagnostics"]
+    )
+    print(_RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def measure_in_subprocess(
+    framework: str,
+    setting_name: str,
+    steps: int,
+    *,
+    diagnostics: bool = True,
+    seed: int = 0,
+    timeout: float | None = None,
+) -> dict:
+    """One measurement in a fresh `python -c` child with THREAD_ENV; returns its result dict."""
+    if setting_name not in SETTINGS:
+        raise ValueError(f"unknown setting {setting_name!r}; valid: {', '.join(SETTINGS)}")
+    spec = {"framework": framework, "setting": setting_name, "steps": steps, "seed": seed}
+    spec["diagnostics"] = bool(diagnostics)
+    code = "import sys; from dqnlab.bench import _child_main; _child_main(sys.argv[1])"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec)],
+        env={**os.environ, **THREAD_ENV},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    for line in proc.stdout.splitlines():
+        if proc.returncode == 0 and line.startswith(_RESULT_PREFIX):
+            return json.loads(line[len(_RESULT_PREFIX) :])
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+    raise RuntimeError(f"{framework} {setting_name} measurement failed (exit {proc.returncode}):\n{tail}")
+
+
+def run_schedule(
+    jobs: list[tuple[str, bool]],
+    settings: list[str],
+    steps: int,
+    repeats: int,
+    *,
+    seed: int = 0,
+    log=None,
+) -> list[dict]:
+    """Measure each (framework, diagnostics) job at each setting, `repeats` times, in alternating order.
+
+    Repeat r runs the settings in turn and, within a setting, `jobs` in order for even r and reversed for
+    odd r, so slow drifts of the machine hit every job alike. `log(msg)` is told about each result.
+    """
+    results = []
+    total = repeats * len(settings) * len(jobs)
+    for r in range(repeats):
+        for setting_name in settings:
+            for framework, diagnostics in jobs if r % 2 == 0 else list(reversed(jobs)):
+                res = measure_in_subprocess(
+                    framework, setting_name, steps, diagnostics=diagnostics, seed=seed
+                )
+                res["repeat"] = r
+                results.append(res)
+                if log:
+                    log(
+                        f"[{len(results)}/{total}] {setting_name:8s} {job_label(framework, diagnostics):16s} "
+                        f"{res['steps_per_s']:9,.0f} env steps/s ({res['seconds']:.1f} s)"
+                    )
+    return results
+
+
+def job_label(framework: str, diagnostics: bool | None) -> str:
+    if framework == "dqnlab":
+        return f"dqnlab diag-{'on' if diagnostics else 'off'}"
+    return "SB3"
+
+
+def medians(results: list[dict]) -> dict[tuple[str, str], float]:
+    """{(setting, job label): median env steps/s over repeats}."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for res in results:
+        key = (res["setting"], job_label(res["framework"], res["diagnostics"]))
+        groups.setdefault(key, []).append(res["steps_per_s"])
+    return {key: statistics.median(values) for key, values in groups.items()}
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_info() -> dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    dists = ("dqnlab", "tensorflow", "keras", "torch", "stable-baselines3", "gymnasium", "numpy")
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "python": platform.python_version(),
+        "versions": {d: _version(d) for d in dists},
+        "threads": THREADS_NOTE,
+    }
+
+
+def machine_line(info: dict, frameworks: tuple[str, ...] = FRAMEWORKS) -> str:
+    skip = set() if "sb3" in frameworks else {"torch", "stable-baselines3"}
+    versions = ", ".join(f"{d} {v}" for d, v in info["versions"].items() if d not in skip)
+    return (
+        f"machine: {info['cpu']}, {info['logical_cores']} logical cores ({info['usable_cores']} usable); "
+        f"python {info['python']}, {versions}; threads: {info['threads']}"
+    )
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import tempfile
+import types
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
@@ -76,8 +78,19 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _tensorboard_without_tensorflow() -> None:
+    """Let TensorBoard read event files with its pure-Python stub instead of importing TensorFlow.
+
+    TensorBoard looks for `tensorboard.compat.notf`; without it, reading a file costs a full TensorFlow
+    import (2-3 s, and TF's start-up log lines). Only done where TensorFlow is not loaded already.
+    """
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+
+
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series in a run's event files, as {tag: [(step, value), ...]} sorted by step."""
+    _tensorboard_without_tensorflow()
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.util import tensor_util
 
