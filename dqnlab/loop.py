@@ -114,9 +114,9 @@ def run_loop(
             )
             out = learner.update(replay.sample_many(k, cfg.batch_size), measure)
             updates += k
-            policy.set_weights(learner.online_weights())
-            finite = bool(out.pop("finite"))
-            yield Updated(step, updates, out if measure else {}, finite)
+            policy.set_weights([w.numpy() for w in out.weights])
+            finite = bool(out.finite)
+            yield Updated(step, updates, out.metrics, finite)
             if not finite:
                 return
         if step % cfg.target_update_every == 0 and (updates > updates_at_target_sync or cfg.target_tau < 1.0):

@@ -2,13 +2,22 @@
 
 Tag names are exactly the metric keys the learner returns (see docs/metrics.md). Values are pulled from the
 device here, once per written burst, never inside the compiled step.
+
+Events are built with TensorBoard's own protobuf helpers (`scalar_pb`) and written by its pure-Python
+`EventFileWriter`: about 30 us a scalar, against about 600 us for an eager `tf.summary.scalar` call, which
+at one episode every ~20 steps would cost more than the whole learner. The files are the standard TF2
+format, read by TensorBoard and by `tf.data`/`summary_iterator` alike.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from dqnlab._tf import tf
+from tensorboard.compat.proto import event_pb2
+from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
 from dqnlab.loop import EpisodeEnd, Evaluated
 
 
@@ -16,28 +25,28 @@ class Summaries:
     """One run's TensorBoard writer. Use as a context manager so the last events are always flushed."""
 
     def __init__(self, run_dir: Path, flush_every_s: float = 10.0):
-        self._writer = tf.summary.create_file_writer(str(run_dir), flush_millis=int(flush_every_s * 1000))
+        self._writer = EventFileWriter(str(run_dir), max_queue_size=1000, flush_secs=flush_every_s)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        with self._writer.as_default(step=step):
-            for tag, value in values.items():
-                tf.summary.scalar(tag, value)
+        wall_time = time.time()
+        for tag, value in values.items():
+            self._writer.add_event(
+                event_pb2.Event(wall_time=wall_time, step=int(step), summary=scalar_pb(tag, value))
+            )
 
-    def metrics(self, step: int, metrics: dict[str, tf.Tensor]) -> dict[str, float]:
+    def metrics(self, step: int, metrics: dict) -> dict[str, float]:
         """Write a measured update's tensors; return them as floats."""
         values = {tag: float(v) for tag, v in metrics.items()}
         self.scalars(step, values)
         return values
 
     def episode(self, event: EpisodeEnd) -> None:
-        self.scalars(
-            event.step,
-            {
-                "episode/return": event.episode_return,
-                "episode/length": event.length,
-                "charts/epsilon": event.epsilon,
-            },
-        )
+        values = {
+            "episode/return": event.episode_return,
+            "episode/length": event.length,
+            "charts/epsilon": event.epsilon,
+        }
+        self.scalars(event.step, values)
 
     def evaluation(self, event: Evaluated) -> None:
         self.scalars(event.step, {"eval/return": event.mean_return})

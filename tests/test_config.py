@@ -160,8 +160,8 @@ def test_docs_presets_lists_every_field():
 
 def test_config_choices_match_the_registries():
     from dqnlab import config, losses
-    from dqnlab.learner import _OPTIMIZERS
     from dqnlab.networks import _NUMPY_ACTIVATIONS
+    from dqnlab.optimizers import _OPTIMIZERS
 
     assert set(config.LOSS_KINDS) == set(losses.LOSSES)
     assert set(config.OPTIMIZERS) == set(_OPTIMIZERS)

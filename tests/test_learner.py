@@ -65,8 +65,9 @@ CASES = {
 @pytest.mark.parametrize("kind", list(CASES))
 def test_diagnostics_match_hand_computation(kind):
     loss, blocked, zero_frac, head_norm = CASES[kind]
-    m = {k: v.numpy() for k, v in tiny_learner(kind).update(batch(), with_diagnostics=True).items()}
-    assert m["finite"]
+    out = tiny_learner(kind).update(batch(), with_diagnostics=True)
+    assert bool(out.finite)
+    m = {k: v.numpy() for k, v in out.metrics.items()}
     np.testing.assert_allclose(m["loss/td"], loss, rtol=1e-6)
     np.testing.assert_allclose(m["td/grad_blocked_frac"], blocked, rtol=1e-6)
     assert m["td/beyond_bound_frac"] == pytest.approx(2 / 4)  # |3| and |-2| exceed bound 1
@@ -85,14 +86,14 @@ def test_blocked_fraction_is_exactly_the_beyond_bound_share_for_the_forward_clip
     rng = np.random.default_rng(0)
     rewards = rng.uniform(-5, 5, size=B).astype(np.float32)
     b = batch()._replace(rewards=rewards[None])
-    m = learner.update(b, with_diagnostics=True)
+    m = learner.update(b, with_diagnostics=True).metrics
     q_a = OBS[np.arange(B), ACTIONS]
     expected = np.mean(np.abs(rewards - q_a) > 1.0)
     assert float(m["td/grad_blocked_frac"]) == pytest.approx(expected)
 
 
 def test_global_norm_and_near_zero_use_every_variable():
-    m = tiny_learner("huber").update(batch(), with_diagnostics=True)
+    m = tiny_learner("huber").update(batch(), with_diagnostics=True).metrics
     tags = ["hidden_0/kernel", "hidden_0/bias", "q_head/kernel", "q_head/bias"]
     norms = np.array([float(m[f"grad_norm/{t}"]) for t in tags])
     assert float(m["grad_norm/global"]) == pytest.approx(np.sqrt((norms**2).sum()), rel=1e-6)
@@ -102,7 +103,7 @@ def test_global_norm_and_near_zero_use_every_variable():
 
 def test_clipping_reports_preclip_norm_and_fires():
     learner = tiny_learner("squared", **{"train.grad_clip_norm": 0.01})
-    m = learner.update(batch(), with_diagnostics=True)
+    m = learner.update(batch(), with_diagnostics=True).metrics
     assert float(m["grad/clipped"]) == 1.0
     assert float(m["grad_norm/preclip_global"]) > 0.01
     assert float(m["grad_norm/global"]) == pytest.approx(0.01, rel=1e-5)
@@ -118,13 +119,16 @@ def test_fused_burst_equals_one_update_per_call():
 
 
 def test_without_diagnostics_only_finiteness_comes_back():
-    out = tiny_learner("huber").update(batch(k=3), with_diagnostics=False)
-    assert set(out) == {"finite"} and bool(out["finite"])
+    learner = tiny_learner("huber")
+    out = learner.update(batch(k=3), with_diagnostics=False)
+    assert out.metrics == {} and bool(out.finite)
+    for returned, variable in zip(out.weights, learner.online_weights(), strict=True):
+        np.testing.assert_array_equal(returned.numpy(), variable)
 
 
 def test_non_finite_loss_is_flagged():
     b = batch()._replace(rewards=np.full((1, B), np.nan, np.float32))
-    assert not bool(tiny_learner("huber").update(b, with_diagnostics=False)["finite"])
+    assert not bool(tiny_learner("huber").update(b, with_diagnostics=False).finite)
 
 
 def test_target_sync_hard_and_soft():
@@ -147,7 +151,7 @@ def test_double_dqn_bootstraps_with_the_online_argmax():
     eye, zero = np.eye(2, dtype=np.float32), np.zeros(2, np.float32)
     learner.target.set_weights([eye, zero, np.array([[0, 1], [1, 0]], np.float32), zero])  # swaps the Qs
     b = batch()._replace(discounts=np.ones((1, B), np.float32))
-    m = learner.update(b, with_diagnostics=True)
+    m = learner.update(b, with_diagnostics=True).metrics
     a_star = OBS.argmax(axis=1)  # online Q(s', .) = s'
     v = OBS[np.arange(B), 1 - a_star]  # target's Q(s', a*) reads the other coordinate
     assert float(m["q/target_mean"]) == pytest.approx(np.mean(REWARDS + 0.5 * v))
@@ -164,12 +168,19 @@ def test_same_seed_gives_identical_initial_weights_across_arms():
     assert not np.array_equal(arms[0].online_weights()[0], other.online_weights()[0])
 
 
-def test_compiled_step_does_not_retrace():
+def test_compiled_step_is_traced_once_per_diagnostics_flag():
     learner = tiny_learner("huber")
+    learner.update(batch(k=2), with_diagnostics=False)
+    learner.update(batch(k=2), with_diagnostics=True)
+    traced = dict(learner._compiled)
     for _ in range(3):
         learner.update(batch(k=2), with_diagnostics=False)
         learner.update(batch(k=2), with_diagnostics=True)
-    assert learner._burst.experimental_get_tracing_count() == 2  # one trace per diagnostics flag
+    assert learner._compiled == traced and set(traced) == {False, True}
+    with pytest.raises(
+        (TypeError, ValueError)
+    ):  # shapes are fixed per run: a new one is an error, not a retrace
+        learner.update(batch(k=3), with_diagnostics=False)
 
 
 def test_variable_tags_are_paths_below_the_model():
@@ -182,10 +193,10 @@ def test_variable_tags_are_paths_below_the_model():
 
 
 def test_eager_switch_gives_the_same_metrics():
-    compiled = tiny_learner("clipped_delta_squared").update(batch(), with_diagnostics=True)
+    compiled = tiny_learner("clipped_delta_squared").update(batch(), with_diagnostics=True).metrics
     tf.config.run_functions_eagerly(True)
     try:
-        eager = tiny_learner("clipped_delta_squared").update(batch(), with_diagnostics=True)
+        eager = tiny_learner("clipped_delta_squared").update(batch(), with_diagnostics=True).metrics
     finally:
         tf.config.run_functions_eagerly(False)
     for k in compiled:
