@@ -163,9 +163,12 @@ def _sb3_run(setting_name: str, steps: int, seed: int) -> dict[str, float]:
     start = time.perf_counter()
     model.learn(total_timesteps=steps)
     elapsed = time.perf_counter() - start
-    if model.num_timesteps != steps:
-        raise RuntimeError(f"SB3 ran {model.num_timesteps} env steps, expected {steps}")
-    return {"steps_per_s": steps / elapsed, "seconds": elapsed, "setup_s": setup_s}
+    # SB3 collects whole rollouts of `train_freq` steps, so it may run up to train_freq - 1 steps past
+    # `steps` (20,224 for 20,000 at train_freq 256): count the steps it really ran.
+    done = int(model.num_timesteps)
+    if done < steps:
+        raise RuntimeError(f"SB3 ran {done} env steps, expected at least {steps}")
+    return {"steps_per_s": done / elapsed, "seconds": elapsed, "setup_s": setup_s, "env_steps": done}
 
 
 def sb3_steps_per_s(setting_name: str, steps: int, seed: int = 0) -> float:
@@ -179,6 +182,9 @@ THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THRE
 THREADS_NOTE = (
     "one fresh process per measurement, 1 thread each: TF intra-op=1 inter-op=1, "
     "torch set_num_threads(1) set_num_interop_threads(1), OMP/OPENBLAS/MKL_NUM_THREADS=1"
+)
+THREADS_NOTE_DQNLAB = (
+    "one fresh process per measurement, 1 thread: TF intra-op=1 inter-op=1, OMP/OPENBLAS/MKL_NUM_THREADS=1"
 )
 TIMED_NOTE = (
     "timed: dqnlab = whole dqnlab.train() call (env + network build, tf.function tracing, run dir, "
@@ -201,7 +207,7 @@ def _measure_here(framework: str, setting_name: str, steps: int, seed: int, diag
         try:
             start = time.perf_counter()
             sps = dqnlab_steps_per_s(setting_name, steps, diagnostics, logdir=logdir, seed=seed)
-            out = {"steps_per_s": sps, "seconds": time.perf_counter() - start}
+            out = {"steps_per_s": sps, "seconds": time.perf_counter() - start, "env_steps": steps}
         finally:
             shutil.rmtree(logdir, ignore_errors=True)
         threads = (
@@ -317,6 +323,21 @@ def medians(results: list[dict]) -> dict[tuple[str, str], float]:
     return {key: statistics.median(values) for key, values in groups.items()}
 
 
+def spread_note(results: list[dict]) -> str:
+    """One line naming the largest max/min - 1 between repeats of one measurement: the noise floor."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for res in results:
+        key = (res["setting"], job_label(res["framework"], res["diagnostics"]))
+        groups.setdefault(key, []).append(res["steps_per_s"])
+    worst, key = max((max(v) / min(v) - 1, k) for k, v in groups.items())
+    if all(len(v) < 2 for v in groups.values()):
+        return "noise: one repeat per measurement, so no spread is known (use --repeats 3 or more)"
+    return (
+        f"noise: largest spread between repeats of one measurement {100 * worst:.0f}% ({key[0]}, {key[1]}); "
+        "a ratio nearer its target than that is not resolved: rerun with more --repeats"
+    )
+
+
 def _version(dist: str) -> str:
     try:
         return metadata.version(dist)
@@ -324,7 +345,8 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def machine_info() -> dict[str, object]:
+def machine_info(frameworks: tuple[str, ...] = FRAMEWORKS) -> dict[str, object]:
+    """CPU model, cores, package versions and thread settings of the frameworks measured."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -338,20 +360,21 @@ def machine_info() -> dict[str, object]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    dists = ("dqnlab", "tensorflow", "keras", "torch", "stable-baselines3", "gymnasium", "numpy")
+    dists = ["dqnlab", "tensorflow", "keras", "torch", "stable-baselines3", "gymnasium", "numpy"]
+    if "sb3" not in frameworks:
+        dists = [d for d in dists if d not in ("torch", "stable-baselines3")]
     return {
         "cpu": cpu,
         "logical_cores": os.cpu_count(),
         "usable_cores": usable,
         "python": platform.python_version(),
         "versions": {d: _version(d) for d in dists},
-        "threads": THREADS_NOTE,
+        "threads": THREADS_NOTE if "sb3" in frameworks else THREADS_NOTE_DQNLAB,
     }
 
 
-def machine_line(info: dict, frameworks: tuple[str, ...] = FRAMEWORKS) -> str:
-    skip = set() if "sb3" in frameworks else {"torch", "stable-baselines3"}
-    versions = ", ".join(f"{d} {v}" for d, v in info["versions"].items() if d not in skip)
+def machine_line(info: dict) -> str:
+    versions = ", ".join(f"{d} {v}" for d, v in info["versions"].items())
     return (
         f"machine: {info['cpu']}, {info['logical_cores']} logical cores ({info['usable_cores']} usable); "
         f"python {info['python']}, {versions}; threads: {info['threads']}"

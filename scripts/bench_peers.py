@@ -1,0 +1,88 @@
+"""dqnlab vs Stable-Baselines3 DQN: env steps per second at two public CartPole-v1 settings, same run.
+
+    python scripts/bench_peers.py [--steps 20000] [--repeats 2] [--settings NAMES] [--json FILE]
+
+Settings (dqnlab/bench.py): `cleanrl` (120-84 ReLU MLP, batch 128, one update every 10 env steps, target
+sync every 500) and `sb3_zoo` (256-256, batch 64, 128 gradient steps every 256 env steps, target every
+10). Every measurement runs in its own fresh subprocess (TensorFlow and torch never share a process) with
+one thread per framework; the order alternates between repeats and the median per framework is reported.
+Prints env steps/s for dqnlab with diagnostics on and off and for SB3, and the ratios dqnlab diag-on / SB3
+(target >= 2) and dqnlab diag-on / diag-off (target >= 1/1.15, i.e. diagnostics cost <= 15%).
+
+Stable-Baselines3 and torch are benchmark-only dependencies, never runtime ones. Install a CPU torch
+first, then the `bench` extra:
+
+    pip install torch==2.13.0        # a CPU build here; elsewhere use PyTorch's CPU wheel index
+    pip install -e '.[bench]'        # stable-baselines3>=2.3
+
+Exit status: 0 after printing the results (whether or not the targets are met), 2 when SB3 is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from dqnlab import bench
+
+JOBS = [("dqnlab", True), ("sb3", None), ("dqnlab", False)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20_000, help="env steps per measurement (default 20000)")
+    ap.add_argument("--repeats", type=int, default=2, help="measurements per framework and setting")
+    ap.add_argument("--settings", default=",".join(bench.SETTINGS), help="comma-separated setting names")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", metavar="FILE", help="also save the results as JSON")
+    args = ap.parse_args(argv)
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in settings if s not in bench.SETTINGS]
+    if unknown or not settings or args.steps < 1 or args.repeats < 1:
+        ap.error(f"--settings from {', '.join(bench.SETTINGS)}; --steps and --repeats >= 1")
+    if not bench.sb3_available():
+        print(f"bench_peers.py: {bench.SB3_INSTALL_HINT}", file=sys.stderr)
+        return 2
+
+    info = bench.machine_info()
+    start = time.perf_counter()
+    results = bench.run_schedule(
+        JOBS, settings, args.steps, args.repeats, seed=args.seed, log=lambda m: print(m, file=sys.stderr)
+    )
+    wall = time.perf_counter() - start
+    med = bench.medians(results)
+
+    rows, summary = [], {}
+    for s in settings:
+        on, off, sb3 = med[(s, "dqnlab diag-on")], med[(s, "dqnlab diag-off")], med[(s, "SB3")]
+        summary[s] = {"dqnlab_diag_on": on, "dqnlab_diag_off": off, "sb3": sb3}
+        summary[s].update(on_over_sb3=on / sb3, on_over_off=on / off)
+        rows.append(
+            [s, f"{on:,.0f}", f"{off:,.0f}", f"{sb3:,.0f}", f"{on / sb3:.2f}x", f"{on / off:.3f}",
+             "yes" if on / sb3 >= 2 and off / on <= 1.15 else "NO"]
+        )  # fmt: skip
+    print(
+        f"dqnlab vs Stable-Baselines3 DQN on CartPole-v1: {args.steps:,} env steps per measurement, "
+        f"median of {args.repeats} (order alternated), seed {args.seed}"
+    )
+    print(bench.machine_line(info))
+    print(bench.TIMED_NOTE)
+    print()
+    header = ["setting", "dqnlab diag-on", "dqnlab diag-off", "SB3", "on/SB3 (>=2)", "on/off (>=0.87)", "met"]
+    print(bench.format_table(header, rows) + "\n")
+    print(f"env steps/s; {len(results)} measurements in {wall:.0f} s")
+    print(bench.spread_note(results))
+
+    if args.json:
+        with open(args.json, "w") as f:
+            payload = {"steps": args.steps, "repeats": args.repeats, "seed": args.seed, "wall_s": wall}
+            payload.update(machine=info, medians=summary, measurements=results)
+            json.dump(payload, f, indent=2)
+        print(f"saved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

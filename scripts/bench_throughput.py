@@ -1,0 +1,74 @@
+"""dqnlab's env steps per second with diagnostics on and off, at two public CartPole-v1 settings.
+
+    python scripts/bench_throughput.py [--steps 20000] [--repeats 2] [--settings NAMES] [--json FILE]
+
+Measures the full loop (acting, replay, update bursts, TensorBoard summaries) with the gradient
+diagnostics on, and the same with them off, in the same run: each measurement in its own fresh
+subprocess with one TensorFlow thread (intra-op = inter-op = 1, OMP/OPENBLAS/MKL_NUM_THREADS=1), the
+order alternating between repeats, medians reported. The ratio diag-off / diag-on is what diagnostics
+cost (target <= 1.15). Settings (dqnlab/bench.py): `cleanrl` (120-84 ReLU MLP, batch 128, one update
+every 10 env steps, target sync every 500) and `sb3_zoo` (256-256, batch 64, 128 gradient steps every
+256 env steps, target every 10). The comparison with Stable-Baselines3 is scripts/bench_peers.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from dqnlab import bench
+
+JOBS = [("dqnlab", True), ("dqnlab", False)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20_000, help="env steps per measurement (default 20000)")
+    ap.add_argument("--repeats", type=int, default=2, help="measurements per configuration and setting")
+    ap.add_argument("--settings", default=",".join(bench.SETTINGS), help="comma-separated setting names")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", metavar="FILE", help="also save the results as JSON")
+    args = ap.parse_args(argv)
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in settings if s not in bench.SETTINGS]
+    if unknown or not settings or args.steps < 1 or args.repeats < 1:
+        ap.error(f"--settings from {', '.join(bench.SETTINGS)}; --steps and --repeats >= 1")
+
+    info = bench.machine_info(frameworks=("dqnlab",))
+    start = time.perf_counter()
+    results = bench.run_schedule(
+        JOBS, settings, args.steps, args.repeats, seed=args.seed, log=lambda m: print(m, file=sys.stderr)
+    )
+    wall = time.perf_counter() - start
+    med = bench.medians(results)
+
+    rows, summary = [], {}
+    for s in settings:
+        on, off = med[(s, "dqnlab diag-on")], med[(s, "dqnlab diag-off")]
+        summary[s] = {"dqnlab_diag_on": on, "dqnlab_diag_off": off, "off_over_on": off / on}
+        rows.append([s, f"{on:,.0f}", f"{off:,.0f}", f"{off / on:.3f}", "yes" if off / on <= 1.15 else "NO"])
+    print(
+        f"dqnlab throughput on CartPole-v1: {args.steps:,} env steps per measurement, "
+        f"median of {args.repeats} (order alternated), seed {args.seed}"
+    )
+    print(bench.machine_line(info))
+    print(bench.TIMED_NOTE.split(";")[0])
+    print()
+    header = ["setting", "diag-on", "diag-off", "off/on = diagnostics cost (<=1.15)", "met"]
+    print(bench.format_table(header, rows) + "\n")
+    print(f"env steps/s; {len(results)} measurements in {wall:.0f} s")
+    print(bench.spread_note(results))
+
+    if args.json:
+        with open(args.json, "w") as f:
+            payload = {"steps": args.steps, "repeats": args.repeats, "seed": args.seed, "wall_s": wall}
+            payload.update(machine=info, medians=summary, measurements=results)
+            json.dump(payload, f, indent=2)
+        print(f"saved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
