@@ -98,6 +98,14 @@ class DiagnosticsConfig:
         "updates between logged diagnostic updates (the last update of a burst is measured)", min=1
     )
     near_zero_tol: float = _f("|g| below this counts in grad_near_zero_frac", min=0.0)
+    probe_every: int = _f("updates between activation probes and histograms; 0 turns them off", min=0)
+    probe_size: int = _f("probe states, drawn once from replay when the first probe runs", min=1)
+    dormant_tau: float = _f("a unit is tau-dormant when its score E|h_i| / mean_k E|h_k| is <= tau", min=0.0)
+    saturation_margin: float = _f(
+        "sigmoid/tanh outputs this close to their bounds count as saturated", min=0.0
+    )
+    histograms: bool = _f("write gradient, weight and activation histograms at each probe")
+    srank_delta: float = _f("srank threshold: top-k singular values reaching 1 - delta of the total", min=0.0)
 
 
 SECTIONS: dict[str, type] = {

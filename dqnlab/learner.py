@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from dqnlab import probes
 from dqnlab._tf import keras, tf
 from dqnlab.config import Config
 from dqnlab.losses import get_loss
@@ -80,6 +81,9 @@ class Learner:
         self.optimizer = make_optimizer(cfg.optimizer)
         self.optimizer.build(self.online.trainable_variables)
         self.variables = list(self.online.trainable_variables)
+        # Initial weights, for the distance-from-initialisation diagnostic.
+        self._initial = [tf.Variable(v.numpy(), trainable=False) for v in self.variables]
+        self._hidden_layers = [layer for layer in self.online.layers if layer.name.startswith("hidden_")]
         self._obs_dim = obs_dim
         self.variable_tags = [variable_tag(v) for v in self.variables]
         self._loss_fn = get_loss(cfg.loss.kind)
@@ -89,7 +93,9 @@ class Learner:
         self._double = bool(cfg.train.double_dqn)
         self._near_zero_tol = float(cfg.diagnostics.near_zero_tol)
         self._tau = float(cfg.train.target_tau)
+        self._diag = cfg.diagnostics
         self._compiled: dict[bool, tf.types.experimental.GenericFunction] = {}  # diagnostics flag -> fn
+        self._probe_fn = None
         self._sync_target = tf.function(self._sync_target_impl, autograph=False)
 
     # -- public -------------------------------------------------------------------------------------
@@ -109,6 +115,29 @@ class Learner:
 
     def update_target(self) -> None:
         self._sync_target()
+
+    def probe(self, states: np.ndarray, batch: Batch) -> dict[str, tf.Tensor]:
+        """Activation statistics of every hidden layer on `states` [N, obs_dim], the penultimate layer's
+        srank, and (when histograms are on) histograms of weights, activations and of the gradient of the
+        TD loss on `batch` (computed, not applied). One compiled call, traced once."""
+        states = np.asarray(states, np.float32)
+        packed = pack(Batch(*batch))
+        if tf.config.functions_run_eagerly():
+            return self._probe_impl(tf.constant(states), tf.constant(packed))
+        if self._probe_fn is None:
+            fn = tf.function(self._probe_impl, autograph=False)
+            self._probe_fn = fn.get_concrete_function(
+                tf.TensorSpec(states.shape, tf.float32), tf.TensorSpec(packed.shape, tf.float32)
+            )
+        return self._probe_fn(states, packed)
+
+    def nonfinite_variables(self) -> list[str]:
+        """Tags of the online variables holding a NaN or inf, in model order (input side first)."""
+        return [
+            t
+            for t, v in zip(self.variable_tags, self.variables, strict=True)
+            if not np.isfinite(v.numpy()).all()
+        ]
 
     def online_weights(self) -> list[np.ndarray]:
         """Host copy of the online weights (kernel, bias, ...), for the numpy acting path."""
@@ -156,7 +185,8 @@ class Learner:
         for t, o in zip(self.target.weights, self.online.weights, strict=True):
             t.assign(o if self._tau >= 1.0 else self._tau * o + (1.0 - self._tau) * t)
 
-    def _update(self, b: Batch, with_diagnostics: bool) -> dict[str, tf.Tensor]:
+    def _td_gradients(self, b: Batch, with_qa_grad: bool):
+        """TD loss of a batch and its gradients (not applied); with `with_qa_grad`, also dL/dQ(s,a)."""
         obs_tm1 = tf.cast(b.obs, tf.float32)  # [B, D]
         obs_t = tf.cast(b.next_obs, tf.float32)  # [B, D]
         a_tm1 = tf.cast(b.actions, tf.int32)  # [B]
@@ -176,13 +206,18 @@ class Learner:
             qa_tm1 = tf.gather(q_tm1, a_tm1, batch_dims=1)  # [B]
             delta = target_tm1 - qa_tm1  # [B]
             loss = tf.reduce_mean(self._loss_fn(delta, self._bound))
-        # With diagnostics, also dL/dQ(s,a) per sample: exactly 0 where the loss blocks the TD signal.
-        sources = self.variables + ([qa_tm1] if with_diagnostics else [])
+        # dL/dQ(s,a) per sample is exactly 0 where the loss blocks the TD signal (the clip bug).
+        sources = self.variables + ([qa_tm1] if with_qa_grad else [])
         grads = tape.gradient(loss, sources)
-        grads, dloss_dqa = grads[: len(self.variables)], grads[len(self.variables) :]
+        dloss_dqa = grads[len(self.variables)] if with_qa_grad else None
+        return loss, grads[: len(self.variables)], dloss_dqa, q_tm1, target_tm1, delta
+
+    def _update(self, b: Batch, with_diagnostics: bool) -> dict[str, tf.Tensor]:
+        loss, grads, dloss_dqa, q_tm1, target_tm1, delta = self._td_gradients(b, with_diagnostics)
         preclip_norm = tf.linalg.global_norm(grads)
         if self._clip_norm > 0:
             grads, _ = tf.clip_by_global_norm(grads, self._clip_norm, use_norm=preclip_norm)
+        before = [tf.identity(v.value) for v in self.variables] if with_diagnostics else []
         self.optimizer.apply(grads, self.variables)
 
         finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(preclip_norm))
@@ -190,7 +225,7 @@ class Learner:
             return {"finite": finite}
         abs_delta = tf.abs(delta)
         nonzero_delta = tf.not_equal(delta, 0.0)
-        blocked = tf.logical_and(tf.equal(dloss_dqa[0], 0.0), nonzero_delta)
+        blocked = tf.logical_and(tf.equal(dloss_dqa, 0.0), nonzero_delta)
         m: dict[str, tf.Tensor] = {
             "loss/td": loss,
             "q/mean": tf.reduce_mean(q_tm1),
@@ -205,14 +240,56 @@ class Learner:
             "grad_norm/global": tf.linalg.global_norm(grads),
         }
         nonfinite = tf.constant(0.0)
-        for tag, g in zip(self.variable_tags, grads, strict=True):
+        for tag, g, w0, w, w_init in zip(
+            self.variable_tags, grads, before, self.variables, self._initial, strict=True
+        ):
             m[f"grad_norm/{tag}"] = tf.norm(g)
             m[f"grad_zero_frac/{tag}"] = _frac(tf.equal(g, 0.0))
             m[f"grad_near_zero_frac/{tag}"] = _frac(tf.abs(g) < self._near_zero_tol)
-            nonfinite += tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32))
+            m[f"grad_nonfinite/{tag}"] = tf.reduce_sum(
+                tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32)
+            )
+            nonfinite += m[f"grad_nonfinite/{tag}"]
+            w1 = w.value
+            m[f"weight_norm/{tag}"] = tf.norm(w1)
+            m[f"update_ratio/{tag}"] = tf.math.divide_no_nan(tf.norm(w1 - w0), tf.norm(w0))
+            m[f"weight_dist_init/{tag}"] = tf.norm(w1 - w_init)
         m["grad/nonfinite"] = nonfinite
+        if (
+            len(self._hidden_layers) >= 2
+        ):  # vanishing indicator: first over last hidden layer's kernel gradient
+            first, last = self._hidden_layers[0].name, self._hidden_layers[-1].name
+            m["grad/depth_ratio"] = tf.math.divide_no_nan(
+                m[f"grad_norm/{first}/kernel"], m[f"grad_norm/{last}/kernel"]
+            )
         if self._clip_norm > 0:
             m["grad_norm/preclip_global"] = preclip_norm
             m["grad/clipped"] = tf.cast(preclip_norm > self._clip_norm, tf.float32)
         m["finite"] = finite
+        return m
+
+    def _probe_impl(self, states: tf.Tensor, packed: tf.Tensor) -> dict[str, tf.Tensor]:
+        d, activation = self._diag, self.cfg.network.activation
+        m: dict[str, tf.Tensor] = {}
+        h = states  # [N, D]
+        for layer in self._hidden_layers:
+            x = tf.matmul(h, layer.kernel) + layer.bias  # [N, U] pre-activations
+            z = layer.activation(x)  # [N, U]
+            name = layer.name
+            m[f"act_dead_frac/{name}"] = probes.dead_frac(z)
+            m[f"act_dormant_frac/{name}"] = probes.dormant_frac(z, d.dormant_tau)
+            m[f"act_saturated_frac/{name}"] = probes.saturated_frac(z, activation, d.saturation_margin)
+            m[f"act_zero_deriv_frac/{name}"] = probes.zero_derivative_frac(x, z, activation)
+            m[f"act_deriv_mean/{name}"] = tf.reduce_mean(probes.local_derivative(x, z, activation))
+            if d.histograms:
+                m[f"hist/activation/{name}"] = z
+            h = z
+        m["features/srank"] = tf.cast(probes.srank(h, d.srank_delta), tf.float32)
+        if d.histograms:
+            _, grads, _, _, _, _ = self._td_gradients(unpack(packed, self._obs_dim), False)
+            for tag, g, w in zip(self.variable_tags, grads, self.variables, strict=True):
+                m[f"hist/weight/{tag}"] = tf.identity(w.value)
+                m[f"hist/grad/{tag}"] = g
+                nonzero = tf.boolean_mask(g, tf.not_equal(g, 0.0))  # exact zeros are grad_zero_frac's
+                m[f"hist/log10_abs_grad/{tag}"] = tf.math.log(tf.abs(nonzero)) / tf.math.log(10.0)
         return m

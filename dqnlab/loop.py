@@ -40,6 +40,14 @@ class Updated:
 
 
 @dataclass(frozen=True)
+class Probed:
+    """Activation probes (and histograms) of the online network, taken after a burst."""
+
+    step: int
+    metrics: dict  # tag -> tf.Tensor (scalars, and arrays for histograms)
+
+
+@dataclass(frozen=True)
 class Evaluated:
     step: int
     returns: tuple[float, ...]  # one per greedy episode
@@ -49,7 +57,7 @@ class Evaluated:
         return float(np.mean(self.returns))
 
 
-Event = EpisodeEnd | Updated | Evaluated
+Event = EpisodeEnd | Updated | Probed | Evaluated
 
 
 def epsilon_at(step: int, cfg: TrainConfig) -> float:
@@ -82,13 +90,19 @@ def run_loop(
     steps: int,
     seed: int,
     diagnostics_every: int | None,
+    probe_every: int | None = None,
+    probe_size: int = 256,
 ) -> Iterator[Event]:
-    """Train for `steps` env steps, yielding events. `diagnostics_every=None` never measures."""
+    """Train for `steps` env steps, yielding events.
+
+    A burst is measured when it crosses a multiple of `diagnostics_every` updates, probed when it crosses a
+    multiple of `probe_every`; None turns either off. Probe states are drawn once, at the first probe."""
     rng = np.random.default_rng(seed)
     num_actions = int(env.action_space.n)
     policy = NumpyMLP(learner.cfg.network.activation)
     policy.set_weights(learner.online_weights())
     updates = 0
+    probe_states = None
     updates_at_target_sync = 0  # a hard sync with no update since the last one would copy the same weights
     obs, _ = env.reset(seed=seed)
     episode_return, episode_length = 0.0, 0
@@ -108,10 +122,8 @@ def run_loop(
 
         if step >= cfg.learning_starts and step % cfg.train_every == 0:
             k = cfg.gradient_steps
-            measure = (
-                diagnostics_every is not None
-                and (updates + k) // diagnostics_every > updates // diagnostics_every
-            )
+            measure = _crosses(updates, k, diagnostics_every)
+            probe = _crosses(updates, k, probe_every)
             out = learner.update(replay.sample_many(k, cfg.batch_size), measure)
             updates += k
             policy.set_weights([w.numpy() for w in out.weights])
@@ -119,6 +131,10 @@ def run_loop(
             yield Updated(step, updates, out.metrics, finite)
             if not finite:
                 return
+            if probe:
+                if probe_states is None:
+                    probe_states = replay.sample(probe_size).obs
+                yield Probed(step, learner.probe(probe_states, replay.sample(cfg.batch_size)))
         if step % cfg.target_update_every == 0 and (updates > updates_at_target_sync or cfg.target_tau < 1.0):
             learner.update_target()
             updates_at_target_sync = updates
@@ -126,3 +142,8 @@ def run_loop(
             yield Evaluated(
                 step, greedy_episodes(eval_env, policy, cfg.eval_episodes, seed=seed + 10_000 + step)
             )
+
+
+def _crosses(updates: int, k: int, every: int | None) -> bool:
+    """Whether going from `updates` to `updates + k` passes a multiple of `every`."""
+    return every is not None and (updates + k) // every > updates // every

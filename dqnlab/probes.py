@@ -2,8 +2,8 @@
 
 Pure TF functions of a layer's pre-activations `x` [N, U] (N probe states, U units) and outputs `z`; the
 learner runs them inside a compiled call on its own schedule. Definitions (docs/metrics.md):
-- dead: a ReLU unit whose output is <= 0 on every probe state gets no gradient on any of them ("permanent
-  brain damage"); `dead_frac` is their share of the layer.
+- dead: a unit whose output is exactly 0 on every probe state (for ReLU: pre-activation <= 0 everywhere)
+  gets no gradient on any of them ("permanent brain damage"); `dead_frac` is their share of the layer.
 - dormant (Sokar et al., ICML 2023): unit score s_i = E|z_i| / mean_k E|z_k|; tau-dormant when s_i <= tau.
   A layer that is zero everywhere scores 0 for every unit (all dormant). tau = 0 is the dead fraction.
 - saturated: sigmoid/tanh outputs within `margin` (0.03) of their bounds, as a share of (state, unit) entries.
@@ -31,8 +31,8 @@ def local_derivative(x: tf.Tensor, z: tf.Tensor, activation: str) -> tf.Tensor:
 
 
 def dead_frac(z: tf.Tensor) -> tf.Tensor:
-    """Share of units whose output is <= 0 on every probe state. z: [N, U]."""
-    return tf.reduce_mean(tf.cast(tf.reduce_all(z <= 0.0, axis=0), tf.float32))
+    """Share of units whose output is exactly 0 on every probe state. z: [N, U]."""
+    return tf.reduce_mean(tf.cast(tf.reduce_all(tf.equal(z, 0.0), axis=0), tf.float32))
 
 
 def dormant_frac(z: tf.Tensor, tau: float) -> tf.Tensor:

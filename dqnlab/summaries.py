@@ -14,7 +14,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 from tensorboard.compat.proto import event_pb2
+from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -35,9 +37,16 @@ class Summaries:
             )
 
     def metrics(self, step: int, metrics: dict) -> dict[str, float]:
-        """Write a measured update's tensors; return them as floats."""
-        values = {tag: float(v) for tag, v in metrics.items()}
+        """Write a dict of tensors: scalars as scalars, arrays (the `hist/` tags) as histograms.
+        Returns the scalars as floats."""
+        arrays = {tag: np.asarray(v) for tag, v in metrics.items()}
+        values = {tag: float(a) for tag, a in arrays.items() if a.ndim == 0}
         self.scalars(step, values)
+        wall_time = time.time()
+        for tag, a in arrays.items():
+            if a.ndim > 0:
+                summary = histogram_pb(tag, a.astype(np.float64).ravel())
+                self._writer.add_event(event_pb2.Event(wall_time=wall_time, step=int(step), summary=summary))
         return values
 
     def episode(self, event: EpisodeEnd) -> None:

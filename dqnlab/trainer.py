@@ -18,7 +18,7 @@ from dqnlab._tf import tf
 from dqnlab.config import Config, ConfigError
 from dqnlab.envs import make_env
 from dqnlab.learner import Learner
-from dqnlab.loop import EpisodeEnd, Evaluated, Updated, run_loop
+from dqnlab.loop import EpisodeEnd, Evaluated, Probed, Updated, run_loop
 from dqnlab.replay import ReplayBuffer
 from dqnlab.rundir import (
     EXPERIMENT_JSON,
@@ -116,15 +116,32 @@ def train(
             cfg, obs_dim=int(obs_shape[0]), num_actions=int(train_env.action_space.n), seed=seed
         )
         replay = ReplayBuffer(cfg.replay.capacity, obs_shape, seed=seed)
-        every = cfg.diagnostics.every if cfg.diagnostics.enabled else None
+        diag = cfg.diagnostics
+        every = diag.every if diag.enabled else None
+        probe_every = diag.probe_every if diag.enabled and diag.probe_every > 0 else None
         events = run_loop(
-            train_env, eval_env, learner, replay, cfg.train, steps=steps, seed=seed, diagnostics_every=every
+            train_env,
+            eval_env,
+            learner,
+            replay,
+            cfg.train,
+            steps=steps,
+            seed=seed,
+            diagnostics_every=every,
+            probe_every=probe_every,
+            probe_size=diag.probe_size,
         )
         with Summaries(run_dir) as summaries:
             status = _consume(events, summaries, info, final, progress, start)
             summaries.flush()
         if status == "diverged":
-            record("diverged", f"non-finite TD loss in the updates ending at env step {info['env_steps']}")
+            bad = learner.nonfinite_variables()
+            where = f"; non-finite weights: {', '.join(bad)}" if bad else ""
+            record(
+                "diverged",
+                f"non-finite TD loss or gradient in the burst ending at env step {info['env_steps']}{where}",
+                divergence={"step": info["env_steps"], "nonfinite_weights": bad},
+            )
         else:
             record("done")
     except KeyboardInterrupt:
@@ -168,6 +185,8 @@ def _consume(
                 perf_clock, perf_step, perf_updates = now, event.step, event.updates
             if not event.finite:
                 return "diverged"
+        elif isinstance(event, Probed):
+            final["probe"] = summaries.metrics(event.step, event.metrics)
         elif isinstance(event, Evaluated):
             summaries.evaluation(event)
             final["eval_return"] = event.mean_return

@@ -1,6 +1,6 @@
 """dqnlab vs Stable-Baselines3 DQN: env steps per second at two public CartPole-v1 settings, same run.
 
-    python scripts/bench_peers.py [--steps 20000] [--repeats 2] [--settings NAMES] [--json FILE]
+    python scripts/bench_peers.py [--steps 50000] [--repeats 2] [--settings NAMES] [--json FILE]
 
 Settings (dqnlab/bench.py): `cleanrl` (120-84 ReLU MLP, batch 128, one update every 10 env steps, target
 sync every 500) and `sb3_zoo` (256-256, batch 64, 128 gradient steps every 256 env steps, target every
@@ -32,7 +32,7 @@ JOBS = [("dqnlab", True), ("sb3", None), ("dqnlab", False)]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=20_000, help="env steps per measurement (default 20000)")
+    ap.add_argument("--steps", type=int, default=50_000, help="env steps per measurement (default 50000, the CartPole budget)")
     ap.add_argument("--repeats", type=int, default=2, help="measurements per framework and setting")
     ap.add_argument("--settings", default=",".join(bench.SETTINGS), help="comma-separated setting names")
     ap.add_argument("--seed", type=int, default=0)

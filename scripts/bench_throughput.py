@@ -1,6 +1,6 @@
 """dqnlab's env steps per second with diagnostics on and off, at two public CartPole-v1 settings.
 
-    python scripts/bench_throughput.py [--steps 20000] [--repeats 2] [--settings NAMES] [--json FILE]
+    python scripts/bench_throughput.py [--steps 50000] [--repeats 2] [--settings NAMES] [--json FILE]
 
 Measures the full loop (acting, replay, update bursts, TensorBoard summaries) with the gradient
 diagnostics on, and the same with them off, in the same run: each measurement in its own fresh
@@ -25,7 +25,7 @@ JOBS = [("dqnlab", True), ("dqnlab", False)]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=20_000, help="env steps per measurement (default 20000)")
+    ap.add_argument("--steps", type=int, default=50_000, help="env steps per measurement (default 50000, the CartPole budget)")
     ap.add_argument("--repeats", type=int, default=2, help="measurements per configuration and setting")
     ap.add_argument("--settings", default=",".join(bench.SETTINGS), help="comma-separated setting names")
     ap.add_argument("--seed", type=int, default=0)

@@ -201,3 +201,79 @@ def test_eager_switch_gives_the_same_metrics():
         tf.config.run_functions_eagerly(False)
     for k in compiled:
         np.testing.assert_allclose(np.asarray(eager[k]), np.asarray(compiled[k]), rtol=1e-6)
+
+
+def test_update_health_metrics_match_the_sgd_step_by_hand():
+    # SGD, lr 0.1, no clipping: W_after = W_before - 0.1 * g exactly, so ||dW|| = 0.1 ||g||.
+    learner = tiny_learner("huber")
+    initial = [w.numpy() for w in learner._initial]  # the random init, before tiny_learner set identities
+    m = {k: float(v) for k, v in learner.update(batch(), with_diagnostics=True).metrics.items()}
+    after = learner.online_weights()
+    before = [np.eye(2), np.zeros(2), np.eye(2), np.zeros(2)]
+    for i, tag in enumerate(["hidden_0/kernel", "hidden_0/bias", "q_head/kernel", "q_head/bias"]):
+        step = np.linalg.norm(after[i] - before[i])
+        assert step == pytest.approx(0.1 * m[f"grad_norm/{tag}"], rel=1e-5)
+        assert m[f"weight_norm/{tag}"] == pytest.approx(np.linalg.norm(after[i]), rel=1e-6)
+        expected_ratio = step / np.linalg.norm(before[i]) if np.linalg.norm(before[i]) else 0.0
+        assert m[f"update_ratio/{tag}"] == pytest.approx(expected_ratio, rel=1e-5)
+        assert m[f"weight_dist_init/{tag}"] == pytest.approx(np.linalg.norm(after[i] - initial[i]), rel=1e-5)
+        assert m[f"grad_nonfinite/{tag}"] == 0.0
+    # q_head/kernel by hand: ||g|| = sqrt(.25^2 + 2 * .0625^2); ratio = 0.1 ||g|| / ||I||, ||I|| = sqrt(2).
+    assert m["update_ratio/q_head/kernel"] == pytest.approx(
+        0.1 * np.sqrt(0.25**2 + 2 * 0.0625**2) / np.sqrt(2)
+    )
+
+
+def test_depth_ratio_is_first_over_last_hidden_kernel_gradient():
+    learner = Learner(
+        load_preset("huber_relu", {"network.hidden": [8, 8, 8], "train.batch_size": B}),
+        obs_dim=2,
+        num_actions=2,
+        seed=0,
+    )
+    m = {k: float(v) for k, v in learner.update(batch(), with_diagnostics=True).metrics.items()}
+    assert m["grad/depth_ratio"] == pytest.approx(
+        m["grad_norm/hidden_0/kernel"] / m["grad_norm/hidden_2/kernel"]
+    )
+
+
+def test_probe_counts_a_unit_killed_on_purpose():
+    learner = tiny_learner("huber", **{"diagnostics.dormant_tau": 0.1})
+    # hidden_0: unit 0 = x0 + x1 fires on every (non-negative) probe state; unit 1 = -(x0 + x1) - 1 never.
+    learner.online.set_weights(
+        [
+            np.array([[1, -1], [1, -1]], np.float32),
+            np.array([0, -1], np.float32),
+            np.eye(2, dtype=np.float32),
+            np.zeros(2, np.float32),
+        ]
+    )
+    m = {k: np.asarray(v) for k, v in learner.probe(OBS, Batch(*(x[0] for x in batch()))).items()}
+    assert float(m["act_dead_frac/hidden_0"]) == 0.5
+    assert float(m["act_dormant_frac/hidden_0"]) == 0.5
+    assert float(m["act_zero_deriv_frac/hidden_0"]) == 0.5  # unit 1's pre-activation is < 0 on all 4 states
+    assert float(m["act_deriv_mean/hidden_0"]) == 0.5
+    assert float(m["act_saturated_frac/hidden_0"]) == 0.0  # ReLU never saturates
+    assert float(m["features/srank"]) == 1.0  # one live unit: rank one
+    np.testing.assert_allclose(m["hist/activation/hidden_0"][:, 0], OBS.sum(axis=1))
+    assert m["hist/grad/q_head/kernel"].shape == (2, 2)
+
+
+def test_probe_sees_a_saturated_sigmoid_layer():
+    learner = tiny_learner("huber", **{"network.activation": "sigmoid"})
+    # Kernel 40 * I: pre-activations 40 * obs; every probe entry is >= 20 or exactly 0 (sigmoid(0) = 0.5).
+    learner.online.set_weights(
+        [
+            40 * np.eye(2, dtype=np.float32),
+            np.zeros(2, np.float32),
+            np.eye(2, dtype=np.float32),
+            np.zeros(2, np.float32),
+        ]
+    )
+    m = {
+        k: float(v) for k, v in learner.probe(OBS, Batch(*(x[0] for x in batch()))).items() if np.ndim(v) == 0
+    }
+    # Entries of OBS: 7 positive, 1 zero ([2, 0]) -> 7 of 8 outputs are exactly 1.0 in float32 (x >= 16.64).
+    assert m["act_saturated_frac/hidden_0"] == pytest.approx(7 / 8)
+    assert m["act_zero_deriv_frac/hidden_0"] == pytest.approx(7 / 8)
+    assert m["act_deriv_mean/hidden_0"] == pytest.approx(0.25 / 8)  # only sigmoid(0) has derivative 0.25

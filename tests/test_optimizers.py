@@ -19,6 +19,7 @@ def test_fused_adam_equals_keras_adam(compiled, lr, eps):
     fused, reference = FusedAdam(lr, epsilon=eps), keras.optimizers.Adam(lr, epsilon=eps)
     fused.build(ours)
     reference.build(theirs)
+
     def step(grads):  # variables are captured, as in the learner
         fused.apply(grads, ours)
 
