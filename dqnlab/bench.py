@@ -392,3 +392,41 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def update_call_costs(
+    hidden: tuple[int, ...], batch_size: int, calls: int, seed: int = 0
+) -> dict[str, float]:
+    """Seconds per single-update call of the learner, bare (no diagnostics) and with the every-step panel,
+    measured interleaved in one process (one TF thread) so machine noise hits both; medians of 5 rounds."""
+    import numpy as np
+
+    from dqnlab._tf import tf
+    from dqnlab.config import load_preset
+    from dqnlab.learner import Learner
+    from dqnlab.replay import ReplayBuffer
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    cfg = load_preset("huber_relu", {"network.hidden": list(hidden), "train.batch_size": batch_size})
+    learner = Learner(cfg, obs_dim=4, num_actions=2, seed=seed)
+    replay = ReplayBuffer(10_000, (4,), seed=seed)
+    rng = np.random.default_rng(seed)
+    for _ in range(2_000):
+        replay.add(
+            rng.normal(size=4), int(rng.integers(2)), 1.0, rng.normal(size=4), bool(rng.random() < 0.05)
+        )
+    rounds: dict[bool, list[float]] = {False: [], True: []}
+    for flag in (False, True):  # trace both first
+        learner.update(replay.sample_many(1, batch_size), flag)
+    for _ in range(5):
+        for flag in (False, True):
+            start = time.perf_counter()
+            for _ in range(calls):
+                out = learner.update(replay.sample_many(1, batch_size), flag)
+                bool(out.finite)
+                [w.numpy() for w in out.weights]
+                {k: float(v) for k, v in out.metrics.items()}  # the host pull a written update pays
+            rounds[flag].append((time.perf_counter() - start) / calls)
+    bare, panel = statistics.median(rounds[False]), statistics.median(rounds[True])
+    return {"bare_s": bare, "panel_s": panel, "ratio": panel / bare}

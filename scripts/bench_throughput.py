@@ -25,7 +25,12 @@ JOBS = [("dqnlab", True), ("dqnlab", False)]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=50_000, help="env steps per measurement (default 50000, the CartPole budget)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=50_000,
+        help="env steps per measurement (default 50000, the CartPole budget)",
+    )
     ap.add_argument("--repeats", type=int, default=2, help="measurements per configuration and setting")
     ap.add_argument("--settings", default=",".join(bench.SETTINGS), help="comma-separated setting names")
     ap.add_argument("--seed", type=int, default=0)

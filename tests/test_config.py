@@ -166,3 +166,25 @@ def test_config_choices_match_the_registries():
     assert set(config.LOSS_KINDS) == set(losses.LOSSES)
     assert set(config.OPTIMIZERS) == set(_OPTIMIZERS)
     assert set(config.ACTIVATIONS) == set(_NUMPY_ACTIVATIONS)
+
+
+def _differing_keys(a: str, b: str) -> set[str]:
+    da, db = load_preset(a).to_dict(), load_preset(b).to_dict()
+    return {
+        f"{section}.{key}"
+        for section in SECTIONS
+        for key in da[section]
+        if da[section][key] != db[section][key]
+    }
+
+
+@pytest.mark.parametrize(
+    "pathological, control, keys",
+    [
+        ("relu_dead", "huber_relu", {"network.bias_init"}),
+        ("sigmoid_saturated", "sigmoid_glorot", {"network.bias_init"}),
+        ("sigmoid_glorot", "huber_relu", {"network.activation", "network.kernel_init"}),
+    ],
+)
+def test_panel_arms_differ_only_in_the_intended_keys(pathological, control, keys):
+    assert _differing_keys(pathological, control) == keys

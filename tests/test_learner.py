@@ -67,7 +67,7 @@ def test_diagnostics_match_hand_computation(kind):
     loss, blocked, zero_frac, head_norm = CASES[kind]
     out = tiny_learner(kind).update(batch(), with_diagnostics=True)
     assert bool(out.finite)
-    m = {k: v.numpy() for k, v in out.metrics.items()}
+    m = out.metrics
     np.testing.assert_allclose(m["loss/td"], loss, rtol=1e-6)
     np.testing.assert_allclose(m["td/grad_blocked_frac"], blocked, rtol=1e-6)
     assert m["td/beyond_bound_frac"] == pytest.approx(2 / 4)  # |3| and |-2| exceed bound 1
@@ -206,7 +206,9 @@ def test_eager_switch_gives_the_same_metrics():
 def test_update_health_metrics_match_the_sgd_step_by_hand():
     # SGD, lr 0.1, no clipping: W_after = W_before - 0.1 * g exactly, so ||dW|| = 0.1 ||g||.
     learner = tiny_learner("huber")
-    initial = [w.numpy() for w in learner._initial]  # the random init, before tiny_learner set identities
+    # The random init, before tiny_learner set identities: hidden kernel 2x2, bias 2, head kernel 2x2, bias 2.
+    flat = learner._initial_flat.numpy()
+    initial = [flat[0:4].reshape(2, 2), flat[4:6], flat[6:10].reshape(2, 2), flat[10:12]]
     m = {k: float(v) for k, v in learner.update(batch(), with_diagnostics=True).metrics.items()}
     after = learner.online_weights()
     before = [np.eye(2), np.zeros(2), np.eye(2), np.zeros(2)]
