@@ -118,11 +118,12 @@ def _single_threaded_children():
 
 
 _progress_queue = None
+_stop_event = None  # set by the parent on Ctrl-C: runs not started yet must not start
 
 
-def _init_worker(progress_queue) -> None:
-    global _progress_queue
-    _progress_queue = progress_queue
+def _init_worker(progress_queue, stop_event) -> None:
+    global _progress_queue, _stop_event
+    _progress_queue, _stop_event = progress_queue, stop_event
     from dqnlab._tf import tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -142,6 +143,10 @@ def _run_in_worker(index: int, spec: RunSpec) -> RunOutcome:
 
     cfg = load_preset(spec.preset, list(spec.overrides))
     run_dir = run_dir_for(spec.logdir, spec.experiment, cfg.name, spec.env, spec.seed)
+    if _stop_event is not None and _stop_event.is_set():
+        return RunOutcome(
+            spec, str(run_dir), "cancelled", "not started: the experiment was interrupted", None
+        )
     try:
         res = train(
             cfg,
@@ -180,7 +185,7 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
         },
     )
     ctx = mp.get_context("spawn")
-    progress_queue = ctx.Queue()
+    progress_queue, stop_event = ctx.Queue(), ctx.Event()
     outcomes: dict[int, RunOutcome] = {}
     bar = tqdm(
         total=sum(s.steps for s in specs),
@@ -192,7 +197,10 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
     with (
         _single_threaded_children(),
         ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue,)
+            max_workers=workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(progress_queue, stop_event),
         ) as pool,
     ):
         futures = {pool.submit(_run_in_worker, i, s): i for i, s in enumerate(specs)}
@@ -207,7 +215,10 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
                 pending -= done
                 time.sleep(0.2)
         except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)  # workers got the SIGINT too and record it
+            # Running workers got the SIGINT too: they record 'interrupted' and flush. Queued runs must not
+            # start (they would leave no trace until they finish): cancel them and tell the workers.
+            stop_event.set()
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
         finally:
             _drain(progress_queue, bar)

@@ -128,3 +128,30 @@ def test_ab_runs_arms_x_seeds_in_parallel_and_prints_the_table(tmp_path):
     huber_blocked = float(rows["huber_relu"].split()[-2])
     clipped_blocked = float(rows["clipped_delta_relu"].split()[-2])
     assert huber_blocked == 0.0 and clipped_blocked > 0.5
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_what_was_logged(tmp_path):
+    import signal
+    import time
+
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from dqnlab.cli import main; "
+        f"sys.exit(main(['train', 'huber_relu', '--logdir', {str(tmp_path)!r}, '--name', 'c', '--quiet']))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    run_json = tmp_path / "c" / "huber_relu" / "CartPole-v1" / "seed_0" / "run.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(run_json.parent.glob("events.out.tfevents.*")):
+        time.sleep(0.2)
+    time.sleep(3)  # let it train a little
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    info = json.loads(run_json.read_text())
+    assert info["status"] == "interrupted" and 0 < info["env_steps"] < 50_000
+    from dqnlab.rundir import read_run
+
+    assert read_run(run_json.parent).scalars("episode/return")  # flushed on the way out
