@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tensorboard.compat.proto import event_pb2
-from tensorboard.plugins.histogram.summary_v2 import histogram_pb
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.util import tensor_util
 
 from dqnlab.loop import EpisodeEnd, Evaluated
 
@@ -45,7 +46,7 @@ class Summaries:
         wall_time = time.time()
         for tag, a in arrays.items():
             if a.ndim > 0:
-                summary = histogram_pb(tag, a.astype(np.float64).ravel())
+                summary = histogram_pb(tag, a)
                 self._writer.add_event(event_pb2.Event(wall_time=wall_time, step=int(step), summary=summary))
         return values
 
@@ -71,3 +72,27 @@ class Summaries:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def histogram_pb(tag: str, data: np.ndarray, buckets: int = 30) -> summary_pb2.Summary:
+    """A TensorBoard histogram summary, as TensorBoard's own `histogram_pb` writes it: `buckets`
+    equal-width buckets over [min, max] as a [buckets, 3] tensor of (left edge, right edge, count).
+    Counted with `np.histogram` (about 0.5 ms for 65k values against 6 ms for TensorBoard's one-hot
+    version); tests/test_summaries.py checks the two agree."""
+    data = np.asarray(data, np.float64).ravel()
+    if data.size == 0:
+        table = np.zeros((buckets, 3))
+    elif data.min() == data.max():  # all mass in the last bucket, as TensorBoard does
+        counts = np.zeros(buckets)
+        counts[-1] = data.size
+        table = np.stack([np.full(buckets, data.min()), np.full(buckets, data.min()), counts], axis=1)
+    else:
+        counts, edges = np.histogram(data, bins=buckets, range=(data.min(), data.max()))
+        table = np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=tag,
+        metadata=histogram_metadata.create_summary_metadata(display_name=None, description=None),
+        tensor=tensor_util.make_tensor_proto(table, dtype=np.float64),
+    )
+    return summary

@@ -5,7 +5,7 @@
 1. The every-step panel (all core and update-health metrics of a measured update, pulled to the host)
    against a bare update, per call, for a 64-64 MLP at batch 64 (target <= 1.15x).
 2. The full panel on its default schedule (huber_relu: one measured update per 128, probes and histograms
-   every 1,280) against diagnostics off, for the whole training loop (target <= 1.05x), each run in a fresh
+   every 2,560) against diagnostics off, for the whole training loop (target <= 1.05x), each run in a fresh
    single-threaded process, order alternated, medians.
 """
 
