@@ -430,3 +430,18 @@ def update_call_costs(
             rounds[flag].append((time.perf_counter() - start) / calls)
     bare, panel = statistics.median(rounds[False]), statistics.median(rounds[True])
     return {"bare_s": bare, "panel_s": panel, "ratio": panel / bare}
+
+
+def parse_bench_args(ap, argv: list[str] | None = None):
+    """The flags the benchmark scripts share; returns (args, setting names). Bad values exit 2."""
+    ap.add_argument("--steps", type=int, default=50_000, help="env steps per measurement (default 50000)")
+    ap.add_argument("--repeats", type=int, default=2, help="measurements per configuration and setting")
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated setting names")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", metavar="FILE", help="also save the results as JSON")
+    args = ap.parse_args(argv)
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown or not settings or args.steps < 1 or args.repeats < 1:
+        ap.error(f"--settings from {', '.join(SETTINGS)}; --steps and --repeats >= 1")
+    return args, settings

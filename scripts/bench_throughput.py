@@ -25,21 +25,7 @@ JOBS = [("dqnlab", True), ("dqnlab", False)]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--steps",
-        type=int,
-        default=50_000,
-        help="env steps per measurement (default 50000, the CartPole budget)",
-    )
-    ap.add_argument("--repeats", type=int, default=2, help="measurements per configuration and setting")
-    ap.add_argument("--settings", default=",".join(bench.SETTINGS), help="comma-separated setting names")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", metavar="FILE", help="also save the results as JSON")
-    args = ap.parse_args(argv)
-    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
-    unknown = [s for s in settings if s not in bench.SETTINGS]
-    if unknown or not settings or args.steps < 1 or args.repeats < 1:
-        ap.error(f"--settings from {', '.join(bench.SETTINGS)}; --steps and --repeats >= 1")
+    args, settings = bench.parse_bench_args(ap, argv)
 
     info = bench.machine_info(frameworks=("dqnlab",))
     start = time.perf_counter()
