@@ -1,4 +1,4 @@
-"""The `dqnlab` command: presets, train, ab.
+"""The `dqnlab` command: presets, train, ab, board.
 
 Bad input (unknown preset, key, env id, malformed value, existing run directory) gets one line naming the
 problem and exit status 2, never a traceback. TensorFlow is imported only once the input is known good.
@@ -84,13 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", default="local", choices=["local"], help="where runs execute (default: local)"
     )
     _common(a)
+
+    b = sub.add_parser("board", help="serve TensorBoard on a run or experiment directory")
+    b.add_argument("directory", help="a run directory or an experiment directory")
+    b.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    b.add_argument("--port", type=_int_at_least(1), default=6006, help="port (default: 6006)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"presets": _presets, "train": _train, "ab": _ab}[args.command](args)
+        return {"presets": _presets, "train": _train, "ab": _ab, "board": _board}[args.command](args)
     except (ConfigError, RunDirExists) as exc:
         print(f"dqnlab: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -141,7 +146,7 @@ def _train(args) -> int:
     print(f"  ({res.env_steps} env steps, {res.wall_time_s:.0f} s)")
     if res.error:
         print(f"  {res.error}")
-    print(f"TensorBoard: tensorboard --logdir {res.run_dir} --host 127.0.0.1")
+    print(f"TensorBoard: dqnlab board {res.run_dir}")
     return 0 if res.status == "done" else 1
 
 
@@ -170,8 +175,18 @@ def _ab(args) -> int:
         if o.status != "done":
             print(f"{o.status}: {o.run_dir}: {o.error}")
     print(f"\nRuns in {exp_dir}{os.sep}")
-    print(f"TensorBoard: tensorboard --logdir {exp_dir} --host 127.0.0.1")
+    print(f"TensorBoard: dqnlab board {exp_dir}")
     return 0 if all(o.status == "done" for o in outcomes) else 1
+
+
+def _board(args) -> int:
+    from dqnlab.board import serve
+
+    def ready(url: str) -> None:
+        print(f"TensorBoard on {args.directory}: {url}  (Ctrl-C stops it)", flush=True)
+
+    serve(args.directory, host=args.host, port=args.port, ready=ready)
+    return 0
 
 
 if __name__ == "__main__":

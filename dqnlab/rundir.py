@@ -78,7 +78,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _tensorboard_without_tensorflow() -> None:
+def tensorboard_without_tensorflow() -> None:
     """Let TensorBoard read event files with its pure-Python stub instead of importing TensorFlow.
 
     TensorBoard looks for `tensorboard.compat.notf`; without it, reading a file costs a full TensorFlow
@@ -90,7 +90,7 @@ def _tensorboard_without_tensorflow() -> None:
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series in a run's event files, as {tag: [(step, value), ...]} sorted by step."""
-    _tensorboard_without_tensorflow()
+    tensorboard_without_tensorflow()
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.util import tensor_util
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.histogram import metadata as histogram_metadata
+from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
@@ -49,6 +50,10 @@ class Summaries:
                 summary = histogram_pb(tag, a)
                 self._writer.add_event(event_pb2.Event(wall_time=wall_time, step=int(step), summary=summary))
         return values
+
+    def hparams(self, values: dict[str, bool | int | float | str]) -> None:
+        """The run's hyperparameters for TensorBoard's HParams dashboard (sort and filter arms by them)."""
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=hparams_pb(values)))
 
     def episode(self, event: EpisodeEnd) -> None:
         values = {

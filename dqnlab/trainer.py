@@ -132,6 +132,7 @@ def train(
             probe_size=diag.probe_size,
         )
         with Summaries(run_dir) as summaries:
+            summaries.hparams(hparams_of(cfg, env_id, seed))
             status = _consume(events, summaries, info, final, progress, start)
             summaries.flush()
         if status == "diverged":
@@ -154,6 +155,16 @@ def train(
         train_env.close()
         eval_env.close()
     return read_run(run_dir)
+
+
+def hparams_of(cfg: Config, env_id: str, seed: int) -> dict[str, bool | int | float | str]:
+    """Every config value, flattened to `section.key` (lists as text), plus preset, env and seed."""
+    values: dict[str, bool | int | float | str] = {"preset": cfg.name, "env": env_id, "seed": seed}
+    for section, table in cfg.to_dict().items():
+        if isinstance(table, dict):
+            for key, value in table.items():
+                values[f"{section}.{key}"] = str(value) if isinstance(value, list) else value
+    return values
 
 
 def _consume(

@@ -87,7 +87,7 @@ def test_train_then_refuse_to_overwrite(tmp_path):
     assert first.returncode == 0, first.stderr
     run_dir = tmp_path / "cli" / "huber_relu" / "CartPole-v1" / "seed_0"
     assert json.loads((run_dir / "run.json").read_text())["status"] == "done"
-    assert "tensorboard --logdir" in first.stdout
+    assert f"dqnlab board {run_dir}" in first.stdout
     again = dqnlab_cmd(*args)
     assert again.returncode == 2 and "already exists" in again.stderr
 
@@ -155,3 +155,58 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_logged(tmp_path):
     from dqnlab.rundir import read_run
 
     assert read_run(run_json.parent).scalars("episode/return")  # flushed on the way out
+
+
+def test_board_serves_the_runs_on_localhost_and_stops_on_ctrl_c(tmp_path):
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    import dqnlab
+
+    cfg = dqnlab.load_preset(
+        "huber_relu",
+        {
+            "train.learning_starts": 50,
+            "train.train_every": 50,
+            "train.gradient_steps": 2,
+            "diagnostics.every": 2,
+        },
+    )
+    for seed in (0, 1):
+        dqnlab.train(cfg, seed=seed, steps=120, logdir=tmp_path, name="b")
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"from dqnlab.cli import main; sys.exit(main(['board', {str(tmp_path / 'b')!r}, '--port', '{port}']))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        runs, deadline = [], time.monotonic() + 90
+        while time.monotonic() < deadline and len(runs) < 2:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=2) as r:
+                    runs = json.loads(r.read())
+            except OSError:
+                time.sleep(0.5)
+        assert sorted(runs) == ["huber_relu/CartPole-v1/seed_0", "huber_relu/CartPole-v1/seed_1"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugins_listing", timeout=5) as r:
+            plugins = json.loads(r.read())
+        assert plugins["scalars"]["enabled"] and plugins["hparams"]["enabled"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"http://127.0.0.1:{port}/" in out
+
+
+def test_board_refuses_a_directory_without_runs(tmp_path):
+    out = dqnlab_cmd("board", str(tmp_path))
+    assert out.returncode == 2 and "no TensorBoard event files" in out.stderr
+    out = dqnlab_cmd("board", str(tmp_path / "missing"))
+    assert out.returncode == 2 and "no such directory" in out.stderr
