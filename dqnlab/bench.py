@@ -445,3 +445,15 @@ def parse_bench_args(ap, argv: list[str] | None = None):
     if unknown or not settings or args.steps < 1 or args.repeats < 1:
         ap.error(f"--settings from {', '.join(SETTINGS)}; --steps and --repeats >= 1")
     return args, settings
+
+
+def finish_report(results: list[dict], wall: float, args, info: dict, summary: dict) -> None:
+    """The closing lines every benchmark script prints, and its optional JSON file."""
+    print(f"env steps/s; {len(results)} measurements in {wall:.0f} s")
+    print(spread_note(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            payload = {"steps": args.steps, "repeats": args.repeats, "seed": args.seed, "wall_s": wall}
+            payload.update(machine=info, medians=summary, measurements=results)
+            json.dump(payload, f, indent=2)
+        print(f"saved {args.json}")

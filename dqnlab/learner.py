@@ -21,16 +21,7 @@ from dqnlab.config import Config
 from dqnlab.losses import get_loss
 from dqnlab.networks import build_q_network, variable_tag
 from dqnlab.optimizers import make_optimizer
-
-
-class Batch(NamedTuple):
-    """Transitions (s_tm1, a_tm1, r_t, s_t, discount_t); leading dims [B] or [K, B] for a burst."""
-
-    obs: tf.Tensor  # [.., B, obs_dim]  s_tm1
-    actions: tf.Tensor  # [.., B] int32   a_tm1
-    rewards: tf.Tensor  # [.., B]         r_t
-    next_obs: tf.Tensor  # [.., B, obs_dim] s_t
-    discounts: tf.Tensor  # [.., B]  0 where s_t is terminal, else 1 (gamma applied here)
+from dqnlab.replay import Batch  # one transition structure, numpy in replay, tensors in the graph
 
 
 class UpdateOutput(NamedTuple):
@@ -153,9 +144,6 @@ class Learner:
     def online_weights(self) -> list[np.ndarray]:
         """Host copy of the online weights (kernel, bias, ...), for the numpy acting path."""
         return [v.numpy() for v in self.variables]
-
-    def q_values(self, obs: np.ndarray) -> np.ndarray:
-        return self.online(np.asarray(obs, np.float32)).numpy()
 
     # -- compiled -----------------------------------------------------------------------------------
 

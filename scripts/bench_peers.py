@@ -21,7 +21,6 @@ Exit status: 0 after printing the results (whether or not the targets are met), 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -63,15 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     header = ["setting", "dqnlab diag-on", "dqnlab diag-off", "SB3", "on/SB3 (>=2)", "on/off (>=0.87)", "met"]
     print(bench.format_table(header, rows) + "\n")
-    print(f"env steps/s; {len(results)} measurements in {wall:.0f} s")
-    print(bench.spread_note(results))
-
-    if args.json:
-        with open(args.json, "w") as f:
-            payload = {"steps": args.steps, "repeats": args.repeats, "seed": args.seed, "wall_s": wall}
-            payload.update(machine=info, medians=summary, measurements=results)
-            json.dump(payload, f, indent=2)
-        print(f"saved {args.json}")
+    bench.finish_report(results, wall, args, info, summary)
     return 0
 
 

@@ -14,7 +14,6 @@ every 10 env steps, target sync every 500) and `sb3_zoo` (256-256, batch 64, 128
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -49,15 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     header = ["setting", "diag-on", "diag-off", "off/on = diagnostics cost (<=1.15)", "met"]
     print(bench.format_table(header, rows) + "\n")
-    print(f"env steps/s; {len(results)} measurements in {wall:.0f} s")
-    print(bench.spread_note(results))
-
-    if args.json:
-        with open(args.json, "w") as f:
-            payload = {"steps": args.steps, "repeats": args.repeats, "seed": args.seed, "wall_s": wall}
-            payload.update(machine=info, medians=summary, measurements=results)
-            json.dump(payload, f, indent=2)
-        print(f"saved {args.json}")
+    bench.finish_report(results, wall, args, info, summary)
     return 0
 
 
