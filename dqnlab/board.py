@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from dqnlab.config import ConfigError
-from dqnlab.rundir import tensorboard_without_tensorflow
+from dqnlab.events import tensorboard_without_tensorflow
 
 
 def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 6006, ready=print) -> None:

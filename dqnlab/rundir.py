@@ -4,7 +4,7 @@
     <logdir>/<experiment>/experiment.json           what was asked
 
 run.json is rewritten atomically (temp file + rename) so a crash never leaves half a file. Event files are
-read with TensorBoard's own EventAccumulator; this module never imports TensorFlow.
+read by `dqnlab.events`; this module never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import tempfile
-import types
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
@@ -78,35 +76,15 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def tensorboard_without_tensorflow() -> None:
-    """Let TensorBoard read event files with its pure-Python stub instead of importing TensorFlow.
-
-    TensorBoard looks for `tensorboard.compat.notf`; without it, reading a file costs a full TensorFlow
-    import (2-3 s, and TF's start-up log lines). Only done where TensorFlow is not loaded already.
-    """
-    if "tensorflow" not in sys.modules:
-        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-
-
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series in a run's event files, as {tag: [(step, value), ...]} sorted by step."""
-    tensorboard_without_tensorflow()
-    from tensorboard.backend.event_processing import event_accumulator
-    from tensorboard.util import tensor_util
+    from dqnlab.events import read_series
 
-    acc = event_accumulator.EventAccumulator(
-        str(run_dir), size_guidance={event_accumulator.TENSORS: 0, event_accumulator.SCALARS: 0}
-    )
-    acc.Reload()
-    out: dict[str, list[tuple[int, float]]] = {}
-    tags = acc.Tags()
-    for tag in tags.get("tensors", []):
-        events = acc.Tensors(tag)
-        if events and events[0].tensor_proto.dtype and not events[0].tensor_proto.tensor_shape.dim:
-            out[tag] = sorted((e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events)
-    for tag in tags.get("scalars", []):  # TF1-style summaries, should a user add some
-        out[tag] = sorted((e.step, float(e.value)) for e in acc.Scalars(tag))
-    return out
+    series = read_series(run_dir)
+    return {
+        tag: list(zip(steps.tolist(), values.tolist(), strict=True))
+        for tag, (steps, values) in series.items()
+    }
 
 
 @dataclass
