@@ -122,12 +122,17 @@ def test_ab_runs_arms_x_seeds_in_parallel_and_prints_the_table(tmp_path):
     ]
     experiment = json.loads((exp / "experiment.json").read_text())
     assert experiment["presets"] == ["clipped_delta_relu", "huber_relu"] and experiment["seeds"] == [0, 1]
-    rows = {line.split()[1]: line for line in out.stdout.splitlines() if line.startswith("dqnlab/")}
+    # The compare table: one row per arm under the env's header line, then the board command.
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("dqnlab/CartPole-reward100-v1")
+    rows = {line.split()[0]: line.split() for line in lines[2:4]}
     assert set(rows) == {"clipped_delta_relu", "huber_relu"}
-    assert "2/2" in rows["huber_relu"]
-    huber_blocked = float(rows["huber_relu"].split()[-2])
-    clipped_blocked = float(rows["clipped_delta_relu"].split()[-2])
-    assert huber_blocked == 0.0 and clipped_blocked > 0.5
+    assert rows["huber_relu"][1] == "2/2"
+    header = lines[1].split()
+    blocked = header.index("blocked") + 2  # "final return" and "2/2 done" are two words each
+    assert float(rows["huber_relu"][blocked + 2]) == 0.0 and float(rows["clipped_delta_relu"][blocked + 2]) > 0.5
+    assert f"dqnlab board {exp}" in out.stdout
+    assert (exp / "_aggregate" / "huber_relu" / "dqnlab-CartPole-reward100-v1").is_dir()
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_what_was_logged(tmp_path):
