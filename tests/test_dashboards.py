@@ -1,0 +1,125 @@
+"""The dashboards of a real short A/B, as TensorBoard serves them: over its HTTP API, and in a real browser.
+
+The browser test drives Debian's `/usr/bin/chromium` with Playwright (never a downloaded browser). It is
+marked `browser`; where chromium is missing it is skipped, unless DQNLAB_REQUIRE_BROWSER=1 (set by
+.ci/run, which installs chromium) turns that into a failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_cli import FAST, dqnlab_cmd
+
+ARMS = ("clipped_delta_relu", "huber_relu")
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    logdir = tmp_path_factory.mktemp("dash")
+    out = dqnlab_cmd(
+        "ab", *ARMS, "--seeds", "2", "--steps", "400", "--logdir", str(logdir), "--name", "ab", "--quiet",
+        *FAST, "--set", "diagnostics.probe_every=2",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return logdir / "ab"
+
+
+@pytest.fixture(scope="module")
+def board(experiment):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"from dqnlab.cli import main; sys.exit(main(['board', {str(experiment)!r}, '--port', '{port}']))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if len(get_json(f"{url}/data/runs")) == 6:
+                break
+        except OSError:
+            time.sleep(0.5)
+    yield url
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+
+
+def get_json(url: str, body: dict | None = None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_tensorboard_serves_every_arm_the_aggregates_the_layout_and_hparams(board):
+    runs = get_json(f"{board}/data/runs")
+    seeds = [f"{arm}/CartPole-v1/seed_{s}" for arm in ARMS for s in (0, 1)]
+    aggregates = [f"_aggregate/{arm}/CartPole-v1" for arm in ARMS]
+    assert sorted(runs) == sorted(seeds + aggregates)  # and no stray "." run
+    layout = get_json(f"{board}/data/plugin/custom_scalars/layout")
+    charts = {c["title"]: c for cat in layout["category"] for c in cat["chart"]}
+    assert {"eval/return", "td/grad_blocked_frac", "act_dead_frac/hidden_1", "eval/return (band)"} <= set(
+        charts
+    )
+    tags = get_json(f"{board}/data/plugin/scalars/tags")
+    assert {"eval/return", "eval/return/min", "eval/return/max"} <= set(tags[aggregates[1]])
+    experiment = get_json(f"{board}/data/plugin/hparams/experiment", {"experimentName": ""})
+    hparams = {h["name"]: h for h in experiment["hparamInfos"]}
+    assert set(hparams["preset"]["domainDiscrete"]) == set(ARMS)
+    assert set(hparams["loss.kind"]["domainDiscrete"]) == {"clipped_delta_squared", "huber"}
+    assert {"network.activation", "optimizer.learning_rate", "seed"} <= set(hparams)
+
+
+def chromium_or_skip() -> None:
+    have = Path(CHROMIUM).exists() and shutil.which(CHROMIUM) is not None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        have = False
+    if not have:
+        if os.environ.get("DQNLAB_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"DQNLAB_REQUIRE_BROWSER=1 but {CHROMIUM} or the playwright package is missing")
+        pytest.skip(f"needs {CHROMIUM} (Debian's chromium) and playwright")
+
+
+@pytest.mark.browser
+def test_a_real_browser_sees_the_arms_the_custom_scalars_and_the_hparams_table(board):
+    chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.goto(f"{board}/#custom_scalars")
+            # Locators pierce TensorBoard's shadow DOM.
+            page.get_by_text("Blocked TD gradient (the clipped-delta bug)").wait_for(timeout=60_000)
+            for title in ("Learning", "Dead, dormant and saturated units", "Seed bands"):
+                assert page.get_by_text(title, exact=False).count() >= 1, title
+            for run in ("clipped_delta_relu/CartPole-v1/seed_0", "_aggregate/huber_relu/CartPole-v1"):
+                assert page.get_by_text(run, exact=True).count() >= 1, run
+            assert page.get_by_text("td/grad_blocked_frac", exact=True).count() >= 1
+            page.goto(f"{board}/#hparams")
+            # The table shows one row per run: each arm's preset and loss kind, visible (the run selector
+            # of the other dashboards keeps hidden copies of the run names in the page).
+            page.get_by_text("clipped_delta_squared").filter(visible=True).first.wait_for(timeout=60_000)
+            for arm in ARMS:
+                assert page.get_by_text(arm, exact=True).filter(visible=True).count() >= 2, arm  # 2 seeds
+        finally:
+            browser.close()
