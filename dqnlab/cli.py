@@ -7,6 +7,7 @@ problem and exit status 2, never a traceback. TensorFlow is imported only once t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -85,6 +86,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(a)
 
+    c = sub.add_parser(
+        "compare", help="compare the arms of an experiment: returns, CIs, paired tests, diagnostics"
+    )
+    c.add_argument("directory", help="an experiment directory (or one run)")
+    c.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    c.add_argument(
+        "--plot", metavar="FILE", help="also draw learning curves and diagnostics to FILE.png or FILE.html"
+    )
+    c.add_argument(
+        "--threshold",
+        type=float,
+        help="return counted as solved (default: the env's gymnasium reward_threshold)",
+    )
+
+    d = sub.add_parser("doctor", help="diagnose a run or experiment: exit 0 healthy, 1 findings, 2 bad input")
+    d.add_argument("directory", help="a run directory or an experiment directory")
+    d.add_argument("--json", action="store_true", help="print the findings as JSON")
+
     b = sub.add_parser("board", help="serve TensorBoard on a run or experiment directory")
     b.add_argument("directory", help="a run directory or an experiment directory")
     b.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
@@ -95,7 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"presets": _presets, "train": _train, "ab": _ab, "board": _board}[args.command](args)
+        return {
+            "presets": _presets,
+            "train": _train,
+            "ab": _ab,
+            "compare": _compare,
+            "doctor": _doctor,
+            "board": _board,
+        }[args.command](args)
     except (ConfigError, RunDirExists) as exc:
         print(f"dqnlab: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -139,6 +165,7 @@ def _train(args) -> int:
             name=args.name,
             device=args.device,
             progress=progress,
+            warn=lambda line: bar.write(line, file=sys.stderr),
         )
     eval_return = res.final.get("eval_return")
     shown = "-" if eval_return is None else f"{eval_return:.1f}"
@@ -153,9 +180,9 @@ def _train(args) -> int:
 def _ab(args) -> int:
     if len(args.presets) < 2:
         raise ConfigError("ab compares two or more presets; use `dqnlab train` for one")
+    from dqnlab.compare import compare, format_comparison
     from dqnlab.rundir import default_experiment_name
     from dqnlab.runner import plan_experiment, run_experiment
-    from dqnlab.table import format_table, summarize
 
     name = args.name or default_experiment_name()
     specs, _ = plan_experiment(
@@ -170,13 +197,40 @@ def _ab(args) -> int:
     )
     outcomes = run_experiment(specs, workers=args.workers, quiet=args.quiet)
     exp_dir = Path(args.logdir) / name
-    print(format_table(summarize(exp_dir)))
-    for o in outcomes:
-        if o.status != "done":
-            print(f"{o.status}: {o.run_dir}: {o.error}")
-    print(f"\nRuns in {exp_dir}{os.sep}")
+    print(format_comparison(compare(exp_dir)))
+    print(f"\nRuns in {exp_dir}{os.sep}  (again, with plots: dqnlab compare {exp_dir} --plot report.html)")
     print(f"TensorBoard: dqnlab board {exp_dir}")
     return 0 if all(o.status == "done" for o in outcomes) else 1
+
+
+def _compare(args) -> int:
+    from dqnlab.aggregate import refresh_aggregates
+    from dqnlab.compare import compare, format_comparison, to_json
+
+    if args.plot:
+        from dqnlab.plots import check_plot_path
+
+        check_plot_path(args.plot)  # before the work, so a typo costs nothing
+    comparison = compare(args.directory, threshold=args.threshold)
+    refresh_aggregates(args.directory)
+    if args.json:
+        print(json.dumps(to_json(comparison), indent=2))
+    else:
+        print(format_comparison(comparison))
+    if args.plot:
+        from dqnlab.plots import write_plot
+
+        written = write_plot(comparison, args.plot)
+        print(f"plot: {written}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _doctor(args) -> int:
+    from dqnlab.doctor import examine, format_report, to_json
+
+    report = examine(args.directory)
+    print(json.dumps(to_json(report), indent=2) if args.json else format_report(report))
+    return 0 if report.healthy else 1
 
 
 def _board(args) -> int:

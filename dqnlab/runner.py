@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue as queue_module
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -19,8 +20,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dqnlab.aggregate import update_aggregates
 from dqnlab.config import Config, ConfigError, load_preset
-from dqnlab.envs import make_env
+from dqnlab.envs import env_dirname, make_env
 from dqnlab.rundir import EXPERIMENT_JSON, RunDirExists, package_versions, run_dir_for, write_json_atomic
 
 _SINGLE_THREAD_ENV = {
@@ -157,6 +159,10 @@ def _run_in_worker(index: int, spec: RunSpec) -> RunOutcome:
             name=spec.experiment,
             device=spec.device,
             progress=report,
+            warn=lambda line: (
+                _progress_queue is not None
+                and _progress_queue.put(("warn", f"{cfg.name} on {spec.env}, seed {spec.seed}: {line}"))
+            ),
         )
         return RunOutcome(spec, str(res.run_dir), res.status, res.error, res.final.get("eval_return"))
     except Exception as exc:  # recorded in run.json by train(); the other runs go on
@@ -211,6 +217,7 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
                 done = {f for f in pending if f.done()}
                 for f in as_completed(done):
                     outcomes[futures[f]] = _outcome(f, specs[futures[f]])
+                    _update_arm_aggregate(exp_dir, specs[futures[f]], bar)
                     bar.set_postfix_str(f"{len(outcomes)}/{len(specs)} runs finished")
                 pending -= done
                 time.sleep(0.2)
@@ -234,10 +241,21 @@ def _outcome(future, spec: RunSpec) -> RunOutcome:
         return RunOutcome(spec, run_dir, "failed", f"worker process died: {type(exc).__name__}: {exc}", None)
 
 
+def _update_arm_aggregate(exp_dir: Path, spec: RunSpec, bar) -> None:
+    """Refresh the finished run's arm in `_aggregate/` so TensorBoard's seed bands grow as runs end."""
+    try:
+        update_aggregates(exp_dir, only=(spec.preset, env_dirname(spec.env)))
+    except Exception as exc:  # derived data: never worth losing the experiment over
+        bar.write(f"dqnlab: warning: could not update the aggregate of {spec.preset}: {exc}")
+
+
 def _drain(progress_queue, bar) -> None:
     while True:
         try:
-            _, advanced, _ = progress_queue.get_nowait()
+            item = progress_queue.get_nowait()
         except queue_module.Empty:
             return
-        bar.update(advanced)
+        if item[0] == "warn":  # a live doctor finding: a line above the bar
+            bar.write(item[1], file=sys.stderr)
+        else:
+            bar.update(item[1])

@@ -19,6 +19,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+from tensorboard.plugins.text.summary_v2 import text_pb
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
 
@@ -30,10 +31,15 @@ class Summaries:
 
     def __init__(self, run_dir: Path, flush_every_s: float = 10.0):
         self._writer = EventFileWriter(str(run_dir), max_queue_size=1000, flush_secs=flush_every_s)
+        # Every scalar written, kept for the live doctor: tag -> (steps, values). ~0.5 MB per 100k steps.
+        self.history: dict[str, tuple[list[int], list[float]]] = {}
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         wall_time = time.time()
         for tag, value in values.items():
+            steps, kept = self.history.setdefault(tag, ([], []))
+            steps.append(int(step))
+            kept.append(float(value))
             self._writer.add_event(
                 event_pb2.Event(wall_time=wall_time, step=int(step), summary=scalar_pb(tag, value))
             )
@@ -54,6 +60,12 @@ class Summaries:
     def hparams(self, values: dict[str, bool | int | float | str]) -> None:
         """The run's hyperparameters for TensorBoard's HParams dashboard (sort and filter arms by them)."""
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=hparams_pb(values)))
+
+    def text(self, step: int, tag: str, markdown: str) -> None:
+        """A note for TensorBoard's Text dashboard (the live doctor's findings)."""
+        self._writer.add_event(
+            event_pb2.Event(wall_time=time.time(), step=int(step), summary=text_pb(tag, markdown))
+        )
 
     def episode(self, event: EpisodeEnd) -> None:
         values = {

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import traceback
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from dqnlab._tf import tf
 from dqnlab.config import Config, ConfigError
+from dqnlab.doctor import LiveDoctor, warning_line
+from dqnlab.doctor_rules import Finding
 from dqnlab.envs import make_env
 from dqnlab.learner import Learner
 from dqnlab.loop import EpisodeEnd, Evaluated, Probed, Updated, run_loop
@@ -33,6 +36,7 @@ from dqnlab.rundir import (
 )
 from dqnlab.summaries import Summaries
 
+_log = logging.getLogger("dqnlab")
 ProgressFn = Callable[[int, float | None], None]  # (env step, latest episode return)
 
 
@@ -57,8 +61,13 @@ def train(
     *,
     device: str = "auto",
     progress: ProgressFn | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> RunResult:
-    """Train one agent and return its RunResult (also readable later with `dqnlab.read_run`)."""
+    """Train one agent and return its RunResult (also readable later with `dqnlab.read_run`).
+
+    The doctor's rules run live on what was logged so far (every 5k env steps): each finding is written to
+    TensorBoard's Text dashboard (`doctor/findings`), to run.json (`final.doctor`), and passed to `warn`
+    (default: the `dqnlab` logger's warning)."""
     if os.environ.get("DQNLAB_EAGER") == "1":
         tf.config.run_functions_eagerly(True)
     configure_device(device)
@@ -132,8 +141,10 @@ def train(
             probe_size=diag.probe_size,
         )
         with Summaries(run_dir) as summaries:
-            summaries.hparams(hparams_of(cfg, env_id, seed))
-            status = _consume(events, summaries, info, final, progress, start)
+            summaries.hparams({**hparams_of(cfg, env_id, seed), "train.steps": steps})
+            live = LiveDoctor(info, lambda f: _report_finding(f, summaries, final, warn or _log.warning))
+            status = _consume(events, summaries, info, final, progress, start, live)
+            live.check(summaries.history)
             summaries.flush()
         if status == "diverged":
             bad = learner.nonfinite_variables()
@@ -167,8 +178,22 @@ def hparams_of(cfg: Config, env_id: str, seed: int) -> dict[str, bool | int | fl
     return values
 
 
+def _report_finding(finding: Finding, summaries: Summaries, final: dict, warn: Callable[[str], None]) -> None:
+    final.setdefault("doctor", []).append(finding.to_dict())
+    head = f"**{finding.rule}** {finding.subject}: {finding.summary}"
+    markdown = f"{head}\n\n*why:* {finding.why}\n\n*fix:* {finding.fix}"
+    summaries.text(finding.last_step, "doctor/findings", markdown)
+    warn(warning_line(finding))
+
+
 def _consume(
-    events, summaries: Summaries, info: dict, final: dict, progress: ProgressFn | None, start: float
+    events,
+    summaries: Summaries,
+    info: dict,
+    final: dict,
+    progress: ProgressFn | None,
+    start: float,
+    live: LiveDoctor,
 ) -> str:
     """Write every event; keep run.json's counters current. Returns 'done' or 'diverged'."""
     last_return: float | None = None
@@ -196,8 +221,10 @@ def _consume(
                 perf_clock, perf_step, perf_updates = now, event.step, event.updates
             if not event.finite:
                 return "diverged"
+            live.maybe_check(event.step, summaries.history)
         elif isinstance(event, Probed):
             final["probe"] = summaries.metrics(event.step, event.metrics)
+            live.maybe_check(event.step, summaries.history)
         elif isinstance(event, Evaluated):
             summaries.evaluation(event)
             final["eval_return"] = event.mean_return
