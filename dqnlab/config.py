@@ -24,7 +24,9 @@ else:  # pragma: no cover
 AGENTS_DIR = Path(__file__).resolve().parent.parent / "agents"
 
 LOSS_KINDS = ("squared", "clipped_delta_squared", "clipped_gradient_squared", "huber")
-NETWORK_KINDS = ("mlp",)
+NETWORK_KINDS = ("mlp", "rnn")
+CELLS = ("simple", "lstm", "gru")
+INITIAL_STATES = ("stored", "zero")
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 KERNEL_INITS = ("he_uniform", "he_normal", "glorot_uniform", "glorot_normal", "lecun_normal")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -48,14 +50,38 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """The Q-network: layers are named hidden_0, hidden_1, ..., q_head."""
+    """The Q-network: layers are named hidden_0, hidden_1, ..., q_head (and `rnn` for kind rnn)."""
 
-    kind: str = _f("network family", choices=NETWORK_KINDS)
+    kind: str = _f("network family: mlp, or rnn (needs a [recurrent] section)", choices=NETWORK_KINDS)
     activation: str = _f("hidden-layer nonlinearity", choices=ACTIVATIONS)
-    hidden: tuple[int, ...] = _f("hidden layer widths, input side first", min=1)
+    hidden: tuple[int, ...] = _f(
+        "dense hidden layer widths, input side first (rnn: the layers after the cell)", min=1
+    )
     kernel_init: str = _f("Keras initializer of every kernel", choices=KERNEL_INITS)
     init_scale: float = _f("multiplies every initial kernel (large values saturate sigmoids)", min=0.0)
     bias_init: float = _f("initial value of every hidden bias (very negative values kill ReLUs)")
+
+
+@dataclass(frozen=True)
+class RecurrentConfig:
+    """Only with network.kind = "rnn": the cell, and how sequences are replayed (DRQN / R2D2 style)."""
+
+    cell: str = _f("recurrent cell: simple (vanilla RNN), lstm or gru", choices=CELLS)
+    units: int = _f("size of the recurrent state h", min=1)
+    activation: str = _f(
+        "the simple cell's core nonlinearity (lstm and gru need tanh)", choices=("tanh", "relu")
+    )
+    recurrent_init_scale: float = _f(
+        "W_hh starts as this times an orthogonal matrix: the simple cell's spectral radius, exactly", min=0.0
+    )
+    pre_hidden: tuple[int, ...] = _f(
+        "dense layers before the cell, input side first (may be empty)", min=1, empty=True
+    )
+    sequence_length: int = _f("trained steps per replayed sequence (the BPTT window)", min=1)
+    burn_in: int = _f("steps replayed before them only to warm the state up, without gradient (R2D2)", min=0)
+    initial_state: str = _f(
+        "state a replayed sequence starts from: the one stored while acting, or zeros", choices=INITIAL_STATES
+    )
 
 
 @dataclass(frozen=True)
@@ -116,6 +142,8 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "diagnostics": DiagnosticsConfig,
 }
+# Sections present only in some presets: the network kind that needs each.
+OPTIONAL_SECTIONS: dict[str, tuple[type, str]] = {"recurrent": (RecurrentConfig, "rnn")}
 TOP_LEVEL = {"description": "one line: what this preset shows", "env": "default gymnasium id"}
 
 
@@ -132,6 +160,7 @@ class Config:
     replay: ReplayConfig
     train: TrainConfig
     diagnostics: DiagnosticsConfig
+    recurrent: RecurrentConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready dict (tuples become lists)."""
@@ -164,10 +193,11 @@ def _check_value(where: str, f: dataclasses.Field, value: Any) -> Any:
     elif typ == "tuple[int, ...]":
         if (
             not isinstance(value, (list, tuple))
-            or not value
+            or not (value or meta.get("empty"))
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         ):
-            raise ConfigError(f"{where}: expected a non-empty list of integers, got {value!r}")
+            kind = "a list" if meta.get("empty") else "a non-empty list"
+            raise ConfigError(f"{where}: expected {kind} of integers, got {value!r}")
         value = tuple(value)
     else:  # pragma: no cover - a new field type must be taught here
         raise TypeError(f"unsupported config field type {typ}")
@@ -189,7 +219,7 @@ def _unknown(where: str, key: str, known: list[str]) -> ConfigError:
 
 
 def _build_section(source: str, section: str, table: Any) -> Any:
-    cls = SECTIONS[section]
+    cls = SECTIONS[section] if section in SECTIONS else OPTIONAL_SECTIONS[section][0]
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: [{section}] must be a table")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -212,6 +242,13 @@ def _cross_check(cfg: Config, source: str) -> None:
     for key in ("epsilon_start", "epsilon_end"):
         if getattr(t, key) > 1.0:
             raise ConfigError(f"{source} train.{key}: must be <= 1, got {getattr(t, key)}")
+    r = cfg.recurrent
+    if r is not None and r.cell != "simple" and r.activation != "tanh":
+        raise ConfigError(
+            f"{source} recurrent.activation: the {r.cell} cell needs tanh, got {r.activation!r}"
+        )
+    if r is not None and r.burn_in + r.sequence_length > cfg.replay.capacity:
+        raise ConfigError(f"{source}: recurrent.burn_in + sequence_length exceeds replay.capacity")
     if t.batch_size > cfg.replay.capacity:
         raise ConfigError(
             f"{source}: train.batch_size {t.batch_size} exceeds replay.capacity {cfg.replay.capacity}"
@@ -220,17 +257,25 @@ def _cross_check(cfg: Config, source: str) -> None:
 
 def config_from_dict(data: dict[str, Any], name: str, source: str = "<dict>") -> Config:
     """Validate a parsed preset table and build the frozen Config."""
-    known = list(TOP_LEVEL) + list(SECTIONS)
+    known = list(TOP_LEVEL) + list(SECTIONS) + list(OPTIONAL_SECTIONS)
     for key in data:
         if key not in known:
             raise _unknown(source, key, known)
-    for key in known:
+    for key in list(TOP_LEVEL) + list(SECTIONS):
         if key not in data:
             raise ConfigError(f"{source}: missing {'key' if key in TOP_LEVEL else 'section'} {key!r}")
     for key in TOP_LEVEL:
         if not isinstance(data[key], str) or not data[key]:
             raise ConfigError(f"{source}: {key!r} must be a non-empty string")
     sections = {s: _build_section(source, s, data[s]) for s in SECTIONS}
+    for section, (_, kind) in OPTIONAL_SECTIONS.items():
+        wanted = sections["network"].kind == kind
+        present = data.get(section) is not None
+        if wanted and not present:
+            raise ConfigError(f"{source}: network.kind = {kind!r} needs a [{section}] section")
+        if present and not wanted:
+            raise ConfigError(f"{source}: [{section}] is only for network.kind = {kind!r}")
+        sections[section] = _build_section(source, section, data[section]) if present else None
     cfg = Config(name=name, description=data["description"], env=data["env"], **sections)
     _cross_check(cfg, source)
     return cfg
@@ -298,8 +343,12 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Confi
                 raise _unknown("--set", key, list(TOP_LEVEL) + [f"{s}.<key>" for s in SECTIONS])
             data[section] = value
             continue
-        if section not in SECTIONS:
-            raise _unknown("--set", section, list(SECTIONS))
+        if section not in SECTIONS and section not in OPTIONAL_SECTIONS:
+            raise _unknown("--set", section, list(SECTIONS) + list(OPTIONAL_SECTIONS))
+        if data.get(section) is None:
+            raise ConfigError(
+                f"--set {key}: this preset has no [{section}] section (network.kind is not rnn)"
+            )
         if sub not in data[section]:
             raise _unknown(f"--set [{section}]", sub, list(data[section]))
         data[section][sub] = value

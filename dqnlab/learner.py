@@ -19,9 +19,21 @@ from dqnlab import probes
 from dqnlab._tf import keras, tf
 from dqnlab.config import Config
 from dqnlab.losses import get_loss
-from dqnlab.networks import build_q_network, variable_tag
+from dqnlab.networks import NumpyMLP, build_q_network, variable_tag
 from dqnlab.optimizers import make_optimizer
 from dqnlab.replay import Batch  # one transition structure, numpy in replay, tensors in the graph
+
+
+class TDTerms(NamedTuple):
+    """What one TD-loss evaluation gives the update and its diagnostics (per trained sample, flat)."""
+
+    loss: tf.Tensor
+    grads: list[tf.Tensor]
+    dloss_dqa: tf.Tensor | None  # dL/dQ(s,a) per sample; None unless asked for
+    q: tf.Tensor  # [N, A] Q-values of the trained samples
+    target: tf.Tensor  # [N]
+    delta: tf.Tensor  # [N]
+    extra: dict[str, tf.Tensor]  # architecture-specific metrics of the measured update (BPTT norms)
 
 
 class UpdateOutput(NamedTuple):
@@ -66,8 +78,8 @@ class Learner:
         # Same seed -> same initial weights, so the arms of an A/B start from identical networks.
         keras.utils.set_random_seed(seed)
         self.cfg = cfg
-        self.online = build_q_network(cfg.network, obs_dim, num_actions, name="q_network")
-        self.target = build_q_network(cfg.network, obs_dim, num_actions, name="target_network")
+        self.online = self._build_network(obs_dim, num_actions, "q_network")
+        self.target = self._build_network(obs_dim, num_actions, "target_network")
         self.target.set_weights(self.online.get_weights())
         self.optimizer = make_optimizer(cfg.optimizer)
         self.optimizer.build(self.online.trainable_variables)
@@ -93,6 +105,16 @@ class Learner:
         self._probe_fn = None
         self._sync_target = tf.function(self._sync_target_impl, autograph=False)
 
+    def _build_network(self, obs_dim: int, num_actions: int, name: str) -> keras.Model:
+        return build_q_network(self.cfg.network, obs_dim, num_actions, name=name)
+
+    def _pack(self, batch) -> tuple[np.ndarray, ...]:
+        """The burst's inputs as the compiled function's arguments (see `pack`)."""
+        return (pack(Batch(*batch)),)
+
+    def _unpack(self, *packed: tf.Tensor):
+        return unpack(packed[0], self._obs_dim)
+
     # -- public -------------------------------------------------------------------------------------
 
     def update(self, batch: Batch, with_diagnostics: bool) -> UpdateOutput:
@@ -102,18 +124,35 @@ class Learner:
         as floats (empty without diagnostics; all pulled from the device in one transfer) and the online
         weights after the burst (for the numpy acting path, so no extra call reads them).
         """
-        packed = pack(Batch(*batch))
+        packed = self._pack(batch)
         if tf.config.functions_run_eagerly():  # DQNLAB_EAGER=1: plain Python, debuggable
-            finite, values, weights = self._burst_impl(tf.constant(packed), bool(with_diagnostics))
+            finite, values, weights = self._burst_impl(*map(tf.constant, packed), bool(with_diagnostics))
         else:
             fn = self._compiled.get(bool(with_diagnostics)) or self._compile(
-                packed.shape, bool(with_diagnostics)
+                [p.shape for p in packed], bool(with_diagnostics)
             )
-            finite, values, weights = fn(packed)
+            finite, values, weights = fn(*packed)
         metrics = (
             dict(zip(self._metric_names, values.numpy().tolist(), strict=True)) if with_diagnostics else {}
         )
         return UpdateOutput(finite, metrics, weights)
+
+    def policy(self) -> NumpyMLP:
+        """The acting policy: a numpy copy of the online network (refresh with `set_weights`)."""
+        policy = NumpyMLP(self.cfg.network.activation)
+        policy.set_weights(self.online_weights())
+        return policy
+
+    def sample_burst(self, replay, num_updates: int, batch_size: int):
+        """The replayed data of one burst: `num_updates` batches, stacked."""
+        return replay.sample_many(num_updates, batch_size)
+
+    def sample_one(self, replay, batch_size: int):
+        return replay.sample(batch_size)
+
+    def probe_inputs(self, sample: Batch) -> np.ndarray:
+        """What `probe` is given, from a replay sample drawn once: its states."""
+        return sample.obs
 
     def update_target(self) -> None:
         self._sync_target()
@@ -147,21 +186,22 @@ class Learner:
 
     # -- compiled -----------------------------------------------------------------------------------
 
-    def _compile(self, packed_shape: tuple[int, ...], with_diagnostics: bool):
+    def _compile(self, shapes: list[tuple[int, ...]], with_diagnostics: bool):
         """Trace the burst once per diagnostics flag, for this run's fixed batch shape [K, B, 2D + 3].
 
         Per-call dispatch is what a small DQN pays for: the concrete function is called directly (no
         argument matching, ~0.4 ms a call saved) and autograph is off (it spends ~1 s per trace
         transpiling Keras internals that have no data-dependent Python control flow).
         """
-        fn = tf.function(lambda packed: self._burst_impl(packed, with_diagnostics), autograph=False)
-        concrete = fn.get_concrete_function(tf.TensorSpec(packed_shape, tf.float32))
+        fn = tf.function(lambda *packed: self._burst_impl(*packed, with_diagnostics), autograph=False)
+        concrete = fn.get_concrete_function(*(tf.TensorSpec(shape, tf.float32) for shape in shapes))
         self._compiled[with_diagnostics] = concrete
         return concrete
 
-    def _burst_impl(self, packed: tf.Tensor, with_diagnostics: bool):
-        batch = unpack(packed, self._obs_dim)  # [K, B, ...]
-        num_updates = packed.shape[0]  # static: part of the signature
+    def _burst_impl(self, *args):
+        *packed, with_diagnostics = args
+        batch = self._unpack(*packed)  # [K, B, ...]
+        num_updates = packed[0].shape[0]  # static: part of the signature
         num_plain = num_updates - 1 if with_diagnostics else num_updates
 
         def plain_update(i, finite):
@@ -185,7 +225,7 @@ class Learner:
         for t, o in zip(self.target.weights, self.online.weights, strict=True):
             t.assign(o if self._tau >= 1.0 else self._tau * o + (1.0 - self._tau) * t)
 
-    def _td_gradients(self, b: Batch, with_qa_grad: bool):
+    def _td_gradients(self, b: Batch, with_qa_grad: bool) -> TDTerms:
         """TD loss of a batch and its gradients (not applied); with `with_qa_grad`, also dL/dQ(s,a)."""
         obs_tm1 = tf.cast(b.obs, tf.float32)  # [B, D]
         obs_t = tf.cast(b.next_obs, tf.float32)  # [B, D]
@@ -210,10 +250,10 @@ class Learner:
         sources = self.variables + ([qa_tm1] if with_qa_grad else [])
         grads = tape.gradient(loss, sources)
         dloss_dqa = grads[len(self.variables)] if with_qa_grad else None
-        return loss, grads[: len(self.variables)], dloss_dqa, q_tm1, target_tm1, delta
+        return TDTerms(loss, grads[: len(self.variables)], dloss_dqa, q_tm1, target_tm1, delta, {})
 
     def _update(self, b: Batch, with_diagnostics: bool) -> dict[str, tf.Tensor]:
-        loss, grads, dloss_dqa, q_tm1, target_tm1, delta = self._td_gradients(b, with_diagnostics)
+        loss, grads, dloss_dqa, q_tm1, target_tm1, delta, extra = self._td_gradients(b, with_diagnostics)
         preclip_norm = tf.linalg.global_norm(grads)
         if self._clip_norm > 0:
             grads, _ = tf.clip_by_global_norm(grads, self._clip_norm, use_norm=preclip_norm)
@@ -238,6 +278,7 @@ class Learner:
                 tf.reduce_sum(tf.cast(blocked, tf.float32)), tf.reduce_sum(tf.cast(nonzero_delta, tf.float32))
             ),
             "grad_norm/global": tf.linalg.global_norm(grads),
+            **extra,
         }
         # Per-variable statistics as segment reductions over one flat vector: a handful of ops whatever the
         # number of variables, instead of seven reductions per variable.
@@ -296,7 +337,7 @@ class Learner:
             h = z
         m["features/srank"] = tf.cast(probes.srank(h, d.srank_delta), tf.float32)
         if d.histograms:
-            _, grads, _, _, _, _ = self._td_gradients(unpack(packed, self._obs_dim), False)
+            grads = self._td_gradients(unpack(packed, self._obs_dim), False).grads
             for tag, g, w in zip(self.variable_tags, grads, self.variables, strict=True):
                 m[f"hist/weight/{tag}"] = tf.identity(w.value)
                 m[f"hist/grad/{tag}"] = g

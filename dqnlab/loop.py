@@ -17,7 +17,6 @@ import numpy as np
 
 from dqnlab.config import TrainConfig
 from dqnlab.learner import Learner
-from dqnlab.networks import NumpyMLP
 from dqnlab.replay import ReplayBuffer
 
 
@@ -66,14 +65,17 @@ def epsilon_at(step: int, cfg: TrainConfig) -> float:
     return cfg.epsilon_start + frac * (cfg.epsilon_end - cfg.epsilon_start)
 
 
-def greedy_episodes(env: gym.Env, q: NumpyMLP, episodes: int, seed: int) -> tuple[float, ...]:
-    """Returns of `episodes` greedy episodes (seeded from `seed`, one seed per episode)."""
+def greedy_episodes(env: gym.Env, policy, episodes: int, seed: int) -> tuple[float, ...]:
+    """Returns of `episodes` greedy episodes (seeded from `seed`, one seed per episode). A recurrent
+    policy starts each episode from its initial state; the training episode's state is not touched."""
     returns = []
     for k in range(episodes):
         obs, _ = env.reset(seed=seed + k)
+        state = policy.initial_state()
         total, done = 0.0, False
         while not done:
-            obs, reward, terminated, truncated, _ = env.step(int(np.argmax(q(obs))))
+            q, state = policy.step(obs, state)
+            obs, reward, terminated, truncated, _ = env.step(int(np.argmax(q)))
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -99,32 +101,35 @@ def run_loop(
     multiple of `probe_every`; None turns either off. Probe states are drawn once, at the first probe."""
     rng = np.random.default_rng(seed)
     num_actions = int(env.action_space.n)
-    policy = NumpyMLP(learner.cfg.network.activation)
-    policy.set_weights(learner.online_weights())
+    policy = learner.policy()  # numpy copy of the online network; recurrent ones carry a state
     updates = 0
-    probe_states = None
+    probe_inputs = None
     updates_at_target_sync = 0  # a hard sync with no update since the last one would copy the same weights
     obs, _ = env.reset(seed=seed)
+    state = policy.initial_state()
     episode_return, episode_length = 0.0, 0
     for step in range(1, steps + 1):
         epsilon = epsilon_at(step, cfg)
-        action = int(rng.integers(num_actions)) if rng.random() < epsilon else int(np.argmax(policy(obs)))
+        # The network steps even when the action is random: a recurrent state must see every observation.
+        q, next_state = policy.step(obs, state)
+        action = int(rng.integers(num_actions)) if rng.random() < epsilon else int(np.argmax(q))
         next_obs, reward, terminated, truncated, _ = env.step(action)
-        replay.add(obs, action, reward, next_obs, terminated)
+        replay.add(obs, action, reward, next_obs, terminated, truncated, state)
         episode_return += float(reward)
         episode_length += 1
         if terminated or truncated:
             yield EpisodeEnd(step, episode_return, episode_length, epsilon)
             obs, _ = env.reset()
+            state = policy.initial_state()
             episode_return, episode_length = 0.0, 0
         else:
-            obs = next_obs
+            obs, state = next_obs, next_state
 
         if step >= cfg.learning_starts and step % cfg.train_every == 0:
             k = cfg.gradient_steps
             measure = _crosses(updates, k, diagnostics_every)
             probe = _crosses(updates, k, probe_every)
-            out = learner.update(replay.sample_many(k, cfg.batch_size), measure)
+            out = learner.update(learner.sample_burst(replay, k, cfg.batch_size), measure)
             updates += k
             policy.set_weights([w.numpy() for w in out.weights])
             finite = bool(out.finite)
@@ -132,9 +137,9 @@ def run_loop(
             if not finite:
                 return
             if probe:
-                if probe_states is None:
-                    probe_states = replay.sample(probe_size).obs
-                yield Probed(step, learner.probe(probe_states, replay.sample(cfg.batch_size)))
+                if probe_inputs is None:
+                    probe_inputs = learner.probe_inputs(learner.sample_one(replay, probe_size))
+                yield Probed(step, learner.probe(probe_inputs, learner.sample_one(replay, cfg.batch_size)))
         if step % cfg.target_update_every == 0 and (updates > updates_at_target_sync or cfg.target_tau < 1.0):
             learner.update_target()
             updates_at_target_sync = updates

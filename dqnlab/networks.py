@@ -66,7 +66,7 @@ def _scaled(initializer: str, scale: float) -> keras.initializers.Initializer:
 
 def variable_tag(variable: keras.Variable) -> str:
     """The tag name of a model variable: its Keras path below the model, e.g. 'hidden_0/kernel'."""
-    return variable.path.split("/", 1)[1]
+    return "/".join(variable.path.split("/")[-2:])  # Sequential paths start with the model's name
 
 
 class NumpyMLP:
@@ -79,6 +79,13 @@ class NumpyMLP:
     def set_weights(self, weights: list[np.ndarray]) -> None:
         """Weights as Keras orders them: kernel, bias, kernel, bias, ..., head kernel, head bias."""
         self._layers = [(weights[i], weights[i + 1]) for i in range(0, len(weights), 2)]
+
+    def initial_state(self) -> None:
+        """No state: the same acting interface as the recurrent policy."""
+        return None
+
+    def step(self, obs: np.ndarray, state: None) -> tuple[np.ndarray, None]:
+        return self(obs), None
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         """obs [obs_dim] or [B, obs_dim] -> Q-values [num_actions] or [B, num_actions] (float32)."""

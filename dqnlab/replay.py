@@ -80,10 +80,14 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self._size
 
-    def add(self, obs, action: int, reward: float, next_obs, terminated: bool) -> None:
+    def add(
+        self, obs, action: int, reward: float, next_obs, terminated: bool, truncated: bool = False, state=None
+    ) -> None:
         """Store one transition, overwriting the oldest once full.
 
         Pass gymnasium's `terminated`, never `terminated or truncated`: a time limit is bootstrapped.
+        `truncated` and `state` are accepted for the loop's sake and not needed here: transitions are
+        independent (the sequence replay of recurrent agents uses both).
         """
         i = self._next
         self.obs[i] = obs

@@ -79,7 +79,6 @@ def train(
     # Build the environments first: a bad id must fail before anything is written.
     train_env = make_env(env_id, seed=seed)
     eval_env = make_env(env_id)
-    obs_shape = train_env.observation_space.shape
     run_dir = run_dir_for(logdir, name, cfg.name, env_id, seed)
     claim_run_dir(run_dir)
     experiment_json = run_dir.parents[2] / EXPERIMENT_JSON
@@ -121,10 +120,7 @@ def train(
         write_json_atomic(run_dir / RUN_JSON, info)
 
     try:
-        learner = Learner(
-            cfg, obs_dim=int(obs_shape[0]), num_actions=int(train_env.action_space.n), seed=seed
-        )
-        replay = ReplayBuffer(cfg.replay.capacity, obs_shape, seed=seed)
+        learner, replay = _learner_and_replay(cfg, train_env, seed)
         diag = cfg.diagnostics
         every = diag.every if diag.enabled else None
         probe_every = diag.probe_every if diag.enabled and diag.probe_every > 0 else None
@@ -166,6 +162,20 @@ def train(
         train_env.close()
         eval_env.close()
     return read_run(run_dir)
+
+
+def _learner_and_replay(cfg: Config, env, seed: int):
+    """The learner and replay of the config's network kind: transitions for an MLP, sequences for an RNN."""
+    obs_dim, num_actions = int(env.observation_space.shape[0]), int(env.action_space.n)
+    if cfg.network.kind == "rnn":
+        from dqnlab.recurrent_learner import RecurrentLearner
+        from dqnlab.sequence_replay import SequenceReplay
+
+        learner = RecurrentLearner(cfg, obs_dim=obs_dim, num_actions=num_actions, seed=seed)
+        stored = learner.state_size if cfg.recurrent.initial_state == "stored" else 0
+        return learner, SequenceReplay(cfg.replay.capacity, obs_dim, state_dim=stored, seed=seed)
+    learner = Learner(cfg, obs_dim=obs_dim, num_actions=num_actions, seed=seed)
+    return learner, ReplayBuffer(cfg.replay.capacity, env.observation_space.shape, seed=seed)
 
 
 def hparams_of(cfg: Config, env_id: str, seed: int) -> dict[str, bool | int | float | str]:

@@ -151,7 +151,10 @@ def test_docs_presets_lists_every_field():
     from dqnlab.config import AGENTS_DIR
 
     text = (AGENTS_DIR.parent / "docs" / "presets.md").read_text()
-    for section, cls in SECTIONS.items():
+    from dqnlab.config import OPTIONAL_SECTIONS
+
+    sections = {**SECTIONS, **{name: cls for name, (cls, _) in OPTIONAL_SECTIONS.items()}}
+    for section, cls in sections.items():
         for f in dataclasses.fields(cls):
             assert f"`{section}.{f.name}`" in text, f"docs/presets.md misses {section}.{f.name}"
     for name in preset_names():
