@@ -356,9 +356,9 @@ def _late_median(series: Series, tag: str) -> float:
 
 
 def _vanilla_cell(run: Mapping) -> bool:
-    net = _cfg(run, "config", "network", default={}) or {}
-    text = " ".join(str(net.get(k, "")) for k in ("kind", "cell", "rnn_cell")).lower()
-    return not any(gated in text for gated in ("lstm", "gru"))
+    """The run's recurrent cell is the simple (ungated) one: `config.recurrent.cell` (docs/presets.md)."""
+    recurrent = _cfg(run, "config", "recurrent", default=None) or {}
+    return recurrent.get("cell", "simple") == "simple"
 
 
 def rule_exploding_gradient(series: Series, run: Mapping) -> list[Finding]:

@@ -319,7 +319,8 @@ def test_spectral_radius_above_one_warns_for_a_vanilla_cell_only():
         "rnn/max_singular_value": measured(np.full(20, 2.0)),
     }
     vanilla = run_json()
-    vanilla["config"]["network"].update(kind="rnn", cell="simple")
+    vanilla["config"]["network"]["kind"] = "rnn"
+    vanilla["config"]["recurrent"] = {"cell": "simple"}
     (f,) = rule_exploding_gradient(s, vanilla)
     assert (f.severity, f.evidence["spectral_radius"], f.evidence["max_singular_value"]) == (
         "warning",
@@ -327,7 +328,8 @@ def test_spectral_radius_above_one_warns_for_a_vanilla_cell_only():
         2.0,
     )
     lstm = run_json()
-    lstm["config"]["network"].update(kind="rnn", cell="lstm")
+    lstm["config"]["network"]["kind"] = "rnn"
+    lstm["config"]["recurrent"] = {"cell": "lstm"}
     assert rule_exploding_gradient(s, lstm) == []
     assert rule_exploding_gradient({"rnn/spectral_radius": measured(np.full(20, 0.99))}, vanilla) == []
     spike = np.full(20, 0.9)
