@@ -130,7 +130,9 @@ def test_ab_runs_arms_x_seeds_in_parallel_and_prints_the_table(tmp_path):
     assert rows["huber_relu"][1] == "2/2"
     header = lines[1].split()
     blocked = header.index("blocked") + 2  # "final return" and "2/2 done" are two words each
-    assert float(rows["huber_relu"][blocked + 2]) == 0.0 and float(rows["clipped_delta_relu"][blocked + 2]) > 0.5
+    assert (
+        float(rows["huber_relu"][blocked + 2]) == 0.0 and float(rows["clipped_delta_relu"][blocked + 2]) > 0.5
+    )
     assert f"dqnlab board {exp}" in out.stdout
     assert (exp / "_aggregate" / "huber_relu" / "dqnlab-CartPole-reward100-v1").is_dir()
 
