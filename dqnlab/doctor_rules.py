@@ -414,9 +414,18 @@ def rule_exploding_gradient(series: Series, run: Mapping) -> list[Finding]:
             "; ".join(parts) + " (late-half medians).",
             "Backprop (through time) multiplies the error by W_hh and f' once per step, so with spectral "
             "radius above 1 the gradient grows exponentially with the steps back (Pascanu et al. 2013).",
-            "Clip the global norm (train.grad_clip_norm), lower the learning rate, or use an LSTM/GRU cell.",
+            _exploding_fix(run),
         )
     ]
+
+
+def _exploding_fix(run: Mapping) -> str:
+    if (_cfg(run, "config", "train", "grad_clip_norm", default=0.0) or 0.0) > 0:  # clipping is already on
+        return (
+            "Clipping is on and bounds each step, but not the Jacobians: use an LSTM/GRU cell, or start W_hh "
+            "nearer spectral radius 1 (recurrent.recurrent_init_scale)."
+        )
+    return "Clip the global norm (train.grad_clip_norm), lower the learning rate, or use an LSTM/GRU cell."
 
 
 def rule_divergence(series: Series, run: Mapping) -> list[Finding]:

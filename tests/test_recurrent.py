@@ -209,6 +209,6 @@ def test_doctor_flags_the_exploding_arm_and_not_the_lstm(experiment):
     from dqnlab.doctor import examine
 
     report = {r.preset: {f.rule for f in r.findings} for r in examine(experiment).runs}
-    assert "exploding_gradient" in report["rnn_exploding"]
-    assert "exploding_gradient" in report["rnn_exploding_clipped"]  # clipping hides it from the step only
+    assert report["rnn_exploding"] == {"exploding_gradient"}
+    assert report["rnn_exploding_clipped"] == {"exploding_gradient"}  # clipping bounds steps, not the cause
     assert report["lstm"] == set()
