@@ -8,7 +8,6 @@ by the last, optional test.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -489,29 +488,3 @@ def test_rules_and_thresholds_are_in_one_place():
     assert all(r.__doc__ for r in RULES)
     with pytest.raises(AttributeError):
         THRESHOLDS.depth_ratio = 1.0  # frozen
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Optional: the real runs' final values, held steady (skipped where the runs are absent)
-
-REAL = Path(__file__).resolve().parents[1] / "runs" / "20261127-030618"
-
-
-def steady_from_final(run: dict) -> dict:
-    """Each metric of run.json's `final` repeated over 40 measured updates / 9 probes."""
-    final = run["final"]
-    s = {tag: measured(np.full(40, v)) for tag, v in final["diagnostics"].items()}
-    s.update({tag: probed(np.full(PROBES, v)) for tag, v in final.get("probe", {}).items()})
-    return s
-
-
-@pytest.mark.skipif(not REAL.is_dir(), reason="no real runs in runs/20261127-030618")
-@pytest.mark.parametrize("preset", ["huber_relu", "squared_relu", "clipped_delta_relu"])
-def test_real_final_values(preset):
-    paths = sorted(REAL.glob(f"{preset}/*/seed_*/run.json"))
-    if not paths:
-        pytest.skip(f"no {preset} runs")
-    expected = [("blocked_td_gradient", "")] if preset == "clipped_delta_relu" else []
-    for path in paths:
-        run = json.loads(path.read_text())
-        assert ids(diagnose(steady_from_final(run), run)) == expected, path
