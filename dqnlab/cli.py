@@ -59,6 +59,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         choices=["auto", "cpu", "gpu"],
         help="where TensorFlow runs the learner (default: auto)",
     )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="bit-identical reruns on CPU: TensorFlow's deterministic ops and one thread",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -164,6 +169,7 @@ def _train(args) -> int:
             logdir=args.logdir,
             name=args.name,
             device=args.device,
+            deterministic=args.deterministic,
             progress=progress,
             warn=lambda line: bar.write(line, file=sys.stderr),
         )
@@ -194,6 +200,7 @@ def _ab(args) -> int:
         name,
         args.overrides,
         args.device,
+        args.deterministic,
     )
     outcomes = run_experiment(specs, workers=args.workers, quiet=args.quiet)
     exp_dir = Path(args.logdir) / name

@@ -1,19 +1,20 @@
 """Run many training runs (presets x envs x seeds) in parallel local processes.
 
-Each worker is a `spawn`ed process that imports TensorFlow itself and uses one intra-op and one inter-op
-thread (and one BLAS thread), so N workers use N cores without oversubscription. A run that fails is
-recorded in its run.json and the other runs go on. Workers report progress through a queue; the parent
-draws one progress bar over all runs.
+Each run is its own `spawn`ed process, `workers` at a time; it imports TensorFlow itself and uses one intra-op
+and one inter-op thread (and one BLAS thread), so N workers use N cores without oversubscription. A run that
+fails is recorded in its run.json and the other runs go on, also when its process is killed outright. Runs
+report progress through a queue; the parent draws one progress bar over all runs.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import queue as queue_module
+import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,9 +22,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dqnlab.aggregate import update_aggregates
-from dqnlab.config import Config, ConfigError, load_preset
+from dqnlab.config import Config, ConfigError, load_preset, resolve_preset_path
 from dqnlab.envs import env_dirname, make_env
-from dqnlab.rundir import EXPERIMENT_JSON, RunDirExists, package_versions, run_dir_for, write_json_atomic
+from dqnlab.rundir import (
+    EXPERIMENT_JSON,
+    RUN_JSON,
+    RunDirExists,
+    package_versions,
+    run_dir_for,
+    write_json_atomic,
+)
 
 _SINGLE_THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -47,6 +55,7 @@ class RunSpec:
     logdir: str
     experiment: str
     device: str = "auto"
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ def plan_experiment(
     experiment: str,
     overrides: list[str] | tuple[str, ...] = (),
     device: str = "auto",
+    deterministic: bool = False,
 ) -> tuple[list[RunSpec], dict[str, Config]]:
     """Validate everything a user typed and return the runs, before any process or file is created."""
     if not presets:
@@ -88,7 +98,10 @@ def plan_experiment(
             for seed in seeds:
                 cfg = configs[p]
                 n = steps if steps is not None else cfg.train.steps
-                specs.append(RunSpec(p, tuple(overrides), env_id, seed, n, str(logdir), experiment, device))
+                spec = RunSpec(
+                    p, tuple(overrides), env_id, seed, n, str(logdir), experiment, device, deterministic
+                )
+                specs.append(spec)
                 run_dir = run_dir_for(logdir, experiment, cfg.name, env_id, seed)
                 if run_dir.exists() and any(run_dir.iterdir()):
                     raise RunDirExists(
@@ -123,13 +136,19 @@ _progress_queue = None
 _stop_event = None  # set by the parent on Ctrl-C: runs not started yet must not start
 
 
-def _init_worker(progress_queue, stop_event) -> None:
+def _process_main(index: int, spec: RunSpec, progress_queue, stop_event) -> None:
+    """Entry point of one run's process: train, then send the outcome to the parent."""
     global _progress_queue, _stop_event
     _progress_queue, _stop_event = progress_queue, stop_event
     from dqnlab._tf import tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        outcome = _run_in_worker(index, spec)
+    except KeyboardInterrupt:  # run.json already says 'interrupted'
+        outcome = RunOutcome(spec, "", "interrupted", "interrupted by the user (Ctrl-C)", None)
+    progress_queue.put(("outcome", index, outcome))
 
 
 def _run_in_worker(index: int, spec: RunSpec) -> RunOutcome:
@@ -140,7 +159,7 @@ def _run_in_worker(index: int, spec: RunSpec) -> RunOutcome:
     def report(step: int, episode_return: float | None) -> None:
         now = time.monotonic()
         if _progress_queue is not None and (now - last_sent[0] > 0.5 or step >= spec.steps):
-            _progress_queue.put((index, step - last_sent[1], episode_return))
+            _progress_queue.put(("progress", step - last_sent[1], episode_return))
             last_sent[:] = [now, step]
 
     cfg = load_preset(spec.preset, list(spec.overrides))
@@ -158,6 +177,7 @@ def _run_in_worker(index: int, spec: RunSpec) -> RunOutcome:
             logdir=spec.logdir,
             name=spec.experiment,
             device=spec.device,
+            deterministic=spec.deterministic,
             progress=report,
             warn=lambda line: (
                 _progress_queue is not None
@@ -170,7 +190,12 @@ def _run_in_worker(index: int, spec: RunSpec) -> RunOutcome:
 
 
 def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool = False) -> list[RunOutcome]:
-    """Run every spec in `workers` spawned processes (default: the CPU count); outcomes in spec order."""
+    """Run every spec in its own spawned process, `workers` at a time (default: the CPU count); outcomes in
+    spec order.
+
+    One process per run, not a pool: a run whose process dies (SIGKILL, the out-of-memory killer, a crash in
+    native code) takes nothing else with it. It is recorded as `failed` with the signal, in its outcome and in
+    its run.json, and the other runs go on."""
     if not specs:
         return []
     workers = max(1, min(workers or os.cpu_count() or 1, len(specs)))
@@ -193,6 +218,8 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
     ctx = mp.get_context("spawn")
     progress_queue, stop_event = ctx.Queue(), ctx.Event()
     outcomes: dict[int, RunOutcome] = {}
+    running: dict[int, mp.process.BaseProcess] = {}
+    queued = list(range(len(specs)))
     bar = tqdm(
         total=sum(s.steps for s in specs),
         unit="step",
@@ -200,45 +227,66 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
         dynamic_ncols=True,
         desc=f"{len(specs)} runs on {workers} workers",
     )
-    with (
-        _single_threaded_children(),
-        ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(progress_queue, stop_event),
-        ) as pool,
-    ):
-        futures = {pool.submit(_run_in_worker, i, s): i for i, s in enumerate(specs)}
-        pending = set(futures)
-        try:
-            while pending:
-                _drain(progress_queue, bar)
-                done = {f for f in pending if f.done()}
-                for f in as_completed(done):
-                    outcomes[futures[f]] = _outcome(f, specs[futures[f]])
-                    _update_arm_aggregate(exp_dir, specs[futures[f]], bar)
-                    bar.set_postfix_str(f"{len(outcomes)}/{len(specs)} runs finished")
-                pending -= done
-                time.sleep(0.2)
-        except KeyboardInterrupt:
-            # Running workers got the SIGINT too: they record 'interrupted' and flush. Queued runs must not
-            # start (they would leave no trace until they finish): cancel them and tell the workers.
-            stop_event.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        finally:
-            _drain(progress_queue, bar)
-            bar.close()
+
+    def finish(index: int) -> None:
+        _update_arm_aggregate(exp_dir, specs[index], bar)
+        bar.set_postfix_str(f"{len(outcomes)}/{len(specs)} runs finished")
+
+    try:
+        with _single_threaded_children():
+            while queued or running:
+                while queued and len(running) < workers:
+                    index = queued.pop(0)
+                    proc = ctx.Process(
+                        target=_process_main, args=(index, specs[index], progress_queue, stop_event)
+                    )
+                    proc.start()
+                    running[index] = proc
+                _drain(progress_queue, bar, outcomes)
+                for index, proc in list(running.items()):
+                    if proc.is_alive():
+                        continue
+                    proc.join()
+                    _drain(progress_queue, bar, outcomes)  # its outcome, sent just before it exited
+                    if index not in outcomes:
+                        outcomes[index] = _died(specs[index], proc.exitcode)
+                    del running[index]
+                    finish(index)
+                time.sleep(0.1)
+    except KeyboardInterrupt:
+        # The running processes got the SIGINT too: they record 'interrupted' and flush. Queued runs never
+        # start (they would leave no trace until they finish).
+        stop_event.set()
+        for proc in running.values():
+            proc.join(timeout=60)
+        raise
+    finally:
+        _drain(progress_queue, bar, outcomes)
+        bar.close()
     return [outcomes[i] for i in range(len(specs))]
 
 
-def _outcome(future, spec: RunSpec) -> RunOutcome:
+def _died(spec: RunSpec, exitcode: int | None) -> RunOutcome:
+    """The outcome of a run whose process ended without reporting one; its run.json is marked failed."""
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        reason = f"the run's process was killed by {name}"
+        if name == "SIGKILL":
+            reason += " (sent by `kill -9` or by the kernel's out-of-memory killer)"
+    else:
+        reason = f"the run's process exited with status {exitcode} without reporting an outcome"
+    run_dir = run_dir_for(
+        spec.logdir, spec.experiment, resolve_preset_path(spec.preset).stem, spec.env, spec.seed
+    )
+    path = run_dir / RUN_JSON
     try:
-        return future.result()
-    except Exception as exc:  # the worker process itself died (killed, out of memory)
-        run_dir = str(Path(spec.logdir) / spec.experiment)
-        return RunOutcome(spec, run_dir, "failed", f"worker process died: {type(exc).__name__}: {exc}", None)
+        info = json.loads(path.read_text())
+        if info.get("status") == "running":  # what it logged is kept; only the status changes
+            info.update(status="failed", error=reason)
+            write_json_atomic(path, info)
+    except (OSError, ValueError):
+        pass  # it died before writing run.json: the outcome still says why
+    return RunOutcome(spec, str(run_dir), "failed", reason, None)
 
 
 def _update_arm_aggregate(exp_dir: Path, spec: RunSpec, bar) -> None:
@@ -249,13 +297,16 @@ def _update_arm_aggregate(exp_dir: Path, spec: RunSpec, bar) -> None:
         bar.write(f"dqnlab: warning: could not update the aggregate of {spec.preset}: {exc}")
 
 
-def _drain(progress_queue, bar) -> None:
+def _drain(progress_queue, bar, outcomes: dict[int, RunOutcome]) -> None:
     while True:
         try:
             item = progress_queue.get_nowait()
         except queue_module.Empty:
             return
-        if item[0] == "warn":  # a live doctor finding: a line above the bar
+        kind = item[0]
+        if kind == "warn":  # a live doctor finding: a line above the bar
             bar.write(item[1], file=sys.stderr)
+        elif kind == "outcome":
+            outcomes[item[1]] = item[2]
         else:
             bar.update(item[1])

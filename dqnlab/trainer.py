@@ -51,6 +51,21 @@ def configure_device(device: str) -> None:
         tf.config.set_visible_devices([], "GPU")
 
 
+def make_deterministic() -> None:
+    """Bit-identical reruns on CPU: TensorFlow's deterministic kernels and one thread, so no reduction order
+    depends on scheduling. Weights, replay, exploration and envs are seeded from the run's seed anyway."""
+    tf.config.experimental.enable_op_determinism()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already started: only possible to check, not to change
+        if tf.config.threading.get_intra_op_parallelism_threads() != 1:
+            raise ConfigError(
+                "--deterministic needs one TensorFlow thread, but TensorFlow already started with more; "
+                "set TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 before starting Python"
+            ) from None
+
+
 def train(
     cfg: Config,
     env: str | None = None,
@@ -60,6 +75,7 @@ def train(
     name: str | None = None,
     *,
     device: str = "auto",
+    deterministic: bool = False,
     progress: ProgressFn | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> RunResult:
@@ -71,6 +87,8 @@ def train(
     if os.environ.get("DQNLAB_EAGER") == "1":
         tf.config.run_functions_eagerly(True)
     configure_device(device)
+    if deterministic:
+        make_deterministic()
     env_id = env or cfg.env
     steps = int(steps if steps is not None else cfg.train.steps)
     if steps < 1:
@@ -103,6 +121,8 @@ def train(
         "updates": 0,
         "wall_time_s": 0.0,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "pid": os.getpid(),  # to find (or stop) the process training it
+        "deterministic": deterministic,
         "final": {},
         "error": None,
         "config": cfg.to_dict(),

@@ -164,6 +164,49 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_logged(tmp_path):
     assert read_run(run_json.parent).scalars("episode/return")  # flushed on the way out
 
 
+def test_a_killed_run_is_recorded_failed_and_the_others_finish(tmp_path):
+    """SIGKILL (what the out-of-memory killer sends) one run's process in the middle of an A/B."""
+    import os
+    import signal
+    import time
+
+    args = ["ab", "huber_relu", "squared_relu", "--seeds", "1", "--steps", "6000", "--workers", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dqnlab.cli", *args, "--logdir", str(tmp_path), "--name", "k", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    victim = tmp_path / "k" / "squared_relu" / "CartPole-v1" / "seed_0"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(victim.glob("events.out.tfevents.*")):
+        time.sleep(0.2)
+    time.sleep(1)  # let it log a little
+    os.kill(json.loads((victim / "run.json").read_text())["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err  # not every run is done
+    killed = json.loads((victim / "run.json").read_text())
+    assert killed["status"] == "failed" and "SIGKILL" in killed["error"]
+    survivor = json.loads((tmp_path / "k" / "huber_relu" / "CartPole-v1" / "seed_0" / "run.json").read_text())
+    assert survivor["status"] == "done" and survivor["env_steps"] == 6000
+    assert "squared_relu" in out and "failed: the run's process was killed by SIGKILL" in out  # the summary
+    from dqnlab.rundir import read_run
+
+    assert read_run(victim).scalars("episode/return")  # what it logged before it died is kept
+
+
+def test_deterministic_reruns_log_identical_scalars(tmp_path):
+    from dqnlab.events import read_series
+
+    logged = []
+    for name in ("a", "b"):
+        args = ["train", "huber_relu", "--steps", "1500", "--deterministic", "--logdir", str(tmp_path)]
+        out = dqnlab_cmd(*args, "--name", name, "--quiet", "--set", "diagnostics.probe_every=64")
+        assert out.returncode == 0, out.stderr
+        run = next((tmp_path / name).rglob("seed_0"))
+        assert json.loads((run / "run.json").read_text())["deterministic"] is True
+        logged.append({t: v.tolist() for t, (_, v) in read_series(run).items() if not t.startswith("perf/")})
+    assert len(logged[0]) > 50 and logged[0] == logged[1]  # every tag, every value, bit for bit
+
+
 def test_board_serves_the_runs_on_localhost_and_stops_on_ctrl_c(tmp_path):
     import signal
     import socket
