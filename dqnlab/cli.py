@@ -23,6 +23,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"dqnlab: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _directory(text: str) -> str:
+    """An argparse type: a non-empty path (an empty argument would silently mean the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a directory, got an empty argument")
+    return text
+
+
 def _int_at_least(low: int):
     """An argparse type: an integer >= low, with a one-line message otherwise."""
 
@@ -94,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "compare", help="compare the arms of an experiment: returns, CIs, paired tests, diagnostics"
     )
-    c.add_argument("directory", help="an experiment directory (or one run)")
+    c.add_argument("directory", type=_directory, help="an experiment directory (or one run)")
     c.add_argument("--json", action="store_true", help="print the comparison as JSON")
     c.add_argument(
         "--plot", metavar="FILE", help="also draw learning curves and diagnostics to FILE.png or FILE.html"
@@ -106,11 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     d = sub.add_parser("doctor", help="diagnose a run or experiment: exit 0 healthy, 1 findings, 2 bad input")
-    d.add_argument("directory", help="a run directory or an experiment directory")
+    d.add_argument("directory", type=_directory, help="a run directory or an experiment directory")
     d.add_argument("--json", action="store_true", help="print the findings as JSON")
 
     b = sub.add_parser("board", help="serve TensorBoard on a run or experiment directory")
-    b.add_argument("directory", help="a run directory or an experiment directory")
+    b.add_argument("directory", type=_directory, help="a run directory or an experiment directory")
     b.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     b.add_argument("--port", type=_int_at_least(1), default=6006, help="port (default: 6006)")
     return parser
