@@ -71,6 +71,21 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="bit-identical reruns on CPU: TensorFlow's deterministic ops and one thread",
     )
+    p.add_argument(
+        "--checkpoint-every",
+        type=_nonneg_int,
+        default=10_000,
+        metavar="STEPS",
+        help="env steps between checkpoints (default: 10000; 0: none)",
+    )
+    p.add_argument(
+        "--checkpoint-replay", action="store_true", help="also checkpoint the replay buffer (exact resume)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the runs of --name that are not done, from checkpoints",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -151,6 +166,8 @@ def _presets(args) -> int:
 
 
 def _train(args) -> int:
+    if args.resume and not args.name:
+        raise ConfigError("--resume continues an experiment: give its --name")
     from dqnlab.runner import validate_env
 
     cfg = load_preset(args.preset, args.overrides)
@@ -177,6 +194,9 @@ def _train(args) -> int:
             name=args.name,
             device=args.device,
             deterministic=args.deterministic,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_replay=args.checkpoint_replay,
+            resume=args.resume,
             progress=progress,
             warn=lambda line: bar.write(line, file=sys.stderr),
         )
@@ -193,6 +213,8 @@ def _train(args) -> int:
 def _ab(args) -> int:
     if len(args.presets) < 2:
         raise ConfigError("ab compares two or more presets; use `dqnlab train` for one")
+    if args.resume and not args.name:
+        raise ConfigError("--resume continues an experiment: give its --name")
     from dqnlab.compare import compare, format_comparison
     from dqnlab.rundir import default_experiment_name
     from dqnlab.runner import plan_experiment, run_experiment
@@ -208,6 +230,9 @@ def _ab(args) -> int:
         args.overrides,
         args.device,
         args.deterministic,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_replay=args.checkpoint_replay,
     )
     outcomes = run_experiment(specs, workers=args.workers, quiet=args.quiet)
     exp_dir = Path(args.logdir) / name

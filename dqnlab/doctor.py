@@ -137,6 +137,14 @@ class LiveDoctor:
         self._seen: set[tuple[str, str]] = set()
         self.findings: list[Finding] = []
 
+    def state(self) -> dict:
+        """What a checkpoint keeps: the findings reported so far (not to repeat them after a resume)."""
+        return {"seen": sorted(self._seen), "next_check": self._next_check}
+
+    def restore(self, state: dict) -> None:
+        self._seen = {tuple(key) for key in state["seen"]}
+        self._next_check = state["next_check"]
+
     def maybe_check(self, step: int, history: Mapping[str, tuple[list[int], list[float]]]) -> None:
         if step < self._next_check:
             return

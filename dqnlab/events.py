@@ -79,8 +79,8 @@ def read_series(run_dir: str | Path, tags: Iterable[str] | Callable[[str], bool]
     """Every scalar series of a run (or only `tags`: names, or a predicate on the tag), as numpy arrays
     sorted by step.
 
-    When a step was logged twice for a tag (a run resumed from a checkpoint behind its last event), the
-    later write wins, so each step appears once.
+    A resumed run's SessionLog START at step s voids what earlier files logged from s on (TensorBoard's own
+    purge rule); should a step still be logged twice for a tag, the later write wins, so each appears once.
     """
     tensorboard_without_tensorflow()
     if tags is None:
@@ -92,6 +92,8 @@ def read_series(run_dir: str | Path, tags: Iterable[str] | Callable[[str], bool]
     points: dict[str, list[tuple[int, float]]] = {}
     for path in event_files(Path(run_dir)):
         for event in iter_events(path):
+            if event.session_log.status == event_pb2.SessionLog.START and event.step > 0:
+                _purge_from(points, event.step)  # a resumed run: what was logged from here on is void
             for value in event.summary.value:
                 if wanted is not None and value.tag not in wanted:
                     continue
@@ -99,6 +101,12 @@ def read_series(run_dir: str | Path, tags: Iterable[str] | Callable[[str], bool]
                 if number is not None:
                     points.setdefault(value.tag, []).append((event.step, number))
     return {tag: _sorted_unique(pairs) for tag, pairs in points.items()}
+
+
+def _purge_from(points: dict[str, list[tuple[int, float]]], step: int) -> None:
+    """TensorBoard's restart rule: a SessionLog START at `step` drops every earlier point at >= step."""
+    for tag, pairs in points.items():
+        points[tag] = [(s, v) for s, v in pairs if s < step]
 
 
 class _Filter:

@@ -172,6 +172,24 @@ class Learner:
             )
         return self._probe_fn(states, packed)
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Online and target weights, optimizer state, initial weights: what a checkpoint stores."""
+        arrays = {f"online/{i}": v.numpy() for i, v in enumerate(self.online.weights)}
+        arrays.update({f"target/{i}": v.numpy() for i, v in enumerate(self.target.weights)})
+        arrays.update({f"optimizer/{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)})
+        arrays["initial_flat"] = self._initial_flat.numpy()
+        return arrays
+
+    def load_state_arrays(self, arrays) -> None:
+        for prefix, variables in (
+            ("online", self.online.weights),
+            ("target", self.target.weights),
+            ("optimizer", self.optimizer.variables),
+        ):
+            for i, v in enumerate(variables):
+                v.assign(arrays[f"{prefix}/{i}"])
+        self._initial_flat = tf.constant(arrays["initial_flat"])
+
     def nonfinite_variables(self) -> list[str]:
         """Tags of the online variables holding a NaN or inf, in model order (input side first)."""
         return [

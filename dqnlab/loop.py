@@ -56,7 +56,34 @@ class Evaluated:
         return float(np.mean(self.returns))
 
 
-Event = EpisodeEnd | Updated | Probed | Evaluated
+@dataclass
+class LoopState:
+    """Everything the loop carries from one env step to the next (a checkpoint saves it)."""
+
+    step: int  # last env step fully done
+    obs: np.ndarray
+    state: object  # the recurrent policy's state (None for an MLP)
+    episode_return: float
+    episode_length: int
+    updates: int
+    synced_at: int  # updates at the last target sync: a hard sync without updates since copies nothing
+    probe_inputs: object
+    rng: np.random.Generator  # exploration
+    refill_until: int = 0  # resumed without its replay: act (and refill) until this step before learning
+
+    @classmethod
+    def start(cls, env: gym.Env, learner: Learner, seed: int) -> LoopState:
+        obs, _ = env.reset(seed=seed)
+        return cls(0, obs, learner.policy().initial_state(), 0.0, 0, 0, 0, None, np.random.default_rng(seed))
+
+
+@dataclass(frozen=True)
+class CheckpointDue:
+    step: int
+    state: LoopState
+
+
+Event = EpisodeEnd | Updated | Probed | Evaluated | CheckpointDue
 
 
 def epsilon_at(step: int, cfg: TrainConfig) -> float:
@@ -94,59 +121,61 @@ def run_loop(
     diagnostics_every: int | None,
     probe_every: int | None = None,
     probe_size: int = 256,
+    checkpoint_every: int | None = None,
+    state_from: LoopState | None = None,
 ) -> Iterator[Event]:
     """Train for `steps` env steps, yielding events.
 
     A burst is measured when it crosses a multiple of `diagnostics_every` updates, probed when it crosses a
-    multiple of `probe_every`; None turns either off. Probe states are drawn once, at the first probe."""
-    rng = np.random.default_rng(seed)
+    multiple of `probe_every`; None turns either off. Probe states are drawn once, at the first probe.
+    Every `checkpoint_every` steps a `CheckpointDue` carries the loop's state, consistent between two steps;
+    `state_from` (such a state, restored with the env, learner and replay it belongs to) continues a run."""
+    st = state_from or LoopState.start(env, learner, seed)
     num_actions = int(env.action_space.n)
     policy = learner.policy()  # numpy copy of the online network; recurrent ones carry a state
-    updates = 0
-    probe_inputs = None
-    updates_at_target_sync = 0  # a hard sync with no update since the last one would copy the same weights
-    obs, _ = env.reset(seed=seed)
-    state = policy.initial_state()
-    episode_return, episode_length = 0.0, 0
-    for step in range(1, steps + 1):
+    rng = st.rng
+    for step in range(st.step + 1, steps + 1):
         epsilon = epsilon_at(step, cfg)
         # The network steps even when the action is random: a recurrent state must see every observation.
-        q, next_state = policy.step(obs, state)
+        q, next_state = policy.step(st.obs, st.state)
         action = int(rng.integers(num_actions)) if rng.random() < epsilon else int(np.argmax(q))
         next_obs, reward, terminated, truncated, _ = env.step(action)
-        replay.add(obs, action, reward, next_obs, terminated, truncated, state)
-        episode_return += float(reward)
-        episode_length += 1
+        replay.add(st.obs, action, reward, next_obs, terminated, truncated, st.state)
+        st.episode_return += float(reward)
+        st.episode_length += 1
         if terminated or truncated:
-            yield EpisodeEnd(step, episode_return, episode_length, epsilon)
-            obs, _ = env.reset()
-            state = policy.initial_state()
-            episode_return, episode_length = 0.0, 0
+            yield EpisodeEnd(step, st.episode_return, st.episode_length, epsilon)
+            st.obs, _ = env.reset()
+            st.state = policy.initial_state()
+            st.episode_return, st.episode_length = 0.0, 0
         else:
-            obs, state = next_obs, next_state
+            st.obs, st.state = next_obs, next_state
 
-        if step >= cfg.learning_starts and step % cfg.train_every == 0:
+        if step >= cfg.learning_starts and step > st.refill_until and step % cfg.train_every == 0:
             k = cfg.gradient_steps
-            measure = _crosses(updates, k, diagnostics_every)
-            probe = _crosses(updates, k, probe_every)
+            measure = _crosses(st.updates, k, diagnostics_every)
+            probe = _crosses(st.updates, k, probe_every)
             out = learner.update(learner.sample_burst(replay, k, cfg.batch_size), measure)
-            updates += k
+            st.updates += k
             policy.set_weights([w.numpy() for w in out.weights])
             finite = bool(out.finite)
-            yield Updated(step, updates, out.metrics, finite)
+            yield Updated(step, st.updates, out.metrics, finite)
             if not finite:
                 return
             if probe:
-                if probe_inputs is None:
-                    probe_inputs = learner.probe_inputs(learner.sample_one(replay, probe_size))
-                yield Probed(step, learner.probe(probe_inputs, learner.sample_one(replay, cfg.batch_size)))
-        if step % cfg.target_update_every == 0 and (updates > updates_at_target_sync or cfg.target_tau < 1.0):
+                if st.probe_inputs is None:
+                    st.probe_inputs = learner.probe_inputs(learner.sample_one(replay, probe_size))
+                yield Probed(step, learner.probe(st.probe_inputs, learner.sample_one(replay, cfg.batch_size)))
+        if step % cfg.target_update_every == 0 and (st.updates > st.synced_at or cfg.target_tau < 1.0):
             learner.update_target()
-            updates_at_target_sync = updates
+            st.synced_at = st.updates
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == steps:
             yield Evaluated(
                 step, greedy_episodes(eval_env, policy, cfg.eval_episodes, seed=seed + 10_000 + step)
             )
+        st.step = step  # every effect of this step is done: a checkpoint now resumes at the next one
+        if checkpoint_every and step % checkpoint_every == 0 and step < steps:
+            yield CheckpointDue(step, st)
 
 
 def _crosses(updates: int, k: int, every: int | None) -> bool:

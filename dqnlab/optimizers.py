@@ -42,6 +42,16 @@ class FusedAdam:
             for v in variables
         ]
 
+    @property
+    def variables(self) -> list[tf.Variable]:
+        """Its whole state, for checkpoints (Keras optimizers have the same attribute)."""
+        return [
+            self.iterations,
+            self._b1_power,
+            self._b2_power,
+            *(slot for pair in self._slots for slot in pair),
+        ]
+
     def apply(self, grads: Sequence[tf.Tensor], variables: Sequence) -> None:
         b1_power = self._b1_power.assign(self._b1_power * self._b1)
         b2_power = self._b2_power.assign(self._b2_power * self._b2)

@@ -56,6 +56,9 @@ class RunSpec:
     experiment: str
     device: str = "auto"
     deterministic: bool = False
+    resume: bool = False
+    checkpoint_every: int = 10_000
+    checkpoint_replay: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,10 @@ def plan_experiment(
     overrides: list[str] | tuple[str, ...] = (),
     device: str = "auto",
     deterministic: bool = False,
+    *,
+    resume: bool = False,
+    checkpoint_every: int = 10_000,
+    checkpoint_replay: bool = False,
 ) -> tuple[list[RunSpec], dict[str, Config]]:
     """Validate everything a user typed and return the runs, before any process or file is created."""
     if not presets:
@@ -99,11 +106,22 @@ def plan_experiment(
                 cfg = configs[p]
                 n = steps if steps is not None else cfg.train.steps
                 spec = RunSpec(
-                    p, tuple(overrides), env_id, seed, n, str(logdir), experiment, device, deterministic
+                    p,
+                    tuple(overrides),
+                    env_id,
+                    seed,
+                    n,
+                    str(logdir),
+                    experiment,
+                    device,
+                    deterministic,
+                    resume,
+                    checkpoint_every,
+                    checkpoint_replay,
                 )
                 specs.append(spec)
                 run_dir = run_dir_for(logdir, experiment, cfg.name, env_id, seed)
-                if run_dir.exists() and any(run_dir.iterdir()):
+                if not resume and run_dir.exists() and any(run_dir.iterdir()):
                     raise RunDirExists(
                         f"run directory {run_dir} already exists; choose another --name or delete it"
                     )
@@ -178,6 +196,9 @@ def _run_in_worker(index: int, spec: RunSpec) -> RunOutcome:
             name=spec.experiment,
             device=spec.device,
             deterministic=spec.deterministic,
+            checkpoint_every=spec.checkpoint_every,
+            checkpoint_replay=spec.checkpoint_replay,
+            resume=spec.resume,
             progress=report,
             warn=lambda line: (
                 _progress_queue is not None

@@ -29,10 +29,17 @@ from dqnlab.loop import EpisodeEnd, Evaluated
 class Summaries:
     """One run's TensorBoard writer. Use as a context manager so the last events are always flushed."""
 
-    def __init__(self, run_dir: Path, flush_every_s: float = 10.0):
+    def __init__(self, run_dir: Path, flush_every_s: float = 10.0, history=None):
         self._writer = EventFileWriter(str(run_dir), max_queue_size=1000, flush_secs=flush_every_s)
         # Every scalar written, kept for the live doctor: tag -> (steps, values). ~0.5 MB per 100k steps.
-        self.history: dict[str, tuple[list[int], list[float]]] = {}
+        # A resumed run starts from what its earlier life logged up to the checkpoint.
+        self.history: dict[str, tuple[list[int], list[float]]] = history or {}
+
+    def restart_after(self, step: int) -> None:
+        """Mark a resume from the checkpoint at `step`: TensorBoard purges the earlier file's events from
+        step + 1 on (a SessionLog START, its own restart marker), and so does dqnlab.events."""
+        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step) + 1, session_log=start))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         wall_time = time.time()

@@ -7,21 +7,25 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dqnlab import checkpoint
 from dqnlab._tf import tf
 from dqnlab.config import Config, ConfigError
 from dqnlab.doctor import LiveDoctor, warning_line
 from dqnlab.doctor_rules import Finding
 from dqnlab.envs import make_env
+from dqnlab.events import read_series
 from dqnlab.learner import Learner
-from dqnlab.loop import EpisodeEnd, Evaluated, Probed, Updated, run_loop
+from dqnlab.loop import CheckpointDue, EpisodeEnd, Evaluated, LoopState, Probed, Updated, run_loop
 from dqnlab.replay import ReplayBuffer
 from dqnlab.rundir import (
     EXPERIMENT_JSON,
@@ -76,10 +80,18 @@ def train(
     *,
     device: str = "auto",
     deterministic: bool = False,
+    checkpoint_every: int = 10_000,
+    checkpoint_replay: bool = False,
+    resume: bool = False,
     progress: ProgressFn | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Train one agent and return its RunResult (also readable later with `dqnlab.read_run`).
+
+    Every `checkpoint_every` env steps (0: never) and at the end, the run is checkpointed (dqnlab.checkpoint;
+    the replay buffer too with `checkpoint_replay`). `resume=True` continues the run directory of the same
+    name from its latest checkpoint (or starts it over when it has none; a `done` run is returned as is);
+    TensorBoard and dqnlab's readers then show each step once.
 
     The doctor's rules run live on what was logged so far (every 5k env steps): each finding is written to
     TensorBoard's Text dashboard (`doctor/findings`), to run.json (`final.doctor`), and passed to `warn`
@@ -98,7 +110,15 @@ def train(
     train_env = make_env(env_id, seed=seed)
     eval_env = make_env(env_id)
     run_dir = run_dir_for(logdir, name, cfg.name, env_id, seed)
-    claim_run_dir(run_dir)
+    ckpt = None
+    if resume and (run_dir / RUN_JSON).is_file():
+        if json.loads((run_dir / RUN_JSON).read_text()).get("status") == "done":
+            return read_run(run_dir)
+        ckpt = checkpoint.load(run_dir)
+        if ckpt is None:  # it never reached a checkpoint: start it over
+            shutil.rmtree(run_dir)
+    if ckpt is None:
+        claim_run_dir(run_dir)
     experiment_json = run_dir.parents[2] / EXPERIMENT_JSON
     if not experiment_json.exists():
         write_json_atomic(
@@ -128,9 +148,18 @@ def train(
         "config": cfg.to_dict(),
         "versions": package_versions(),
     }
-    write_json_atomic(run_dir / RUN_JSON, info)
-    start = time.perf_counter()
     final: dict = {}
+    elapsed_before = 0.0  # wall time of the run's earlier lives (resumed runs)
+    if ckpt is not None:
+        saved = ckpt.state["run"]
+        final, elapsed_before = saved["final"], saved["wall_time_s"]
+        info.update(env_steps=ckpt.step, updates=saved["updates"], final=final)
+        info["started_at"] = json.loads((run_dir / RUN_JSON).read_text()).get(
+            "started_at", info["started_at"]
+        )
+        info["resumed_from"] = [*saved.get("resumed_from", []), ckpt.step]
+    write_json_atomic(run_dir / RUN_JSON, info)
+    start = time.perf_counter() - elapsed_before
 
     def record(status: str, error: str | None = None, **extra) -> None:
         info.update(
@@ -141,6 +170,17 @@ def train(
 
     try:
         learner, replay = _learner_and_replay(cfg, train_env, seed)
+        loop_state = None  # set below: the checkpoint's, or a fresh start
+        if ckpt is not None:
+            learner.load_state_arrays(ckpt.arrays)
+            train_env.close()
+            train_env, loop_state = ckpt.state["env"], ckpt.state["loop"]
+            if ckpt.state["replay"] is not None:
+                replay = ckpt.state["replay"]
+            else:  # replay was not saved: refill it before learning again
+                loop_state.refill_until = ckpt.step + cfg.train.learning_starts
+        else:
+            loop_state = LoopState.start(train_env, learner, seed)
         diag = cfg.diagnostics
         every = diag.every if diag.enabled else None
         probe_every = diag.probe_every if diag.enabled and diag.probe_every > 0 else None
@@ -155,13 +195,32 @@ def train(
             diagnostics_every=every,
             probe_every=probe_every,
             probe_size=diag.probe_size,
+            checkpoint_every=checkpoint_every or None,
+            state_from=loop_state,
         )
-        with Summaries(run_dir) as summaries:
-            summaries.hparams({**hparams_of(cfg, env_id, seed), "train.steps": steps})
+        history = _history_until(run_dir, ckpt.step) if ckpt is not None else None
+        with Summaries(run_dir, history=history) as summaries:
+            if ckpt is None:
+                summaries.hparams({**hparams_of(cfg, env_id, seed), "train.steps": steps})
+            else:  # TensorBoard (and dqnlab.events) drop what the earlier life logged after the checkpoint
+                summaries.restart_after(ckpt.step)
             live = LiveDoctor(info, lambda f: _report_finding(f, summaries, final, warn or _log.warning))
-            status = _consume(events, summaries, info, final, progress, start, live)
+            if ckpt is not None:
+                live.restore(ckpt.state["doctor"])
+
+            def save_checkpoint(state) -> None:
+                summaries.flush()
+                run = {"final": final, "updates": info["updates"], "wall_time_s": time.perf_counter() - start,
+                       "resumed_from": info.get("resumed_from", [])}  # fmt: skip
+                bundle = {"loop": state, "env": train_env, "run": run, "doctor": live.state(),
+                          "replay": replay if checkpoint_replay else None}  # fmt: skip
+                checkpoint.save(run_dir, state.step, learner.state_arrays(), bundle)
+
+            status = _consume(events, summaries, info, final, progress, start, live, save_checkpoint)
             live.check(summaries.history)
             summaries.flush()
+            if status == "done" and checkpoint_every:
+                save_checkpoint(loop_state)  # the end state: what the final weights are compared against
         if status == "diverged":
             bad = learner.nonfinite_variables()
             where = f"; non-finite weights: {', '.join(bad)}" if bad else ""
@@ -208,6 +267,15 @@ def hparams_of(cfg: Config, env_id: str, seed: int) -> dict[str, bool | int | fl
     return values
 
 
+def _history_until(run_dir: Path, step: int) -> dict[str, tuple[list[int], list[float]]]:
+    """The scalars an earlier life of the run logged up to `step` (the live doctor's memory)."""
+    history = {}
+    for tag, (steps, values) in read_series(run_dir).items():
+        keep = steps <= step
+        history[tag] = (steps[keep].tolist(), values[keep].tolist())
+    return history
+
+
 def _report_finding(finding: Finding, summaries: Summaries, final: dict, warn: Callable[[str], None]) -> None:
     final.setdefault("doctor", []).append(finding.to_dict())
     head = f"**{finding.rule}** {finding.subject}: {finding.summary}"
@@ -224,6 +292,7 @@ def _consume(
     progress: ProgressFn | None,
     start: float,
     live: LiveDoctor,
+    save_checkpoint: Callable[[LoopState], None],
 ) -> str:
     """Write every event; keep run.json's counters current. Returns 'done' or 'diverged'."""
     last_return: float | None = None
@@ -255,6 +324,8 @@ def _consume(
         elif isinstance(event, Probed):
             final["probe"] = summaries.metrics(event.step, event.metrics)
             live.maybe_check(event.step, summaries.history)
+        elif isinstance(event, CheckpointDue):
+            save_checkpoint(event.state)
         elif isinstance(event, Evaluated):
             summaries.evaluation(event)
             final["eval_return"] = event.mean_return
