@@ -109,8 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 for every arm (default: 3)")
     a.add_argument("--workers", type=_positive_int, help="parallel processes (default: CPU count)")
     a.add_argument(
-        "--backend", default="local", choices=["local"], help="where runs execute (default: local)"
+        "--backend",
+        default="local",
+        choices=["local", "ray"],
+        help="where runs execute: local processes, or Ray tasks (default: local; see docs/cluster.md)",
     )
+    a.add_argument("--ray-address", help="Ray cluster to join (default: start a local Ray)")
     _common(a)
 
     c = sub.add_parser(
@@ -234,7 +238,12 @@ def _ab(args) -> int:
         checkpoint_every=args.checkpoint_every,
         checkpoint_replay=args.checkpoint_replay,
     )
-    outcomes = run_experiment(specs, workers=args.workers, quiet=args.quiet)
+    if args.backend == "ray":
+        from dqnlab.ray_backend import run_experiment_ray
+
+        outcomes = run_experiment_ray(specs, address=args.ray_address, quiet=args.quiet)
+    else:
+        outcomes = run_experiment(specs, workers=args.workers, quiet=args.quiet)
     exp_dir = Path(args.logdir) / name
     print(format_comparison(compare(exp_dir)))
     print(f"\nRuns in {exp_dir}{os.sep}  (again, with plots: dqnlab compare {exp_dir} --plot report.html)")

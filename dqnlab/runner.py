@@ -221,21 +221,7 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
         return []
     workers = max(1, min(workers or os.cpu_count() or 1, len(specs)))
     exp_dir = Path(specs[0].logdir) / specs[0].experiment
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        exp_dir / EXPERIMENT_JSON,
-        {
-            "presets": sorted({s.preset for s in specs}, key=[s.preset for s in specs].index),
-            "envs": sorted({s.env for s in specs}),
-            "seeds": sorted({s.seed for s in specs}),
-            "steps": max(s.steps for s in specs),
-            "overrides": list(specs[0].overrides),
-            "backend": "local",
-            "workers": workers,
-            "runs": [asdict(s) for s in specs],
-            "versions": package_versions(),
-        },
-    )
+    write_experiment_json(specs, backend="local", workers=workers)
     ctx = mp.get_context("spawn")
     progress_queue, stop_event = ctx.Queue(), ctx.Event()
     outcomes: dict[int, RunOutcome] = {}
@@ -285,6 +271,26 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
         _drain(progress_queue, bar, outcomes)
         bar.close()
     return [outcomes[i] for i in range(len(specs))]
+
+
+def write_experiment_json(specs: list[RunSpec], backend: str, workers: int) -> None:
+    """experiment.json: what was asked (presets in the order given, envs, seeds, steps, how it ran)."""
+    exp_dir = Path(specs[0].logdir) / specs[0].experiment
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(
+        exp_dir / EXPERIMENT_JSON,
+        {
+            "presets": sorted({s.preset for s in specs}, key=[s.preset for s in specs].index),
+            "envs": sorted({s.env for s in specs}),
+            "seeds": sorted({s.seed for s in specs}),
+            "steps": max(s.steps for s in specs),
+            "overrides": list(specs[0].overrides),
+            "backend": backend,
+            "workers": workers,
+            "runs": [asdict(s) for s in specs],
+            "versions": package_versions(),
+        },
+    )
 
 
 def _died(spec: RunSpec, exitcode: int | None) -> RunOutcome:

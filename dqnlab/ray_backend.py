@@ -1,0 +1,126 @@
+"""`dqnlab ab --backend ray`: every run a Ray task, on a cluster (or a local Ray), retried when its worker
+or node dies. Needs the `ray` extra (`pip install -e ".[ray]"`); docs/cluster.md says how to run it.
+
+Each task asks for one CPU (or one GPU with `--device gpu`), sets one TensorFlow thread, and trains with
+`resume=True`: a first attempt starts the run, and an attempt retried after its worker died continues the
+run from its last checkpoint, in the same run directory. So the logdir must be the same path on every node
+(a shared filesystem); it is checked on every node before anything starts. Outputs are the local backend's:
+the same run directories, run.json, aggregates and summary.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dqnlab.config import ConfigError
+from dqnlab.runner import (
+    _SINGLE_THREAD_ENV,
+    RunOutcome,
+    RunSpec,
+    _run_in_worker,
+    _update_arm_aggregate,
+    write_experiment_json,
+)
+
+MAX_RETRIES = 3  # attempts after a worker or node death
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError('--backend ray needs Ray: pip install -e ".[ray]"') from None
+    return ray
+
+
+def _check_logdir(ray, logdir: Path) -> None:
+    """Write and remove a probe file in `logdir` from every alive node; one line naming the node if not."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def probe(path: str) -> str | None:
+        import socket
+        import uuid
+
+        target = Path(path) / f".dqnlab-probe-{uuid.uuid4().hex}"
+        try:
+            target.write_text("ok")
+            target.unlink()
+            return None
+        except OSError as exc:
+            return f"{socket.gethostname()}: {exc}"
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    checks = [
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+            str(logdir.resolve())
+        )
+        for n in nodes
+    ]
+    problems = [p for p in ray.get(checks) if p]
+    if problems:
+        raise ConfigError(
+            f"the logdir {logdir} must be a path every Ray node can write (a shared filesystem); "
+            f"it is not on {len(problems)} node(s): {problems[0]}"
+        )
+
+
+def _task(spec: RunSpec) -> RunOutcome:
+    from dqnlab._tf import tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    return _run_in_worker(0, spec)
+
+
+def run_experiment_ray(
+    specs: list[RunSpec], address: str | None = None, quiet: bool = False
+) -> list[RunOutcome]:
+    """Run every spec as a Ray task on the cluster at `address` (None: a local Ray); outcomes in order."""
+    ray = _import_ray()
+    if not specs:
+        return []
+    exp_dir = Path(specs[0].logdir) / specs[0].experiment
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        _check_logdir(ray, Path(specs[0].logdir))
+        write_experiment_json(specs, backend="ray", workers=int(ray.cluster_resources().get("CPU", 0)))
+        runtime_env = {"env_vars": dict(_SINGLE_THREAD_ENV)}
+        remote = ray.remote(_task)
+        pending = {}
+        for index, spec in enumerate(specs):
+            # Every attempt resumes: a retry after a worker death continues from the last checkpoint.
+            spec = RunSpec(**{**spec.__dict__, "resume": True})
+            gpus = 1 if spec.device == "gpu" else 0
+            options = {
+                "num_cpus": 1,
+                "num_gpus": gpus,
+                "max_retries": MAX_RETRIES,
+                "runtime_env": runtime_env,
+            }
+            pending[remote.options(**options).remote(spec)] = index
+        outcomes: dict[int, RunOutcome] = {}
+        with tqdm(total=len(specs), unit="run", disable=quiet, desc=f"{len(specs)} runs on Ray") as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in done:
+                    index = pending.pop(ref)
+                    try:
+                        outcomes[index] = ray.get(ref)
+                    except Exception as exc:  # retries exhausted, or the task raised outside train()
+                        outcomes[index] = RunOutcome(
+                            specs[index], "", "failed", f"{type(exc).__name__}: {exc}", None
+                        )
+                    _update_arm_aggregate(exp_dir, specs[index], bar)
+                    bar.update(1)
+                time.sleep(0.05)
+        return [outcomes[i] for i in range(len(specs))]
+    finally:
+        if started_here:
+            ray.shutdown()
