@@ -164,6 +164,31 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_logged(tmp_path):
     assert read_run(run_json.parent).scalars("episode/return")  # flushed on the way out
 
 
+def test_ctrl_c_on_ab_stops_every_run_and_marks_it_interrupted(tmp_path):
+    """Ctrl-C in a terminal sends SIGINT to the whole process group: the parent and every run's process."""
+    import os
+    import signal
+    import time
+
+    args = ["ab", "huber_relu", "squared_relu", "--seeds", "2", "--steps", "50000", "--workers", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dqnlab.cli", *args, "--logdir", str(tmp_path), "--name", "c", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((tmp_path / "c").rglob("events.out.tfevents.*"))) < 2:
+        time.sleep(0.2)
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    statuses = {p.parent.parent.parent.name + "/" + p.parent.name: json.loads(p.read_text())["status"]
+                for p in (tmp_path / "c").rglob("run.json")}  # fmt: skip
+    assert len(statuses) == 2 and set(statuses.values()) == {"interrupted"}, (
+        statuses
+    )  # queued runs never start
+
+
 def test_a_killed_run_is_recorded_failed_and_the_others_finish(tmp_path):
     """SIGKILL (what the out-of-memory killer sends) one run's process in the middle of an A/B."""
     import os
