@@ -171,9 +171,16 @@ def test_ctrl_c_on_ab_stops_every_run_and_marks_it_interrupted(tmp_path):
     import time
 
     args = ["ab", "huber_relu", "squared_relu", "--seeds", "2", "--steps", "50000", "--workers", "2"]
+    args += ["--logdir", str(tmp_path), "--name", "c", "--quiet"]
+    # As a terminal would have it: SIGINT handled (a shell running this suite in the background ignores it,
+    # and an ignored SIGINT is inherited; a handled one is reset to the default in the spawned runs).
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"from dqnlab.cli import main; sys.exit(main({args!r}))"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dqnlab.cli", *args, "--logdir", str(tmp_path), "--name", "c", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list((tmp_path / "c").rglob("events.out.tfevents.*"))) < 2:
