@@ -344,21 +344,23 @@ class Learner:
         for layer in self._hidden_layers:
             x = tf.matmul(h, layer.kernel) + layer.bias  # [N, U] pre-activations
             z = layer.activation(x)  # [N, U]
-            name = layer.name
-            m[f"act_dead_frac/{name}"] = probes.dead_frac(z)
-            m[f"act_dormant_frac/{name}"] = probes.dormant_frac(z, d.dormant_tau)
-            m[f"act_saturated_frac/{name}"] = probes.saturated_frac(z, activation, d.saturation_margin)
-            m[f"act_zero_deriv_frac/{name}"] = probes.zero_derivative_frac(x, z, activation)
-            m[f"act_deriv_mean/{name}"] = tf.reduce_mean(probes.local_derivative(x, z, activation))
+            m.update(probes.layer_stats(layer.name, x, z, activation, d))
             if d.histograms:
-                m[f"hist/activation/{name}"] = z
+                m[f"hist/activation/{layer.name}"] = z
             h = z
         m["features/srank"] = tf.cast(probes.srank(h, d.srank_delta), tf.float32)
         if d.histograms:
-            grads = self._td_gradients(unpack(packed, self._obs_dim), False).grads
-            for tag, g, w in zip(self.variable_tags, grads, self.variables, strict=True):
-                m[f"hist/weight/{tag}"] = tf.identity(w.value)
-                m[f"hist/grad/{tag}"] = g
-                nonzero = tf.boolean_mask(g, tf.not_equal(g, 0.0))  # exact zeros are grad_zero_frac's
-                m[f"hist/log10_abs_grad/{tag}"] = tf.math.log(tf.abs(nonzero)) / tf.math.log(10.0)
+            m.update(self._weight_and_gradient_histograms(unpack(packed, self._obs_dim)))
+        return m
+
+    def _weight_and_gradient_histograms(self, batch) -> dict[str, tf.Tensor]:
+        """`hist/weight`, `hist/grad` and `hist/log10_abs_grad` of every variable, for the TD loss of `batch`
+        (computed, not applied)."""
+        m = {}
+        grads = self._td_gradients(batch, False).grads
+        for tag, g, w in zip(self.variable_tags, grads, self.variables, strict=True):
+            m[f"hist/weight/{tag}"] = tf.identity(w.value)
+            m[f"hist/grad/{tag}"] = g
+            nonzero = tf.boolean_mask(g, tf.not_equal(g, 0.0))  # exact zeros are grad_zero_frac's
+            m[f"hist/log10_abs_grad/{tag}"] = tf.math.log(tf.abs(nonzero)) / tf.math.log(10.0)
         return m

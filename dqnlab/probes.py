@@ -60,3 +60,15 @@ def srank(features: tf.Tensor, delta: float = 0.01) -> tf.Tensor:
     sigma = tf.linalg.svd(features, compute_uv=False)  # descending
     cumulative = tf.math.cumsum(sigma) / tf.maximum(tf.reduce_sum(sigma), 1e-12)
     return tf.reduce_sum(tf.cast(cumulative < 1.0 - delta, tf.int32)) + 1
+
+
+def layer_stats(name: str, x: tf.Tensor, z: tf.Tensor, activation: str, diag) -> dict[str, tf.Tensor]:
+    """The probe's tags for one layer from its pre-activations `x` and outputs `z` ([N, U]); `diag` is the
+    DiagnosticsConfig (tau, saturation margin)."""
+    return {
+        f"act_dead_frac/{name}": dead_frac(z),
+        f"act_dormant_frac/{name}": dormant_frac(z, diag.dormant_tau),
+        f"act_saturated_frac/{name}": saturated_frac(z, activation, diag.saturation_margin),
+        f"act_zero_deriv_frac/{name}": zero_derivative_frac(x, z, activation),
+        f"act_deriv_mean/{name}": tf.reduce_mean(local_derivative(x, z, activation)),
+    }

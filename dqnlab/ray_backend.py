@@ -73,7 +73,7 @@ def _task(spec: RunSpec) -> RunOutcome:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    return _run_in_worker(0, spec)
+    return _run_in_worker(spec)
 
 
 def run_experiment_ray(

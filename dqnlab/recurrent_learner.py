@@ -254,7 +254,7 @@ class RecurrentLearner(Learner):
 
         for layer in layers:
             z, x = flat(outputs[layer.name]), flat(pre_acts[layer.name])
-            m.update(_layer_stats(layer.name, x, z, activation, d))
+            m.update(probes.layer_stats(layer.name, x, z, activation, d))
         h_all = flat(outputs[self.online.cell.name])
         core = self.rec.activation if self.rec.cell == "simple" else "tanh"
         m[f"act_dead_frac/{self.online.cell.name}"] = probes.dead_frac(h_all)
@@ -271,20 +271,5 @@ class RecurrentLearner(Learner):
         if d.histograms:
             for name, values in outputs.items():
                 m[f"hist/activation/{name}"] = flat(values)
-            grads = self._td_gradients(self._unpack(batch_steps, batch_state), False).grads
-            for tag, g, w in zip(self.variable_tags, grads, self.variables, strict=True):
-                m[f"hist/weight/{tag}"] = tf.identity(w.value)
-                m[f"hist/grad/{tag}"] = g
-                nonzero = tf.boolean_mask(g, tf.not_equal(g, 0.0))
-                m[f"hist/log10_abs_grad/{tag}"] = tf.math.log(tf.abs(nonzero)) / tf.math.log(10.0)
+            m.update(self._weight_and_gradient_histograms(self._unpack(batch_steps, batch_state)))
         return m
-
-
-def _layer_stats(name: str, x: tf.Tensor, z: tf.Tensor, activation: str, d) -> dict[str, tf.Tensor]:
-    return {
-        f"act_dead_frac/{name}": probes.dead_frac(z),
-        f"act_dormant_frac/{name}": probes.dormant_frac(z, d.dormant_tau),
-        f"act_saturated_frac/{name}": probes.saturated_frac(z, activation, d.saturation_margin),
-        f"act_zero_deriv_frac/{name}": probes.zero_derivative_frac(x, z, activation),
-        f"act_deriv_mean/{name}": tf.reduce_mean(probes.local_derivative(x, z, activation)),
-    }

@@ -163,13 +163,13 @@ def _process_main(index: int, spec: RunSpec, progress_queue, stop_event) -> None
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     try:
-        outcome = _run_in_worker(index, spec)
+        outcome = _run_in_worker(spec)
     except KeyboardInterrupt:  # run.json already says 'interrupted'
         outcome = RunOutcome(spec, "", "interrupted", "interrupted by the user (Ctrl-C)", None)
     progress_queue.put(("outcome", index, outcome))
 
 
-def _run_in_worker(index: int, spec: RunSpec) -> RunOutcome:
+def _run_in_worker(spec: RunSpec) -> RunOutcome:
     from dqnlab.trainer import train
 
     last_sent = [0.0, 0]
