@@ -18,9 +18,14 @@ from dqnlab.rundir import RunDirExists
 EXIT_BAD_INPUT = 2
 
 
+def _one_line(message: str) -> str:
+    """A message quoting what the user typed stays one line even when that contained line breaks."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not argparse's usage dump
-        self.exit(EXIT_BAD_INPUT, f"dqnlab: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(EXIT_BAD_INPUT, f"dqnlab: error: {_one_line(message)} (see `{self.prog} --help`)\n")
 
 
 def _directory(text: str) -> str:
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             "board": _board,
         }[args.command](args)
     except (ConfigError, RunDirExists) as exc:
-        print(f"dqnlab: error: {exc}", file=sys.stderr)
+        print(f"dqnlab: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("dqnlab: interrupted; run.json of each unfinished run says 'interrupted'", file=sys.stderr)

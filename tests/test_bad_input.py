@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dqnlab import cli
@@ -122,6 +122,9 @@ def never_trains(monkeypatch):
     return Reached
 
 
+@example(
+    command="compare", args=["--bogus\nline"]
+)  # a line break in what the user typed (found by hypothesis)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     command=st.sampled_from(["train", "ab", "compare", "doctor", "board"]),
