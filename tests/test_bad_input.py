@@ -122,9 +122,7 @@ def never_trains(monkeypatch):
     return Reached
 
 
-@example(
-    command="compare", args=["--bogus\nline"]
-)  # a line break in what the user typed (found by hypothesis)
+@example(command="compare", args=["somewhere", "an\nextra"])  # a line break in what was typed (hypothesis)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     command=st.sampled_from(["train", "ab", "compare", "doctor", "board"]),
