@@ -3,10 +3,10 @@
 Tag names are exactly the metric keys the learner returns (see docs/metrics.md). Values are pulled from the
 device here, once per written burst, never inside the compiled step.
 
-Events are built with TensorBoard's own protobuf helpers (`scalar_pb`) and written by its pure-Python
-`EventFileWriter`: about 30 us a scalar, against about 600 us for an eager `tf.summary.scalar` call, which
-at one episode every ~20 steps would cost more than the whole learner. The files are the standard TF2
-format, read by TensorBoard and by `tf.data`/`summary_iterator` alike.
+Events are TensorBoard protobufs, all the scalars of one step in one `Event`, written by `dqnlab.eventfile`:
+about 4 us a scalar, against 83 us through TensorBoard's pure-Python `EventFileWriter` and about 600 us for
+an eager `tf.summary.scalar` call. The files are the standard TF2 format, read by TensorBoard and by
+`tf.data`/`summary_iterator` alike.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.hparams.summary_v2 import hparams_pb
-from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.plugins.text.summary_v2 import text_pb
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
 
+from dqnlab.eventfile import EventFile, scalar_value
 from dqnlab.loop import EpisodeEnd, Evaluated
 
 
@@ -30,7 +29,7 @@ class Summaries:
     """One run's TensorBoard writer. Use as a context manager so the last events are always flushed."""
 
     def __init__(self, run_dir: Path, flush_every_s: float = 10.0, history=None):
-        self._writer = EventFileWriter(str(run_dir), max_queue_size=1000, flush_secs=flush_every_s)
+        self._writer = EventFile(run_dir, flush_every_s=flush_every_s)
         # Every scalar written, kept for the live doctor: tag -> (steps, values). ~0.5 MB per 100k steps.
         # A resumed run starts from what its earlier life logged up to the checkpoint.
         self.history: dict[str, tuple[list[int], list[float]]] = history or {}
@@ -42,14 +41,16 @@ class Summaries:
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step) + 1, session_log=start))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        wall_time = time.time()
+        """Scalars of one step, as one event (TensorBoard reads each value as its own tag's point)."""
+        if not values:
+            return
+        summary = summary_pb2.Summary()
         for tag, value in values.items():
             steps, kept = self.history.setdefault(tag, ([], []))
             steps.append(int(step))
             kept.append(float(value))
-            self._writer.add_event(
-                event_pb2.Event(wall_time=wall_time, step=int(step), summary=scalar_pb(tag, value))
-            )
+            summary.value.append(scalar_value(tag, value))
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
     def metrics(self, step: int, metrics: dict) -> dict[str, float]:
         """Write a dict of tensors: scalars as scalars, arrays (the `hist/` tags) as histograms.

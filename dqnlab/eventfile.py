@@ -1,0 +1,103 @@
+"""Appending TensorBoard event files, fast: every dqnlab writer of event files goes through `EventFile`.
+
+The format is TensorFlow's: a sequence of TFRecords (length, masked CRC32C of the length, the serialized
+`Event`, masked CRC32C of the data), the first event saying `file_version: "brain.Event:2"`, in a file named
+`events.out.tfevents.<time>.<host>.<pid>.<n>`, as TensorBoard's `EventFileWriter` writes it.
+
+Why not `EventFileWriter` itself: it computes CRC32C in pure Python, a byte at a time, in a background thread
+that holds the GIL. At the panel's ~60 scalars per written update that cost 83 us a scalar, about 6% of a
+whole CartPole run. Here the checksum is `google_crc32c` (C), the record is written in the calling thread
+(about 2 us), and a timer thread only flushes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import google_crc32c
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
+from tensorboard.plugins.scalar import metadata as scalar_metadata
+
+_FILE_NUMBER = itertools.count()  # two writers of one process in one second still get two files
+
+
+# What TensorBoard's `scalar_pb` attaches to a scalar; TensorBoard reads it from a tag's first value.
+SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name=None, description=None)
+
+
+def scalar_value(tag: str, value: float, with_metadata: bool = True) -> summary_pb2.Summary.Value:
+    """What TensorBoard's `scalar_pb` builds (a float32 scalar tensor), ~10x faster: no numpy conversion."""
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[value], tensor_shape={})
+    if with_metadata:
+        return summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=SCALAR_METADATA)
+    return summary_pb2.Summary.Value(tag=tag, tensor=tensor)
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's checksum: CRC32C rotated right by 15 bits plus a constant (so a CRC of CRCs is not 0)."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def record(data: bytes) -> bytes:
+    """One TFRecord framing `data`."""
+    header = struct.pack("<Q", len(data))
+    return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
+
+
+class EventFile:
+    """A new event file in `logdir`; `add_event` appends, a timer flushes every `flush_every_s`.
+
+    Use as a context manager (or call `close`) so the tail is on disk; after a SIGKILL at most the last
+    `flush_every_s` of events are lost, as with TensorBoard's writer.
+    """
+
+    def __init__(self, logdir: str | Path, flush_every_s: float = 10.0, filename_suffix: str = ""):
+        logdir = Path(logdir)
+        logdir.mkdir(parents=True, exist_ok=True)
+        name = (
+            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
+            f"{next(_FILE_NUMBER)}{filename_suffix}"
+        )
+        self.path = logdir / name
+        self._file = open(self.path, "wb")  # noqa: SIM115 -- closed by close()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        self.flush()
+        self._flusher = threading.Thread(target=self._flush_every, args=(flush_every_s,), daemon=True)
+        self._flusher.start()
+
+    def add_event(self, event: event_pb2.Event) -> None:
+        data = record(event.SerializeToString())
+        with self._lock:
+            self._file.write(data)
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.flush()
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._flusher.join()
+        with self._lock:
+            self._file.close()
+
+    def _flush_every(self, seconds: float) -> None:
+        while not self._closed.wait(seconds):
+            self.flush()
+
+    def __enter__(self) -> EventFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

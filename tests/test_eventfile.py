@@ -1,0 +1,53 @@
+"""dqnlab.eventfile writes files TensorFlow and TensorBoard read: checked with their own readers."""
+
+import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
+
+from dqnlab.eventfile import EventFile, masked_crc32c, scalar_value
+from dqnlab.events import read_series
+
+
+def test_checksum_matches_tensorboards_pure_python_one():
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 8, 100, 4096):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert masked_crc32c(data) == tensorboard_masked_crc32c(data)
+
+
+def write_run(path):
+    with EventFile(path) as f:
+        for step in range(5):
+            summary = summary_pb2.Summary(
+                value=[scalar_value("a", step * 0.5), scalar_value("b/c", -step, with_metadata=step == 0)]
+            )
+            f.add_event(event_pb2.Event(wall_time=1.0, step=step, summary=summary))
+    return f.path
+
+
+def test_tensorflow_reads_every_record_with_valid_checksums(tmp_path):
+    from dqnlab._tf import tf
+
+    path = write_run(tmp_path)
+    assert path.name.startswith("events.out.tfevents.")
+    records = [event_pb2.Event.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
+    assert records[0].file_version == "brain.Event:2"
+    assert [e.step for e in records[1:]] == [0, 1, 2, 3, 4]
+
+
+def test_tensorboard_and_dqnlab_read_every_value_of_a_multi_value_event(tmp_path):
+    write_run(tmp_path)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert sorted(acc.Tags()["tensors"]) == ["a", "b/c"]
+    got = [float(tf_event.tensor_proto.float_val[0]) for tf_event in acc.Tensors("b/c")]
+    assert got == [0.0, -1.0, -2.0, -3.0, -4.0]
+    series = read_series(tmp_path)
+    np.testing.assert_array_equal(series["a"][0], [0, 1, 2, 3, 4])
+    np.testing.assert_allclose(series["a"][1], [0.0, 0.5, 1.0, 1.5, 2.0])
+
+
+def test_two_writers_in_one_second_write_two_files(tmp_path):
+    with EventFile(tmp_path) as a, EventFile(tmp_path) as b:
+        assert a.path != b.path
