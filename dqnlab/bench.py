@@ -395,10 +395,11 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def update_call_costs(
-    hidden: tuple[int, ...], batch_size: int, calls: int, seed: int = 0
+    hidden: tuple[int, ...], batch_size: int, calls: int, updates_per_call: int = 1, seed: int = 0
 ) -> dict[str, float]:
-    """Seconds per single-update call of the learner, bare (no diagnostics) and with the every-step panel,
-    measured interleaved in one process (one TF thread) so machine noise hits both; medians of 5 rounds."""
+    """Seconds per learner call of `updates_per_call` updates, bare (no diagnostics) and with the panel on
+    its last update, measured interleaved in one process (one TF thread) so machine noise hits both;
+    medians of 5 rounds."""
     import numpy as np
 
     from dqnlab._tf import tf
@@ -418,12 +419,12 @@ def update_call_costs(
         )
     rounds: dict[bool, list[float]] = {False: [], True: []}
     for flag in (False, True):  # trace both first
-        learner.update(replay.sample_many(1, batch_size), flag)
+        learner.update(replay.sample_many(updates_per_call, batch_size), flag)
     for _ in range(5):
         for flag in (False, True):
             start = time.perf_counter()
             for _ in range(calls):
-                out = learner.update(replay.sample_many(1, batch_size), flag)
+                out = learner.update(replay.sample_many(updates_per_call, batch_size), flag)
                 bool(out.finite)
                 [w.numpy() for w in out.weights]
                 {k: float(v) for k, v in out.metrics.items()}  # the host pull a written update pays

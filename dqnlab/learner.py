@@ -67,6 +67,22 @@ def unpack(packed: tf.Tensor, obs_dim: int) -> Batch:
     )
 
 
+# Per-variable families of the measured update, in output order; tags are `<family>/<variable tag>`.
+PER_VARIABLE = (
+    "grad_norm",
+    "grad_zero_frac",
+    "grad_near_zero_frac",
+    "grad_nonfinite",
+    "weight_norm",
+    "update_ratio",
+    "weight_dist_init",
+)
+# Where each family sits in `_per_variable_stats`'s table: sums of [g^2, w1^2, (w1-w0)^2, w0^2, (w1-init)^2,
+# g == 0, |g| < tol, |g| finite] per variable, as roots (0-7), fractions (8-15), size minus sum (16-23).
+_UNDO_HALF = (2.0,) * 5 + (1.0,) * 3  # l2_loss is half the sum of squares
+_PER_VARIABLE_COLUMNS = (0, 8 + 5, 8 + 6, 16 + 7, 1, 24, 4)
+
+
 def _frac(mask: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.cast(mask, tf.float32))
 
@@ -85,9 +101,8 @@ class Learner:
         self.optimizer.build(self.online.trainable_variables)
         self.variables = list(self.online.trainable_variables)
         # Initial weights, for the distance-from-initialisation diagnostic.
-        self._initial_flat = tf.constant(np.concatenate([v.numpy().ravel() for v in self.variables]))
+        self._initial = [tf.constant(v.numpy()) for v in self.variables]
         sizes = [int(np.prod(v.shape)) for v in self.variables]
-        self._segment_ids = tf.constant(np.repeat(np.arange(len(sizes)), sizes), tf.int32)  # [P] -> variable
         self._sizes = tf.constant(sizes, tf.float32)
         self._metric_names: list[str] = []
         self._hidden_layers = [layer for layer in self.online.layers if layer.name.startswith("hidden_")]
@@ -107,6 +122,15 @@ class Learner:
 
     def _build_network(self, obs_dim: int, num_actions: int, name: str) -> keras.Model:
         return build_q_network(self.cfg.network, obs_dim, num_actions, name=name)
+
+    def _q_values(self, network: keras.Model, obs: tf.Tensor) -> tf.Tensor:
+        """Q-values [B, A] of `obs` inside the compiled update: the MLP's layers applied directly. The same
+        ops as `network(obs)` (matmul, add, activation), without Keras's per-call machinery, which is most of
+        the time it takes to trace an update."""
+        h = obs
+        for layer in network.layers:
+            h = layer.activation(tf.matmul(h, layer.kernel) + layer.bias)
+        return h
 
     def _pack(self, batch) -> tuple[np.ndarray, ...]:
         """The burst's inputs as the compiled function's arguments (see `pack`)."""
@@ -177,7 +201,7 @@ class Learner:
         arrays = {f"online/{i}": v.numpy() for i, v in enumerate(self.online.weights)}
         arrays.update({f"target/{i}": v.numpy() for i, v in enumerate(self.target.weights)})
         arrays.update({f"optimizer/{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)})
-        arrays["initial_flat"] = self._initial_flat.numpy()
+        arrays["initial_flat"] = np.concatenate([w.numpy().ravel() for w in self._initial])
         return arrays
 
     def load_state_arrays(self, arrays) -> None:
@@ -188,7 +212,9 @@ class Learner:
         ):
             for i, v in enumerate(variables):
                 v.assign(arrays[f"{prefix}/{i}"])
-        self._initial_flat = tf.constant(arrays["initial_flat"])
+        ends = np.cumsum([int(np.prod(w.shape)) for w in self._initial])[:-1]
+        parts = np.split(arrays["initial_flat"], ends)
+        self._initial = [tf.constant(p.reshape(w.shape)) for p, w in zip(parts, self._initial, strict=True)]
 
     def nonfinite_variables(self) -> list[str]:
         """Tags of the online variables holding a NaN or inf, in model order (input side first)."""
@@ -251,16 +277,16 @@ class Learner:
         r_t = tf.cast(b.rewards, tf.float32)  # [B]
         discount_t = tf.cast(b.discounts, tf.float32) * self._gamma  # [B]
 
-        q_t = self.target(obs_t)  # [B, A]
+        q_t = self._q_values(self.target, obs_t)  # [B, A]
         if self._double:
-            a_t = tf.argmax(self.online(obs_t), axis=1, output_type=tf.int32)  # [B]
+            a_t = tf.argmax(self._q_values(self.online, obs_t), axis=1, output_type=tf.int32)  # [B]
             v_t = tf.gather(q_t, a_t, batch_dims=1)  # [B]
         else:
             v_t = tf.reduce_max(q_t, axis=1)  # [B]
         target_tm1 = tf.stop_gradient(r_t + discount_t * v_t)  # [B]
 
         with tf.GradientTape() as tape:
-            q_tm1 = self.online(obs_tm1, training=True)  # [B, A]
+            q_tm1 = self._q_values(self.online, obs_tm1)  # [B, A]
             qa_tm1 = tf.gather(q_tm1, a_tm1, batch_dims=1)  # [B]
             delta = target_tm1 - qa_tm1  # [B]
             loss = tf.reduce_mean(self._loss_fn(delta, self._bound))
@@ -275,7 +301,9 @@ class Learner:
         preclip_norm = tf.linalg.global_norm(grads)
         if self._clip_norm > 0:
             grads, _ = tf.clip_by_global_norm(grads, self._clip_norm, use_norm=preclip_norm)
-        before = self._flat([v.value for v in self.variables]) if with_diagnostics else None
+        # Read now: Keras's `.value` is the tf.Variable itself, read wherever it is used. A read tensor keeps
+        # its value when the optimizer then updates the variable (TF copies on write while a read is alive).
+        before = [tf.convert_to_tensor(v.value) for v in self.variables] if with_diagnostics else None
         self.optimizer.apply(grads, self.variables)
 
         finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(preclip_norm))
@@ -284,6 +312,8 @@ class Learner:
         abs_delta = tf.abs(delta)
         nonzero_delta = tf.not_equal(delta, 0.0)
         blocked = tf.logical_and(tf.equal(dloss_dqa, 0.0), nonzero_delta)
+        # The clipped norm is min(norm, bound): arithmetic on the pre-clip norm, not a second pass.
+        applied_norm = tf.minimum(preclip_norm, self._clip_norm) if self._clip_norm > 0 else preclip_norm
         m: dict[str, tf.Tensor] = {
             "loss/td": loss,
             "q/mean": tf.reduce_mean(q_tm1),
@@ -295,30 +325,12 @@ class Learner:
             "td/grad_blocked_frac": tf.math.divide_no_nan(
                 tf.reduce_sum(tf.cast(blocked, tf.float32)), tf.reduce_sum(tf.cast(nonzero_delta, tf.float32))
             ),
-            "grad_norm/global": tf.linalg.global_norm(grads),
+            "grad_norm/global": applied_norm,
             **extra,
         }
-        # Per-variable statistics as segment reductions over one flat vector: a handful of ops whatever the
-        # number of variables, instead of seven reductions per variable.
-        g, w1, w_init = self._flat(grads), self._flat([v.value for v in self.variables]), self._initial_flat
-
-        def per_var(x: tf.Tensor) -> tf.Tensor:  # [P] -> [V]
-            return tf.math.segment_sum(x, self._segment_ids)
-
-        grad_norm = tf.sqrt(per_var(tf.square(g)))
-        per_variable = {
-            "grad_norm": grad_norm,
-            "grad_zero_frac": per_var(tf.cast(tf.equal(g, 0.0), tf.float32)) / self._sizes,
-            "grad_near_zero_frac": per_var(tf.cast(tf.abs(g) < self._near_zero_tol, tf.float32))
-            / self._sizes,
-            "grad_nonfinite": per_var(tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32)),
-            "weight_norm": tf.sqrt(per_var(tf.square(w1))),
-            "update_ratio": tf.math.divide_no_nan(
-                tf.sqrt(per_var(tf.square(w1 - before))), tf.sqrt(per_var(tf.square(before)))
-            ),
-            "weight_dist_init": tf.sqrt(per_var(tf.square(w1 - w_init))),
-        }
-        m["grad/nonfinite"] = tf.reduce_sum(per_variable["grad_nonfinite"])
+        per_variable = self._per_variable_stats(grads, before)  # [V, len(PER_VARIABLE)]
+        grad_norm = per_variable[:, 0]
+        m["grad/nonfinite"] = tf.reduce_sum(per_variable[:, 3])
         if len(self._hidden_layers) >= 2:  # vanishing indicator: first over last hidden kernel's gradient
             first = self.variable_tags.index(f"{self._hidden_layers[0].name}/kernel")
             last = self.variable_tags.index(f"{self._hidden_layers[-1].name}/kernel")
@@ -327,15 +339,38 @@ class Learner:
             m["grad_norm/preclip_global"] = preclip_norm
             m["grad/clipped"] = tf.cast(preclip_norm > self._clip_norm, tf.float32)
         # One vector of every metric (one host pull); `_metric_names` says which entry is which tag.
-        names = list(m) + [f"{family}/{tag}" for family in per_variable for tag in self.variable_tags]
+        names = list(m) + [f"{family}/{tag}" for tag in self.variable_tags for family in PER_VARIABLE]
         self._metric_names = names
         values = tf.concat(
-            [tf.stack([tf.cast(v, tf.float32) for v in m.values()]), *per_variable.values()], 0
+            [tf.stack([tf.cast(v, tf.float32) for v in m.values()]), tf.reshape(per_variable, [-1])], 0
         )
         return {"finite": finite, "values": values}
 
-    def _flat(self, tensors) -> tf.Tensor:
-        return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
+    def _per_variable_stats(self, grads: list[tf.Tensor], before: list[tf.Tensor]) -> tf.Tensor:
+        """The `PER_VARIABLE` families of every variable, as a [V, families] matrix.
+
+        Each variable's eight sums are reduced straight from its own tensors (`l2_loss` is one fused pass):
+        no flat parameter vector is built. Copying into one would be fewer ops but many more passes over
+        memory, which costs 3x more at 256-256 (bench_diagnostics).
+        """
+        rows = []
+        for g, w0, var, w_init in zip(grads, before, self.variables, self._initial, strict=True):
+            w1 = tf.convert_to_tensor(var.value)
+            half_squares = [tf.nn.l2_loss(x) for x in (g, w1, w1 - w0, w0, w1 - w_init)]  # sum(x^2) / 2
+            abs_g = tf.abs(g)  # NaN fails both comparisons: `< inf` counts the finite entries
+            masks = tf.stack([tf.equal(abs_g, 0.0), abs_g < self._near_zero_tol, abs_g < np.inf])
+            counts = tf.reduce_sum(tf.cast(masks, tf.float32), axis=list(range(1, len(g.shape) + 1)))
+            rows.append(tf.concat([tf.stack(half_squares), counts], 0))
+        # Columns: sums of g^2, w1^2, (w1 - w0)^2, w0^2, (w1 - init)^2, then counts of g == 0, |g| < tol,
+        # |g| finite.
+        sums = tf.stack(rows) * _UNDO_HALF  # [V, 8]
+        size = self._sizes[:, None]
+        roots = tf.sqrt(sums)
+        # Columns: roots 0-7 | fractions 8-15 | size minus the sum 16-23 | update ratio 24.
+        table = tf.concat(
+            [roots, sums / size, size - sums, tf.math.divide_no_nan(roots[:, 2:3], roots[:, 3:4])], axis=1
+        )
+        return tf.gather(table, _PER_VARIABLE_COLUMNS, axis=1)  # [V, families]
 
     def _probe_impl(self, states: tf.Tensor, packed: tf.Tensor) -> dict[str, tf.Tensor]:
         d, activation = self._diag, self.cfg.network.activation

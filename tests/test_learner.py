@@ -207,8 +207,7 @@ def test_update_health_metrics_match_the_sgd_step_by_hand():
     # SGD, lr 0.1, no clipping: W_after = W_before - 0.1 * g exactly, so ||dW|| = 0.1 ||g||.
     learner = tiny_learner("huber")
     # The random init, before tiny_learner set identities: hidden kernel 2x2, bias 2, head kernel 2x2, bias 2.
-    flat = learner._initial_flat.numpy()
-    initial = [flat[0:4].reshape(2, 2), flat[4:6], flat[6:10].reshape(2, 2), flat[10:12]]
+    initial = [w.numpy() for w in learner._initial]
     m = {k: float(v) for k, v in learner.update(batch(), with_diagnostics=True).metrics.items()}
     after = learner.online_weights()
     before = [np.eye(2), np.zeros(2), np.eye(2), np.zeros(2)]
