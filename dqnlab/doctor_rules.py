@@ -309,11 +309,12 @@ def rule_vanishing_gradient(series: Series, run: Mapping) -> list[Finding]:
     if med > T.depth_ratio:
         return []
     frac_below = float(np.mean(late <= T.depth_ratio))
+    first = "conv_0" if "grad_norm/conv_0/kernel" in series else "hidden_0"  # a CNN: conv_0 over hidden_0
     return [
         _make(
             "vanishing_gradient",
             ERROR,
-            "hidden_0",
+            first,
             _span(late_steps, late <= T.depth_ratio),
             {"late_median_depth_ratio": med, "late_frac_below": frac_below, "threshold": T.depth_ratio},
             f"The first hidden layer's gradient norm is {med:.1e} of the last hidden layer's (median of "
@@ -412,14 +413,36 @@ def rule_exploding_gradient(series: Series, run: Mapping) -> list[Finding]:
                 "max_singular_value": sigma,
             },
             "; ".join(parts) + " (late-half medians).",
-            "Backprop (through time) multiplies the error by W_hh and f' once per step, so with spectral "
-            "radius above 1 the gradient grows exponentially with the steps back (Pascanu et al. 2013).",
+            _exploding_why(run),
             _exploding_fix(run),
         )
     ]
 
 
+def _recurrent(run: Mapping) -> bool:
+    return _cfg(run, "config", "network", "kind", default="mlp") == "rnn"
+
+
+def _exploding_why(run: Mapping) -> str:
+    if _recurrent(run):
+        return (
+            "Backprop through time multiplies the error by W_hh and f' once per step, so with spectral "
+            "radius above 1 the gradient grows exponentially with the steps back (Pascanu et al. 2013)."
+        )
+    # A feed-forward net has no time axis: its spikes come from the TD error, which has no fixed scale.
+    return (
+        "The gradient is the TD error times dQ/dtheta: a burst of large TD errors (a rare large reward, a "
+        "target refresh, Q-values drifting) makes the global norm jump far above its running median, and an "
+        "unclipped step of that size can throw the weights off."
+    )
+
+
 def _exploding_fix(run: Mapping) -> str:
+    if not _recurrent(run):
+        return (
+            "Clip the global norm (train.grad_clip_norm), lower the learning rate, or bound the loss's "
+            "gradient (Huber); check the reward scale."
+        )
     if (_cfg(run, "config", "train", "grad_clip_norm", default=0.0) or 0.0) > 0:  # clipping is already on
         return (
             "Clipping is on and bounds each step, but not the Jacobians: use an LSTM/GRU cell, or start W_hh "

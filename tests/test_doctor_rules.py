@@ -289,6 +289,19 @@ def test_exploding_fires_on_repeated_spikes():
     assert "peak 2e+03" in f.summary
 
 
+def test_exploding_why_and_fix_name_w_hh_only_for_a_recurrent_net():
+    norm = np.full(60, 5.0)
+    norm[[20, 35, 50]] = 600.0
+    series = {"grad_norm/preclip_global": measured(norm)}
+    (mlp,) = rule_exploding_gradient(series, run_json())
+    assert "W_hh" not in mlp.why + mlp.fix and "TD error" in mlp.why and "grad_clip_norm" in mlp.fix
+    rnn = run_json()
+    rnn["config"]["network"]["kind"] = "rnn"
+    rnn["config"]["recurrent"] = {"cell": "simple"}
+    (recurrent,) = rule_exploding_gradient(series, rnn)
+    assert "W_hh" in recurrent.why and "LSTM/GRU" in recurrent.fix
+
+
 def test_exploding_near_miss_and_single_spike():
     norm = np.full(60, 5.0)
     norm[[20, 35, 50]] = 499.0  # 99.8x the running median
