@@ -124,13 +124,10 @@ class Learner:
         return build_q_network(self.cfg.network, obs_dim, num_actions, name=name)
 
     def _q_values(self, network: keras.Model, obs: tf.Tensor) -> tf.Tensor:
-        """Q-values [B, A] of `obs` inside the compiled update: the MLP's layers applied directly. The same
-        ops as `network(obs)` (matmul, add, activation), without Keras's per-call machinery, which is most of
-        the time it takes to trace an update."""
-        h = obs
-        for layer in network.layers:
-            h = layer.activation(tf.matmul(h, layer.kernel) + layer.bias)
-        return h
+        """Q-values [B, A] of `obs` inside the compiled update (a subclass may prepare the input first).
+        The Keras call, not the layers' ops written out: those round differently in float32 and would move
+        every golden trace and published number."""
+        return network(obs)
 
     def _pack(self, batch) -> tuple[np.ndarray, ...]:
         """The burst's inputs as the compiled function's arguments (see `pack`)."""
@@ -153,7 +150,7 @@ class Learner:
             finite, values, weights = self._burst_impl(*map(tf.constant, packed), bool(with_diagnostics))
         else:
             fn = self._compiled.get(bool(with_diagnostics)) or self._compile(
-                [p.shape for p in packed], bool(with_diagnostics)
+                [tf.TensorSpec(p.shape, p.dtype) for p in packed], bool(with_diagnostics)
             )
             finite, values, weights = fn(*packed)
         metrics = (
@@ -230,15 +227,16 @@ class Learner:
 
     # -- compiled -----------------------------------------------------------------------------------
 
-    def _compile(self, shapes: list[tuple[int, ...]], with_diagnostics: bool):
-        """Trace the burst once per diagnostics flag, for this run's fixed batch shape [K, B, 2D + 3].
+    def _compile(self, specs: list[tf.TensorSpec], with_diagnostics: bool):
+        """Trace the burst once per diagnostics flag, for this run's fixed batch shape [K, B, 2D + 3] (the
+        specs of `_pack`'s arrays: float32 here, uint8 frames for the CNN).
 
         Per-call dispatch is what a small DQN pays for: the concrete function is called directly (no
         argument matching, ~0.4 ms a call saved) and autograph is off (it spends ~1 s per trace
         transpiling Keras internals that have no data-dependent Python control flow).
         """
         fn = tf.function(lambda *packed: self._burst_impl(*packed, with_diagnostics), autograph=False)
-        concrete = fn.get_concrete_function(*(tf.TensorSpec(shape, tf.float32) for shape in shapes))
+        concrete = fn.get_concrete_function(*specs)
         self._compiled[with_diagnostics] = concrete
         return concrete
 
