@@ -24,7 +24,7 @@ else:  # pragma: no cover
 AGENTS_DIR = Path(__file__).resolve().parent.parent / "agents"
 
 LOSS_KINDS = ("squared", "clipped_delta_squared", "clipped_gradient_squared", "huber")
-NETWORK_KINDS = ("mlp", "rnn")
+NETWORK_KINDS = ("mlp", "rnn", "cnn")
 CELLS = ("simple", "lstm", "gru")
 INITIAL_STATES = ("stored", "zero")
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
@@ -50,12 +50,18 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """The Q-network: layers are named hidden_0, hidden_1, ..., q_head (and `rnn` for kind rnn)."""
+    """The Q-network: layers are named hidden_0, hidden_1, ..., q_head (and `rnn` for kind rnn; `conv_0`,
+    `conv_1`, `conv_2` before the hidden layers for kind cnn)."""
 
-    kind: str = _f("network family: mlp, or rnn (needs a [recurrent] section)", choices=NETWORK_KINDS)
+    kind: str = _f(
+        "network family: mlp; rnn (needs a [recurrent] section); cnn, the Nature DQN on Atari frames (needs "
+        "an [atari] section)",
+        choices=NETWORK_KINDS,
+    )
     activation: str = _f("hidden-layer nonlinearity", choices=ACTIVATIONS)
     hidden: tuple[int, ...] = _f(
-        "dense hidden layer widths, input side first (rnn: the layers after the cell)", min=1
+        "dense hidden layer widths, input side first (rnn: the layers after the cell; cnn: after the convs)",
+        min=1,
     )
     kernel_init: str = _f("Keras initializer of every kernel", choices=KERNEL_INITS)
     init_scale: float = _f("multiplies every initial kernel (large values saturate sigmoids)", min=0.0)
@@ -82,6 +88,22 @@ class RecurrentConfig:
     initial_state: str = _f(
         "state a replayed sequence starts from: the one stored while acting, or zeros", choices=INITIAL_STATES
     )
+
+
+@dataclass(frozen=True)
+class AtariConfig:
+    """Only with network.kind = "cnn": the ALE v5 env and its preprocessing (docs/atari.md)."""
+
+    repeat_action_probability: float = _f(
+        "sticky actions: chance the emulator repeats the previous action (ALE v5 default 0.25)", min=0.0
+    )
+    terminal_on_life_loss: bool = _f(
+        "a lost life ends the learner's episode (discount 0); the game itself goes on (Mnih et al. 2015)"
+    )
+    clip_rewards: bool = _f("train on sign(reward) (Nature DQN); eval/return is always the game score")
+    frame_stack: int = _f("preprocessed frames stacked into one observation", min=1)
+    noop_max: int = _f("up to this many no-op actions at each reset (random start states)", min=0)
+    screen_size: int = _f("frames are resized to screen_size x screen_size grayscale", min=1)
 
 
 @dataclass(frozen=True)
@@ -143,7 +165,13 @@ SECTIONS: dict[str, type] = {
     "diagnostics": DiagnosticsConfig,
 }
 # Sections present only in some presets: the network kind that needs each.
-OPTIONAL_SECTIONS: dict[str, tuple[type, str]] = {"recurrent": (RecurrentConfig, "rnn")}
+OPTIONAL_SECTIONS: dict[str, tuple[type, str]] = {
+    "recurrent": (RecurrentConfig, "rnn"),
+    "atari": (AtariConfig, "cnn"),
+}
+# The smallest screen the Nature CNN's convs (8x8 s4, 4x4 s2, 3x3 s1, no padding) leave a pixel of.
+MIN_ATARI_SCREEN = 36
+ATARI_ENV_PREFIX = "ALE/"  # ale-py's v5 ids, e.g. ALE/Pong-v5
 TOP_LEVEL = {"description": "one line: what this preset shows", "env": "default gymnasium id"}
 
 
@@ -161,6 +189,7 @@ class Config:
     train: TrainConfig
     diagnostics: DiagnosticsConfig
     recurrent: RecurrentConfig | None = None
+    atari: AtariConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready dict (tuples become lists)."""
@@ -249,10 +278,34 @@ def _cross_check(cfg: Config, source: str) -> None:
         )
     if r is not None and r.burn_in + r.sequence_length > cfg.replay.capacity:
         raise ConfigError(f"{source}: recurrent.burn_in + sequence_length exceeds replay.capacity")
+    a = cfg.atari
+    if a is not None and a.repeat_action_probability > 1.0:
+        raise ConfigError(
+            f"{source} atari.repeat_action_probability: must be <= 1, got {a.repeat_action_probability}"
+        )
+    if a is not None and a.screen_size < MIN_ATARI_SCREEN:
+        raise ConfigError(
+            f"{source} atari.screen_size: the Nature CNN needs >= {MIN_ATARI_SCREEN}, got {a.screen_size}"
+        )
+    check_env_fits(cfg, cfg.env, source)
     if t.batch_size > cfg.replay.capacity:
         raise ConfigError(
             f"{source}: train.batch_size {t.batch_size} exceeds replay.capacity {cfg.replay.capacity}"
         )
+
+
+def is_atari_env(env_id: str) -> bool:
+    return env_id.startswith(ATARI_ENV_PREFIX)
+
+
+def check_env_fits(cfg: Config, env_id: str, source: str = "--env") -> None:
+    """The CNN reads Atari frames and only Atari frames; the other kinds read flat vectors."""
+    if cfg.network.kind == "cnn" and not is_atari_env(env_id):
+        raise ConfigError(
+            f"{source}: network.kind = 'cnn' needs an Atari id ({ATARI_ENV_PREFIX}...), got {env_id!r}"
+        )
+    if cfg.network.kind != "cnn" and is_atari_env(env_id):
+        raise ConfigError(f"{source}: {env_id} gives image observations: use a cnn preset (e.g. pong_huber)")
 
 
 def config_from_dict(data: dict[str, Any], name: str, source: str = "<dict>") -> Config:
@@ -272,7 +325,8 @@ def config_from_dict(data: dict[str, Any], name: str, source: str = "<dict>") ->
         wanted = sections["network"].kind == kind
         present = data.get(section) is not None
         if wanted and not present:
-            raise ConfigError(f"{source}: network.kind = {kind!r} needs a [{section}] section")
+            article = "an" if section[0] in "aeiou" else "a"
+            raise ConfigError(f"{source}: network.kind = {kind!r} needs {article} [{section}] section")
         if present and not wanted:
             raise ConfigError(f"{source}: [{section}] is only for network.kind = {kind!r}")
         sections[section] = _build_section(source, section, data[section]) if present else None
@@ -346,8 +400,9 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Confi
         if section not in SECTIONS and section not in OPTIONAL_SECTIONS:
             raise _unknown("--set", section, list(SECTIONS) + list(OPTIONAL_SECTIONS))
         if data.get(section) is None:
+            kind = OPTIONAL_SECTIONS[section][1]
             raise ConfigError(
-                f"--set {key}: this preset has no [{section}] section (network.kind is not rnn)"
+                f"--set {key}: this preset has no [{section}] section (network.kind is not {kind})"
             )
         if sub not in data[section]:
             raise _unknown(f"--set [{section}]", sub, list(data[section]))

@@ -13,14 +13,19 @@ too:
   stand-in for DRQN's flickering Atari (Hausknecht & Stone 2015).
 
 `make_env` is what dqnlab itself uses: it registers these ids, builds the env, and turns gymnasium's
-"not found" errors (and a continuous action space) into one-line `ValueError`s.
+"not found" errors (and a continuous action space) into one-line `ValueError`s. Atari ids (`ALE/...-v5`, the
+optional `atari` extra) get the standard preprocessing of `make_atari_env` (docs/atari.md).
 This module does not import TensorFlow.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
+
+from dqnlab.config import AtariConfig, is_atari_env
 
 NAMESPACE = "dqnlab"
 _BASE_ID = "CartPole-v1"
@@ -101,17 +106,34 @@ def register_envs() -> None:
             )
 
 
-def make_env(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
+def make_env(
+    env_id: str,
+    seed: int | None = None,
+    *,
+    atari: AtariConfig | None = None,
+    evaluation: bool = False,
+    **kwargs,
+) -> gym.Env:
     """`gymnasium.make(env_id, **kwargs)` with dqnlab's ids registered and one-line errors.
 
-    Raises ValueError if the id is unknown to gymnasium, if it needs a package that is not installed, or
-    if its action space is not `Discrete`. If `seed` is given, the env is reset once with it and its
-    action space is seeded with it.
+    An Atari id (`ALE/...`) is built by `make_atari_env` with the `[atari]` settings (its defaults when
+    `atari` is None); `evaluation=True` turns reward clipping and life-loss terminals off, so an evaluation
+    scores the real game. Raises ValueError if the id is unknown to gymnasium, if it needs a package that
+    is not installed, or if its action space is not `Discrete`. If `seed` is given, the env is reset once
+    with it and its action space is seeded with it.
     """
     register_envs()
     try:
-        env = gym.make(env_id, **kwargs)
+        if is_atari_env(env_id):
+            options = dataclasses.asdict(atari) if atari is not None else {}
+            if evaluation:
+                options.update(clip_rewards=False, terminal_on_life_loss=False)
+            env = make_atari_env(env_id, **options, **kwargs)
+        else:
+            env = gym.make(env_id, **kwargs)
     except (gym.error.DependencyNotInstalled, ImportError) as exc:
+        if is_atari_env(env_id):
+            raise ValueError(f"environment {env_id!r} needs ale-py and opencv: {ATARI_EXTRA}") from None
         raise ValueError(
             f"environment {env_id!r} needs a package that is not installed: {_line(exc)}"
         ) from None
@@ -127,6 +149,88 @@ def make_env(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
         env.reset(seed=seed)
         env.action_space.seed(seed)
     return env
+
+
+ATARI_EXTRA = "install the atari extra: pip install 'dqnlab[atari]'"
+
+
+class ClipReward(gym.RewardWrapper):
+    """sign(reward): -1, 0 or +1 (Mnih et al. 2015), so one learning rate fits every game's score scale.
+    A class, not TransformReward(np.sign), so the env pickles into checkpoints."""
+
+    def reward(self, reward):
+        return float(np.sign(reward))
+
+
+class LifeLossTerminal(gym.Wrapper):
+    """`terminated` when a life is lost, but the next `reset` continues the game (one no-op step) unless
+    it is really over: DQN's episodic-life trick (Mnih et al. 2015; SB3's EpisodicLifeEnv). gymnasium's
+    own `AtariPreprocessing(terminal_on_life_loss=True)` resets the whole game at each lost life instead,
+    so the agent would never see a game past its first life."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self._lives = 0
+        self._game_over = True
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._game_over = terminated or truncated
+        lives = self.env.unwrapped.ale.lives()
+        if 0 < lives < self._lives:
+            terminated = True
+        self._lives = lives
+        return obs, reward, terminated, truncated, info
+
+    def reset(self, **kwargs):
+        if self._game_over:
+            obs, info = self.env.reset(**kwargs)
+        else:
+            obs, _, terminated, truncated, info = self.env.step(0)  # NOOP: the game goes on
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        self._game_over = False
+        self._lives = self.env.unwrapped.ale.lives()
+        return obs, info
+
+
+def make_atari_env(
+    env_id: str,
+    *,
+    repeat_action_probability: float = 0.25,
+    terminal_on_life_loss: bool = False,
+    clip_rewards: bool = True,
+    frame_stack: int = 4,
+    noop_max: int = 30,
+    screen_size: int = 84,
+    **kwargs,
+) -> gym.Env:
+    """An ALE v5 id with the standard DQN preprocessing; observations uint8 [frame_stack, size, size].
+
+    The emulator runs every frame (`frameskip=1`) with sticky actions as asked; gymnasium's
+    AtariPreprocessing repeats each action 4 frames, max-pools the last two (flicker), converts to
+    grayscale, resizes to `screen_size` and starts each game with up to `noop_max` no-ops; then optional
+    life-loss terminals and sign reward clipping; FrameStackObservation stacks the last `frame_stack`
+    frames channels-first. Defaults are the `[atari]` section's (docs/atari.md).
+    """
+    try:
+        import ale_py
+    except ImportError:
+        raise gym.error.DependencyNotInstalled(ATARI_EXTRA) from None
+    gym.register_envs(ale_py)
+    env = gym.make(env_id, frameskip=1, repeat_action_probability=repeat_action_probability, **kwargs)
+    try:
+        env = gym.wrappers.AtariPreprocessing(
+            env, noop_max=noop_max, frame_skip=4, screen_size=screen_size, grayscale_obs=True
+        )
+    except gym.error.DependencyNotInstalled:  # opencv, the other half of the extra
+        env.close()
+        raise gym.error.DependencyNotInstalled(ATARI_EXTRA) from None
+    if terminal_on_life_loss:
+        env = LifeLossTerminal(env)
+    if clip_rewards:
+        env = ClipReward(env)
+    return gym.wrappers.FrameStackObservation(env, stack_size=frame_stack)
 
 
 def env_dirname(env_id: str) -> str:

@@ -1,7 +1,8 @@
 """The acting/learning loop: a generator of events that knows nothing about logging.
 
-One environment, epsilon-greedy through the numpy twin of the online network, a uniform replay, and a
-burst of `gradient_steps` updates every `train_every` environment steps once `learning_starts` have passed.
+One environment, epsilon-greedy through the learner's policy (the numpy twin of the online network; a
+compiled TF function for the CNN), a uniform replay, and a burst of `gradient_steps` updates every
+`train_every` environment steps once `learning_starts` have passed.
 Transitions store `terminated` (not `truncated`) as the terminal flag: a time limit is not a terminal
 state, so its next state is still bootstrapped. The caller (dqnlab.trainer) turns events into summaries,
 progress and run.json.
@@ -136,9 +137,14 @@ def run_loop(
     rng = st.rng
     for step in range(st.step + 1, steps + 1):
         epsilon = epsilon_at(step, cfg)
-        # The network steps even when the action is random: a recurrent state must see every observation.
-        q, next_state = policy.step(st.obs, st.state)
-        action = int(rng.integers(num_actions)) if rng.random() < epsilon else int(np.argmax(q))
+        explore = rng.random() < epsilon
+        if explore and st.state is None:
+            # A stateless policy need not run for a random action: a CNN call costs more than an env step.
+            action, next_state = int(rng.integers(num_actions)), None
+        else:
+            # The network steps even when the action is random: a recurrent state must see every observation.
+            q, next_state = policy.step(st.obs, st.state)
+            action = int(rng.integers(num_actions)) if explore else int(np.argmax(q))
         next_obs, reward, terminated, truncated, _ = env.step(action)
         replay.add(st.obs, action, reward, next_obs, terminated, truncated, st.state)
         st.episode_return += float(reward)

@@ -10,6 +10,11 @@ learner runs them inside a compiled call on its own schedule. Definitions (docs/
 - zero derivative: entries whose local derivative is exactly 0 in float32 (sigmoid output exactly 0 or 1,
   tanh exactly +-1, ReLU pre-activation <= 0): there the backward signal is cut, not just shrunk.
 - srank (Kumar et al. 2021): smallest k with sum of the top-k singular values >= (1 - delta) of their total.
+
+Conv layers (`conv_layer_stats`) are measured per channel: a channel is one unit seen at every spatial
+position, so [N, H, W, C] becomes [N * H * W, C] and the same definitions apply. A channel is dead when its
+output is 0 at every position of every probe state; its dormant score is its mean |z| over states and
+positions divided by the layer's mean over channels; saturation and derivatives stay shares of entries.
 """
 
 from __future__ import annotations
@@ -72,3 +77,13 @@ def layer_stats(name: str, x: tf.Tensor, z: tf.Tensor, activation: str, diag) ->
         f"act_zero_deriv_frac/{name}": zero_derivative_frac(x, z, activation),
         f"act_deriv_mean/{name}": tf.reduce_mean(local_derivative(x, z, activation)),
     }
+
+
+def channels_as_units(t: tf.Tensor) -> tf.Tensor:
+    """A conv layer's [N, H, W, C] as [N * H * W, C]: each channel one unit, each position a sample."""
+    return tf.reshape(t, [-1, t.shape[-1]])
+
+
+def conv_layer_stats(name: str, x: tf.Tensor, z: tf.Tensor, activation: str, diag) -> dict[str, tf.Tensor]:
+    """`layer_stats` of a conv layer (NHWC pre-activations `x` and outputs `z`), per channel."""
+    return layer_stats(name, channels_as_units(x), channels_as_units(z), activation, diag)

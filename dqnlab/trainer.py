@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dqnlab import checkpoint
 from dqnlab._tf import tf
-from dqnlab.config import Config, ConfigError
+from dqnlab.config import Config, ConfigError, check_env_fits
 from dqnlab.doctor import LiveDoctor, warning_line
 from dqnlab.doctor_rules import Finding
 from dqnlab.envs import make_env
@@ -107,8 +107,9 @@ def train(
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     name = name or default_experiment_name()
     # Build the environments first: a bad id must fail before anything is written.
-    train_env = make_env(env_id, seed=seed)
-    eval_env = make_env(env_id)
+    check_env_fits(cfg, env_id)
+    train_env = make_env(env_id, seed=seed, atari=cfg.atari)
+    eval_env = make_env(env_id, atari=cfg.atari, evaluation=True)  # Atari: the real score, unclipped
     run_dir = run_dir_for(logdir, name, cfg.name, env_id, seed)
     ckpt = None
     if resume and (run_dir / RUN_JSON).is_file():
@@ -244,8 +245,16 @@ def train(
 
 
 def _learner_and_replay(cfg: Config, env, seed: int):
-    """The learner and replay of the config's network kind: transitions for an MLP, sequences for an RNN."""
+    """The learner and replay of the config's network kind: transitions for an MLP, sequences for an RNN,
+    frames stored once for the CNN."""
     obs_dim, num_actions = int(env.observation_space.shape[0]), int(env.action_space.n)
+    if cfg.network.kind == "cnn":
+        from dqnlab.cnn_learner import CNNLearner
+        from dqnlab.frame_replay import FrameReplay
+
+        shape = env.observation_space.shape  # (stack, H, W)
+        learner = CNNLearner(cfg, obs_shape=shape, num_actions=num_actions, seed=seed)
+        return learner, FrameReplay(cfg.replay.capacity, shape, seed=seed)
     if cfg.network.kind == "rnn":
         from dqnlab.recurrent_learner import RecurrentLearner
         from dqnlab.sequence_replay import SequenceReplay

@@ -1,0 +1,147 @@
+"""The DQN learner for Atari frames: the Nature CNN, frame replay, a compiled greedy policy, conv probes.
+
+Same compiled burst, TD losses, optimizer and per-variable panel as `dqnlab.learner.Learner` (which reduces
+every variable whatever its rank, so conv kernels [kh, kw, in, out] get every `<family>/<var>` tag). What
+differs:
+
+- Replay is `FrameReplay`; a burst samples each transition's stack + 1 frames once ([K, B, 5, 84, 84]
+  uint8) and obs / next_obs are sliced from them inside the compiled graph: 5 frames per transition cross
+  to TensorFlow instead of 8, and they stay uint8 until the network scales them.
+- Acting cannot use a numpy twin (a conv stack in numpy is far slower than TF's kernels), so the policy is
+  one concrete TF function of the online network on one [1, stack, H, W] uint8 observation. It reads the
+  online variables directly, so a burst need not hand the weights back (`update` returns none).
+- The probe measures conv layers per channel (`probes.conv_layer_stats`) and the dense layers as in the
+  MLP; `features/srank` is taken on the last dense layer's output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dqnlab import probes
+from dqnlab._tf import keras, tf
+from dqnlab.cnn_net import build_cnn_q_network, forward
+from dqnlab.config import Config
+from dqnlab.frame_replay import FrameBatch
+from dqnlab.learner import Learner
+from dqnlab.replay import Batch
+
+
+def pack_frames(batch: FrameBatch) -> tuple[np.ndarray, np.ndarray]:
+    """A FrameBatch as the compiled call's two arguments: the uint8 frames [.., B, stack + 1, H, W] as they
+    are, and actions, rewards, discounts side by side as float32 [.., B, 3] (actions are exact in float32)."""
+    scalars = np.stack([batch.actions, batch.rewards, batch.discounts], axis=-1).astype(np.float32)
+    return batch.frames, scalars
+
+
+def unpack_frames(frames: tf.Tensor, scalars: tf.Tensor) -> Batch:
+    """The inverse of `pack_frames` inside the graph, split into the transitions' obs and next_obs."""
+    return Batch(
+        obs=frames[..., :-1, :, :],  # frames 0 .. stack - 1
+        actions=tf.cast(scalars[..., 0], tf.int32),
+        rewards=scalars[..., 1],
+        next_obs=frames[..., 1:, :, :],  # frames 1 .. stack
+        discounts=scalars[..., 2],
+    )
+
+
+class GreedyTFPolicy:
+    """Q-values of one observation from the online network, through one concrete TF function.
+
+    The acting interface of `NumpyMLP` (`initial_state`, `step`, `set_weights`); epsilon-greedy stays in
+    the loop. The function reads the live online variables, so `set_weights` has nothing to do."""
+
+    def __init__(self, network: keras.Model, obs_shape: tuple[int, ...]):
+        fn = tf.function(lambda obs: forward(network, obs), autograph=False)
+        self._fn = fn.get_concrete_function(tf.TensorSpec([1, *obs_shape], tf.uint8))
+
+    def initial_state(self) -> None:
+        return None
+
+    def set_weights(self, weights) -> None:
+        pass
+
+    def step(self, obs: np.ndarray, state: None) -> tuple[np.ndarray, None]:
+        return self(obs), None
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """obs uint8 [stack, H, W] -> Q-values [num_actions] (float32)."""
+        return self._fn(np.asarray(obs, np.uint8)[None])[0].numpy()
+
+
+class CNNLearner(Learner):
+    """`Learner` for `network.kind = "cnn"`: `update` takes FrameBatches [K, B, stack + 1, H, W]."""
+
+    def __init__(self, cfg: Config, obs_shape: tuple[int, ...], num_actions: int, seed: int):
+        self._obs_shape = tuple(int(d) for d in obs_shape)  # (stack, H, W)
+        super().__init__(cfg, obs_dim=int(np.prod(self._obs_shape)), num_actions=num_actions, seed=seed)
+        # Every layer with an activation, input side first: probed, and the ends of grad/depth_ratio.
+        self._hidden_layers = [
+            layer for layer in self.online.layers if layer.name.startswith(("conv_", "hidden_"))
+        ]
+        self._policy: GreedyTFPolicy | None = None
+        self._frames_out: np.ndarray | None = None  # the burst's frames, gathered into one reused array
+
+    def _build_network(self, obs_dim: int, num_actions: int, name: str) -> keras.Model:
+        return build_cnn_q_network(self.cfg.network, self._obs_shape, num_actions, name=name)
+
+    def _q_values(self, network: keras.Model, obs: tf.Tensor) -> tf.Tensor:
+        return forward(network, obs)
+
+    def _pack(self, batch) -> tuple[np.ndarray, ...]:
+        return pack_frames(batch)
+
+    def _unpack(self, *packed: tf.Tensor) -> Batch:
+        return unpack_frames(*packed)
+
+    def _burst_impl(self, *args):
+        finite, values, _ = super()._burst_impl(*args)
+        return finite, values, []  # the policy reads the variables: no 6.7 MB weight copy per burst
+
+    # -- replay and acting ------------------------------------------------------------------------
+
+    def sample_burst(self, replay, num_updates: int, batch_size: int) -> FrameBatch:
+        shape = (num_updates, batch_size, self._obs_shape[0] + 1, *self._obs_shape[1:])
+        if self._frames_out is None or self._frames_out.shape != shape:
+            self._frames_out = np.empty(shape, np.uint8)
+        # Reusing the array is safe: each compiled call has finished with its input when it returns.
+        return replay.sample_frames_many(num_updates, batch_size, out=self._frames_out)
+
+    def sample_one(self, replay, batch_size: int) -> FrameBatch:
+        return replay.sample_frames(batch_size)
+
+    def policy(self) -> GreedyTFPolicy:
+        if self._policy is None:
+            self._policy = GreedyTFPolicy(self.online, self._obs_shape)
+        return self._policy
+
+    # -- the probe --------------------------------------------------------------------------------
+
+    def probe_inputs(self, sample: FrameBatch) -> np.ndarray:
+        """The probe states: the obs of a FrameBatch drawn once, uint8 [N, stack, H, W]."""
+        return np.ascontiguousarray(sample.frames[:, :-1])
+
+    def probe(self, states: np.ndarray, batch: FrameBatch) -> dict[str, tf.Tensor]:
+        """Per-channel statistics of the conv layers, per-unit ones of the dense layers, srank of the last
+        dense layer, and (with histograms) weights, activations and TD-loss gradients on `batch`."""
+        args = (np.asarray(states, np.uint8), *self._pack(batch))
+        if tf.config.functions_run_eagerly():
+            return self._probe_impl(*map(tf.constant, args))
+        if self._probe_fn is None:
+            fn = tf.function(self._probe_impl, autograph=False)
+            self._probe_fn = fn.get_concrete_function(*(tf.TensorSpec(a.shape, a.dtype) for a in args))
+        return self._probe_fn(*args)
+
+    def _probe_impl(self, states: tf.Tensor, frames: tf.Tensor, scalars: tf.Tensor) -> dict[str, tf.Tensor]:
+        d, activation = self._diag, self.cfg.network.activation
+        _, traces = forward(self.online, states, trace=True)
+        m: dict[str, tf.Tensor] = {}
+        for t in traces:
+            stats = probes.conv_layer_stats if t.name.startswith("conv_") else probes.layer_stats
+            m.update(stats(t.name, t.x, t.z, activation, d))
+            if d.histograms:
+                m[f"hist/activation/{t.name}"] = t.z
+        m["features/srank"] = tf.cast(probes.srank(traces[-1].z, d.srank_delta), tf.float32)
+        if d.histograms:
+            m.update(self._weight_and_gradient_histograms(unpack_frames(frames, scalars)))
+        return m
