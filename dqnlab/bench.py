@@ -1,13 +1,16 @@
 """Shared pieces of the throughput benchmarks (scripts/bench_*.py stay thin).
 
-Two public CartPole-v1 DQN settings, written once in neutral terms so dqnlab and a peer library are
-configured identically:
-- `cleanrl`: CleanRL dqn.py's network and cadence (120-84 ReLU MLP, batch 128, one update every 10 env
-  steps, target sync every 500).
-- `sb3_zoo`: SB3 rl-zoo's tuned CartPole DQN (256-256, batch 64, 128 gradient steps every 256 env steps,
-  target every 10 env steps).
-Both start learning after 1,000 steps (CleanRL uses 10,000), so that a short benchmark measures the
-learning phase; both peers get the same value.
+Public DQN settings, written once in neutral terms so dqnlab and a peer library are configured identically:
+- `cleanrl` (CartPole-v1): CleanRL dqn.py's network and cadence (120-84 ReLU MLP, batch 128, one update
+  every 10 env steps, target sync every 500).
+- `sb3_zoo` (CartPole-v1): SB3 rl-zoo's tuned CartPole DQN (256-256, batch 64, 128 gradient steps every 256
+  env steps, target every 10 env steps).
+- `lunar_zoo` (LunarLander-v3, needs the box2d extra): SB3 rl-zoo's tuned LunarLander DQN (256-256, batch
+  128, 4 gradient steps every 4 env steps -- the zoo's train_freq 4 with gradient_steps -1 --, target every
+  250, buffer 50k).
+All start learning after 1,000 steps (CleanRL uses 10,000, the zoo's LunarLander 0), so that a short
+benchmark measures the learning phase; both peers get the same value. The scripts default to the two
+CartPole settings; `--settings lunar_zoo` adds LunarLander.
 
 Measurements for the scripts run one per fresh subprocess (`measure_in_subprocess`), so TensorFlow and
 torch never share a process, each limited to one thread: TF intra-op = inter-op = 1, torch
@@ -49,6 +52,7 @@ class Setting:
     gamma: float = 0.99
     epsilon_end: float = 0.05
     epsilon_decay_steps: int = 5_000
+    env: str = "CartPole-v1"
 
 
 SETTINGS = {
@@ -74,7 +78,21 @@ SETTINGS = {
         epsilon_end=0.04,
         epsilon_decay_steps=8_000,
     ),
+    "lunar_zoo": Setting(
+        hidden=(256, 256),
+        batch_size=128,
+        train_every=4,
+        gradient_steps=4,
+        target_update_every=250,
+        learning_rate=6.3e-4,
+        buffer_size=50_000,
+        learning_starts=1_000,
+        epsilon_end=0.1,
+        epsilon_decay_steps=12_000,  # the zoo's exploration_fraction 0.12 of 1e5 steps
+        env="LunarLander-v3",
+    ),
 }
+DEFAULT_SETTINGS = ("cleanrl", "sb3_zoo")  # CartPole only: LunarLander needs the box2d extra
 
 
 def dqnlab_overrides(setting: Setting, diagnostics: bool) -> dict[str, object]:
@@ -102,12 +120,13 @@ def dqnlab_steps_per_s(setting_name: str, steps: int, diagnostics: bool, logdir:
     import dqnlab
     from dqnlab.config import load_preset
 
-    cfg = load_preset("huber_relu", dqnlab_overrides(SETTINGS[setting_name], diagnostics))
+    setting = SETTINGS[setting_name]
+    cfg = load_preset("huber_relu", dqnlab_overrides(setting, diagnostics))
     train = dqnlab.train  # resolve the lazy import (TensorFlow, Keras) before the clock starts
     start = time.perf_counter()
     res = train(
         cfg,
-        env="CartPole-v1",
+        env=setting.env,
         seed=seed,
         steps=steps,
         logdir=logdir,
@@ -158,7 +177,8 @@ def _sb3_run(setting_name: str, steps: int, seed: int) -> dict[str, float]:
     from stable_baselines3 import DQN
 
     start = time.perf_counter()
-    model = DQN("MlpPolicy", "CartPole-v1", **sb3_kwargs(SETTINGS[setting_name], steps, seed))
+    setting = SETTINGS[setting_name]
+    model = DQN("MlpPolicy", setting.env, **sb3_kwargs(setting, steps, seed))
     setup_s = time.perf_counter() - start
     start = time.perf_counter()
     model.learn(total_timesteps=steps)
@@ -437,7 +457,11 @@ def parse_bench_args(ap, argv: list[str] | None = None):
     """The flags the benchmark scripts share; returns (args, setting names). Bad values exit 2."""
     ap.add_argument("--steps", type=int, default=50_000, help="env steps per measurement (default 50000)")
     ap.add_argument("--repeats", type=int, default=2, help="measurements per configuration and setting")
-    ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated setting names")
+    ap.add_argument(
+        "--settings",
+        default=",".join(DEFAULT_SETTINGS),
+        help=f"comma-separated, from {', '.join(SETTINGS)} (default: {','.join(DEFAULT_SETTINGS)})",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="FILE", help="also save the results as JSON")
     args = ap.parse_args(argv)

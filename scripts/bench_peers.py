@@ -1,4 +1,4 @@
-"""dqnlab vs Stable-Baselines3 DQN: env steps per second at two public CartPole-v1 settings, same run.
+"""dqnlab vs Stable-Baselines3 DQN: env steps per second at public DQN settings (dqnlab/bench.py), same run.
 
     python scripts/bench_peers.py [--steps 50000] [--repeats 2] [--settings NAMES] [--json FILE]
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
              "yes" if on / sb3 >= 2 and off / on <= 1.15 else "NO"]
         )  # fmt: skip
     print(
-        f"dqnlab vs Stable-Baselines3 DQN on CartPole-v1: {args.steps:,} env steps per measurement, "
+        f"dqnlab vs Stable-Baselines3 DQN: {args.steps:,} env steps per measurement, "
         f"median of {args.repeats} (order alternated), seed {args.seed}"
     )
     print(bench.machine_line(info))

@@ -1,4 +1,4 @@
-"""dqnlab's env steps per second with diagnostics on and off, at two public CartPole-v1 settings.
+"""dqnlab's env steps per second with diagnostics on and off, at public DQN settings (dqnlab/bench.py).
 
     python scripts/bench_throughput.py [--steps 50000] [--repeats 2] [--settings NAMES] [--json FILE]
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[s] = {"dqnlab_diag_on": on, "dqnlab_diag_off": off, "off_over_on": off / on}
         rows.append([s, f"{on:,.0f}", f"{off:,.0f}", f"{off / on:.3f}", "yes" if off / on <= 1.15 else "NO"])
     print(
-        f"dqnlab throughput on CartPole-v1: {args.steps:,} env steps per measurement, "
+        f"dqnlab throughput: {args.steps:,} env steps per measurement, "
         f"median of {args.repeats} (order alternated), seed {args.seed}"
     )
     print(bench.machine_line(info))
