@@ -1,0 +1,18 @@
+"""Shared by the tests that check every logged tag is defined in docs/metrics.md."""
+
+import re
+from pathlib import Path
+
+DOC = Path(__file__).parent.parent / "docs" / "metrics.md"
+
+
+def undocumented(tags) -> list[str]:
+    """The tags neither named in docs/metrics.md's tables nor matching a `<var>`/`<layer>` pattern there."""
+    documented = set(re.findall(r"^\| `([^`]+)` \|", DOC.read_text(), re.M))
+    missing = []
+    for tag in tags:
+        generic = re.sub(r"/((hidden|conv)_\d+|q_head)/(kernel|bias)$", "/<var>", tag)
+        generic = re.sub(r"/(hidden|conv)_\d+$", "/<layer>", generic)
+        if tag not in documented and generic not in documented:
+            missing.append(tag)
+    return missing
