@@ -134,6 +134,8 @@ def make_env(
     except (gym.error.DependencyNotInstalled, ImportError) as exc:
         if is_atari_env(env_id):
             raise ValueError(f"environment {env_id!r} needs ale-py and opencv: {ATARI_EXTRA}") from None
+        if "box2d" in str(exc).lower():  # gymnasium's hint names its own extra, which needs swig to build
+            raise ValueError(f"environment {env_id!r} needs Box2D: {BOX2D_EXTRA}") from None
         raise ValueError(
             f"environment {env_id!r} needs a package that is not installed: {_line(exc)}"
         ) from None
@@ -152,6 +154,7 @@ def make_env(
 
 
 ATARI_EXTRA = "install the atari extra: pip install 'dqnlab[atari]'"
+BOX2D_EXTRA = "install the box2d extra (prebuilt wheels, no swig): pip install 'dqnlab[box2d]'"
 
 
 class ClipReward(gym.RewardWrapper):

@@ -157,3 +157,15 @@ def _wrappers(env: gym.Env):
     while isinstance(env, gym.Wrapper):
         yield env
         env = env.env
+
+
+def test_missing_box2d_names_dqnlabs_extra_not_gymnasiums(monkeypatch):
+    # gymnasium's own hint (`pip install "gymnasium[box2d]"`) builds box2d-py with swig; ours is wheels only.
+    def no_box2d(*args, **kwargs):
+        raise gym.error.DependencyNotInstalled('Box2D is not installed, run `pip install "gymnasium[box2d]"`')
+
+    monkeypatch.setattr(gym, "make", no_box2d)
+    with pytest.raises(ValueError) as info:
+        make_env("LunarLander-v3")
+    message = str(info.value)
+    assert "dqnlab[box2d]" in message and "gymnasium[box2d]" not in message and "\n" not in message
