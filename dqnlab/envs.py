@@ -197,6 +197,34 @@ class LifeLossTerminal(gym.Wrapper):
         return obs, info
 
 
+class FireToServe(gym.Wrapper):
+    """Press FIRE at the start of a game and after each lost life, in games that need it to serve the ball
+    (Breakout): a greedy agent that has not learnt to press FIRE would otherwise stand still until ALE's
+    27,000-step limit, in every evaluation episode. SB3's FireResetEnv does the first half. Outside
+    `LifeLossTerminal`, a lost life is an episode end and the next `reset` serves."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self._fire = env.unwrapped.get_action_meanings().index("FIRE")
+        self._lives = 0
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        obs, _, terminated, truncated, info = self.env.step(self._fire)
+        if terminated or truncated:
+            obs, info = self.env.reset(**kwargs)
+        self._lives = self.env.unwrapped.ale.lives()
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self.env.unwrapped.ale.lives() < self._lives and not (terminated or truncated):
+            obs, serve_reward, terminated, truncated, info = self.env.step(self._fire)
+            reward += serve_reward
+        self._lives = self.env.unwrapped.ale.lives()
+        return obs, reward, terminated, truncated, info
+
+
 def make_atari_env(
     env_id: str,
     *,
@@ -213,7 +241,8 @@ def make_atari_env(
     The emulator runs every frame (`frameskip=1`) with sticky actions as asked; gymnasium's
     AtariPreprocessing repeats each action 4 frames, max-pools the last two (flicker), converts to
     grayscale, resizes to `screen_size` and starts each game with up to `noop_max` no-ops; then optional
-    life-loss terminals and sign reward clipping; FrameStackObservation stacks the last `frame_stack`
+    life-loss terminals, FIRE to serve where the game has it (`FireToServe`), and optional sign reward
+    clipping; FrameStackObservation stacks the last `frame_stack`
     frames channels-first. Defaults are the `[atari]` section's (docs/atari.md).
     """
     try:
@@ -231,6 +260,8 @@ def make_atari_env(
         raise gym.error.DependencyNotInstalled(ATARI_EXTRA) from None
     if terminal_on_life_loss:
         env = LifeLossTerminal(env)
+    if "FIRE" in env.unwrapped.get_action_meanings():
+        env = FireToServe(env)
     if clip_rewards:
         env = ClipReward(env)
     return gym.wrappers.FrameStackObservation(env, stack_size=frame_stack)

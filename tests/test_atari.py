@@ -80,6 +80,21 @@ def test_life_loss_ends_the_episode_but_not_the_game():
     assert lives == [5, 4, 3]  # each lost life ended an episode; the game went on from there
 
 
+def test_breakout_serves_by_itself_so_a_noop_agent_ends_its_game():
+    # Without FIRE the ball never comes into play and the game runs to ALE's 27,000-step limit; served at
+    # the start and after each lost life, an agent that only ever does NOOP loses its 5 lives quickly.
+    cfg = load_preset("breakout_huber")
+    env = make_env("ALE/Breakout-v5", seed=0, atari=cfg.atari, evaluation=True)
+    env.reset(seed=0)
+    steps = 0
+    while steps < 5_000:
+        _, _, terminated, truncated, _ = env.step(0)
+        steps += 1
+        if terminated or truncated:
+            break
+    assert terminated and not truncated and env.unwrapped.ale.lives() == 0, steps
+
+
 # ---- the network ---------------------------------------------------------------------------------------
 
 
