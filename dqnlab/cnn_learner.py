@@ -124,13 +124,7 @@ class CNNLearner(Learner):
     def probe(self, states: np.ndarray, batch: FrameBatch) -> dict[str, tf.Tensor]:
         """Per-channel statistics of the conv layers, per-unit ones of the dense layers, srank of the last
         dense layer, and (with histograms) weights, activations and TD-loss gradients on `batch`."""
-        args = (np.asarray(states, np.uint8), *self._pack(batch))
-        if tf.config.functions_run_eagerly():
-            return self._probe_impl(*map(tf.constant, args))
-        if self._probe_fn is None:
-            fn = tf.function(self._probe_impl, autograph=False)
-            self._probe_fn = fn.get_concrete_function(*(tf.TensorSpec(a.shape, a.dtype) for a in args))
-        return self._probe_fn(*args)
+        return self._call_probe(np.asarray(states, np.uint8), *self._pack(batch))
 
     def _probe_impl(self, states: tf.Tensor, frames: tf.Tensor, scalars: tf.Tensor) -> dict[str, tf.Tensor]:
         d, activation = self._diag, self.cfg.network.activation

@@ -182,16 +182,16 @@ class Learner:
         """Activation statistics of every hidden layer on `states` [N, obs_dim], the penultimate layer's
         srank, and (when histograms are on) histograms of weights, activations and of the gradient of the
         TD loss on `batch` (computed, not applied). One compiled call, traced once."""
-        states = np.asarray(states, np.float32)
-        packed = pack(Batch(*batch))
+        return self._call_probe(np.asarray(states, np.float32), pack(Batch(*batch)))
+
+    def _call_probe(self, *args: np.ndarray) -> dict[str, tf.Tensor]:
+        """`_probe_impl(*args)`, traced once for these arrays' shapes and dtypes (eager with DQNLAB_EAGER)."""
         if tf.config.functions_run_eagerly():
-            return self._probe_impl(tf.constant(states), tf.constant(packed))
+            return self._probe_impl(*map(tf.constant, args))
         if self._probe_fn is None:
             fn = tf.function(self._probe_impl, autograph=False)
-            self._probe_fn = fn.get_concrete_function(
-                tf.TensorSpec(states.shape, tf.float32), tf.TensorSpec(packed.shape, tf.float32)
-            )
-        return self._probe_fn(states, packed)
+            self._probe_fn = fn.get_concrete_function(*(tf.TensorSpec(a.shape, a.dtype) for a in args))
+        return self._probe_fn(*args)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Online and target weights, optimizer state, initial weights: what a checkpoint stores."""

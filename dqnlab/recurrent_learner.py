@@ -194,14 +194,7 @@ class RecurrentLearner(Learner):
         return pack_sequences(sample)
 
     def probe(self, inputs, batch) -> dict[str, tf.Tensor]:
-        packed = self._pack(batch)
-        args = (*inputs, *packed)
-        if tf.config.functions_run_eagerly():
-            return self._probe_impl(*map(tf.constant, args))
-        if self._probe_fn is None:
-            fn = tf.function(self._probe_impl, autograph=False)
-            self._probe_fn = fn.get_concrete_function(*(tf.TensorSpec(a.shape, tf.float32) for a in args))
-        return self._probe_fn(*args)
+        return self._call_probe(*(np.asarray(a, np.float32) for a in (*inputs, *self._pack(batch))))
 
     def _probe_impl(self, per_step, initial_state, batch_steps, batch_state) -> dict[str, tf.Tensor]:
         d = self._diag
