@@ -30,6 +30,7 @@ class Summaries:
 
     def __init__(self, run_dir: Path, flush_every_s: float = 10.0, history=None):
         self._writer = EventFile(run_dir, flush_every_s=flush_every_s)
+        self._described: set[str] = set()  # tags whose plugin metadata this file already carries
         # Every scalar written, kept for the live doctor: tag -> (steps, values). ~0.5 MB per 100k steps.
         # A resumed run starts from what its earlier life logged up to the checkpoint.
         self.history: dict[str, tuple[list[int], list[float]]] = history or {}
@@ -49,7 +50,9 @@ class Summaries:
             steps, kept = self.history.setdefault(tag, ([], []))
             steps.append(int(step))
             kept.append(float(value))
-            summary.value.append(scalar_value(tag, value))
+            # TensorBoard takes a tag's plugin metadata from its first value: write it once per file.
+            summary.value.append(scalar_value(tag, value, with_metadata=tag not in self._described))
+            self._described.add(tag)
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
     def metrics(self, step: int, metrics: dict) -> dict[str, float]:
