@@ -8,9 +8,13 @@ Public DQN settings, written once in neutral terms so dqnlab and a peer library 
 - `lunar_zoo` (LunarLander-v3, needs the box2d extra): SB3 rl-zoo's tuned LunarLander DQN (256-256, batch
   128, 4 gradient steps every 4 env steps -- the zoo's train_freq 4 with gradient_steps -1 --, target every
   250, buffer 50k).
-All start learning after 1,000 steps (CleanRL uses 10,000, the zoo's LunarLander 0), so that a short
-benchmark measures the learning phase; both peers get the same value. The scripts default to the two
-CartPole settings; `--settings lunar_zoo` adds LunarLander.
+- `pong_zoo` (ALE/Pong-v5, needs the atari extra): SB3 rl-zoo's `atari` DQN on the Nature CNN (batch 32, one
+  update every 4 env steps, target every 1,000, lr 1e-4, buffer 100k) on dqnlab's preprocessing
+  (`pong_huber`'s [atari] section: sticky actions 0.25, frame skip 4, 84x84 grayscale, 4 frames stacked);
+  SB3 is given the same env object and its `CnnPolicy` (NatureCNN, linear head).
+All start learning after 1,000 steps (CleanRL uses 10,000, the zoo's LunarLander 0, its Atari 100k), so
+that a short benchmark measures the learning phase; both peers get the same value. The scripts default to
+the two CartPole settings; `--settings lunar_zoo` or `pong_zoo` adds the others.
 
 Measurements for the scripts run one per fresh subprocess (`measure_in_subprocess`), so TensorFlow and
 torch never share a process, each limited to one thread: TF intra-op = inter-op = 1, torch
@@ -53,6 +57,7 @@ class Setting:
     epsilon_end: float = 0.05
     epsilon_decay_steps: int = 5_000
     env: str = "CartPole-v1"
+    preset: str = "huber_relu"  # dqnlab's preset the setting overrides (its network kind, [atari], loss)
 
 
 SETTINGS = {
@@ -91,12 +96,25 @@ SETTINGS = {
         epsilon_decay_steps=12_000,  # the zoo's exploration_fraction 0.12 of 1e5 steps
         env="LunarLander-v3",
     ),
+    "pong_zoo": Setting(
+        hidden=(512,),  # the Nature CNN's dense layer (SB3's NatureCNN features)
+        batch_size=32,
+        train_every=4,
+        gradient_steps=1,
+        target_update_every=1_000,
+        learning_rate=1e-4,
+        buffer_size=100_000,
+        learning_starts=1_000,
+        epsilon_end=0.01,
+        env="ALE/Pong-v5",
+        preset="pong_huber",
+    ),
 }
-DEFAULT_SETTINGS = ("cleanrl", "sb3_zoo")  # CartPole only: LunarLander needs the box2d extra
+DEFAULT_SETTINGS = ("cleanrl", "sb3_zoo")  # CartPole only: the others need the box2d or atari extra
 
 
 def dqnlab_overrides(setting: Setting, diagnostics: bool) -> dict[str, object]:
-    """huber_relu with the setting's network and cadence."""
+    """The setting's preset (huber_relu, or pong_huber) with the setting's network and cadence."""
     return {
         "network.hidden": list(setting.hidden),
         "train.batch_size": setting.batch_size,
@@ -121,7 +139,7 @@ def dqnlab_steps_per_s(setting_name: str, steps: int, diagnostics: bool, logdir:
     from dqnlab.config import load_preset
 
     setting = SETTINGS[setting_name]
-    cfg = load_preset("huber_relu", dqnlab_overrides(setting, diagnostics))
+    cfg = load_preset(setting.preset, dqnlab_overrides(setting, diagnostics))
     train = dqnlab.train  # resolve the lazy import (TensorFlow, Keras) before the clock starts
     start = time.perf_counter()
     res = train(
@@ -152,7 +170,10 @@ def sb3_available() -> bool:
 
 
 def sb3_kwargs(setting: Setting, steps: int, seed: int) -> dict[str, object]:
-    """DQN(...) keyword arguments mapping `setting` field by field (Huber = SB3's smooth_l1 loss)."""
+    """DQN(...) keyword arguments mapping `setting` field by field (Huber = SB3's smooth_l1 loss). On Atari
+    SB3's CnnPolicy is NatureCNN (its 512-unit layer is `hidden`) with a linear head: no `net_arch`."""
+    from dqnlab.config import is_atari_env
+
     return {
         "learning_rate": setting.learning_rate,
         "buffer_size": setting.buffer_size,
@@ -165,7 +186,7 @@ def sb3_kwargs(setting: Setting, steps: int, seed: int) -> dict[str, object]:
         "exploration_fraction": setting.epsilon_decay_steps / steps,
         "exploration_initial_eps": 1.0,
         "exploration_final_eps": setting.epsilon_end,
-        "policy_kwargs": {"net_arch": list(setting.hidden)},
+        "policy_kwargs": {} if is_atari_env(setting.env) else {"net_arch": list(setting.hidden)},
         "max_grad_norm": 10,  # dqnlab's huber_relu clips the global norm at 10 too
         "device": "cpu",
         "seed": seed,
@@ -176,9 +197,16 @@ def sb3_kwargs(setting: Setting, steps: int, seed: int) -> dict[str, object]:
 def _sb3_run(setting_name: str, steps: int, seed: int) -> dict[str, float]:
     from stable_baselines3 import DQN
 
+    from dqnlab.config import is_atari_env, load_preset
+    from dqnlab.envs import make_env
+
     start = time.perf_counter()
     setting = SETTINGS[setting_name]
-    model = DQN("MlpPolicy", setting.env, **sb3_kwargs(setting, steps, seed))
+    if is_atari_env(setting.env):  # dqnlab's own preprocessing (docs/atari.md), so both see the same frames
+        env, policy = make_env(setting.env, atari=load_preset(setting.preset).atari), "CnnPolicy"
+    else:
+        env, policy = setting.env, "MlpPolicy"
+    model = DQN(policy, env, **sb3_kwargs(setting, steps, seed))
     setup_s = time.perf_counter() - start
     start = time.perf_counter()
     model.learn(total_timesteps=steps)
