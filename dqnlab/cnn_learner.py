@@ -21,6 +21,7 @@ import numpy as np
 from dqnlab import probes
 from dqnlab._tf import keras, tf
 from dqnlab.cnn_net import build_cnn_q_network, forward
+from dqnlab.compiled import Compiled
 from dqnlab.config import Config
 from dqnlab.frame_replay import FrameBatch
 from dqnlab.learner import Learner
@@ -52,8 +53,7 @@ class GreedyTFPolicy:
     the loop. The function reads the live online variables, so `set_weights` has nothing to do."""
 
     def __init__(self, network: keras.Model, obs_shape: tuple[int, ...]):
-        fn = tf.function(lambda obs: forward(network, obs), autograph=False)
-        self._fn = fn.get_concrete_function(tf.TensorSpec([1, *obs_shape], tf.uint8))
+        self._fn = Compiled(lambda obs: forward(network, obs), [tf.TensorSpec([1, *obs_shape], tf.uint8)])
 
     def initial_state(self) -> None:
         return None
