@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from dqnlab.config import ConfigError, load_preset, preset_description, preset_names
+from dqnlab.config import ConfigError, check_env_fits, load_preset, preset_description, preset_names
 from dqnlab.rundir import RunDirExists
 
 EXIT_BAD_INPUT = 2
@@ -181,6 +181,7 @@ def _train(args) -> int:
 
     cfg = load_preset(args.preset, args.overrides)
     env_id = args.env or cfg.env
+    check_env_fits(cfg, env_id)  # before the progress bar and TensorFlow: one line, exit 2
     validate_env(env_id)
     from tqdm import tqdm
 

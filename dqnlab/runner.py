@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dqnlab.aggregate import update_aggregates
-from dqnlab.config import Config, ConfigError, load_preset, resolve_preset_path
+from dqnlab.config import Config, ConfigError, check_env_fits, load_preset, resolve_preset_path
 from dqnlab.envs import env_dirname, make_env
 from dqnlab.rundir import (
     EXPERIMENT_JSON,
@@ -95,6 +95,13 @@ def plan_experiment(
     if len(set(names)) != len(names):
         raise ConfigError(f"two presets share the name {names}: their run directories would collide")
     env_ids = envs or sorted({c.env for c in configs.values()})
+    for env_id in env_ids:  # every preset runs on every env: each must be able to read it
+        for p, cfg in configs.items():
+            how = "" if envs else " (without --env, every preset runs on every preset's env)"
+            try:
+                check_env_fits(cfg, env_id, source=f"{p} on {env_id}")
+            except ConfigError as exc:
+                raise ConfigError(f"{exc}{how}") from None
     for env_id in env_ids:
         validate_env(env_id)
     if steps is not None and steps < 1:

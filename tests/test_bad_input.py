@@ -142,3 +142,16 @@ def test_any_malformed_command_line_is_one_line_exit_2_and_writes_nothing(
     assert code == 2, (argv, code, err)
     assert one_line(err), err
     assert not any(Path(logdir).rglob("run.json")), argv  # nothing half-written
+
+
+def test_a_preset_that_cannot_read_an_env_is_refused_before_any_run(tmp_path, never_trains):
+    # Without --env, ab runs every preset on every preset's env: an MLP cannot read Pong's frames.
+    code, err = run_cli(["ab", "huber_relu", "pong_huber", "--seeds", "1", "--logdir", str(tmp_path)])
+    assert code == 2 and err.count("\n") == 1, err
+    assert "huber_relu on ALE/Pong-v5: ALE/Pong-v5 gives image observations" in err
+    assert "without --env, every preset runs on every preset's env" in err
+    code, err = run_cli(["ab", "lstm", "pong_huber", "--env", "CartPole-v1", "--logdir", str(tmp_path)])
+    assert code == 2 and "pong_huber on CartPole-v1: network.kind = 'cnn' needs an Atari id" in err, err
+    code, err = run_cli(["train", "huber_relu", "--env", "ALE/Breakout-v5", "--logdir", str(tmp_path)])
+    assert code == 2 and err.count("\n") == 1 and "gives image observations" in err, err
+    assert not any(tmp_path.iterdir())
