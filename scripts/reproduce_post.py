@@ -5,7 +5,7 @@
     python scripts/reproduce_post.py --out runs/post --seeds 3
 
 Studies (dqnlab/reproduce.py): clipped-delta vs Huber; saturated sigmoid vs Glorot sigmoid vs ReLU; killed
-ReLU vs healthy; vanilla RNN at spectral radius 5 vs the same clipped vs LSTM. Writes OUT/<study>/ (one
+ReLU vs healthy; vanilla RNN at spectral radius 3 vs the same clipped vs LSTM. Writes OUT/<study>/ (one
 experiment each, readable by dqnlab compare/doctor/board), OUT/report.md and a self-contained
 OUT/report.html. Exit status 0 when the doctor's verdict on every arm is the expected one, 1 otherwise.
 """
