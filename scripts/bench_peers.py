@@ -5,8 +5,9 @@
 Settings (dqnlab/bench.py): `cleanrl` (120-84 ReLU MLP, batch 128, one update every 10 env steps, target
 sync every 500) and `sb3_zoo` (256-256, batch 64, 128 gradient steps every 256 env steps, target every
 10) on CartPole by default; `--settings lunar_zoo` (LunarLander, box2d extra) and `--settings pong_zoo`
-(Pong on the Nature CNN, atari extra) add the others. Every measurement runs in its own fresh subprocess (TensorFlow and torch never share a process) with
-one thread per framework; the order alternates between repeats and the median per framework is reported.
+(Pong on the Nature CNN, atari extra) add the others. Every measurement runs in its own fresh subprocess
+(TensorFlow and torch never share a process) with one thread per framework; the order alternates between
+repeats and the median per framework is reported.
 Prints env steps/s for dqnlab with diagnostics on and off and for SB3, and the ratios dqnlab diag-on / SB3
 (target >= 2) and dqnlab diag-on / diag-off (target >= 1/1.15, i.e. diagnostics cost <= 15%).
 

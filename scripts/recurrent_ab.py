@@ -1,6 +1,6 @@
 """The recurrent A/B: exploding gradients through time, and its two fixes, on velocity-masked CartPole.
 
-    python scripts/recurrent_ab.py                       # 5 arms x 3 seeds x 100k env steps (~30 min, 2 cores)
+    python scripts/recurrent_ab.py                    # 5 arms x 3 seeds x 100k env steps (~30 min, 2 cores)
     python scripts/recurrent_ab.py --seeds 1 --steps 10000
 
 Arms: a vanilla tanh RNN with W_hh at spectral radius 3 (rnn_exploding), the same with global-norm clipping
@@ -20,5 +20,5 @@ ENV = "dqnlab/CartPole-masked-v1"
 if __name__ == "__main__":
     extra = sys.argv[1:]
     seeds = [] if "--seeds" in extra else ["--seeds", "3"]
-    steps = [] if "--steps" in extra else ["--steps", "100000"]  # the vanilla cell's budget (docs/recurrent.md)
+    steps = [] if "--steps" in extra else ["--steps", "100000"]  # the vanilla cell's budget (recurrent.md)
     sys.exit(main(["ab", *ARMS, "--env", ENV, *seeds, *steps, *extra]))
