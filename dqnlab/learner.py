@@ -233,7 +233,7 @@ class Learner:
 
         Per-call dispatch is what a small DQN pays for: the traced function is called without TF's
         per-call argument matching (`Compiled`: ~0.5 ms a call saved against a polymorphic `tf.function`,
-        ~0.1 ms against a concrete function's own call) and autograph is off (it spends ~1 s per trace
+        ~0.06 ms against a concrete function's own call) and autograph is off (it spends ~1 s per trace
         transpiling Keras internals that have no data-dependent Python control flow).
         """
         compiled = Compiled(lambda *packed: self._burst_impl(*packed, with_diagnostics), specs)
