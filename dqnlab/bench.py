@@ -196,6 +196,7 @@ def sb3_kwargs(setting: Setting, steps: int, seed: int) -> dict[str, object]:
 
 def _sb3_run(setting_name: str, steps: int, seed: int) -> dict[str, float]:
     from stable_baselines3 import DQN
+    from stable_baselines3.common.logger import Logger
 
     from dqnlab.config import is_atari_env, load_preset
     from dqnlab.envs import make_env
@@ -207,6 +208,8 @@ def _sb3_run(setting_name: str, steps: int, seed: int) -> dict[str, float]:
     else:
         env, policy = setting.env, "MlpPolicy"
     model = DQN(policy, env, **sb3_kwargs(setting, steps, seed))
+    # An explicit logger with no outputs: SB3's default makes an empty /tmp/SB3-<time> dir on every learn().
+    model.set_logger(Logger(folder=None, output_formats=[]))
     setup_s = time.perf_counter() - start
     start = time.perf_counter()
     model.learn(total_timesteps=steps)
