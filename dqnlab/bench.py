@@ -451,37 +451,61 @@ def update_call_costs(
     """Seconds per learner call of `updates_per_call` updates, bare (no diagnostics) and with the panel on
     its last update, measured interleaved in one process (one TF thread) so machine noise hits both;
     medians of 5 rounds."""
-    import numpy as np
-
-    from dqnlab._tf import tf
-    from dqnlab.config import load_preset
     from dqnlab.learner import Learner
-    from dqnlab.replay import ReplayBuffer
+
+    limit_tf_to_one_thread()
+    learner = bench_learner(Learner, hidden, batch_size, seed)
+    costs = interleaved_call_costs(
+        {"bare": (learner, False), "panel": (learner, True)}, batch_size, calls, updates_per_call, seed
+    )
+    return {"bare_s": costs["bare"], "panel_s": costs["panel"], "ratio": costs["panel"] / costs["bare"]}
+
+
+def limit_tf_to_one_thread() -> None:
+    """One TensorFlow thread, as in every per-call measurement; call it before TensorFlow runs any op."""
+    from dqnlab._tf import tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def bench_learner(learner_class, hidden: tuple[int, ...], batch_size: int, seed: int = 0):
+    """A `learner_class` (Learner or a subclass) for `huber_relu` on CartPole's shapes with `hidden` units."""
+    from dqnlab.config import load_preset
+
     cfg = load_preset("huber_relu", {"network.hidden": list(hidden), "train.batch_size": batch_size})
-    learner = Learner(cfg, obs_dim=4, num_actions=2, seed=seed)
+    return learner_class(cfg, obs_dim=4, num_actions=2, seed=seed)
+
+
+def interleaved_call_costs(
+    arms: dict, batch_size: int, calls: int, updates_per_call: int = 1, seed: int = 0, rounds: int = 5
+) -> dict[str, float]:
+    """Seconds per update call of each arm, `label -> (learner, with_diagnostics)`: the arms take turns,
+    `calls` calls each per round, so machine noise hits all of them; medians of `rounds` rounds. A call
+    includes sampling the batch, reading the weights back and, with diagnostics, the metrics' host pull."""
+    import numpy as np
+
+    from dqnlab.replay import ReplayBuffer
+
     replay = ReplayBuffer(10_000, (4,), seed=seed)
     rng = np.random.default_rng(seed)
     for _ in range(2_000):
         replay.add(
             rng.normal(size=4), int(rng.integers(2)), 1.0, rng.normal(size=4), bool(rng.random() < 0.05)
         )
-    rounds: dict[bool, list[float]] = {False: [], True: []}
-    for flag in (False, True):  # trace both first
+    times: dict[str, list[float]] = {label: [] for label in arms}
+    for learner, flag in arms.values():  # trace every arm first
         learner.update(replay.sample_many(updates_per_call, batch_size), flag)
-    for _ in range(5):
-        for flag in (False, True):
+    for _ in range(rounds):
+        for label, (learner, flag) in arms.items():
             start = time.perf_counter()
             for _ in range(calls):
                 out = learner.update(replay.sample_many(updates_per_call, batch_size), flag)
                 bool(out.finite)
                 [w.numpy() for w in out.weights]
                 {k: float(v) for k, v in out.metrics.items()}  # the host pull a written update pays
-            rounds[flag].append((time.perf_counter() - start) / calls)
-    bare, panel = statistics.median(rounds[False]), statistics.median(rounds[True])
-    return {"bare_s": bare, "panel_s": panel, "ratio": panel / bare}
+            times[label].append((time.perf_counter() - start) / calls)
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 def parse_bench_args(ap, argv: list[str] | None = None):

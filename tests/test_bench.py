@@ -64,3 +64,32 @@ def test_diagnostics_flag_is_the_only_difference_between_the_two_dqnlab_arms():
 def test_unknown_setting_is_refused_before_a_process_starts():
     with pytest.raises(ValueError, match="unknown setting 'pong'"):
         bench.measure_in_subprocess("dqnlab", "pong", 100)
+
+
+def test_panel_parts_script_times_every_variant_against_one_bare_call(capsys, monkeypatch):
+    """scripts/bench_panel_parts.py runs end to end (a few calls; its timings are not checked here) and its
+    partial panels compute the shipped values for what they keep."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    path = Path(__file__).parents[1] / "scripts" / "bench_panel_parts.py"
+    spec = importlib.util.spec_from_file_location("bench_panel_parts", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(bench, "limit_tf_to_one_thread", lambda: None)  # TF already runs in this process
+    assert script.main(["--hidden", "8,8", "--calls", "2", "--rounds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for label in ["bare (no diagnostics)", *script.VARIANTS]:
+        row = next(line for line in lines if line.startswith(label))
+        assert float(row.split()[-1]) > 0  # the ratio column
+
+    # Same seed, same batch: the counts variant's gradient columns equal the shipped learner's.
+    burst = script._probe_burst(16)
+    shipped = bench.bench_learner(script.Learner, (8, 8), 16).update(burst, True).metrics
+    partial = bench.bench_learner(script.TDNormsAndCounts, (8, 8), 16).update(burst, True).metrics
+    for family in ("grad_norm", "grad_zero_frac", "grad_near_zero_frac", "grad_nonfinite"):
+        keys = [k for k in shipped if k.startswith(family + "/")]
+        assert keys and np.allclose([partial[k] for k in keys], [shipped[k] for k in keys], rtol=1e-6)
+    assert all(partial[k] == 0.0 for k in partial if k.startswith("weight_norm/"))
