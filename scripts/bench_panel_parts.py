@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     arms.update({label: (learner, True) for label, learner in learners.items()})
     costs = bench.interleaved_call_costs(arms, args.batch, args.calls, rounds=args.rounds)
     bare = costs["bare (no diagnostics)"]
-    print(bench.machine_line(bench.machine_info(("dqnlab",))))
+    info = bench.machine_info(("dqnlab",))
+    info["threads"] = "this process, TF intra-op=1 inter-op=1"
+    print(bench.machine_line(info))
     print(f"one update call, {'-'.join(map(str, hidden))} MLP, batch {args.batch}; medians of {args.rounds}")
     rows = [
         [label, f"{cost * 1e3:.3f} ms", f"{(cost - bare) * 1e6:+.0f} us", f"{cost / bare:.3f}"]
