@@ -225,6 +225,27 @@ class FireToServe(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class PicklesEmulator(gym.Wrapper):
+    """Makes an ALE env whole when pickled, as a checkpoint needs it. ale-py pickles an `AtariEnv` as its
+    constructor arguments, so an unpickled one is a fresh emulator at power-on: another game, another
+    sticky-action RNG, another no-op RNG. This wrapper adds to its pickle the emulator's state with its RNG
+    (`clone_state(include_rng=True)`) and the env's numpy RNG (AtariPreprocessing's no-op starts), and
+    puts both back when unpickled; the wrappers between keep their own state as plain attributes."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        ale_env = self.env.unwrapped
+        state["_emulator"] = ale_env.clone_state(include_rng=True)
+        state["_np_random"] = ale_env.np_random
+        return state
+
+    def __setstate__(self, state):
+        emulator, np_random = state.pop("_emulator"), state.pop("_np_random")
+        self.__dict__.update(state)  # the inner env is already unpickled: a fresh emulator
+        self.env.unwrapped.restore_state(emulator)
+        self.env.unwrapped.np_random = np_random
+
+
 def make_atari_env(
     env_id: str,
     *,
@@ -243,7 +264,8 @@ def make_atari_env(
     grayscale, resizes to `screen_size` and starts each game with up to `noop_max` no-ops; then optional
     life-loss terminals, FIRE to serve where the game has it (`FireToServe`), and optional sign reward
     clipping; FrameStackObservation stacks the last `frame_stack`
-    frames channels-first. Defaults are the `[atari]` section's (docs/atari.md).
+    frames channels-first; `PicklesEmulator` makes it checkpoint-complete. Defaults are the `[atari]`
+    section's (docs/atari.md).
     """
     try:
         import ale_py
@@ -264,7 +286,7 @@ def make_atari_env(
         env = FireToServe(env)
     if clip_rewards:
         env = ClipReward(env)
-    return gym.wrappers.FrameStackObservation(env, stack_size=frame_stack)
+    return PicklesEmulator(gym.wrappers.FrameStackObservation(env, stack_size=frame_stack))
 
 
 def env_dirname(env_id: str) -> str:

@@ -1,6 +1,6 @@
 """Atari (the `atari` extra): preprocessing, the Nature CNN against a numpy reference on NHWC input, the
-per-channel probes against hand-computed values, [atari] validation, and a short Pong run that must log
-every diagnostic for every conv layer (read back from the event files)."""
+per-channel probes against hand-computed values, [atari] validation, a short Pong run that must log
+every diagnostic for every conv layer (read back from the event files), and bit-exact resume."""
 
 from __future__ import annotations
 
@@ -93,6 +93,44 @@ def test_breakout_serves_by_itself_so_a_noop_agent_ends_its_game():
         if terminated or truncated:
             break
     assert terminated and not truncated and env.unwrapped.ale.lives() == 0, steps
+
+
+def play(env, actions) -> list[tuple]:
+    """Observations, rewards and episode ends of `actions`, resetting (unseeded) at each episode end."""
+    out = []
+    for a in actions:
+        obs, reward, terminated, truncated, _ = env.step(a)
+        out.append((obs.copy(), reward, terminated, truncated))
+        if terminated or truncated:
+            out.append((env.reset()[0].copy(), "reset"))
+    return out
+
+
+def same(a: list[tuple], b: list[tuple]) -> bool:
+    return len(a) == len(b) and all(
+        np.array_equal(x[0], y[0]) and x[1:] == y[1:] for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_an_unpickled_env_continues_exactly_like_the_original():
+    """A checkpoint pickles the training env. Breakout with life-loss terminals resets often: the game goes
+    on after each lost life, and a new game starts with a random number of no-ops, so the no-op RNG, the
+    sticky-action RNG and the emulator's state all have to come back."""
+    import pickle
+
+    cfg = load_preset("breakout_huber", {"atari.terminal_on_life_loss": True})
+    env = make_env("ALE/Breakout-v5", atari=cfg.atari)
+    env.reset(seed=7)
+    rng = np.random.default_rng(0)
+    play(env, rng.integers(4, size=100).tolist())
+    blob = pickle.dumps(env)
+    without_wrapper = pickle.dumps(env.env)  # the same stack below PicklesEmulator
+    actions = rng.integers(4, size=1_500).tolist()
+    original = play(env, actions)
+    assert sum(x[1] == "reset" for x in original) >= 6  # past a game over: a seeded no-op start
+    assert same(play(pickle.loads(blob), actions), original)
+    # ale-py alone pickles a power-on emulator: without the wrapper the game is another one.
+    assert not same(play(pickle.loads(without_wrapper), actions), original)
 
 
 # ---- the network ---------------------------------------------------------------------------------------
@@ -291,3 +329,44 @@ def test_short_pong_run_writes_conv_histograms_and_documents_every_tag(pong_run)
         wanted = {f"hist/activation/{layer}", f"hist/weight/{layer}/kernel", f"hist/grad/{layer}/kernel"}
         assert wanted <= set(histograms)
     assert undocumented(pong_run.tags() + histograms) == [], "not defined in docs/metrics.md"
+
+
+# ---- resume -----------------------------------------------------------------------------------------------
+
+
+def test_sigkilled_pong_run_resumes_exactly_like_an_uninterrupted_one(tmp_path):
+    """tests/test_resume.py's check on Atari: the emulator, its RNGs, the frame replay and the CNN's state
+    all come back from the checkpoint, so the resumed run logs the same numbers and ends with the same
+    weights as one that was never killed."""
+    import json
+
+    from test_cli import dqnlab_cmd
+    from test_resume import kill_after_first_checkpoint, points_after_purge, start
+
+    from dqnlab.events import read_series
+
+    args = ["train", "pong_huber", "--steps", "2000", "--deterministic", "--checkpoint-every", "1000"]
+    args += ["--checkpoint-replay", "--quiet", "--logdir", str(tmp_path)]
+    for override in ("train.learning_starts=500", "replay.capacity=2000", "train.eval_every=0",
+                     "train.eval_episodes=1", "diagnostics.every=25", "diagnostics.probe_every=100",
+                     "diagnostics.probe_size=32"):  # fmt: skip
+        args += ["--set", override]
+    assert dqnlab_cmd(*args, "--name", "whole").returncode == 0
+    whole = next((tmp_path / "whole").rglob("seed_0"))
+    proc = start([*args, "--name", "cut"])
+    cut = tmp_path / "cut" / "pong_huber" / "ALE-Pong-v5" / "seed_0"
+    at = kill_after_first_checkpoint(cut, proc)
+    assert json.loads((cut / "run.json").read_text())["status"] == "running" and at == 1000
+    out = dqnlab_cmd(*args, "--name", "cut", "--resume")
+    assert out.returncode == 0, out.stderr
+    assert json.loads((cut / "run.json").read_text())["resumed_from"] == [1000]
+    same = {t: v.tolist() for t, (_, v) in read_series(whole).items() if not t.startswith("perf/")}
+    again = {t: v.tolist() for t, (_, v) in read_series(cut).items() if not t.startswith("perf/")}
+    assert "episode/return" in same and "loss/td" in same
+    assert same.keys() == again.keys() and same == again
+    assert points_after_purge(cut)["loss/td"] == points_after_purge(whole)["loss/td"]
+    with (
+        np.load(whole / "checkpoints/latest/arrays.npz") as a,
+        np.load(cut / "checkpoints/latest/arrays.npz") as b,
+    ):
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
