@@ -64,17 +64,23 @@ def test_sigkill_then_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
     # Every step exactly once, in TensorBoard's reading of the two event files.
     for tag, steps in points_after_purge(cut).items():
         assert len(steps) == len(set(steps)), f"{tag} has duplicated steps"
-    # The same numbers as the uninterrupted run, every tag but the wall-clock rates...
+    assert_same_run(whole, cut)
+
+
+def assert_same_run(whole: Path, cut: Path) -> dict[str, list]:
+    """The resumed run `cut` logged the same numbers as the uninterrupted `whole`, every tag but the
+    wall-clock rates, and ended with the same weights, target and optimizer state, bit for bit. Returns
+    the series compared."""
     same = {t: v.tolist() for t, (_, v) in read_series(whole).items() if not t.startswith("perf/")}
     again = {t: v.tolist() for t, (_, v) in read_series(cut).items() if not t.startswith("perf/")}
     assert same.keys() == again.keys() and same == again
     assert points_after_purge(cut)["loss/td"] == points_after_purge(whole)["loss/td"]
-    # ...and the same final weights, target and optimizer state, bit for bit.
     with (
         np.load(whole / "checkpoints/latest/arrays.npz") as a,
         np.load(cut / "checkpoints/latest/arrays.npz") as b,
     ):
         assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    return same
 
 
 def test_resume_completes_an_experiment_with_a_killed_run(tmp_path):
