@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         med[("sb3_zoo", bench.job_label("dqnlab", True))],
         med[("sb3_zoo", bench.job_label("dqnlab", False))],
     )
-    print(bench.machine_line(bench.machine_info(("dqnlab",))))
+    info = bench.machine_info(("dqnlab",))
+    info["threads"] = f"per call: this process, TF intra-op=1 inter-op=1; whole loop: {info['threads']}"
+    print(bench.machine_line(info))
     print(
         bench.format_table(
             ["measurement", "with diagnostics", "without", "cost ratio", "target", "met"],
