@@ -180,11 +180,12 @@ def _run_in_worker(spec: RunSpec) -> RunOutcome:
     from dqnlab.trainer import train
 
     last_sent = [0.0, 0]
+    spec_key = (spec.preset, spec.env, spec.seed)
 
     def report(step: int, episode_return: float | None) -> None:
         now = time.monotonic()
         if _progress_queue is not None and (now - last_sent[0] > 0.5 or step >= spec.steps):
-            _progress_queue.put(("progress", step - last_sent[1], episode_return))
+            _progress_queue.put(("progress", step - last_sent[1], spec_key, episode_return))
             last_sent[:] = [now, step]
 
     cfg = load_preset(spec.preset, list(spec.overrides))
@@ -232,6 +233,7 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
     ctx = mp.get_context("spawn")
     progress_queue, stop_event = ctx.Queue(), ctx.Event()
     outcomes: dict[int, RunOutcome] = {}
+    returns = ArmReturns(specs)
     running: dict[int, mp.process.BaseProcess] = {}
     queued = list(range(len(specs)))
     bar = tqdm(
@@ -244,7 +246,7 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
 
     def finish(index: int) -> None:
         _update_arm_aggregate(exp_dir, specs[index], bar)
-        bar.set_postfix_str(f"{len(outcomes)}/{len(specs)} runs finished")
+        bar.set_postfix_str(returns.postfix(len(outcomes)))
 
     try:
         with _single_threaded_children():
@@ -256,12 +258,12 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
                     )
                     proc.start()
                     running[index] = proc
-                _drain(progress_queue, bar, outcomes)
+                _drain(progress_queue, bar, outcomes, returns)
                 for index, proc in list(running.items()):
                     if proc.is_alive():
                         continue
                     proc.join()
-                    _drain(progress_queue, bar, outcomes)  # its outcome, sent just before it exited
+                    _drain(progress_queue, bar, outcomes, returns)  # its outcome, sent just before it exited
                     if index not in outcomes:
                         outcomes[index] = _died(specs[index], proc.exitcode)
                     del running[index]
@@ -275,7 +277,7 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
             proc.join(timeout=60)
         raise
     finally:
-        _drain(progress_queue, bar, outcomes)
+        _drain(progress_queue, bar, outcomes, returns)
         bar.close()
     return [outcomes[i] for i in range(len(specs))]
 
@@ -323,6 +325,30 @@ def _died(spec: RunSpec, exitcode: int | None) -> RunOutcome:
     return RunOutcome(spec, str(run_dir), "failed", reason, None)
 
 
+class ArmReturns:
+    """The progress bar's returns: per arm, in the order given, the mean over its seeds of each run's last
+    training episode return."""
+
+    def __init__(self, specs: list[RunSpec]):
+        self.num_runs = len(specs)
+        several_envs = len({s.env for s in specs}) > 1
+        self._arm = {
+            (s.preset, s.env, s.seed): f"{s.preset}@{s.env}" if several_envs else s.preset for s in specs
+        }
+        self._last: dict[tuple[str, str, int], float] = {}
+
+    def record(self, key: tuple[str, str, int], episode_return: float) -> None:
+        self._last[key] = episode_return
+
+    def postfix(self, num_finished: int) -> str:
+        by_arm: dict[str, list[float]] = {arm: [] for arm in self._arm.values()}
+        for key, value in self._last.items():
+            by_arm[self._arm[key]].append(value)
+        means = ", ".join(f"{arm} {sum(v) / len(v):.1f}" for arm, v in by_arm.items() if v)
+        finished = f"{num_finished}/{self.num_runs} runs finished"
+        return f"return {means} | {finished}" if means else finished
+
+
 def _update_arm_aggregate(exp_dir: Path, spec: RunSpec, bar) -> None:
     """Refresh the finished run's arm in `_aggregate/` so TensorBoard's seed bands grow as runs end."""
     try:
@@ -331,7 +357,7 @@ def _update_arm_aggregate(exp_dir: Path, spec: RunSpec, bar) -> None:
         bar.write(f"dqnlab: warning: could not update the aggregate of {spec.preset}: {exc}")
 
 
-def _drain(progress_queue, bar, outcomes: dict[int, RunOutcome]) -> None:
+def _drain(progress_queue, bar, outcomes: dict[int, RunOutcome], returns: ArmReturns) -> None:
     while True:
         try:
             item = progress_queue.get_nowait()
@@ -343,4 +369,8 @@ def _drain(progress_queue, bar, outcomes: dict[int, RunOutcome]) -> None:
         elif kind == "outcome":
             outcomes[item[1]] = item[2]
         else:
-            bar.update(item[1])
+            _, steps, key, episode_return = item
+            if episode_return is not None:
+                returns.record(key, episode_return)
+                bar.set_postfix_str(returns.postfix(len(outcomes)), refresh=False)
+            bar.update(steps)

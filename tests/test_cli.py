@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from dqnlab.config import preset_names
+from dqnlab.runner import ArmReturns, RunSpec
 
 FAST = [
     "--set",
@@ -135,6 +136,23 @@ def test_ab_runs_arms_x_seeds_in_parallel_and_prints_the_table(tmp_path):
     )
     assert f"dqnlab board {exp}" in out.stdout
     assert (exp / "_aggregate" / "huber_relu" / "dqnlab-CartPole-reward100-v1").is_dir()
+
+
+def test_ab_progress_bar_shows_each_arms_mean_of_its_runs_last_returns():
+    def spec(preset, env, seed):
+        return RunSpec(preset, (), env, seed, 100, "runs", "x")
+
+    specs = [spec(p, "CartPole-v1", s) for p in ("clipped", "huber") for s in (0, 1)]
+    returns = ArmReturns(specs)
+    assert returns.postfix(0) == "0/4 runs finished"
+    returns.record(("huber", "CartPole-v1", 0), 20.0)
+    returns.record(("clipped", "CartPole-v1", 1), 9.0)
+    returns.record(("huber", "CartPole-v1", 1), 30.0)
+    returns.record(("huber", "CartPole-v1", 0), 40.0)  # a later episode replaces the earlier one
+    assert returns.postfix(1) == "return clipped 9.0, huber 35.0 | 1/4 runs finished"
+    two_envs = ArmReturns([spec("huber", "CartPole-v1", 0), spec("huber", "Acrobot-v1", 0)])
+    two_envs.record(("huber", "Acrobot-v1", 0), -500.0)
+    assert two_envs.postfix(0) == "return huber@Acrobot-v1 -500.0 | 0/2 runs finished"
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_what_was_logged(tmp_path):
