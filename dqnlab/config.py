@@ -2,7 +2,7 @@
 
 A preset is complete: every section and every key below must be present (no inheritance, no hidden
 defaults), and an unknown key is an error. Each field carries a one-line `doc` (rendered into
-docs/presets.md) and, where it applies, the valid `choices` or a lower bound `min`.
+docs/presets.md by `field_reference_rows`) and, where it applies, the valid `choices` or bounds `min`/`max`.
 
 This module is pure Python (no TensorFlow) so the CLI can reject bad input before paying for an import.
 """
@@ -30,6 +30,8 @@ INITIAL_STATES = ("stored", "zero")
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 KERNEL_INITS = ("he_uniform", "he_normal", "glorot_uniform", "glorot_normal", "lecun_normal")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
+# The smallest screen the Nature CNN's convs (8x8 s4, 4x4 s2, 3x3 s1, no padding) leave a pixel of.
+MIN_ATARI_SCREEN = 36
 
 
 class ConfigError(ValueError):
@@ -63,9 +65,17 @@ class NetworkConfig:
         "dense hidden layer widths, input side first (rnn: the layers after the cell; cnn: after the convs)",
         min=1,
     )
-    kernel_init: str = _f("Keras initializer of every kernel", choices=KERNEL_INITS)
-    init_scale: float = _f("multiplies every initial kernel (large values saturate sigmoids)", min=0.0)
-    bias_init: float = _f("initial value of every hidden bias (very negative values kill ReLUs)")
+    kernel_init: str = _f(
+        "Keras initializer of every dense and conv kernel (an rnn cell's own kernels: see [recurrent])",
+        choices=KERNEL_INITS,
+    )
+    init_scale: float = _f(
+        "multiplies every initial dense and conv kernel (large values saturate sigmoids)", min=0.0
+    )
+    bias_init: float = _f(
+        "initial value of every hidden dense and conv bias (very negative values kill ReLUs); q_head's "
+        "starts at 0"
+    )
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,9 @@ class RecurrentConfig:
         "the simple cell's core nonlinearity (lstm and gru need tanh)", choices=("tanh", "relu")
     )
     recurrent_init_scale: float = _f(
-        "W_hh starts as this times an orthogonal matrix: the simple cell's spectral radius, exactly", min=0.0
+        "W_hh starts as this times an orthogonal matrix: the simple cell's spectral radius, exactly (the "
+        "cell's input kernel and bias keep Keras's defaults: glorot_uniform, zeros, LSTM forget gate 1)",
+        min=0.0,
     )
     pre_hidden: tuple[int, ...] = _f(
         "dense layers before the cell, input side first (may be empty)", min=1, empty=True
@@ -95,7 +107,9 @@ class AtariConfig:
     """Only with network.kind = "cnn": the ALE v5 env and its preprocessing (docs/atari.md)."""
 
     repeat_action_probability: float = _f(
-        "sticky actions: chance the emulator repeats the previous action (ALE v5 default 0.25)", min=0.0
+        "sticky actions: chance the emulator repeats the previous action (ALE v5 default 0.25)",
+        min=0.0,
+        max=1.0,
     )
     terminal_on_life_loss: bool = _f(
         "a lost life ends the learner's episode (discount 0); the game itself goes on (Mnih et al. 2015)"
@@ -103,7 +117,10 @@ class AtariConfig:
     clip_rewards: bool = _f("train on sign(reward) (Nature DQN); eval/return is always the game score")
     frame_stack: int = _f("preprocessed frames stacked into one observation", min=1)
     noop_max: int = _f("up to this many no-op actions at each reset (random start states)", min=0)
-    screen_size: int = _f("frames are resized to screen_size x screen_size grayscale", min=1)
+    screen_size: int = _f(
+        "grayscale frames are resized to screen_size x screen_size (the Nature CNN's convs need 36 or more)",
+        min=MIN_ATARI_SCREEN,
+    )
 
 
 @dataclass(frozen=True)
@@ -115,7 +132,10 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    capacity: int = _f("transitions kept in the uniform replay ring buffer", min=1)
+    capacity: int = _f(
+        "transitions kept in the uniform replay ring buffer (rnn: steps, plus one row per stored episode)",
+        min=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -126,13 +146,15 @@ class TrainConfig:
     learning_starts: int = _f("environment steps of pure acting before the first update", min=0)
     train_every: int = _f("environment steps between bursts of updates", min=1)
     gradient_steps: int = _f("updates per burst, fused into one compiled call", min=1)
-    batch_size: int = _f("transitions per update", min=1)
-    gamma: float = _f("discount factor", min=0.0)
+    batch_size: int = _f("transitions per update (rnn: replayed windows); <= replay.capacity", min=1)
+    gamma: float = _f("discount factor", min=0.0, max=1.0)
     target_update_every: int = _f("environment steps between target-network updates", min=1)
-    target_tau: float = _f("target update weight: 1.0 copies (hard), < 1 is Polyak averaging", min=0.0)
+    target_tau: float = _f(
+        "target update weight: 1.0 copies (hard), < 1 is Polyak averaging", min=0.0, max=1.0
+    )
     double_dqn: bool = _f("pick the bootstrap action with the online network (van Hasselt et al. 2016)")
-    epsilon_start: float = _f("exploration epsilon at step 0", min=0.0)
-    epsilon_end: float = _f("exploration epsilon after the decay", min=0.0)
+    epsilon_start: float = _f("exploration epsilon at step 0", min=0.0, max=1.0)
+    epsilon_end: float = _f("exploration epsilon after the decay", min=0.0, max=1.0)
     epsilon_decay_steps: int = _f("environment steps of the linear epsilon decay", min=1)
     grad_clip_norm: float = _f("global-norm gradient clipping threshold; 0 turns it off", min=0.0)
     eval_every: int = _f("environment steps between greedy evaluations; 0 evaluates only at the end", min=0)
@@ -141,13 +163,18 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DiagnosticsConfig:
-    enabled: bool = _f("compute and log the gradient diagnostics")
+    enabled: bool = _f(
+        "compute and log the diagnostics; false also turns off the probes, histograms and perf/* (the TD "
+        "loss and gradient norm are still checked for divergence)"
+    )
     every: int = _f(
         "updates between logged diagnostic updates (the last update of a burst is measured)", min=1
     )
     near_zero_tol: float = _f("|g| below this counts in grad_near_zero_frac", min=0.0)
     probe_every: int = _f("updates between activation probes and histograms; 0 turns them off", min=0)
-    probe_size: int = _f("probe states, drawn once from replay when the first probe runs", min=1)
+    probe_size: int = _f(
+        "probe states (rnn: windows), drawn once from replay when the first probe runs", min=1
+    )
     dormant_tau: float = _f("a unit is tau-dormant when its score E|h_i| / mean_k E|h_k| is <= tau", min=0.0)
     saturation_margin: float = _f(
         "sigmoid/tanh outputs this close to their bounds count as saturated", min=0.0
@@ -169,10 +196,29 @@ OPTIONAL_SECTIONS: dict[str, tuple[type, str]] = {
     "recurrent": (RecurrentConfig, "rnn"),
     "atari": (AtariConfig, "cnn"),
 }
-# The smallest screen the Nature CNN's convs (8x8 s4, 4x4 s2, 3x3 s1, no padding) leave a pixel of.
-MIN_ATARI_SCREEN = 36
 ATARI_ENV_PREFIX = "ALE/"  # ale-py's v5 ids, e.g. ALE/Pong-v5
 TOP_LEVEL = {"description": "one line: what this preset shows", "env": "default gymnasium id"}
+
+
+def field_reference_rows() -> list[str]:
+    """docs/presets.md's field table, one markdown row per key, from the fields' own docs and bounds (a test
+    checks that the doc holds every row verbatim)."""
+    rows = [f"| `{key}` | str | {doc} |" for key, doc in TOP_LEVEL.items()]
+    sections = {**SECTIONS, **{name: cls for name, (cls, _) in OPTIONAL_SECTIONS.items()}}
+    for section, cls in sections.items():
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            text = meta["doc"]
+            if "choices" in meta:
+                text += " (one of " + ", ".join(f"`{c}`" for c in meta["choices"]) + ")"
+            each = "each " if typ.startswith("tuple") else ""
+            bounds = [f"{each}>= {meta['min']}"] if "min" in meta else []
+            bounds += [f"<= {meta['max']:g}"] if "max" in meta else []
+            if bounds:
+                text += "; " + ", ".join(bounds)
+            rows.append(f"| `{section}.{f.name}` | {typ} | {text.replace('|', chr(92) + '|')} |")
+    return rows
 
 
 @dataclass(frozen=True)
@@ -233,11 +279,12 @@ def _check_value(where: str, f: dataclasses.Field, value: Any) -> Any:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
-    low = meta.get("min")
-    if low is not None:
-        values = value if isinstance(value, tuple) else (value,)
-        if any(v < low for v in values):
-            raise ConfigError(f"{where}: must be >= {low}, got {value!r}")
+    values = value if isinstance(value, tuple) else (value,)
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and any(v < low for v in values):
+        raise ConfigError(f"{where}: must be >= {low}, got {value!r}")
+    if high is not None and any(v > high for v in values):
+        raise ConfigError(f"{where}: must be <= {high:g}, got {value!r}")
     return value
 
 
@@ -264,13 +311,6 @@ def _build_section(source: str, section: str, table: Any) -> Any:
 
 def _cross_check(cfg: Config, source: str) -> None:
     t = cfg.train
-    if t.gamma > 1.0:
-        raise ConfigError(f"{source} train.gamma: must be <= 1, got {t.gamma}")
-    if t.target_tau > 1.0:
-        raise ConfigError(f"{source} train.target_tau: must be <= 1, got {t.target_tau}")
-    for key in ("epsilon_start", "epsilon_end"):
-        if getattr(t, key) > 1.0:
-            raise ConfigError(f"{source} train.{key}: must be <= 1, got {getattr(t, key)}")
     r = cfg.recurrent
     if r is not None and r.cell != "simple" and r.activation != "tanh":
         raise ConfigError(
@@ -278,15 +318,6 @@ def _cross_check(cfg: Config, source: str) -> None:
         )
     if r is not None and r.burn_in + r.sequence_length > cfg.replay.capacity:
         raise ConfigError(f"{source}: recurrent.burn_in + sequence_length exceeds replay.capacity")
-    a = cfg.atari
-    if a is not None and a.repeat_action_probability > 1.0:
-        raise ConfigError(
-            f"{source} atari.repeat_action_probability: must be <= 1, got {a.repeat_action_probability}"
-        )
-    if a is not None and a.screen_size < MIN_ATARI_SCREEN:
-        raise ConfigError(
-            f"{source} atari.screen_size: the Nature CNN needs >= {MIN_ATARI_SCREEN}, got {a.screen_size}"
-        )
     check_env_fits(cfg, cfg.env, source)
     if t.batch_size > cfg.replay.capacity:
         raise ConfigError(

@@ -230,7 +230,7 @@ def test_per_channel_dead_and_dormant_match_hand_values():
         ({"atari.repeat_action_probability": -0.1}, r"repeat_action_probability: must be >= 0"),
         ({"atari.frame_stack": 0}, r"atari.frame_stack: must be >= 1"),
         ({"atari.clip_rewards": 1}, r"atari.clip_rewards: expected true or false"),
-        ({"atari.screen_size": 32}, r"atari.screen_size: the Nature CNN needs >= 36, got 32"),
+        ({"atari.screen_size": 32}, r"atari.screen_size: must be >= 36, got 32"),
         ({"env": "CartPole-v1"}, r"network.kind = 'cnn' needs an Atari id"),
     ],
 )

@@ -7,7 +7,9 @@ import dataclasses
 import pytest
 
 from dqnlab.config import (
+    OPTIONAL_SECTIONS,
     SECTIONS,
+    TOP_LEVEL,
     ConfigError,
     apply_overrides,
     load_preset,
@@ -147,16 +149,20 @@ def test_every_field_has_a_doc():
             assert f.metadata.get("doc"), f"{cls.__name__}.{f.name} has no doc"
 
 
-def test_docs_presets_lists_every_field():
-    from dqnlab.config import AGENTS_DIR
+def test_docs_presets_holds_every_field_row_verbatim():
+    """Each key's row (type, meaning, choices, bounds) is rendered from the field itself: a changed bound or
+    doc that the table does not show fails here."""
+    from dqnlab.config import AGENTS_DIR, field_reference_rows
 
     text = (AGENTS_DIR.parent / "docs" / "presets.md").read_text()
-    from dqnlab.config import OPTIONAL_SECTIONS
-
-    sections = {**SECTIONS, **{name: cls for name, (cls, _) in OPTIONAL_SECTIONS.items()}}
-    for section, cls in sections.items():
-        for f in dataclasses.fields(cls):
-            assert f"`{section}.{f.name}`" in text, f"docs/presets.md misses {section}.{f.name}"
+    rows = field_reference_rows()
+    assert len(rows) == len(TOP_LEVEL) + sum(
+        len(dataclasses.fields(cls))
+        for cls in [*SECTIONS.values(), *(c for c, _ in OPTIONAL_SECTIONS.values())]
+    )
+    for row in rows:
+        assert row in text.splitlines(), f"docs/presets.md lacks or differs from: {row}"
+    assert "| `train.gamma` | float | discount factor; >= 0.0, <= 1 |" in rows
     for name in preset_names():
         assert f"`{name}`" in text, f"docs/presets.md misses preset {name}"
 
