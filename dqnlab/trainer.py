@@ -217,7 +217,7 @@ def train(
                           "replay": replay if checkpoint_replay else None}  # fmt: skip
                 checkpoint.save(run_dir, state.step, learner.state_arrays(), bundle)
 
-            status = _consume(events, summaries, info, final, progress, start, live, save_checkpoint)
+            status = _consume(events, summaries, info, final, progress, live, save_checkpoint)
             live.check(summaries.history)
             summaries.flush()
             if status == "done" and checkpoint_every:
@@ -299,13 +299,14 @@ def _consume(
     info: dict,
     final: dict,
     progress: ProgressFn | None,
-    start: float,
     live: LiveDoctor,
     save_checkpoint: Callable[[LoopState], None],
 ) -> str:
     """Write every event; keep run.json's counters current. Returns 'done' or 'diverged'."""
     last_return: float | None = None
-    perf_clock, perf_step, perf_updates = start, 0, 0
+    # perf/* spans two measured bursts: the first only sets the marks (from the start it would count the
+    # build, the tracing and the acting before learning_starts, and after --resume the earlier lives' steps).
+    perf_mark: tuple[float, int, int] | None = None
     for event in events:
         info["env_steps"] = event.step
         if isinstance(event, EpisodeEnd):
@@ -319,14 +320,17 @@ def _consume(
             if event.metrics:
                 final["diagnostics"] = summaries.metrics(event.step, event.metrics)
                 now = time.perf_counter()
-                summaries.scalars(
-                    event.step,
-                    {
-                        "perf/env_steps_per_s": (event.step - perf_step) / max(now - perf_clock, 1e-9),
-                        "perf/updates_per_s": (event.updates - perf_updates) / max(now - perf_clock, 1e-9),
-                    },
-                )
-                perf_clock, perf_step, perf_updates = now, event.step, event.updates
+                if perf_mark is not None:
+                    clock, step, updates = perf_mark
+                    seconds = max(now - clock, 1e-9)
+                    summaries.scalars(
+                        event.step,
+                        {
+                            "perf/env_steps_per_s": (event.step - step) / seconds,
+                            "perf/updates_per_s": (event.updates - updates) / seconds,
+                        },
+                    )
+                perf_mark = (now, event.step, event.updates)
             if not event.finite:
                 return "diverged"
             live.maybe_check(event.step, summaries.history)

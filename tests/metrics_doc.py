@@ -12,7 +12,9 @@ def undocumented(tags) -> list[str]:
     missing = []
     for tag in tags:
         generic = re.sub(r"/((hidden|conv)_\d+|q_head)/(kernel|bias)$", "/<var>", tag)
-        generic = re.sub(r"/(hidden|conv)_\d+$", "/<layer>", generic)
+        generic = re.sub(r"/rnn/(kernel|recurrent_kernel|bias)$", "/<var>", generic)
+        generic = re.sub(r"/((hidden|conv)_\d+|rnn)$", "/<layer>", generic)
+        generic = re.sub(r"/t-\d+$", "/t-<k>", generic)
         if tag not in documented and generic not in documented:
             missing.append(tag)
     return missing

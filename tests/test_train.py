@@ -63,6 +63,8 @@ def test_every_preset_trains_a_few_steps_and_logs_its_core_tags(tmp_path, name):
         assert all(math.isfinite(v) for _, v in res.scalars(tag)), tag
     # (300 - 100) // 50 + 1 = 5 bursts of 4 updates; every burst is measured (every = 4).
     assert [s for s, _ in res.scalars("loss/td")] == [100, 150, 200, 250, 300]
+    # perf/* spans two measured bursts, so the first measured burst writes none.
+    assert [s for s, _ in res.scalars("perf/updates_per_s")] == [150, 200, 250, 300]
 
 
 def test_run_json_records_the_run(tmp_path):
