@@ -21,7 +21,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-AGENTS_DIR = Path(__file__).resolve().parent.parent / "agents"
+# A wheel carries the presets inside the package; a source checkout (and an editable install) has them in the
+# top-level agents/.
+_PACKAGE_DIR = Path(__file__).resolve().parent
+AGENTS_DIR = _PACKAGE_DIR / "agents" if (_PACKAGE_DIR / "agents").is_dir() else _PACKAGE_DIR.parent / "agents"
 
 LOSS_KINDS = ("squared", "clipped_delta_squared", "clipped_gradient_squared", "huber")
 NETWORK_KINDS = ("mlp", "rnn", "cnn")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -55,3 +57,34 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert "scripts/headline_ab.py" in main_job
     assert "pytest" in tests
     assert tests in (ROOT / ".ci" / "run").read_text()
+
+
+def test_a_built_wheel_carries_the_presets_and_resolves_them_when_installed(tmp_path):
+    """Not only editable installs: `pip install dqnlab` (a wheel) must resolve `huber_relu` too."""
+    import subprocess
+    import zipfile
+
+    from dqnlab.config import load_preset, preset_names
+
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", str(ROOT), "--no-deps", "-w", str(tmp_path / "dist")], check=True)
+    (wheel,) = (tmp_path / "dist").glob("dqnlab-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"dqnlab/agents/{name}.toml" for name in preset_names()} <= names
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    code = (
+        "import json, dqnlab.config as c; "
+        "print(json.dumps([c.__file__, {n: c.load_preset(n).to_dict() for n in c.preset_names()}]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(site)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    where, presets = json.loads(out.stdout)
+    assert Path(where).is_relative_to(site)  # the installed copy, not this checkout
+    assert presets == {name: json.loads(json.dumps(load_preset(name).to_dict())) for name in preset_names()}
