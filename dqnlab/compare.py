@@ -19,7 +19,7 @@ import numpy as np
 
 from dqnlab.aggregate import AGGREGATE_DIR
 from dqnlab.config import ConfigError
-from dqnlab.events import Series, read_series
+from dqnlab.events import DamagedEventFile, Series, read_series
 from dqnlab.rundir import EXPERIMENT_JSON, RUN_JSON, read_run
 from dqnlab.stats import (
     Estimate,
@@ -123,20 +123,36 @@ def load_run_dirs(directory: str | Path) -> tuple[list[Path], list[str]]:
         else:
             paths.append(path)
     if not paths:
-        raise ConfigError(f"{directory} holds no dqnlab runs (no */*/seed_*/{RUN_JSON})")
+        raise ConfigError(no_runs_message(directory, problems))
     return paths, problems
+
+
+def no_runs_message(directory: Path, problems: list[str]) -> str:
+    """One line: why `directory` gave no run to read (the first broken run's reason, when there is one)."""
+    if not problems:
+        return f"{directory} holds no dqnlab runs (no */*/seed_*/{RUN_JSON})"
+    more = f" (and {len(problems) - 1} more broken run(s))" if len(problems) > 1 else ""
+    return f"{directory} holds no readable dqnlab run: {problems[0]}{more}"
 
 
 def load_runs(directory: str | Path) -> tuple[list[Run], list[str], list[str]]:
     """Every run below `directory` (an experiment or one run), the preset order, and the problems found."""
     paths, problems = load_run_dirs(directory)
-    runs = [_load_run(path, problems) for path in paths]
+    runs = [run for path in paths if (run := _load_run(path, problems)) is not None]
+    if not runs:
+        raise ConfigError(no_runs_message(Path(directory), problems))
     return runs, _preset_order(Path(directory), runs), problems
 
 
-def _load_run(path: Path, problems: list[str]) -> Run:
+def _load_run(path: Path, problems: list[str]) -> Run | None:
+    """The run at `path`, or None (with a line in `problems`) when its event files are damaged."""
     res = read_run(path)
-    run = Run(res.preset, res.env, res.seed, res.status, path, read_series(path, tags=_wanted))
+    try:
+        series = read_series(path, tags=_wanted)
+    except DamagedEventFile as exc:
+        problems.append(f"{path}: not examined: {exc}")
+        return None
+    run = Run(res.preset, res.env, res.seed, res.status, path, series)
     if res.status == "running":
         run.note = f"still running ({res.env_steps} env steps so far)"
     elif res.status == "diverged":

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dqnlab.compare import load_run_dirs
+from dqnlab.compare import load_run_dirs, no_runs_message
+from dqnlab.config import ConfigError
 from dqnlab.doctor_rules import Finding, diagnose
-from dqnlab.events import read_series
+from dqnlab.events import DamagedEventFile, read_series
 from dqnlab.rundir import RUN_JSON
 
 LIVE_EVERY_STEPS = 5_000  # live checks: the problem shows at step 5k, and costs ~1 ms per check
@@ -52,12 +53,18 @@ def examine(directory: str | Path) -> Report:
     runs = []
     for path in paths:
         info = json.loads((path / RUN_JSON).read_text())
-        series = read_series(path)
+        try:
+            series = read_series(path)
+        except DamagedEventFile as exc:
+            problems.append(f"{path}: not examined: {exc}")
+            continue
         runs.append(
             RunDiagnosis(
                 path, info["preset"], info["env"], info["seed"], info["status"], diagnose(series, info)
             )
         )
+    if not runs:
+        raise ConfigError(no_runs_message(Path(directory), problems))
     return Report(Path(directory), runs, problems)
 
 

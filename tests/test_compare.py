@@ -19,7 +19,7 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from dqnlab.aggregate import AGGREGATE_DIR, EPISODE_BINS, refresh_aggregates, update_aggregates
 from dqnlab.compare import compare, format_comparison, to_json
-from dqnlab.events import iter_events, read_series
+from dqnlab.events import DamagedEventFile, iter_events, read_series
 from dqnlab.layout import BAND_CATEGORY, build_layout
 from dqnlab.rundir import write_json_atomic
 from dqnlab.stats import area_under_curve, first_step_reaching, mean_ci, paired_difference
@@ -156,6 +156,46 @@ def test_broken_and_partial_runs_are_reported_not_fatal(experiment):
     assert "seed_4: no run.json" in problems and "seed_5: unreadable run.json" in problems
     assert result.envs[0].paired["arm_b"]["final_return"].n == 3
     assert "3/4 done (1 failed)" in format_comparison(result)
+
+
+def flip_a_byte_of_record(path, index: int) -> None:
+    """Change one byte inside the data of record `index` of a TFRecord file, as a bad disk would."""
+    data = bytearray(path.read_bytes())
+    pos = 0
+    for _ in range(index):
+        pos += 12 + int.from_bytes(data[pos : pos + 8], "little") + 4
+    data[pos + 12 + 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_event_file_is_listed_not_examined_and_alone_is_exit_2(experiment):
+    damaged = experiment / "arm_a" / "CartPole-v1" / "seed_3"
+    write_run(damaged, "arm_a", 3, {"eval/return": [(25, 5.0), (50, 6.0), (75, 7.0)]})
+    (events,) = damaged.glob("events.out.tfevents.*")
+    assert read_series(damaged)["eval/return"][1].tolist() == [5.0, 6.0, 7.0]  # whole before the flip
+    flip_a_byte_of_record(events, 2)
+    with pytest.raises(DamagedEventFile, match=r"at byte \d+ \(its data fails its CRC\)"):
+        read_series(damaged)
+    result = compare(experiment)
+    assert result.envs[0].arms[0].final.n == 3  # the other seeds are compared
+    assert any(p.startswith(f"{damaged}: not examined: ") for p in result.problems), result.problems
+    for command in ("compare", "doctor"):
+        alone = subprocess.run(
+            [sys.executable, "-m", "dqnlab.cli", command, str(damaged)], capture_output=True, text=True
+        )
+        assert alone.returncode == 2, (command, alone.stderr)
+        assert alone.stderr.count("\n") == 1 and "damaged event record" in alone.stderr, alone.stderr
+
+
+def test_a_directory_of_broken_runs_says_why_in_one_line(tmp_path):
+    run = tmp_path / "exp" / "arm" / "CartPole-v1" / "seed_0"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text("{not json")
+    out = subprocess.run(
+        [sys.executable, "-m", "dqnlab.cli", "compare", str(tmp_path / "exp")], capture_output=True, text=True
+    )
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "holds no readable dqnlab run" in out.stderr and "seed_0: unreadable run.json" in out.stderr
 
 
 def test_aggregate_runs_match_the_per_seed_data(experiment):
