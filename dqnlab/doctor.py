@@ -68,13 +68,25 @@ def examine(directory: str | Path) -> Report:
     return Report(Path(directory), runs, problems)
 
 
-def _group(
-    report: Report,
-) -> dict[tuple[str, str], dict[tuple[str, str], list[tuple[RunDiagnosis, Finding]]]]:
-    """(env, preset) -> (rule, subject) -> [(run, finding)], in the order runs were found."""
+Arm = tuple[str, str, str]  # (experiment below the examined directory, or "", env, preset)
+
+
+def _arm(report: Report, run: RunDiagnosis) -> Arm:
+    """Runs of one preset on one env are one arm only within one experiment: a directory of several
+    experiments (scripts/reproduce_post.py's studies) keeps each experiment's arms apart."""
+    experiment = Path(run.run_dir).parent.parent.parent  # <experiment>/<preset>/<env>/seed_<n>
+    try:
+        below = experiment.relative_to(report.directory).as_posix()
+    except ValueError:  # the examined directory is the run itself (or its preset dir)
+        below = "."
+    return ("" if below == "." else below, run.env, run.preset)
+
+
+def _group(report: Report) -> dict[Arm, dict[tuple[str, str], list[tuple[RunDiagnosis, Finding]]]]:
+    """arm -> (rule, subject) -> [(run, finding)], in the order runs were found."""
     arms: dict = {}
     for run in report.runs:
-        arm = arms.setdefault((run.env, run.preset), {})
+        arm = arms.setdefault(_arm(report, run), {})
         for finding in run.findings:
             arm.setdefault((finding.rule, finding.subject), []).append((run, finding))
     return arms
@@ -82,15 +94,17 @@ def _group(
 
 def format_report(report: Report) -> str:
     lines = []
-    seeds_of: dict[tuple[str, str], list[int]] = {}
+    seeds_of: dict[Arm, list[int]] = {}
     for run in report.runs:
-        seeds_of.setdefault((run.env, run.preset), []).append(run.seed)
-    for (env, preset), by_rule in _group(report).items():
-        seeds = sorted(seeds_of[(env, preset)])
+        seeds_of.setdefault(_arm(report, run), []).append(run.seed)
+    for (experiment, env, preset), by_rule in _group(report).items():
+        seeds = sorted(seeds_of[(experiment, env, preset)])
+        name = f"{preset} on {env}" + (f" in {experiment}" if experiment else "")
+        count = f"{len(seeds)} seed" + ("" if len(seeds) == 1 else "s")
         if not by_rule:
-            lines.append(f"{preset} on {env} ({len(seeds)} seeds): healthy, no finding")
+            lines.append(f"{name} ({count}): healthy, no finding")
             continue
-        lines.append(f"{preset} on {env} ({len(seeds)} seeds):")
+        lines.append(f"{name} ({count}):")
         for (rule, subject), hits in by_rule.items():
             run, first = hits[0]
             where = f" [{subject}]" if subject else ""

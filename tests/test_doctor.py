@@ -80,3 +80,15 @@ def test_live_doctor_warns_during_training_once_per_finding(tmp_path, caplog):
         if v.tag == "doctor/findings"
     ]
     assert len(texts) == 1 and b"blocked_td_gradient" in texts[0].tensor.string_val[0]
+
+
+def test_a_directory_of_experiments_keeps_each_experiments_arms_apart(experiment, tmp_path):
+    import shutil
+
+    for study in ("loss", "relu"):  # scripts/reproduce_post.py's layout: one experiment per study
+        shutil.copytree(experiment / "huber_relu", tmp_path / "post" / study / "huber_relu")
+    text = format_report(examine(tmp_path / "post"))
+    assert "huber_relu on CartPole-v1 in loss (3 seeds): healthy, no finding" in text
+    assert "huber_relu on CartPole-v1 in relu (3 seeds): healthy, no finding" in text
+    one_run = format_report(examine(experiment / "huber_relu" / "CartPole-v1" / "seed_0"))
+    assert one_run.startswith("huber_relu on CartPole-v1 (1 seed): healthy")
