@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,6 +266,8 @@ def _check_value(where: str, f: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):  # nan passes every bound check, inf none that matters
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     elif typ == "str":
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -397,9 +400,11 @@ def load_preset(name_or_path: str | Path, overrides: dict[str, Any] | list[str] 
     """
     path = resolve_preset_path(name_or_path)
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: unreadable ({exc.strerror or exc})") from None
     cfg = config_from_dict(data, name=path.stem, source=str(path))
     if overrides:
         cfg = apply_overrides(cfg, overrides)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,11 +20,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dqnlab.config import ConfigError
 from dqnlab.envs import env_dirname
 
 STATUSES = ("running", "done", "failed", "diverged", "interrupted")
 RUN_JSON = "run.json"
 EXPERIMENT_JSON = "experiment.json"
+EARLIER_LIVES = "earlier_lives"  # a run started over by --resume keeps its earlier files here
 
 
 class RunDirExists(FileExistsError):
@@ -39,13 +42,52 @@ def default_experiment_name() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+def check_experiment_path(logdir: str | Path, name: str) -> None:
+    """`--logdir` and `--name` name a directory dqnlab can create, inside the logdir: a ConfigError naming
+    the problem otherwise (before anything is written)."""
+    parts = Path(name).parts
+    if not name.strip() or Path(name).is_absolute() or ".." in parts or set(parts) <= {"."}:
+        raise ConfigError(f"--name {name!r}: expected a plain name inside --logdir (no '..', not absolute)")
+    path = Path(logdir) / name
+    for ancestor in [path, *path.parents]:
+        if ancestor.exists() and not ancestor.is_dir():
+            raise ConfigError(f"cannot create {path}: {ancestor} is a file, not a directory")
+
+
 def claim_run_dir(run_dir: Path) -> None:
-    """Create `run_dir`, refusing one that already holds files."""
-    if run_dir.exists() and any(run_dir.iterdir()):
+    """Create `run_dir`, refusing one that already holds files (other than the earlier lives of a run
+    started over)."""
+    if run_dir.exists() and any(p.name != EARLIER_LIVES for p in run_dir.iterdir()):
         raise RunDirExists(
             f"run directory {run_dir} already exists; choose another --name or --logdir, or delete it"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def set_aside_earlier_life(run_dir: Path) -> Path:
+    """Move what a run directory holds into `<run_dir>/earlier_lives/<n>/`, so a run started over loses
+    nothing it logged (TensorBoard shows it as its own run; compare and doctor read only the new life)."""
+    lives = run_dir / EARLIER_LIVES
+    target = lives / str(len(list(lives.iterdir())) + 1 if lives.is_dir() else 1)
+    target.mkdir(parents=True)
+    for entry in list(run_dir.iterdir()):
+        if entry != lives:
+            entry.rename(target / entry.name)
+    return target
+
+
+def process_is_gone(info: dict[str, Any]) -> bool:
+    """A run.json that says 'running' while the process it names is no longer alive on this host: the run
+    was killed (SIGKILL, the OOM killer, a reboot) before it could say so."""
+    if info.get("status") != "running" or info.get("host") != socket.gethostname() or "pid" not in info:
+        return False
+    try:
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, OverflowError):  # alive under another user, or not a pid
+        return False
+    return False
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from dqnlab.rundir import (
     EXPERIMENT_JSON,
     RUN_JSON,
     RunDirExists,
+    check_experiment_path,
     package_versions,
     run_dir_for,
     write_json_atomic,
@@ -106,6 +107,12 @@ def plan_experiment(
         validate_env(env_id)
     if steps is not None and steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
+    check_experiment_path(logdir, experiment)
+    _check_experiment_json(Path(logdir) / experiment, presets, env_ids, list(overrides), resume)
+    if device == "gpu":  # the runs would each fail with it: say it once, before anything is written
+        from dqnlab.trainer import configure_device
+
+        configure_device(device)
     specs = []
     for env_id in env_ids:
         for p in presets:
@@ -133,6 +140,30 @@ def plan_experiment(
                         f"run directory {run_dir} already exists; choose another --name or delete it"
                     )
     return specs, configs
+
+
+def _check_experiment_json(
+    exp_dir: Path, presets: list[str], envs: list[str], overrides: list[str], resume: bool
+) -> None:
+    """An existing experiment is only continued (--resume), and only with what it was started with."""
+    path = exp_dir / EXPERIMENT_JSON
+    if not path.is_file():
+        return
+    if not resume:
+        raise RunDirExists(f"experiment {exp_dir} already exists; choose another --name, or --resume it")
+    try:
+        started = json.loads(path.read_text())
+        was = {"presets": sorted(started["presets"]), "envs": sorted(started["envs"])}
+        was["overrides"] = list(started["overrides"])
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return  # unreadable: the run directories are still checked one by one
+    asked = {"presets": sorted(presets), "envs": sorted(envs), "overrides": list(overrides)}
+    differs = [k for k in asked if was[k] != asked[k]]
+    if differs:
+        shown = "; ".join(f"{k}: {was[k]} -> {asked[k]}" for k in differs)
+        raise ConfigError(
+            f"--resume: experiment {exp_dir} was started with other {' and '.join(differs)} ({shown})"
+        )
 
 
 def validate_env(env_id: str) -> None:

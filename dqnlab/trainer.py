@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -31,17 +31,64 @@ from dqnlab.rundir import (
     EXPERIMENT_JSON,
     RUN_JSON,
     RunResult,
+    check_experiment_path,
     claim_run_dir,
     default_experiment_name,
     package_versions,
     read_run,
     run_dir_for,
+    set_aside_earlier_life,
     write_json_atomic,
 )
 from dqnlab.summaries import Summaries
 
 _log = logging.getLogger("dqnlab")
 ProgressFn = Callable[[int, float | None], None]  # (env step, latest episode return)
+
+
+def _previous_run_json(run_dir: Path) -> dict:
+    try:
+        previous = json.loads((run_dir / RUN_JSON).read_text())
+    except (OSError, ValueError) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        raise ConfigError(f"--resume: {run_dir / RUN_JSON} is unreadable ({why})") from None
+    if not isinstance(previous, dict):
+        raise ConfigError(f"--resume: {run_dir / RUN_JSON} is not a dqnlab run.json")
+    return previous
+
+
+def _check_same_config(previous: dict, cfg: Config, run_dir: Path) -> None:
+    """A resumed run must go on with the config it was started with (only the step budget may change)."""
+    before, now = _flat(previous.get("config") or {}), _flat(cfg.to_dict())
+    keys = (before.keys() | now.keys()) - {"train.steps"}
+    changed = sorted(k for k in keys if before.get(k) != now.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
+        more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
+        raise ConfigError(
+            f"--resume: {run_dir} was started with another config ({shown}{more}); resume it with the same "
+            "preset and --set values, or start a new --name"
+        )
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _load_checkpoint(run_dir: Path):
+    try:
+        return checkpoint.load(run_dir)
+    except Exception as exc:  # a damaged file of any kind: say which, keep everything as it is
+        raise ConfigError(
+            f"--resume: the checkpoint in {checkpoint.checkpoint_dir(run_dir)} is unreadable "
+            f"({type(exc).__name__}: {exc}); nothing was changed"
+        ) from None
 
 
 def configure_device(device: str) -> None:
@@ -90,8 +137,9 @@ def train(
 
     Every `checkpoint_every` env steps (0: never) and at the end, the run is checkpointed (dqnlab.checkpoint;
     the replay buffer too with `checkpoint_replay`). `resume=True` continues the run directory of the same
-    name from its latest checkpoint (or starts it over when it has none; a `done` run is returned as is);
-    TensorBoard and dqnlab's readers then show each step once.
+    name from its latest checkpoint, with the config it was started with (a ConfigError otherwise); one
+    with no checkpoint starts over, its earlier files moved to `<run_dir>/earlier_lives/<n>/`; a `done` or
+    `diverged` run is returned as is. TensorBoard and dqnlab's readers then show each step once.
 
     The doctor's rules run live on what was logged so far (every 5k env steps): each finding is written to
     TensorBoard's Text dashboard (`doctor/findings`), to run.json (`final.doctor`), and passed to `warn`
@@ -106,6 +154,7 @@ def train(
     if steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     name = name or default_experiment_name()
+    check_experiment_path(logdir, name)
     # Build the environments first: a bad id must fail before anything is written.
     check_env_fits(cfg, env_id)
     train_env = make_env(env_id, seed=seed, atari=cfg.atari)
@@ -113,11 +162,15 @@ def train(
     run_dir = run_dir_for(logdir, name, cfg.name, env_id, seed)
     ckpt = None
     if resume and (run_dir / RUN_JSON).is_file():
-        if json.loads((run_dir / RUN_JSON).read_text()).get("status") == "done":
+        previous = _previous_run_json(run_dir)
+        if previous.get("status") in ("done", "diverged"):  # finished: its result is what it logged
             return read_run(run_dir)
-        ckpt = checkpoint.load(run_dir)
-        if ckpt is None:  # it never reached a checkpoint: start it over
-            shutil.rmtree(run_dir)
+        _check_same_config(previous, cfg, run_dir)
+        ckpt = _load_checkpoint(run_dir)
+        if ckpt is None:  # it never reached a checkpoint: start over, keeping what it logged
+            kept = set_aside_earlier_life(run_dir)
+            say = warn or _log.warning
+            say(f"{run_dir} had no checkpoint: started over, its earlier files kept in {kept}")
     if ckpt is None:
         claim_run_dir(run_dir)
     experiment_json = run_dir.parents[2] / EXPERIMENT_JSON
@@ -143,6 +196,7 @@ def train(
         "wall_time_s": 0.0,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "pid": os.getpid(),  # to find (or stop) the process training it
+        "host": socket.gethostname(),  # where that pid lives
         "deterministic": deterministic,
         "final": {},
         "error": None,
@@ -216,6 +270,7 @@ def train(
                 bundle = {"loop": state, "env": train_env, "run": run, "doctor": live.state(),
                           "replay": replay if checkpoint_replay else None}  # fmt: skip
                 checkpoint.save(run_dir, state.step, learner.state_arrays(), bundle)
+                record("running")  # run.json's counters as of this checkpoint: how far a killed run got
 
             status = _consume(events, summaries, info, final, progress, live, save_checkpoint)
             live.check(summaries.history)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,3 +119,73 @@ def test_resume_completes_an_experiment_with_a_killed_run(tmp_path):
     assert resumed["status"] == "done" and resumed["env_steps"] == 8000 and resumed["resumed_from"]
     assert json.loads(survivor.read_text()) == finished  # the finished run is left as it was
     assert out.stdout.count("1/1 done") == 2  # the compare table: both arms complete
+
+
+SHORT = ["--steps", "300", "--quiet", "--set", "train.learning_starts=100", "--set", "train.eval_every=0"]
+
+
+def short_run(tmp_path, *extra: str) -> Path:
+    out = dqnlab_cmd("train", "huber_relu", *SHORT, "--logdir", str(tmp_path), "--name", "x", *extra)
+    assert out.returncode == 0, out.stderr
+    return tmp_path / "x" / "huber_relu" / "CartPole-v1" / "seed_0"
+
+
+def as_if_killed(run: Path, keep_checkpoint: bool) -> None:
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    if not keep_checkpoint:
+        shutil.rmtree(run / "checkpoints")
+
+
+def test_resume_without_a_checkpoint_starts_over_and_keeps_the_earlier_life(tmp_path):
+    run = short_run(tmp_path)
+    before = {p.name: p.read_bytes() for p in run.glob("events.out.tfevents.*")}
+    as_if_killed(run, keep_checkpoint=False)
+    out = dqnlab_cmd("train", "huber_relu", *SHORT, "--logdir", str(tmp_path), "--name", "x", "--resume")
+    assert out.returncode == 0, out.stderr
+    assert "had no checkpoint: started over" in out.stderr
+    kept = run / "earlier_lives" / "1"
+    assert {p.name: p.read_bytes() for p in kept.glob("events.out.tfevents.*")} == before
+    assert json.loads((kept / "run.json").read_text())["status"] == "running"
+    assert json.loads((run / "run.json").read_text())["status"] == "done"
+
+
+def test_resume_refuses_another_config_and_damaged_checkpoints_changing_nothing(tmp_path):
+    run = short_run(tmp_path, "--checkpoint-every", "200")
+    as_if_killed(run, keep_checkpoint=True)
+    snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    resume = ["train", "huber_relu", *SHORT, "--logdir", str(tmp_path), "--name", "x", "--resume"]
+    other = dqnlab_cmd(*resume, "--set", "network.hidden=[32,32]")
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+    assert "was started with another config (network.hidden: [256, 256] -> [32, 32])" in other.stderr
+    (run / "checkpoints" / "latest" / "step").write_text("garbage")
+    snapshot[run / "checkpoints" / "latest" / "step"] = b"garbage"
+    damaged = dqnlab_cmd(*resume)
+    assert damaged.returncode == 2 and damaged.stderr.count("\n") == 1, damaged.stderr
+    assert "is unreadable (ValueError" in damaged.stderr and "nothing was changed" in damaged.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot
+
+
+def test_a_diverged_run_is_its_result_and_resume_leaves_it(tmp_path):
+    diverge = ["--set", "optimizer.learning_rate=1e12", "--set", "loss.kind=squared"]
+    args = ["train", "huber_relu", *SHORT, "--logdir", str(tmp_path), "--name", "x", *diverge]
+    assert dqnlab_cmd(*args).returncode == 1
+    run = tmp_path / "x" / "huber_relu" / "CartPole-v1" / "seed_0"
+    snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert json.loads(snapshot[run / "run.json"])["status"] == "diverged"
+    again = dqnlab_cmd(*args, "--resume")
+    assert again.stdout.startswith("diverged:"), again.stdout + again.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot
+
+
+def test_ab_refuses_an_existing_experiment_and_a_resume_that_asks_for_other_arms(tmp_path):
+    base = ["--seeds", "1", *SHORT, "--logdir", str(tmp_path), "--name", "x"]
+    assert dqnlab_cmd("ab", "huber_relu", "squared_relu", *base).returncode == 0
+    started = (tmp_path / "x" / "experiment.json").read_bytes()
+    again = dqnlab_cmd("ab", "clipped_delta_relu", "sigmoid_glorot", *base)
+    assert again.returncode == 2 and "experiment" in again.stderr and "already exists" in again.stderr
+    other = dqnlab_cmd("ab", "clipped_delta_relu", "huber_relu", *base, "--resume")
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+    assert "was started with other presets" in other.stderr
+    assert (tmp_path / "x" / "experiment.json").read_bytes() == started
+    assert not (tmp_path / "x" / "clipped_delta_relu").exists()
