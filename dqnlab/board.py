@@ -6,20 +6,74 @@ command prints the URL and serves until Ctrl-C, then exits 0. Nothing is written
 
 from __future__ import annotations
 
+import errno
+import socket
 import time
 from pathlib import Path
 
 from dqnlab.config import ConfigError
 from dqnlab.events import tensorboard_without_tensorflow
 
+MAX_PORT = 65535
+
+
+def check_address(host: str, port: int) -> None:
+    """Raise ConfigError (one line naming the host and the reason) unless TensorBoard can listen on
+    (host, port): a non-empty host that resolves, a port in 0-65535 (0: any free port), and nothing already
+    listening there. Binds a throwaway socket as TensorBoard's server would, so its own errors, which come
+    after its start-up lines or as a bare traceback, are not reached."""
+    if not host or not host.strip():
+        raise ConfigError("empty host: give an address to bind, e.g. 127.0.0.1 (0.0.0.0 for all interfaces)")
+    if not 0 <= port <= MAX_PORT:
+        raise ConfigError(f"port {port} is out of range (1-{MAX_PORT}, or 0 for any free port)")
+    # The address family and lookup of TensorBoard's werkzeug server: IPv6 if the host holds a ':'.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sockaddr = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP)[0][4]
+    except UnicodeError:  # the IDNA encoding of a malformed name ("a..b", a label over 63 characters)
+        raise ConfigError(f"cannot serve on host {host!r}: not a valid host name") from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"cannot serve on host {host!r}: it does not resolve ({reason})") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            raise ConfigError(_bind_failure(host, port, exc)) from None
+    if port and _localhost_listens(port):  # TensorBoard refuses a port that answers on localhost too
+        raise ConfigError(f"cannot serve on port {port}: it is already in use on localhost")
+
+
+def _bind_failure(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot serve on {host!r} port {port}: the port is already in use"
+    if exc.errno == errno.EACCES:
+        return f"cannot serve on {host!r} port {port}: permission denied (ports below 1024 need root)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot serve on host {host!r}: not an address of this machine ({exc.strerror})"
+    return f"cannot serve on host {host!r} port {port}: {exc.strerror or exc}"
+
+
+def _localhost_listens(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        try:
+            return s.connect_ex(("localhost", port)) == 0
+        except OSError:
+            return False
+
 
 def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 6006, ready=print) -> None:
-    """Serve TensorBoard on `directory` until KeyboardInterrupt. `ready(url)` is called once it listens."""
+    """Serve TensorBoard on `directory` until KeyboardInterrupt. `ready(url)` is called once it listens.
+    Bad input (no event files, a host or port TensorBoard could not listen on) raises ConfigError before
+    TensorBoard starts."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ConfigError(f"no such directory: {directory}")
     if not any(directory.rglob("events.out.tfevents.*")):
         raise ConfigError(f"{directory} holds no TensorBoard event files (is it a dqnlab run or experiment?)")
+    check_address(host, port)
     tensorboard_without_tensorflow()  # serving event files needs none of TensorFlow (and its start-up lines)
     from tensorboard import program
 
@@ -27,7 +81,7 @@ def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 6006, read
     board.configure(argv=[None, "--logdir", str(directory), "--host", host, "--port", str(port)])
     try:
         url = board.launch()
-    except program.TensorBoardServerException as exc:  # port in use, bad host
+    except (program.TensorBoardServerException, OSError, UnicodeError) as exc:  # e.g. the port taken since
         raise ConfigError(f"TensorBoard could not start on {host}:{port}: {exc}") from None
     ready(url)
     try:

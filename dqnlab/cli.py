@@ -35,8 +35,8 @@ def _directory(text: str) -> str:
     return text
 
 
-def _int_at_least(low: int):
-    """An argparse type: an integer >= low, with a one-line message otherwise."""
+def _int_at_least(low: int, below: int | None = None):
+    """An argparse type: an integer >= low (and < below, if given), with a one-line message otherwise."""
 
     def parse(text: str) -> int:
         try:
@@ -45,6 +45,8 @@ def _int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"must be < {below}, got {value}")
         return value
 
     return parse
@@ -103,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one preset on one env and seed")
     t.add_argument("preset", help="a name in agents/ or a path to a .toml preset")
     t.add_argument("--env", help="gymnasium id (default: the preset's env)")
-    t.add_argument("--seed", type=_nonneg_int, default=0)
+    # Below 2**31: numpy's seeds stop at 2**32, and the eval episodes seed from seed + 10_000 + step.
+    t.add_argument("--seed", type=_int_at_least(0, below=2**31), default=0)
     _common(t)
 
     a = sub.add_parser("ab", help="train presets x envs x seeds in parallel and compare them")
@@ -143,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("board", help="serve TensorBoard on a run or experiment directory")
     b.add_argument("directory", type=_directory, help="a run directory or an experiment directory")
     b.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    b.add_argument("--port", type=_int_at_least(1), default=6006, help="port (default: 6006)")
+    b.add_argument("--port", type=_int_at_least(0), default=6006, help="port (default: 6006; 0: any free)")
     return parser
 
 
@@ -177,12 +180,15 @@ def _presets(args) -> int:
 def _train(args) -> int:
     if args.resume and not args.name:
         raise ConfigError("--resume continues an experiment: give its --name")
+    from dqnlab.rundir import check_experiment_path, default_experiment_name
     from dqnlab.runner import validate_env
 
     cfg = load_preset(args.preset, args.overrides)
     env_id = args.env or cfg.env
     check_env_fits(cfg, env_id)  # before the progress bar and TensorFlow: one line, exit 2
     validate_env(env_id)
+    name = args.name or default_experiment_name()
+    check_experiment_path(args.logdir, name)
     from tqdm import tqdm
 
     from dqnlab.trainer import train  # imports TensorFlow: only after the input is known good
@@ -201,7 +207,7 @@ def _train(args) -> int:
             seed=args.seed,
             steps=steps,
             logdir=args.logdir,
-            name=args.name,
+            name=name,
             device=args.device,
             deterministic=args.deterministic,
             checkpoint_every=args.checkpoint_every,

@@ -20,7 +20,7 @@ import numpy as np
 from dqnlab.aggregate import AGGREGATE_DIR
 from dqnlab.config import ConfigError
 from dqnlab.events import DamagedEventFile, Series, read_series
-from dqnlab.rundir import EXPERIMENT_JSON, RUN_JSON, read_run
+from dqnlab.rundir import EXPERIMENT_JSON, RUN_JSON, process_is_gone, read_run
 from dqnlab.stats import (
     Estimate,
     PairedDifference,
@@ -100,7 +100,7 @@ class Comparison:
 
 def load_run_dirs(directory: str | Path) -> tuple[list[Path], list[str]]:
     """The run directories at or below `directory` (an experiment or one run) whose run.json reads, and a
-    line for each seed directory that is broken (no run.json, or an unreadable one)."""
+    line for each seed directory that is broken (no run.json, or one that does not read or parse)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ConfigError(f"no such directory: {directory}")
@@ -118,6 +118,8 @@ def load_run_dirs(directory: str | Path) -> tuple[list[Path], list[str]]:
             json.loads((path / RUN_JSON).read_text())["status"]
         except FileNotFoundError:
             problems.append(f"{path}: no {RUN_JSON} (never started, or its directory was emptied)")
+        except OSError as exc:  # a directory, no permission, an I/O error
+            problems.append(f"{path}: unreadable {RUN_JSON} ({type(exc).__name__}: {exc.strerror or exc})")
         except (ValueError, KeyError, TypeError) as exc:
             problems.append(f"{path}: unreadable {RUN_JSON} ({type(exc).__name__}: {exc})")
         else:
@@ -153,7 +155,12 @@ def _load_run(path: Path, problems: list[str]) -> Run | None:
         problems.append(f"{path}: not examined: {exc}")
         return None
     run = Run(res.preset, res.env, res.seed, res.status, path, series)
-    if res.status == "running":
+    if res.status == "running" and process_is_gone(res.info):
+        run.note = (
+            f"killed without a word at {res.env_steps} env steps or later (its process is gone; "
+            "--resume continues it from its last checkpoint)"
+        )
+    elif res.status == "running":
         run.note = f"still running ({res.env_steps} env steps so far)"
     elif res.status == "diverged":
         step = (res.info.get("divergence") or {}).get("step", res.env_steps)

@@ -52,6 +52,10 @@ def test_presets_lists_every_preset_with_its_description():
         (["train", "huber_relu", "--set", "nonsense"], "expected section.key=value"),
         (["train", "huber_relu", "--steps", "-5"], "must be >= 1"),
         (["train", "huber_relu", "--device", "tpu"], "invalid choice"),
+        (["train", "huber_relu", "--seed", "4294967296"], "must be < 2147483648"),
+        (["train", "huber_relu", "--set", "train.gamma=nan"], "expected a finite number, got nan"),
+        (["train", "huber_relu", "--name", "../escape"], "expected a plain name inside --logdir"),
+        (["ab", "huber_relu", "squared_relu", "--name", "/tmp/abs"], "expected a plain name inside --logdir"),
         (["ab", "huber_relu"], "two or more presets"),
         (["ab", "huber_relu", "huber_relu"], "given twice"),
         (["ab", "huber_relu", "squared_relu", "--seeds", "0"], "must be >= 1"),
@@ -69,6 +73,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "Traceback" not in out.stderr
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_file_where_a_directory_must_go_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "afile").write_text("not a directory")
+    for args in (["--logdir", str(tmp_path / "afile")], ["--logdir", str(tmp_path), "--name", "afile"]):
+        out = dqnlab_cmd("train", "huber_relu", "--quiet", *args)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert "is a file, not a directory" in out.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
 
 
 def test_train_then_refuse_to_overwrite(tmp_path):
@@ -310,3 +323,65 @@ def test_board_refuses_a_directory_without_runs(tmp_path):
     assert out.returncode == 2 and "no TensorBoard event files" in out.stderr
     out = dqnlab_cmd("board", str(tmp_path / "missing"))
     assert out.returncode == 2 and "no such directory" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def board_run(tmp_path_factory):
+    """A tiny finished run for `dqnlab board` to be pointed at."""
+    import dqnlab
+
+    cfg = dqnlab.load_preset(
+        "huber_relu", {"train.learning_starts": 50, "train.train_every": 50, "diagnostics.every": 2}
+    )
+    logdir = tmp_path_factory.mktemp("board")
+    dqnlab.train(cfg, seed=0, steps=120, logdir=logdir, name="b")
+    return logdir / "b"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "host, port, message",
+    [
+        ("not..a..host", None, "cannot serve on host 'not..a..host': not a valid host name"),
+        ("nosuchhost.invalid", None, "cannot serve on host 'nosuchhost.invalid': it does not resolve"),
+        ("192.0.2.1", None, "cannot serve on host '192.0.2.1': not an address of this machine"),  # TEST-NET-1
+        ("", None, "empty host"),
+        ("127.0.0.1", "99999", "port 99999 is out of range"),
+        ("127.0.0.1", "busy", "the port is already in use"),
+    ],
+    ids=["malformed-host", "unresolvable-host", "foreign-address", "empty-host", "port-range", "port-in-use"],
+)
+def test_board_refuses_a_host_or_port_it_cannot_serve_on_before_starting(board_run, host, port, message):
+    """One line and exit 2, before TensorBoard starts (none of its start-up lines); nothing left running."""
+    import os
+    import socket
+
+    with socket.socket() as busy:
+        if port == "busy":
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = str(busy.getsockname()[1])
+        port = port or str(_free_port())
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dqnlab.cli", "board", str(board_run), "--host", host, "--port", port],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 2, err
+        assert err.startswith("dqnlab: error: ") and err.count("\n") == 1 and message in err, err
+        assert out == "" and "Traceback" not in err
+        with pytest.raises(ProcessLookupError):  # no TensorBoard (nor anything else) left in its group
+            os.killpg(proc.pid, 0)
+    if int(port) <= 65535:
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", int(port))) != 0  # nobody serving on it now

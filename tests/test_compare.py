@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -158,6 +159,20 @@ def test_broken_and_partial_runs_are_reported_not_fatal(experiment):
     assert "3/4 done (1 failed)" in format_comparison(result)
 
 
+def test_a_running_run_whose_process_is_gone_is_reported_killed(experiment):
+    import socket
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # reaped: its pid names no process now
+    for seed, pid in ((3, gone.pid), (4, os.getpid())):
+        run = experiment / "arm_b" / "CartPole-v1" / f"seed_{seed}"
+        host = socket.gethostname()
+        write_run(run, "arm_b", seed, {"eval/return": [(25, 5.0)]}, "running", host=host, pid=pid)
+    problems = "\n".join(compare(experiment).problems)
+    assert "seed_3: killed without a word at 100 env steps or later" in problems
+    assert "seed_4: still running (100 env steps so far)" in problems  # this very process: alive
+
+
 def flip_a_byte_of_record(path, index: int) -> None:
     """Change one byte inside the data of record `index` of a TFRecord file, as a bad disk would."""
     data = bytearray(path.read_bytes())
@@ -196,6 +211,41 @@ def test_a_directory_of_broken_runs_says_why_in_one_line(tmp_path):
     )
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "holds no readable dqnlab run" in out.stderr and "seed_0: unreadable run.json" in out.stderr
+
+
+def test_a_run_json_that_is_a_directory_is_a_problem_line_not_a_crash(experiment):
+    from dqnlab.doctor import examine
+
+    odd = experiment / "arm_a" / "CartPole-v1" / "seed_3"
+    (odd / "run.json").mkdir(parents=True)
+    line = f"{odd}: unreadable run.json (IsADirectoryError: Is a directory)"
+    result = compare(experiment)
+    assert line in result.problems and result.envs[0].arms[0].final.n == 3  # the other seeds are compared
+    assert line in examine(experiment).problems
+    for command in ("compare", "doctor"):
+        alone = subprocess.run(
+            [sys.executable, "-m", "dqnlab.cli", command, str(odd)], capture_output=True, text=True
+        )
+        assert alone.returncode == 2 and alone.stderr.count("\n") == 1, (command, alone.stderr)
+        assert "Traceback" not in alone.stderr and line in alone.stderr, alone.stderr
+
+
+def test_a_run_json_that_cannot_be_read_is_a_problem_line(experiment, monkeypatch):
+    """Any OSError reading run.json (no permission, an I/O error): tested by patching, as root reads all."""
+    from pathlib import Path
+
+    locked = experiment / "arm_b" / "CartPole-v1" / "seed_1" / "run.json"
+    read_text = Path.read_text
+
+    def refuse(self, *args, **kwargs):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    result = compare(experiment)
+    assert f"{locked.parent}: unreadable run.json (PermissionError: Permission denied)" in result.problems
+    assert [arm.final.n for arm in result.envs[0].arms] == [3, 2]
 
 
 def test_aggregate_runs_match_the_per_seed_data(experiment):
