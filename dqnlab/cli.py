@@ -35,6 +35,13 @@ def _directory(text: str) -> str:
     return text
 
 
+def _file_name(text: str) -> str:
+    """An argparse type: a non-empty file name (an empty one would silently draw nothing)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a file name, got an empty argument")
+    return text
+
+
 def _int_at_least(low: int, below: int | None = None):
     """An argparse type: an integer >= low (and < below, if given), with a one-line message otherwise."""
 
@@ -53,6 +60,27 @@ def _int_at_least(low: int, below: int | None = None):
 
 
 _positive_int, _nonneg_int = _int_at_least(1), _int_at_least(0)
+
+
+def _finite_float(text: str) -> float:
+    """An argparse type: a finite number (nan would make every comparison false)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _check_common(args) -> None:
+    """Flags that make sense only together, refused rather than ignored."""
+    if args.resume and not args.name:
+        raise ConfigError("--resume continues an experiment: give its --name")
+    if args.resume and not (Path(args.logdir) / args.name).is_dir():
+        raise ConfigError(f"--resume: there is no experiment {Path(args.logdir) / args.name} to continue")
+    if args.checkpoint_replay and args.checkpoint_every == 0:
+        raise ConfigError("--checkpoint-replay saves the replay in checkpoints, but --checkpoint-every is 0")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -131,11 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("directory", type=_directory, help="an experiment directory (or one run)")
     c.add_argument("--json", action="store_true", help="print the comparison as JSON")
     c.add_argument(
-        "--plot", metavar="FILE", help="also draw learning curves and diagnostics to FILE.png or FILE.html"
+        "--plot",
+        type=_file_name,
+        metavar="FILE",
+        help="also draw learning curves and diagnostics to FILE.png or FILE.html",
     )
     c.add_argument(
         "--threshold",
-        type=float,
+        type=_finite_float,
         help="return counted as solved (default: the env's gymnasium reward_threshold)",
     )
 
@@ -178,8 +209,7 @@ def _presets(args) -> int:
 
 
 def _train(args) -> int:
-    if args.resume and not args.name:
-        raise ConfigError("--resume continues an experiment: give its --name")
+    _check_common(args)
     from dqnlab.rundir import check_experiment_path, default_experiment_name
     from dqnlab.runner import validate_env
 
@@ -229,8 +259,9 @@ def _train(args) -> int:
 def _ab(args) -> int:
     if len(args.presets) < 2:
         raise ConfigError("ab compares two or more presets; use `dqnlab train` for one")
-    if args.resume and not args.name:
-        raise ConfigError("--resume continues an experiment: give its --name")
+    _check_common(args)
+    if args.ray_address and args.backend != "ray":
+        raise ConfigError("--ray-address joins a Ray cluster: it needs --backend ray")
     from dqnlab.compare import compare, format_comparison
     from dqnlab.rundir import default_experiment_name
     from dqnlab.runner import plan_experiment, run_experiment
@@ -257,6 +288,10 @@ def _ab(args) -> int:
     else:
         outcomes = run_experiment(specs, workers=args.workers, quiet=args.quiet)
     exp_dir = Path(args.logdir) / name
+    for outcome in outcomes:  # why each unfinished run stopped, before the table that counts them
+        if outcome.status != "done":
+            where = outcome.run_dir or f"{outcome.spec.preset} seed {outcome.spec.seed}"
+            print(f"dqnlab: {where}: {outcome.status}: {outcome.error}", file=sys.stderr)
     print(format_comparison(compare(exp_dir)))
     print(f"\nRuns in {exp_dir}{os.sep}  (again, with plots: dqnlab compare {exp_dir} --plot report.html)")
     print(f"TensorBoard: dqnlab board {exp_dir}")

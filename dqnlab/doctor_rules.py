@@ -468,7 +468,8 @@ def rule_divergence(series: Series, run: Mapping) -> list[Finding]:
     span = _span(steps, bad) if bad.any() else (int(div_step or 0), int(div_step or 0))
     if div_step is not None:
         span = (min(span[0], int(div_step)), max(span[1], int(div_step)))
-    what = f"run ended 'diverged' at step {div_step}" if diverged else "run did not end diverged"
+    # Live (status still 'running'), the stop comes right after: say only what was measured.
+    what = f"run ended 'diverged' at step {div_step}; " if diverged else ""
     where = f"; non-finite weights: {', '.join(weights)}" if weights else ""
     return [
         _make(
@@ -481,7 +482,7 @@ def rule_divergence(series: Series, run: Mapping) -> list[Finding]:
                 "diverged": float(diverged),
                 "step": float(div_step if div_step is not None else span[0]),
             },
-            f"{what}; {int(bad.sum())} measured updates had non-finite gradients{where}.",
+            f"{what}{int(bad.sum())} measured updates had non-finite gradients{where}.",
             "Once one gradient entry is inf or NaN, the update writes it into the weights and every later "
             "forward and backward pass through them is non-finite too.",
             "Lower the learning rate, clip the global gradient norm (train.grad_clip_norm), use Huber, "
