@@ -509,21 +509,31 @@ def interleaved_call_costs(
 
 
 def parse_bench_args(ap, argv: list[str] | None = None):
-    """The flags the benchmark scripts share; returns (args, setting names). Bad values exit 2."""
-    ap.add_argument("--steps", type=int, default=50_000, help="env steps per measurement (default 50000)")
-    ap.add_argument("--repeats", type=int, default=2, help="measurements per configuration and setting")
+    """The flags the benchmark scripts share; returns (args, setting names). Bad values (a --json file that
+    could not be written at the end included) exit 2 with one line when `ap` is a cliargs.OneLineParser."""
+    from dqnlab.cliargs import SEED, int_at_least, output_file_problem
+
+    ap.add_argument(
+        "--steps", type=int_at_least(1), default=50_000, help="env steps per measurement (default 50000)"
+    )
+    ap.add_argument(
+        "--repeats", type=int_at_least(1), default=2, help="measurements per configuration and setting"
+    )
     ap.add_argument(
         "--settings",
         default=",".join(DEFAULT_SETTINGS),
         help=f"comma-separated, from {', '.join(SETTINGS)} (default: {','.join(DEFAULT_SETTINGS)})",
     )
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=SEED, default=0)
     ap.add_argument("--json", metavar="FILE", help="also save the results as JSON")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     args = ap.parse_args(argv)
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     unknown = [s for s in settings if s not in SETTINGS]
-    if unknown or not settings or args.steps < 1 or args.repeats < 1:
-        ap.error(f"--settings from {', '.join(SETTINGS)}; --steps and --repeats >= 1")
+    if unknown or not settings:
+        ap.error(f"--settings {args.settings!r}: expected comma-separated names from {', '.join(SETTINGS)}")
+    if problem := output_file_problem(args.json, args.force, "--json"):
+        ap.error(problem)
     return args, settings
 
 

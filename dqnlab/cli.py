@@ -12,27 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+from dqnlab.cliargs import EXIT_BAD_INPUT, SEED, OneLineParser, directory, int_at_least, one_line
 from dqnlab.config import ConfigError, check_env_fits, load_preset, preset_description, preset_names
 from dqnlab.rundir import RunDirExists
 
-EXIT_BAD_INPUT = 2
-
-
-def _one_line(message: str) -> str:
-    """A message quoting what the user typed stays one line even when that contained line breaks."""
-    return message.replace("\r", "\\r").replace("\n", "\\n")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not argparse's usage dump
-        self.exit(EXIT_BAD_INPUT, f"dqnlab: error: {_one_line(message)} (see `{self.prog} --help`)\n")
-
-
-def _directory(text: str) -> str:
-    """An argparse type: a non-empty path (an empty argument would silently mean the current directory)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a directory, got an empty argument")
-    return text
+_positive_int, _nonneg_int = int_at_least(1), int_at_least(0)
 
 
 def _file_name(text: str) -> str:
@@ -40,26 +24,6 @@ def _file_name(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a file name, got an empty argument")
     return text
-
-
-def _int_at_least(low: int, below: int | None = None):
-    """An argparse type: an integer >= low (and < below, if given), with a one-line message otherwise."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        if below is not None and value >= below:
-            raise argparse.ArgumentTypeError(f"must be < {below}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int, _nonneg_int = _int_at_least(1), _int_at_least(0)
 
 
 def _finite_float(text: str) -> float:
@@ -125,8 +89,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="dqnlab", description="A DQN debugging testbed: A/B the backward pass of DQN.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="dqnlab", description="A DQN debugging testbed: A/B the backward pass of DQN")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     sub.add_parser("presets", help="list the agent presets with their one-line description")
 
@@ -134,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("preset", help="a name in agents/ or a path to a .toml preset")
     t.add_argument("--env", help="gymnasium id (default: the preset's env)")
     # Below 2**31: numpy's seeds stop at 2**32, and the eval episodes seed from seed + 10_000 + step.
-    t.add_argument("--seed", type=_int_at_least(0, below=2**31), default=0)
+    t.add_argument("--seed", type=SEED, default=0)
     _common(t)
 
     a = sub.add_parser("ab", help="train presets x envs x seeds in parallel and compare them")
@@ -156,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "compare", help="compare the arms of an experiment: returns, CIs, paired tests, diagnostics"
     )
-    c.add_argument("directory", type=_directory, help="an experiment directory (or one run)")
+    c.add_argument("directory", type=directory, help="an experiment directory (or one run)")
     c.add_argument("--json", action="store_true", help="print the comparison as JSON")
     c.add_argument(
         "--plot",
@@ -171,13 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     d = sub.add_parser("doctor", help="diagnose a run or experiment: exit 0 healthy, 1 findings, 2 bad input")
-    d.add_argument("directory", type=_directory, help="a run directory or an experiment directory")
+    d.add_argument("directory", type=directory, help="a run directory or an experiment directory")
     d.add_argument("--json", action="store_true", help="print the findings as JSON")
 
     b = sub.add_parser("board", help="serve TensorBoard on a run or experiment directory")
-    b.add_argument("directory", type=_directory, help="a run directory or an experiment directory")
+    b.add_argument("directory", type=directory, help="a run directory or an experiment directory")
     b.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    b.add_argument("--port", type=_int_at_least(0), default=6006, help="port (default: 6006; 0: any free)")
+    b.add_argument("--port", type=int_at_least(0), default=6006, help="port (default: 6006; 0: any free)")
     return parser
 
 
@@ -193,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             "board": _board,
         }[args.command](args)
     except (ConfigError, RunDirExists) as exc:
-        print(f"dqnlab: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"dqnlab: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("dqnlab: interrupted; run.json of each unfinished run says 'interrupted'", file=sys.stderr)

@@ -21,18 +21,17 @@ second of this process (the second is what the run gets on an otherwise idle cor
 """
 
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
 
-from dqnlab.cli import main
+from dqnlab.cli import build_parser, main
+from dqnlab.cliargs import EXIT_BAD_INPUT, one_line
 from dqnlab.rundir import default_experiment_name
 
 ARMS = ["pong_clipped_delta", "pong_huber"]
-
-
-def _arg(args: list[str], flag: str) -> str | None:
-    return args[args.index(flag) + 1] if flag in args[:-1] else None
+THROUGHPUT_STEPS, THROUGHPUT_LEARNING_STARTS = 15_000, 5_000
 
 
 def report_learning(name: str, logdir: str) -> None:
@@ -50,7 +49,7 @@ def report_learning(name: str, logdir: str) -> None:
                   f"({verdict}; {res.status})")  # fmt: skip
 
 
-def throughput(steps: int, learning_starts: int = 5_000) -> None:
+def throughput(steps: int, learning_starts: int = THROUGHPUT_LEARNING_STARTS) -> None:
     for key in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):  # set them to measure other counts
         os.environ.setdefault(key, "1")
     from dqnlab.config import load_preset
@@ -90,14 +89,47 @@ def throughput(steps: int, learning_starts: int = 5_000) -> None:
           f"{(s2 - s3) / (w2 - w3):.1f} steps/s wall, {(s2 - s3) / (c2 - c3):.1f} per CPU s")  # fmt: skip
 
 
+def throughput_steps(args: list[str]) -> int:
+    """The STEPS of `--throughput [STEPS]` (the whole command line): exits 2 with one line if malformed."""
+    value = args[0].partition("=")[2] or (args[1] if len(args) > 1 else str(THROUGHPUT_STEPS))
+    extra = args[1:] if "=" in args[0] else args[2:]
+    low = THROUGHPUT_LEARNING_STARTS + 1_000
+    try:
+        if extra:
+            raise ValueError(f"--throughput takes one STEPS argument, then nothing: got {shlex.join(extra)}")
+        steps = int(value)
+        if steps < low:
+            raise ValueError(
+                f"--throughput: STEPS must be >= {low:,} (learning starts at env step "
+                f"{THROUGHPUT_LEARNING_STARTS:,})"
+            )
+    except ValueError as exc:
+        msg = str(exc) if "--throughput" in str(exc) else f"--throughput: expected an integer, got {value!r}"
+        print(f"atari_ab.py: error: {one_line(msg)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    try:  # a missing atari extra is one line too, before TensorFlow is imported
+        from dqnlab.config import ConfigError, load_preset
+        from dqnlab.runner import validate_env
+
+        validate_env(load_preset("pong_huber").env)
+    except ConfigError as exc:
+        print(f"atari_ab.py: error: {one_line(str(exc))}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    return steps
+
+
 if __name__ == "__main__":
     extra = sys.argv[1:]
-    if extra[:1] == ["--throughput"]:
-        throughput(int(extra[1]) if len(extra) > 1 else 15_000)
+    if extra[:1] == ["--throughput"] or extra[:1] and extra[0].startswith("--throughput="):
+        throughput(throughput_steps(extra))
         sys.exit(0)
     seeds = [] if "--seeds" in extra else ["--seeds", "3"]
     steps = [] if "--steps" in extra else ["--steps", "2000000"]
     name = [] if "--name" in extra else ["--name", default_experiment_name()]
-    status = main(["ab", *ARMS, *seeds, *steps, *name, *extra])
-    report_learning(_arg(extra + name, "--name"), _arg(extra, "--logdir") or "runs")
+    argv = ["ab", *ARMS, *seeds, *steps, *name, *extra]
+    status = main(argv)
+    if status == EXIT_BAD_INPUT:  # bad input: dqnlab said so in one line, and nothing ran
+        sys.exit(status)
+    args = build_parser().parse_args(argv)  # the name and logdir dqnlab used, however they were spelled
+    report_learning(args.name, args.logdir)
     sys.exit(status)

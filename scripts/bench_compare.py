@@ -14,7 +14,6 @@ files, not on what is in them). Measured in this run, each in a fresh process:
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -24,14 +23,35 @@ import tempfile
 import time
 from pathlib import Path
 
+from dqnlab.cliargs import OneLineParser, int_at_least
+
 ARMS = ("clipped_delta_relu", "huber_relu", "squared_relu")
 TARGET_S = 5.0
 
 
 def train_source(workdir: Path, steps: int) -> Path:
     cmd = [sys.executable, "-m", "dqnlab.cli", "train", "huber_relu", "--steps", str(steps)]
-    subprocess.run([*cmd, "--logdir", str(workdir), "--name", "source", "--quiet"], check=True)
+    done = subprocess.run([*cmd, "--logdir", str(workdir), "--name", "source", "--quiet"])
+    if done.returncode != 0:  # its own error is on stderr above
+        raise SystemExit(f"bench_compare.py: dqnlab train huber_relu exited {done.returncode}")
     return next((workdir / "source").rglob("run.json")).parent
+
+
+def source_problem(source: Path) -> str | None:
+    """Why `source` is not a run directory to clone (no run.json, unreadable, no event files), or None."""
+    if not source.is_dir():
+        return f"--source {source}: {'not a directory' if source.exists() else 'no such directory'}"
+    try:
+        info = json.loads((source / "run.json").read_text())
+    except FileNotFoundError:
+        return f"--source {source}: no run.json there (expected a run directory, .../seed_<k>/)"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"--source {source}: cannot read its run.json: {exc}"
+    if not isinstance(info, dict):
+        return f"--source {source}: its run.json is not a JSON object"
+    if not any(source.glob("events.out.tfevents.*")):
+        return f"--source {source}: no TensorBoard event files there"
+    return None
 
 
 def build_experiment(source: Path, exp: Path, seeds: int) -> None:
@@ -81,12 +101,17 @@ def time_reader(reader: str, exp: Path) -> tuple[float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
+    positive = int_at_least(1)
     ap.add_argument("--source", type=Path, help="a run directory to clone (default: train one)")
-    ap.add_argument("--steps", type=int, default=100_000, help="env steps of the trained source run")
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=3, help="timings per measurement (the median is shown)")
+    ap.add_argument("--steps", type=positive, default=100_000, help="env steps of the trained source run")
+    ap.add_argument("--seeds", type=positive, default=5)
+    ap.add_argument(
+        "--repeats", type=positive, default=3, help="timings per measurement (the median is shown)"
+    )
     args = ap.parse_args(argv)
+    if args.source is not None and (problem := source_problem(args.source)):
+        ap.error(problem)
     with tempfile.TemporaryDirectory(prefix="bench_compare_") as tmp:
         tmp = Path(tmp)
         source = args.source or train_source(tmp, args.steps)

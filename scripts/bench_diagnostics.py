@@ -13,25 +13,26 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from dqnlab import bench
+from dqnlab.cliargs import OneLineParser, int_at_least
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=50_000, help="env steps per whole-loop measurement")
-    ap.add_argument("--repeats", type=int, default=2, help="whole-loop measurements per arm")
+    ap = OneLineParser(description=__doc__.splitlines()[0])
+    positive = int_at_least(1)
+    ap.add_argument("--steps", type=positive, default=50_000, help="env steps per whole-loop measurement")
+    ap.add_argument("--repeats", type=positive, default=2, help="whole-loop measurements per arm")
     ap.add_argument(
-        "--calls", type=int, default=300, help="update calls per round in the per-call measurement"
+        "--calls", type=positive, default=300, help="update calls per round in the per-call measurement"
     )
     args = ap.parse_args(argv)
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     calls = {
         "one update call, 64-64 MLP, batch 64": ((64, 64), 1, args.calls, 1.15),
-        "one update call, 256-256 MLP, batch 64": ((256, 256), 1, args.calls // 2, None),
+        "one update call, 256-256 MLP, batch 64": ((256, 256), 1, max(args.calls // 2, 1), None),
         "burst of 128 updates (one measured), 256-256": ((256, 256), 128, max(args.calls // 60, 3), None),
     }
     per_call = {}

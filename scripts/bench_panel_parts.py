@@ -13,13 +13,13 @@ Run it on one quiet core: the variants differ by tens of microseconds a call.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
 from dqnlab import bench
 from dqnlab._tf import tf
+from dqnlab.cliargs import OneLineParser, int_at_least
 from dqnlab.learner import PER_VARIABLE, Learner
 
 
@@ -79,18 +79,21 @@ VARIANTS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
+    positive = int_at_least(1)
     ap.add_argument("--hidden", default="64,64", help="hidden layer sizes (default 64,64)")
-    ap.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
-    ap.add_argument("--calls", type=int, default=300, help="update calls per arm and round (default 300)")
-    ap.add_argument("--rounds", type=int, default=7, help="rounds; medians are reported (default 7)")
+    ap.add_argument("--batch", type=positive, default=64, help="batch size (default 64)")
+    ap.add_argument(
+        "--calls", type=positive, default=300, help="update calls per arm and round (default 300)"
+    )
+    ap.add_argument("--rounds", type=positive, default=7, help="rounds; medians are reported (default 7)")
     args = ap.parse_args(argv)
     try:
         hidden = tuple(int(h) for h in args.hidden.split(","))
     except ValueError:
         ap.error(f"--hidden takes comma-separated integers, got {args.hidden!r}")
-    if min(hidden) < 1 or args.batch < 1 or args.calls < 1 or args.rounds < 1:
-        ap.error("--hidden sizes, --batch, --calls and --rounds must be >= 1")
+    if min(hidden) < 1:
+        ap.error(f"--hidden sizes must be >= 1, got {args.hidden!r}")
 
     bench.limit_tf_to_one_thread()
     learners = {label: bench.bench_learner(cls, hidden, args.batch) for label, cls in VARIANTS.items()}

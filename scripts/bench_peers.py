@@ -22,17 +22,17 @@ Exit status: 0 after printing the results (whether or not the targets are met), 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 from dqnlab import bench
+from dqnlab.cliargs import OneLineParser
 
 JOBS = [("dqnlab", True), ("sb3", None), ("dqnlab", False)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     args, settings = bench.parse_bench_args(ap, argv)
     if not bench.sb3_available():
         print(f"bench_peers.py: {bench.SB3_INSTALL_HINT}", file=sys.stderr)

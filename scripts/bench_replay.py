@@ -17,7 +17,6 @@ Bar: >= 10,000 batches/s, checked for each sampler.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -26,6 +25,7 @@ import time
 import numpy as np
 
 from dqnlab import bench
+from dqnlab.cliargs import SEED, OneLineParser, int_at_least, output_file_problem
 from dqnlab.frame_replay import FrameReplay
 from dqnlab.replay import ReplayBuffer
 
@@ -179,21 +179,34 @@ def report(n: int, fr: dict, base: dict, args, info: dict, wall: float) -> tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--transitions", type=int, default=1_000_000, help="FrameReplay capacity (default 1M)")
-    ap.add_argument("--batches", type=int, default=20_000, help="sample calls per timing (default 20000)")
-    ap.add_argument("--repeats", type=int, default=3, help="timings per sampler; the median is reported")
-    ap.add_argument("--baseline-capacity", type=int, default=50_000, help="ReplayBuffer capacity (50000)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap = OneLineParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--transitions",
+        type=int_at_least(EPISODE[1]),
+        default=1_000_000,
+        help=f"FrameReplay capacity (default 1M; at least {EPISODE[1]:,})",
+    )
+    positive = int_at_least(1)
+    ap.add_argument(
+        "--batches", type=positive, default=20_000, help="sample calls per timing (default 20000)"
+    )
+    ap.add_argument("--repeats", type=positive, default=3, help="timings per sampler; the median is reported")
+    ap.add_argument(
+        "--baseline-capacity", type=positive, default=50_000, help="ReplayBuffer capacity (50000)"
+    )
+    ap.add_argument("--seed", type=SEED, default=0)
     ap.add_argument("--json", metavar="FILE", help="also save the results as JSON")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     args = ap.parse_args(argv)
-    if min(args.batches, args.repeats, args.baseline_capacity) < 1 or args.transitions < EPISODE[1]:
-        ap.error(f"--transitions >= {EPISODE[1]}; --batches, --repeats and --baseline-capacity >= 1")
+    if problem := output_file_problem(args.json, args.force, "--json"):
+        ap.error(problem)
     # One buffer at a time: the FrameReplay is freed before the baseline is built.
     need = max(FrameReplay.bytes_needed(args.transitions, OBS_SHAPE), args.baseline_capacity * 56_460)
     if need > 0.9 * available_bytes():
-        print(f"bench_replay: needs {need / 1e9:.2f} GB, only {available_bytes() / 1e9:.2f} GB available")
-        return 1
+        ap.error(
+            f"--transitions {args.transitions:,} and --baseline-capacity {args.baseline_capacity:,} need "
+            f"{need / 1e9:.2f} GB, only {available_bytes() / 1e9:.2f} GB available"
+        )
 
     info = {**bench.machine_info(frameworks=("dqnlab",)), "threads": "one thread; numpy only, no TensorFlow"}
     rng = np.random.default_rng(args.seed)
@@ -201,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     fr = measure_frame_replay(args.transitions, args, pool, rng)
     if fr["len"] != args.transitions:  # cannot happen at these episode lengths: the ring has room for 80+
-        print(f"bench_replay: only {fr['len']:,} of {args.transitions:,} transitions kept")
+        print(
+            f"bench_replay.py: only {fr['len']:,} of {args.transitions:,} transitions kept", file=sys.stderr
+        )
         return 1
     base = measure_baseline(args.baseline_capacity, args, pool, rng)
     wall = time.perf_counter() - start

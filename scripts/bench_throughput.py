@@ -13,17 +13,17 @@ every 10 env steps, target sync every 500) and `sb3_zoo` (256-256, batch 64, 128
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 from dqnlab import bench
+from dqnlab.cliargs import OneLineParser
 
 JOBS = [("dqnlab", True), ("dqnlab", False)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     args, settings = bench.parse_bench_args(ap, argv)
 
     info = bench.machine_info(frameworks=("dqnlab",))

@@ -17,27 +17,36 @@ import shlex
 import sys
 from pathlib import Path
 
-from dqnlab.reproduce import collect, run_studies, write_report
+from dqnlab.cliargs import OneLineParser, int_at_least, new_directory_problem
 from dqnlab.rundir import default_experiment_name
 
 
+def _fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="output folder (default: runs/post-<timestamp>); must not exist")
-    ap.add_argument("--seeds", type=int, help="seeds per arm (default: 2, or 3 with --full)")
+    ap.add_argument("--seeds", type=int_at_least(1), help="seeds per arm (default: 2, or 3 with --full)")
     ap.add_argument("--full", action="store_true", help="50k env steps per run instead of the short budgets")
-    ap.add_argument("--workers", type=int, help="parallel processes (default: CPU count)")
+    ap.add_argument("--workers", type=int_at_least(1), help="parallel processes (default: CPU count)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    ap.add_argument("--scale", type=float, default=1.0, help=argparse.SUPPRESS)  # tests: shrink the budgets
+    ap.add_argument("--scale", type=_fraction, default=1.0, help=argparse.SUPPRESS)  # tests: shrink budgets
     args = ap.parse_args(argv)
     out = args.out or Path("runs") / f"post-{default_experiment_name()}"
-    if out.exists():
-        print(f"reproduce_post: error: {out} exists; pass a new --out", file=sys.stderr)
-        return 2
+    if problem := new_directory_problem(out, "--out"):
+        ap.error(problem)
     seeds = args.seeds or (3 if args.full else 2)
-    if seeds < 1 or not 0 < args.scale <= 1:
-        print("reproduce_post: error: --seeds must be >= 1", file=sys.stderr)
-        return 2
+    from dqnlab.reproduce import collect, run_studies, write_report  # matplotlib and more: after the checks
+
     out.mkdir(parents=True)
     run_studies(out, seeds, args.full, args.workers, args.quiet, args.scale)
     results = collect(out)

@@ -4,12 +4,13 @@
 
 Starts `dqnlab board` on a free port of 127.0.0.1, opens it in Debian's headless chromium (/usr/bin/chromium,
 driven by Playwright; nothing is downloaded), writes `custom_scalars.png`, `seed_bands.png`, `hparams.png`,
-`doctor_text.png` and `scalars.png` into the output folder, and stops the board.
+`doctor_text.png` and `scalars.png` into the output folder, and stops the board. The output folder is
+created if need be; PNGs already in it are not overwritten unless --force is given.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import json
 import signal
 import socket
@@ -19,7 +20,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from dqnlab.cliargs import OneLineParser, creation_problem, directory
+
 CHROMIUM = "/usr/bin/chromium"
+SHOTS = ("custom_scalars.png", "seed_bands.png", "hparams.png", "doctor_text.png", "scalars.png")
 
 
 def free_port() -> int:
@@ -28,9 +32,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_board(url: str, timeout_s: float = 90) -> None:
+def wait_for_board(url: str, board: subprocess.Popen, timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if board.poll() is not None:  # its own one-line error is on stderr above
+            raise SystemExit(f"screenshot_board.py: dqnlab board exited {board.returncode}")
         try:
             with urllib.request.urlopen(f"{url}/data/runs", timeout=2) as r:
                 if json.loads(r.read()):
@@ -67,25 +73,48 @@ def shoot(url: str, out: Path) -> None:
         browser.close()
 
 
+def input_problem(experiment: Path, out: Path, force: bool) -> str | None:
+    """Why the screenshots cannot be taken and written as asked, or None (checked before anything starts)."""
+    if not experiment.is_dir():
+        return f"no such directory: {experiment}"
+    if not any(experiment.rglob("events.out.tfevents.*")):
+        return f"{experiment} holds no TensorBoard event files (is it a dqnlab run or experiment?)"
+    if out.exists() and not out.is_dir():
+        return f"{out} is a file, not a directory"
+    if not out.exists() and (problem := creation_problem(out)):
+        return f"cannot create {out}: {problem}"
+    taken = [name for name in SHOTS if (out / name).exists()]
+    if taken and not force:
+        return f"{out} already holds {', '.join(taken)}; pass --force to overwrite them"
+    if not Path(CHROMIUM).is_file() or importlib.util.find_spec("playwright") is None:
+        return f"needs Playwright (pip install playwright) and Debian's chromium at {CHROMIUM}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("experiment", type=Path)
-    ap.add_argument("out", type=Path)
+    ap = OneLineParser(description=__doc__.splitlines()[0])
+    ap.add_argument("experiment", type=directory, help="a run or experiment directory")
+    ap.add_argument("out", type=directory, help="the folder the PNGs are written to (created if need be)")
+    ap.add_argument("--force", action="store_true", help="overwrite PNGs of the same names in OUT")
     args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    experiment, out = Path(args.experiment), Path(args.out)
+    if problem := input_problem(experiment, out, args.force):
+        ap.error(problem)
     port = free_port()
     board = subprocess.Popen(
-        [sys.executable, "-m", "dqnlab.cli", "board", str(args.experiment), "--port", str(port)],
+        [sys.executable, "-m", "dqnlab.cli", "board", str(experiment), "--port", str(port)],
         stdout=subprocess.DEVNULL,
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for_board(url)
-        shoot(url, args.out)
+        wait_for_board(url, board)
+        out.mkdir(parents=True, exist_ok=True)
+        shoot(url, out)
     finally:
-        board.send_signal(signal.SIGINT)
-        board.wait(timeout=30)
-    print(f"screenshots in {args.out}")
+        if board.poll() is None:
+            board.send_signal(signal.SIGINT)
+            board.wait(timeout=30)
+    print(f"screenshots in {out}")
     return 0
 
 
