@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also draw learning curves and diagnostics to FILE.png or FILE.html",
     )
+    c.add_argument("--force", action="store_true", help="overwrite an existing --plot file")
     c.add_argument(
         "--threshold",
         type=_finite_float,
@@ -269,7 +270,7 @@ def _compare(args) -> int:
     if args.plot:
         from dqnlab.plots import check_plot_path
 
-        check_plot_path(args.plot)  # before the work, so a typo costs nothing
+        check_plot_path(args.plot, overwrite=args.force)  # before the work, so a typo costs nothing
     comparison = compare(args.directory, threshold=args.threshold)
     refresh_aggregates(args.directory)
     if args.json:

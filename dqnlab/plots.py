@@ -34,12 +34,18 @@ SUFFIXES = (".png", ".html")
 COLUMNS = 3
 
 
-def check_plot_path(path: str | Path) -> Path:
+def check_plot_path(path: str | Path, overwrite: bool = True) -> Path:
+    """`path` as a plot file: a .png or .html in an existing directory; with `overwrite` False, not a file
+    that is already there (the command line asks for --force)."""
     path = Path(path)
     if path.suffix.lower() not in SUFFIXES:
         raise ConfigError(f"--plot wants a .png or .html file, got {path.name!r}")
     if not path.parent.is_dir():
         raise ConfigError(f"--plot: no such directory: {path.parent}")
+    if path.is_dir():
+        raise ConfigError(f"--plot {path} is a directory, not a file")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"--plot {path} exists; pass --force to overwrite it")
     return path
 
 

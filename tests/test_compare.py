@@ -345,6 +345,10 @@ def test_compare_command_json_plot_and_bad_input(experiment, tmp_path):
         ((str(tmp_path / "missing"),), "no such directory"),
         ((str(empty),), "holds no dqnlab runs"),
         ((str(experiment), "--plot", "x.pdf"), "--plot wants a .png or .html"),
+        ((str(experiment), "--plot", str(html)), "exists; pass --force to overwrite it"),
     ]:
         out = run(*args)
         assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    html.write_text("stale")
+    assert run(str(experiment), "--plot", str(html), "--force").returncode == 0
+    assert "data:image/png;base64," in html.read_text()
