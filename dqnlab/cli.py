@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from dqnlab.cliargs import EXIT_BAD_INPUT, SEED, OneLineParser, directory, int_at_least, one_line
 from dqnlab.config import ConfigError, check_env_fits, load_preset, preset_description, preset_names
 from dqnlab.rundir import RunDirExists
+from dqnlab.signals import StopRequested, stop_on_signals
 
 _positive_int, _nonneg_int = int_at_least(1), int_at_least(0)
 
@@ -148,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "ab"):  # `kill` stops training like Ctrl-C: flushed, 'interrupted'
+        stop_on_signals((signal.SIGTERM,))
     try:
         return {
             "presets": _presets,
@@ -160,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunDirExists) as exc:
         print(f"dqnlab: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("dqnlab: interrupted; run.json of each unfinished run says 'interrupted'", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        how = f"stopped by {exc}" if isinstance(exc, StopRequested) else "interrupted"
+        print(f"dqnlab: {how}; run.json of each unfinished run says 'interrupted'", file=sys.stderr)
         return 130
 
 

@@ -33,6 +33,7 @@ from dqnlab.rundir import (
     run_dir_for,
     write_json_atomic,
 )
+from dqnlab.signals import StopRequested, stop_on_signals, stop_with_parent
 
 _SINGLE_THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -192,18 +193,23 @@ _progress_queue = None
 _stop_event = None  # set by the parent on Ctrl-C: runs not started yet must not start
 
 
-def _process_main(index: int, spec: RunSpec, progress_queue, stop_event) -> None:
+def _process_main(index: int, spec: RunSpec, progress_queue, stop_event, parent_pid: int) -> None:
     """Entry point of one run's process: train, then send the outcome to the parent."""
     global _progress_queue, _stop_event
     _progress_queue, _stop_event = progress_queue, stop_event
+    # Ctrl-C (the terminal signals the whole group), SIGTERM, or the parent's death: each stops the run
+    # cleanly, once.
+    stop_on_signals((signal.SIGINT, signal.SIGTERM))
+    stop_with_parent(parent_pid)
     from dqnlab._tf import tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     try:
         outcome = _run_in_worker(spec)
-    except KeyboardInterrupt:  # run.json already says 'interrupted'
-        outcome = RunOutcome(spec, "", "interrupted", "interrupted by the user (Ctrl-C)", None)
+    except KeyboardInterrupt as exc:  # run.json already says 'interrupted'
+        why = f"stopped by {exc}" if isinstance(exc, StopRequested) else "interrupted by the user (Ctrl-C)"
+        outcome = RunOutcome(spec, "", "interrupted", why, None)
     progress_queue.put(("outcome", index, outcome))
 
 
@@ -285,7 +291,8 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
                 while queued and len(running) < workers:
                     index = queued.pop(0)
                     proc = ctx.Process(
-                        target=_process_main, args=(index, specs[index], progress_queue, stop_event)
+                        target=_process_main,
+                        args=(index, specs[index], progress_queue, stop_event, os.getpid()),
                     )
                     proc.start()
                     running[index] = proc
@@ -304,6 +311,9 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
         # The running processes got the SIGINT too: they record 'interrupted' and flush. Queued runs never
         # start (they would leave no trace until they finish).
         stop_event.set()
+        for proc in running.values():  # a SIGTERM to this process alone reaches them this way
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)  # ignored by a run already stopping on Ctrl-C
         for proc in running.values():
             proc.join(timeout=60)
         raise

@@ -40,6 +40,7 @@ from dqnlab.rundir import (
     set_aside_earlier_life,
     write_json_atomic,
 )
+from dqnlab.signals import StopRequested
 from dqnlab.summaries import Summaries
 
 _log = logging.getLogger("dqnlab")
@@ -287,8 +288,9 @@ def train(
             )
         else:
             record("done")
-    except KeyboardInterrupt:
-        record("interrupted", "interrupted by the user (Ctrl-C)")
+    except KeyboardInterrupt as exc:
+        why = f"stopped by {exc}" if isinstance(exc, StopRequested) else "interrupted by the user (Ctrl-C)"
+        record("interrupted", why)
         raise
     except Exception as exc:
         record("failed", f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())

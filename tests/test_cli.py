@@ -232,6 +232,66 @@ def test_ctrl_c_on_ab_stops_every_run_and_marks_it_interrupted(tmp_path):
     )  # queued runs never start
 
 
+def wait_for_events(run_dirs, seconds: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not all(list(d.glob("events.out.tfevents.*")) for d in run_dirs):
+        assert time.monotonic() < deadline, "the runs logged nothing"
+        time.sleep(0.2)
+    time.sleep(2)  # let them train a little
+
+
+def test_sigterm_stops_train_like_ctrl_c(tmp_path):
+    """`kill`, `docker stop` and job schedulers send SIGTERM: the run is flushed and says so."""
+    import signal
+
+    args = ["train", "huber_relu", "--logdir", str(tmp_path), "--name", "t", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "dqnlab.cli", *args], stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "t" / "huber_relu" / "CartPole-v1" / "seed_0"
+    wait_for_events([run])
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "stopped by SIGTERM" in err, err
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["error"] == "stopped by SIGTERM"
+    from dqnlab.rundir import read_run
+
+    assert read_run(run).scalars("episode/return")  # flushed on the way out
+
+
+def test_runs_stop_cleanly_when_their_ab_parent_is_killed(tmp_path):
+    """SIGKILL of `dqnlab ab` itself: no run trains on as an orphan; each records 'interrupted'."""
+    import os
+    import time
+
+    args = ["ab", "huber_relu", "squared_relu", "--seeds", "1", "--steps", "200000", "--workers", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dqnlab.cli", *args, "--logdir", str(tmp_path), "--name", "o", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    runs = [tmp_path / "o" / arm / "CartPole-v1" / "seed_0" for arm in ("huber_relu", "squared_relu")]
+    wait_for_events(runs)
+    pids = [json.loads((run / "run.json").read_text())["pid"] for run in runs]
+    proc.kill()
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 90
+    while any(json.loads((run / "run.json").read_text())["status"] == "running" for run in runs):
+        assert time.monotonic() < deadline, "a run went on training without its parent"
+        time.sleep(0.2)
+    for run, pid in zip(runs, pids, strict=True):
+        info = json.loads((run / "run.json").read_text())
+        assert info["status"] == "interrupted" and info["error"] == "stopped by SIGTERM", info
+        while time.monotonic() < deadline:  # and the process is gone
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"run process {pid} still alive")
+
+
 def test_a_killed_run_is_recorded_failed_and_the_others_finish(tmp_path):
     """SIGKILL (what the out-of-memory killer sends) one run's process in the middle of an A/B."""
     import os
