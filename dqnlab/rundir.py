@@ -79,15 +79,29 @@ def set_aside_earlier_life(run_dir: Path) -> Path:
 def process_is_gone(info: dict[str, Any]) -> bool:
     """A run.json that says 'running' while the process it names is no longer alive on this host: the run
     was killed (SIGKILL, the OOM killer, a reboot) before it could say so."""
+    return _process_alive(info) is False
+
+
+def process_is_alive(info: dict[str, Any]) -> bool:
+    """A run.json that says 'running' whose process is alive on this host (another process than this one):
+    the run is training right now."""
+    return _process_alive(info) is True and int(info["pid"]) != os.getpid()
+
+
+def _process_alive(info: dict[str, Any]) -> bool | None:
+    """Whether the process a 'running' run.json names is alive; None when that cannot be told (another
+    status, another host, no pid)."""
     if info.get("status") != "running" or info.get("host") != socket.gethostname() or "pid" not in info:
-        return False
+        return None
     try:
         os.kill(int(info["pid"]), 0)
     except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError, OverflowError):  # alive under another user, or not a pid
         return False
-    return False
+    except PermissionError:  # alive, under another user
+        return True
+    except (ValueError, OverflowError, TypeError):  # not a pid
+        return None
+    return True
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:

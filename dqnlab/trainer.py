@@ -35,6 +35,7 @@ from dqnlab.rundir import (
     claim_run_dir,
     default_experiment_name,
     package_versions,
+    process_is_alive,
     read_run,
     run_dir_for,
     set_aside_earlier_life,
@@ -166,6 +167,8 @@ def train(
         previous = _previous_run_json(run_dir)
         if previous.get("status") in ("done", "diverged"):  # finished: its result is what it logged
             return read_run(run_dir)
+        if process_is_alive(previous):  # two processes must never write one run directory
+            raise ConfigError(f"--resume: {run_dir} is still training (process {previous['pid']})")
         _check_same_config(previous, cfg, run_dir)
         ckpt = _load_checkpoint(run_dir)
         if ckpt is None:  # it never reached a checkpoint: start over, keeping what it logged

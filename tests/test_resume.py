@@ -189,3 +189,20 @@ def test_ab_refuses_an_existing_experiment_and_a_resume_that_asks_for_other_arms
     assert "was started with other presets" in other.stderr
     assert (tmp_path / "x" / "experiment.json").read_bytes() == started
     assert not (tmp_path / "x" / "clipped_delta_relu").exists()
+
+
+def test_resume_refuses_a_run_that_is_still_training(tmp_path):
+    args = ["train", "huber_relu", "--steps", "200000", "--quiet", "--logdir", str(tmp_path), "--name", "x"]
+    proc = start(args)
+    run = tmp_path / "x" / "huber_relu" / "CartPole-v1" / "seed_0"
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "run.json").is_file():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        out = dqnlab_cmd(*args, "--resume")
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert f"is still training (process {proc.pid})" in out.stderr
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
