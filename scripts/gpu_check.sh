@@ -17,6 +17,6 @@ DQNLAB_REQUIRE_GPU=1 "$python" -m pytest -q -m gpu -p no:cacheprovider tests/tes
 
 steps="${STEPS:-20000}"
 echo "== throughput on the GPU ($steps env steps, both settings, diagnostics on and off)"
-"$python" scripts/bench_throughput.py --steps "$steps" --repeats 1 --json "$out/bench_gpu.json"
+"$python" scripts/bench_throughput.py --steps "$steps" --repeats 1 --json "$out/bench_gpu.json" --force
 echo "== the same on the CPU only (baseline)"
-CUDA_VISIBLE_DEVICES="" "$python" scripts/bench_throughput.py --steps "$steps" --repeats 1 --json "$out/bench_cpu.json"
+CUDA_VISIBLE_DEVICES="" "$python" scripts/bench_throughput.py --steps "$steps" --repeats 1 --json "$out/bench_cpu.json" --force
