@@ -232,6 +232,15 @@ def test_ctrl_c_on_ab_stops_every_run_and_marks_it_interrupted(tmp_path):
     )  # queued runs never start
 
 
+def start_ab(tmp_path, name: str, steps: int) -> subprocess.Popen:
+    """`dqnlab ab huber_relu squared_relu`, one seed each, on two workers, in the background."""
+    args = ["ab", "huber_relu", "squared_relu", "--seeds", "1", "--steps", str(steps), "--workers", "2"]
+    args += ["--logdir", str(tmp_path), "--name", name, "--quiet"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "dqnlab.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 def wait_for_events(run_dirs, seconds: float = 120) -> None:
     import time
 
@@ -265,11 +274,7 @@ def test_runs_stop_cleanly_when_their_ab_parent_is_killed(tmp_path):
     import os
     import time
 
-    args = ["ab", "huber_relu", "squared_relu", "--seeds", "1", "--steps", "200000", "--workers", "2"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dqnlab.cli", *args, "--logdir", str(tmp_path), "--name", "o", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_ab(tmp_path, "o", steps=200_000)
     runs = [tmp_path / "o" / arm / "CartPole-v1" / "seed_0" for arm in ("huber_relu", "squared_relu")]
     wait_for_events(runs)
     pids = [json.loads((run / "run.json").read_text())["pid"] for run in runs]
@@ -296,18 +301,10 @@ def test_a_killed_run_is_recorded_failed_and_the_others_finish(tmp_path):
     """SIGKILL (what the out-of-memory killer sends) one run's process in the middle of an A/B."""
     import os
     import signal
-    import time
 
-    args = ["ab", "huber_relu", "squared_relu", "--seeds", "1", "--steps", "6000", "--workers", "2"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dqnlab.cli", *args, "--logdir", str(tmp_path), "--name", "k", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_ab(tmp_path, "k", steps=6_000)
     victim = tmp_path / "k" / "squared_relu" / "CartPole-v1" / "seed_0"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(victim.glob("events.out.tfevents.*")):
-        time.sleep(0.2)
-    time.sleep(1)  # let it log a little
+    wait_for_events([victim])
     os.kill(json.loads((victim / "run.json").read_text())["pid"], signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err  # not every run is done
