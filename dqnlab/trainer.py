@@ -17,6 +17,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from dqnlab import checkpoint
 from dqnlab._tf import tf
 from dqnlab.config import Config, ConfigError, check_env_fits
@@ -228,7 +230,11 @@ def train(
         write_json_atomic(run_dir / RUN_JSON, info)
 
     try:
-        learner, replay = _learner_and_replay(cfg, train_env, seed)
+        try:
+            learner, replay = _learner_and_replay(cfg, train_env, seed)
+        except MemoryError as exc:  # numpy could not even reserve the replay's arrays
+            raise ConfigError(f"replay.capacity {cfg.replay.capacity:,}: {exc}") from None
+        check_replay_fits(cfg, replay)
         loop_state = None  # set below: the checkpoint's, or a fresh start
         if ckpt is not None:
             learner.load_state_arrays(ckpt.arrays)
@@ -302,6 +308,18 @@ def train(
         train_env.close()
         eval_env.close()
     return read_run(run_dir)
+
+
+def check_replay_fits(cfg: Config, replay) -> None:
+    """A replay whose arrays outgrow this machine's memory is refused at the start. numpy zeroes them
+    lazily, so such a run would otherwise be killed hours in, when the buffer fills."""
+    need = sum(a.nbytes for a in vars(replay).values() if isinstance(a, np.ndarray))
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ConfigError(
+            f"replay.capacity {cfg.replay.capacity:,}: the replay's arrays need {need / 2**30:.1f} GiB, "
+            f"more than this machine's {have / 2**30:.1f} GiB of memory"
+        )
 
 
 def _learner_and_replay(cfg: Config, env, seed: int):

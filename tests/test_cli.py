@@ -89,6 +89,21 @@ def test_a_file_where_a_directory_must_go_is_one_line_and_exit_2(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["afile"]
 
 
+def test_a_replay_larger_than_this_machine_is_refused_at_the_start(tmp_path):
+    """numpy zeroes arrays lazily: without the check the run would die hours in, when the buffer fills."""
+    import os
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    capacity = int(1.3 * memory / 44)  # CartPole: 2 x 4 float32 observations + action, reward, discount
+    out = dqnlab_cmd(
+        "train", "huber_relu", "--set", f"replay.capacity={capacity}", "--steps", "100", "--quiet",
+        "--logdir", str(tmp_path),
+    )  # fmt: skip
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert f"replay.capacity {capacity:,}: the replay's arrays need" in out.stderr
+    assert "more than this machine's" in out.stderr
+
+
 def test_train_then_refuse_to_overwrite(tmp_path):
     args = [
         "train",
