@@ -25,6 +25,11 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return _NUMPY_ACTIVATIONS["sigmoid"](x)
 
 
+def state_size(rec) -> int:
+    """Floats of recurrent state a cell carries: h, or h and c side by side for the LSTM."""
+    return 2 * rec.units if rec.cell == "lstm" else rec.units
+
+
 class RecurrentQNetwork(keras.Model):
     """Q-values of a sequence of observations from an initial recurrent state."""
 
@@ -53,7 +58,7 @@ class RecurrentQNetwork(keras.Model):
             self.cell = keras.layers.GRUCell(rec.units, recurrent_initializer=recurrent_init, name="rnn")
         self.post = [dense(w, len(rec.pre_hidden) + i) for i, w in enumerate(net.hidden)]
         self.head = keras.layers.Dense(num_actions, kernel_initializer=kernel_init(), name="q_head")
-        self.state_size = 2 * rec.units if rec.cell == "lstm" else rec.units
+        self.state_size = state_size(rec)
         self.unroll(tf.zeros([1, 1, obs_dim]), self.zero_state(1))  # create the variables
 
     def zero_state(self, batch: int) -> tf.Tensor:
@@ -96,7 +101,7 @@ class NumpyRecurrentPolicy:
         self._core = _NUMPY_ACTIVATIONS[rec.activation]
         self._cell, self._units = rec.cell, rec.units
         self._n_pre, self._n_post = len(rec.pre_hidden), len(net.hidden)
-        self.state_size = 2 * rec.units if rec.cell == "lstm" else rec.units
+        self.state_size = state_size(rec)
 
     def set_weights(self, weights: list[np.ndarray]) -> None:
         """Weights in the model's order: pre dense, cell (kernel, recurrent, bias), post dense, head."""

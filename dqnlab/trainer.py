@@ -164,6 +164,7 @@ def train(
     train_env = make_env(env_id, seed=seed, atari=cfg.atari)
     eval_env = make_env(env_id, atari=cfg.atari, evaluation=True)  # Atari: the real score, unclipped
     run_dir = run_dir_for(logdir, name, cfg.name, env_id, seed)
+    replay = make_replay(cfg, train_env, seed)  # before anything is written: it may not fit
     ckpt = None
     if resume and (run_dir / RUN_JSON).is_file():
         previous = _previous_run_json(run_dir)
@@ -230,11 +231,7 @@ def train(
         write_json_atomic(run_dir / RUN_JSON, info)
 
     try:
-        try:
-            learner, replay = _learner_and_replay(cfg, train_env, seed)
-        except MemoryError as exc:  # numpy could not even reserve the replay's arrays
-            raise ConfigError(f"replay.capacity {cfg.replay.capacity:,}: {exc}") from None
-        check_replay_fits(cfg, replay)
+        learner = make_learner(cfg, train_env, seed)
         loop_state = None  # set below: the checkpoint's, or a fresh start
         if ckpt is not None:
             learner.load_state_arrays(ckpt.arrays)
@@ -310,9 +307,46 @@ def train(
     return read_run(run_dir)
 
 
-def check_replay_fits(cfg: Config, replay) -> None:
-    """A replay whose arrays outgrow this machine's memory is refused at the start. numpy zeroes them
-    lazily, so such a run would otherwise be killed hours in, when the buffer fills."""
+def _learner_and_replay(cfg: Config, env, seed: int):
+    """The learner and replay of the config's network kind (see `make_learner`, `make_replay`)."""
+    return make_learner(cfg, env, seed), make_replay(cfg, env, seed)
+
+
+def make_learner(cfg: Config, env, seed: int):
+    """The learner of the config's network kind: an MLP, an RNN or the Nature CNN."""
+    num_actions = int(env.action_space.n)
+    if cfg.network.kind == "cnn":
+        from dqnlab.cnn_learner import CNNLearner
+
+        return CNNLearner(cfg, obs_shape=env.observation_space.shape, num_actions=num_actions, seed=seed)
+    obs_dim = int(env.observation_space.shape[0])
+    if cfg.network.kind == "rnn":
+        from dqnlab.recurrent_learner import RecurrentLearner
+
+        return RecurrentLearner(cfg, obs_dim=obs_dim, num_actions=num_actions, seed=seed)
+    return Learner(cfg, obs_dim=obs_dim, num_actions=num_actions, seed=seed)
+
+
+def make_replay(cfg: Config, env, seed: int):
+    """The replay of the config's network kind: transitions for an MLP, sequences for an RNN, frames stored
+    once for the CNN. One that cannot be allocated, or would outgrow this machine's memory once full (numpy
+    zeroes arrays lazily: the run would die hours in), is a ConfigError."""
+    try:
+        if cfg.network.kind == "cnn":
+            from dqnlab.frame_replay import FrameReplay
+
+            replay = FrameReplay(cfg.replay.capacity, env.observation_space.shape, seed=seed)
+        elif cfg.network.kind == "rnn":
+            from dqnlab.recurrent_net import state_size
+            from dqnlab.sequence_replay import SequenceReplay
+
+            stored = state_size(cfg.recurrent) if cfg.recurrent.initial_state == "stored" else 0
+            obs_dim = int(env.observation_space.shape[0])
+            replay = SequenceReplay(cfg.replay.capacity, obs_dim, state_dim=stored, seed=seed)
+        else:
+            replay = ReplayBuffer(cfg.replay.capacity, env.observation_space.shape, seed=seed)
+    except MemoryError as exc:  # numpy could not even reserve the arrays
+        raise ConfigError(f"replay.capacity {cfg.replay.capacity:,}: {exc}") from None
     need = sum(a.nbytes for a in vars(replay).values() if isinstance(a, np.ndarray))
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > have:
@@ -320,28 +354,7 @@ def check_replay_fits(cfg: Config, replay) -> None:
             f"replay.capacity {cfg.replay.capacity:,}: the replay's arrays need {need / 2**30:.1f} GiB, "
             f"more than this machine's {have / 2**30:.1f} GiB of memory"
         )
-
-
-def _learner_and_replay(cfg: Config, env, seed: int):
-    """The learner and replay of the config's network kind: transitions for an MLP, sequences for an RNN,
-    frames stored once for the CNN."""
-    obs_dim, num_actions = int(env.observation_space.shape[0]), int(env.action_space.n)
-    if cfg.network.kind == "cnn":
-        from dqnlab.cnn_learner import CNNLearner
-        from dqnlab.frame_replay import FrameReplay
-
-        shape = env.observation_space.shape  # (stack, H, W)
-        learner = CNNLearner(cfg, obs_shape=shape, num_actions=num_actions, seed=seed)
-        return learner, FrameReplay(cfg.replay.capacity, shape, seed=seed)
-    if cfg.network.kind == "rnn":
-        from dqnlab.recurrent_learner import RecurrentLearner
-        from dqnlab.sequence_replay import SequenceReplay
-
-        learner = RecurrentLearner(cfg, obs_dim=obs_dim, num_actions=num_actions, seed=seed)
-        stored = learner.state_size if cfg.recurrent.initial_state == "stored" else 0
-        return learner, SequenceReplay(cfg.replay.capacity, obs_dim, state_dim=stored, seed=seed)
-    learner = Learner(cfg, obs_dim=obs_dim, num_actions=num_actions, seed=seed)
-    return learner, ReplayBuffer(cfg.replay.capacity, env.observation_space.shape, seed=seed)
+    return replay
 
 
 def hparams_of(cfg: Config, env_id: str, seed: int) -> dict[str, bool | int | float | str]:

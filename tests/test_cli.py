@@ -102,6 +102,7 @@ def test_a_replay_larger_than_this_machine_is_refused_at_the_start(tmp_path):
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert f"replay.capacity {capacity:,}: the replay's arrays need" in out.stderr
     assert "more than this machine's" in out.stderr
+    assert not any(tmp_path.iterdir())  # refused before the run directory was made
 
 
 def test_train_then_refuse_to_overwrite(tmp_path):
