@@ -13,19 +13,20 @@ import signal
 import sys
 from pathlib import Path
 
-from dqnlab.cliargs import EXIT_BAD_INPUT, SEED, OneLineParser, directory, int_at_least, one_line
+from dqnlab.cliargs import (
+    EXIT_BAD_INPUT,
+    SEED,
+    OneLineParser,
+    directory,
+    file_name,
+    int_at_least,
+    one_line,
+)
 from dqnlab.config import ConfigError, check_env_fits, load_preset, preset_description, preset_names
 from dqnlab.rundir import RunDirExists
 from dqnlab.signals import StopRequested, stop_on_signals
 
 _positive_int, _nonneg_int = int_at_least(1), int_at_least(0)
-
-
-def _file_name(text: str) -> str:
-    """An argparse type: a non-empty file name (an empty one would silently draw nothing)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a file name, got an empty argument")
-    return text
 
 
 def _finite_float(text: str) -> float:
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the comparison as JSON")
     c.add_argument(
         "--plot",
-        type=_file_name,
+        type=file_name,
         metavar="FILE",
         help="also draw learning curves and diagnostics to FILE.png or FILE.html",
     )

@@ -63,6 +63,13 @@ def directory(text: str) -> str:
     return text
 
 
+def file_name(text: str) -> str:
+    """An argparse type: a non-empty file name (an empty one would silently write nothing)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a file name, got an empty argument")
+    return text
+
+
 def creation_problem(path: str | Path) -> str | None:
     """Why the absent `path` could not be created by this process (a file or an unwritable folder on the
     way), or None."""

@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dqnlab.cliargs import creation_problem
 from dqnlab.config import ConfigError
 from dqnlab.envs import env_dirname
 
@@ -49,9 +50,9 @@ def check_experiment_path(logdir: str | Path, name: str) -> None:
     if not name.strip() or Path(name).is_absolute() or ".." in parts or set(parts) <= {"."}:
         raise ConfigError(f"--name {name!r}: expected a plain name inside --logdir (no '..', not absolute)")
     path = Path(logdir) / name
-    for ancestor in [path, *path.parents]:
-        if ancestor.exists() and not ancestor.is_dir():
-            raise ConfigError(f"cannot create {path}: {ancestor} is a file, not a directory")
+    problem = f"{path} is a file, not a directory" if path.is_file() else creation_problem(path)
+    if problem:
+        raise ConfigError(f"cannot create {path}: {problem}")
 
 
 def claim_run_dir(run_dir: Path) -> None:

@@ -33,7 +33,7 @@ from dqnlab.rundir import (
     run_dir_for,
     write_json_atomic,
 )
-from dqnlab.signals import StopRequested, stop_on_signals, stop_with_parent
+from dqnlab.signals import stop_on_signals, stop_reason, stop_with_parent
 
 _SINGLE_THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -208,8 +208,7 @@ def _process_main(index: int, spec: RunSpec, progress_queue, stop_event, parent_
     try:
         outcome = _run_in_worker(spec)
     except KeyboardInterrupt as exc:  # run.json already says 'interrupted'
-        why = f"stopped by {exc}" if isinstance(exc, StopRequested) else "interrupted by the user (Ctrl-C)"
-        outcome = RunOutcome(spec, "", "interrupted", why, None)
+        outcome = RunOutcome(spec, "", "interrupted", stop_reason(exc), None)
     progress_queue.put(("outcome", index, outcome))
 
 

@@ -20,6 +20,11 @@ class StopRequested(KeyboardInterrupt):
     """A stop asked for by a signal other than Ctrl-C (its name is the message)."""
 
 
+def stop_reason(exc: KeyboardInterrupt) -> str:
+    """What run.json says stopped a run."""
+    return f"stopped by {exc}" if isinstance(exc, StopRequested) else "interrupted by the user (Ctrl-C)"
+
+
 def stop_on_signals(signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
     """From now on, the first of `signals` raises StopRequested (SIGINT: KeyboardInterrupt); later ones are
     ignored. Call it from the main thread."""

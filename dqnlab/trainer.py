@@ -43,7 +43,7 @@ from dqnlab.rundir import (
     set_aside_earlier_life,
     write_json_atomic,
 )
-from dqnlab.signals import StopRequested
+from dqnlab.signals import stop_reason
 from dqnlab.summaries import Summaries
 
 _log = logging.getLogger("dqnlab")
@@ -63,7 +63,9 @@ def _previous_run_json(run_dir: Path) -> dict:
 
 def _check_same_config(previous: dict, cfg: Config, run_dir: Path) -> None:
     """A resumed run must go on with the config it was started with (only the step budget may change)."""
-    before, now = _flat(previous.get("config") or {}), _flat(cfg.to_dict())
+    started = previous.get("config") or {}
+    before = {f"{sec}.{k}": v for sec, t in started.items() if isinstance(t, dict) for k, v in t.items()}
+    now = flat_config(cfg)
     keys = (before.keys() | now.keys()) - {"train.steps"}
     changed = sorted(k for k in keys if before.get(k) != now.get(k))
     if changed:
@@ -75,14 +77,14 @@ def _check_same_config(previous: dict, cfg: Config, run_dir: Path) -> None:
         )
 
 
-def _flat(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def flat_config(cfg: Config) -> dict[str, object]:
+    """Every section value of a config as `section.key` -> value (lists stay lists)."""
+    return {
+        f"{section}.{key}": value
+        for section, table in cfg.to_dict().items()
+        if isinstance(table, dict)
+        for key, value in table.items()
+    }
 
 
 def _load_checkpoint(run_dir: Path):
@@ -295,8 +297,7 @@ def train(
         else:
             record("done")
     except KeyboardInterrupt as exc:
-        why = f"stopped by {exc}" if isinstance(exc, StopRequested) else "interrupted by the user (Ctrl-C)"
-        record("interrupted", why)
+        record("interrupted", stop_reason(exc))
         raise
     except Exception as exc:
         record("failed", f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
@@ -360,10 +361,7 @@ def make_replay(cfg: Config, env, seed: int):
 def hparams_of(cfg: Config, env_id: str, seed: int) -> dict[str, bool | int | float | str]:
     """Every config value, flattened to `section.key` (lists as text), plus preset, env and seed."""
     values: dict[str, bool | int | float | str] = {"preset": cfg.name, "env": env_id, "seed": seed}
-    for section, table in cfg.to_dict().items():
-        if isinstance(table, dict):
-            for key, value in table.items():
-                values[f"{section}.{key}"] = str(value) if isinstance(value, list) else value
+    values.update({k: str(v) if isinstance(v, list) else v for k, v in flat_config(cfg).items()})
     return values
 
 
