@@ -41,6 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -446,19 +447,29 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def update_call_costs(
-    hidden: tuple[int, ...], batch_size: int, calls: int, updates_per_call: int = 1, seed: int = 0
+    hidden: tuple[int, ...],
+    batch_size: int,
+    calls: int,
+    updates_per_call: int = 1,
+    seed: int = 0,
+    rounds: int = 5,
 ) -> dict[str, float]:
     """Seconds per learner call of `updates_per_call` updates, bare (no diagnostics) and with the panel on
-    its last update, measured interleaved in one process (one TF thread) so machine noise hits both;
-    medians of 5 rounds."""
+    its last update, measured interleaved in one process (one TF thread) so machine noise hits both; medians
+    of `rounds` rounds, and the median of the rounds' own panel/bare ratios."""
     from dqnlab.learner import Learner
 
     limit_tf_to_one_thread()
     learner = bench_learner(Learner, hidden, batch_size, seed)
     costs = interleaved_call_costs(
-        {"bare": (learner, False), "panel": (learner, True)}, batch_size, calls, updates_per_call, seed
+        {"bare": (learner, False), "panel": (learner, True)},
+        batch_size,
+        calls,
+        updates_per_call,
+        seed,
+        rounds,
     )
-    return {"bare_s": costs["bare"], "panel_s": costs["panel"], "ratio": costs["panel"] / costs["bare"]}
+    return {"bare_s": costs.seconds["bare"], "panel_s": costs.seconds["panel"], "ratio": costs.ratio["panel"]}
 
 
 def limit_tf_to_one_thread() -> None:
@@ -477,12 +488,19 @@ def bench_learner(learner_class, hidden: tuple[int, ...], batch_size: int, seed:
     return learner_class(cfg, obs_dim=4, num_actions=2, seed=seed)
 
 
+class CallCosts(NamedTuple):
+    seconds: dict[str, float]  # per call, median over rounds
+    ratio: dict[str, float]  # to the first arm: the median over rounds of each round's own ratio
+
+
 def interleaved_call_costs(
     arms: dict, batch_size: int, calls: int, updates_per_call: int = 1, seed: int = 0, rounds: int = 5
-) -> dict[str, float]:
-    """Seconds per update call of each arm, `label -> (learner, with_diagnostics)`: the arms take turns,
-    `calls` calls each per round, so machine noise hits all of them; medians of `rounds` rounds. A call
-    includes sampling the batch, reading the weights back and, with diagnostics, the metrics' host pull."""
+) -> CallCosts:
+    """Seconds per update call of each arm, `label -> (learner, with_diagnostics)`, and its ratio to the
+    first arm. The arms take turns, `calls` calls each per round, so machine noise hits all of them. Each
+    round's ratio compares calls made within milliseconds of each other: their median is steadier on a
+    shared machine than a ratio of the medians. A call includes sampling the batch, reading the weights back
+    and, with diagnostics, the metrics' host pull."""
     import numpy as np
 
     from dqnlab.replay import ReplayBuffer
@@ -505,7 +523,14 @@ def interleaved_call_costs(
                 [w.numpy() for w in out.weights]
                 {k: float(v) for k, v in out.metrics.items()}  # the host pull a written update pays
             times[label].append((time.perf_counter() - start) / calls)
-    return {label: statistics.median(t) for label, t in times.items()}
+    reference = times[next(iter(arms))]
+    return CallCosts(
+        {label: statistics.median(t) for label, t in times.items()},
+        {
+            label: statistics.median(a / b for a, b in zip(t, reference, strict=True))
+            for label, t in times.items()
+        },
+    )
 
 
 def parse_bench_args(ap, argv: list[str] | None = None):

@@ -136,6 +136,5 @@ class CNNLearner(Learner):
             if d.histograms:
                 m[f"hist/activation/{t.name}"] = t.z
         m["features/srank"] = tf.cast(probes.srank(traces[-1].z, d.srank_delta), tf.float32)
-        if d.histograms:
-            m.update(self._weight_and_gradient_histograms(unpack_frames(frames, scalars)))
+        m.update(self._probe_weights_and_gradient(unpack_frames(frames, scalars)))
         return m

@@ -174,7 +174,7 @@ class DiagnosticsConfig:
     every: int = _f(
         "updates between logged diagnostic updates (the last update of a burst is measured)", min=1
     )
-    near_zero_tol: float = _f("|g| below this counts in grad_near_zero_frac", min=0.0)
+    near_zero_tol: float = _f("|g| below this counts in grad_near_zero_frac (at the probes)", min=0.0)
     probe_every: int = _f("updates between activation probes and histograms; 0 turns them off", min=0)
     probe_size: int = _f(
         "probe states (rnn: windows), drawn once from replay when the first probe runs", min=1

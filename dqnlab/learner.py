@@ -68,20 +68,20 @@ def unpack(packed: tf.Tensor, obs_dim: int) -> Batch:
     )
 
 
-# Per-variable families of the measured update, in output order; tags are `<family>/<variable tag>`.
-PER_VARIABLE = (
-    "grad_norm",
-    "grad_zero_frac",
-    "grad_near_zero_frac",
-    "grad_nonfinite",
-    "weight_norm",
-    "update_ratio",
-    "weight_dist_init",
-)
-# Where each family sits in `_per_variable_stats`'s table: sums of [g^2, w1^2, (w1-w0)^2, w0^2, (w1-init)^2,
-# g == 0, |g| < tol, |g| finite] per variable, as roots (0-7), fractions (8-15), size minus sum (16-23).
-_UNDO_HALF = (2.0,) * 5 + (1.0,) * 3  # l2_loss is half the sum of squares
-_PER_VARIABLE_COLUMNS = (0, 8 + 5, 8 + 6, 16 + 7, 1, 24, 4)
+# Per-variable families of the measured update, in output order; tags are `<family>/<variable tag>`. Each is
+# something only the update can tell: its gradient and the step it applied. The weights' own state
+# (`weight_dist_init`) and the "tiny but not zero" share (`grad_near_zero_frac`, read with the log10|g|
+# histogram) are taken at the probes instead (`PROBE_PER_VARIABLE`): at 64-64 they cost a measured update
+# ~20 us, 5% of a bare one (docs/performance.md).
+PER_VARIABLE = ("grad_norm", "grad_zero_frac", "grad_nonfinite", "weight_norm", "update_ratio")
+PROBE_PER_VARIABLE = ("grad_near_zero_frac", "weight_dist_init")
+
+
+def global_norm_parts(grads: list[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """`tf.linalg.global_norm(grads)` written with its own ops, so that the per-variable half sums of
+    squares [V] it is made of come out too (tests/test_learner.py checks it is TF's norm, bit for bit)."""
+    half_squares = tf.stack([tf.nn.l2_loss(g) for g in grads])
+    return tf.sqrt(tf.reduce_sum(half_squares) * 2.0), half_squares
 
 
 def _frac(mask: tf.Tensor) -> tf.Tensor:
@@ -103,12 +103,13 @@ class Learner:
         self.variables = list(self.online.trainable_variables)
         # Initial weights, for the distance-from-initialisation diagnostic.
         self._initial = [tf.constant(v.numpy()) for v in self.variables]
-        sizes = [int(np.prod(v.shape)) for v in self.variables]
-        self._sizes = tf.constant(sizes, tf.float32)
-        self._metric_names: list[str] = []
+        sizes = np.array([np.prod(v.shape) for v in self.variables], np.float32)
+        self._size, self._two_over_size = tf.constant(sizes), tf.constant(2.0 / sizes)
+        self._metric_names: list[str] = []  # the measured update's tags, in output order (set when traced)
         self._hidden_layers = [layer for layer in self.online.layers if layer.name.startswith("hidden_")]
         self._obs_dim = obs_dim
         self.variable_tags = [variable_tag(v) for v in self.variables]
+        self._family_tags = {fam: [f"{fam}/{tag}" for tag in self.variable_tags] for fam in PER_VARIABLE}
         self._loss_fn = get_loss(cfg.loss.kind)
         self._bound = float(cfg.loss.bound)
         self._gamma = float(cfg.train.gamma)
@@ -296,7 +297,7 @@ class Learner:
 
     def _update(self, b: Batch, with_diagnostics: bool) -> dict[str, tf.Tensor]:
         loss, grads, dloss_dqa, q_tm1, target_tm1, delta, extra = self._td_gradients(b, with_diagnostics)
-        preclip_norm = tf.linalg.global_norm(grads)
+        preclip_norm, half_squares = global_norm_parts(grads)
         if self._clip_norm > 0:
             grads, _ = tf.clip_by_global_norm(grads, self._clip_norm, use_norm=preclip_norm)
         # Read now: Keras's `.value` is the tf.Variable itself, read wherever it is used. A read tensor keeps
@@ -307,11 +308,14 @@ class Learner:
         finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(preclip_norm))
         if not with_diagnostics:
             return {"finite": finite}
+        norm = tf.minimum(preclip_norm, self._clip_norm) if self._clip_norm > 0 else preclip_norm
         abs_delta = tf.abs(delta)
-        nonzero_delta = tf.not_equal(delta, 0.0)
-        blocked = tf.logical_and(tf.equal(dloss_dqa, 0.0), nonzero_delta)
-        # The clipped norm is min(norm, bound): arithmetic on the pre-clip norm, not a second pass.
-        applied_norm = tf.minimum(preclip_norm, self._clip_norm) if self._clip_norm > 0 else preclip_norm
+        sign_delta = tf.sign(delta)
+        # sign(x)^2 is 1 on a nonzero entry and 0 on a zero, so l2_loss(sign(x)) is half the count of nonzero
+        # entries: a count with no bool tensor and cast. The samples whose dL/dQ(s,a) is blocked are those
+        # nonzero in delta less those nonzero in both.
+        half_nonzero_delta = tf.nn.l2_loss(sign_delta)
+        half_blocked = half_nonzero_delta - tf.nn.l2_loss(sign_delta * tf.sign(dloss_dqa))
         m: dict[str, tf.Tensor] = {
             "loss/td": loss,
             "q/mean": tf.reduce_mean(q_tm1),
@@ -320,55 +324,70 @@ class Learner:
             "td/abs_mean": tf.reduce_mean(abs_delta),
             "td/abs_max": tf.reduce_max(abs_delta),
             "td/beyond_bound_frac": _frac(abs_delta > self._bound),
-            "td/grad_blocked_frac": tf.math.divide_no_nan(
-                tf.reduce_sum(tf.cast(blocked, tf.float32)), tf.reduce_sum(tf.cast(nonzero_delta, tf.float32))
-            ),
-            "grad_norm/global": applied_norm,
+            "td/grad_blocked_frac": tf.math.divide_no_nan(half_blocked, half_nonzero_delta),
+            # The clipped norm is min(norm, bound): arithmetic on the pre-clip norm, not a second pass.
+            "grad_norm/global": norm,
             **extra,
         }
-        per_variable = self._per_variable_stats(grads, before)  # [V, len(PER_VARIABLE)]
-        grad_norm = per_variable[:, 0]
-        m["grad/nonfinite"] = tf.reduce_sum(per_variable[:, 3])
-        if len(self._hidden_layers) >= 2:  # vanishing indicator: first over last hidden kernel's gradient
-            first = self.variable_tags.index(f"{self._hidden_layers[0].name}/kernel")
-            last = self.variable_tags.index(f"{self._hidden_layers[-1].name}/kernel")
-            m["grad/depth_ratio"] = tf.math.divide_no_nan(grad_norm[first], grad_norm[last])
         if self._clip_norm > 0:
             m["grad_norm/preclip_global"] = preclip_norm
             m["grad/clipped"] = tf.cast(preclip_norm > self._clip_norm, tf.float32)
+        families = self._per_variable_families(grads, before, half_squares, preclip_norm, norm)
+        m["grad/nonfinite"] = tf.reduce_sum(families["grad_nonfinite"])
+        if len(self._hidden_layers) >= 2:  # vanishing indicator: first over last hidden kernel's gradient
+            first = self.variable_tags.index(f"{self._hidden_layers[0].name}/kernel")
+            last = self.variable_tags.index(f"{self._hidden_layers[-1].name}/kernel")
+            norms = families["grad_norm"]
+            m["grad/depth_ratio"] = tf.math.divide_no_nan(norms[first], norms[last])
         # One vector of every metric (one host pull); `_metric_names` says which entry is which tag.
-        names = list(m) + [f"{family}/{tag}" for tag in self.variable_tags for family in PER_VARIABLE]
-        self._metric_names = names
-        values = tf.concat(
-            [tf.stack([tf.cast(v, tf.float32) for v in m.values()]), tf.reshape(per_variable, [-1])], 0
-        )
+        self._metric_names = [*m, *(t for family in families for t in self._family_tags[family])]
+        values = tf.concat([tf.stack(list(m.values())), *families.values()], 0)
         return {"finite": finite, "values": values}
 
-    def _per_variable_stats(self, grads: list[tf.Tensor], before: list[tf.Tensor]) -> tf.Tensor:
-        """The `PER_VARIABLE` families of every variable, as a [V, families] matrix.
+    def _per_variable_families(
+        self,
+        grads: list[tf.Tensor],
+        before: list[tf.Tensor],
+        half_squares: tf.Tensor,
+        preclip_norm: tf.Tensor,
+        norm: tf.Tensor,
+    ) -> dict[str, tf.Tensor]:
+        """The `PER_VARIABLE` families, each a [V] vector over the variables, for the applied gradient `grads`
+        (clipped to the global `norm` from the raw one's `preclip_norm` and `half_squares`).
 
-        Each variable's eight sums are reduced straight from its own tensors (`l2_loss` is one fused pass):
-        no flat parameter vector is built. Copying into one would be fewer ops but many more passes over
-        memory, which costs 3x more at 256-256 (bench_diagnostics).
+        A small network's update pays per op (~0.5-1 us) more than per element, so each variable gets only
+        the reductions nothing else gives: half sums of squares (`l2_loss`, one fused pass) of w_before and
+        w_after - w_before, and the count of nonzero entries of g as half the sum of sign(g)^2 (no bool tensor
+        and cast). Roots, fractions and ratios then take one op per family for all variables. No flat
+        parameter vector is built: copying into one is fewer ops but many more passes over memory, 3x the
+        cost at 256-256 (docs/performance.md).
         """
-        rows = []
-        for g, w0, var, w_init in zip(grads, before, self.variables, self._initial, strict=True):
+        squares, nonzero = [], []
+        for g, w0, var in zip(grads, before, self.variables, strict=True):
             w1 = tf.convert_to_tensor(var.value)
-            half_squares = [tf.nn.l2_loss(x) for x in (g, w1, w1 - w0, w0, w1 - w_init)]  # sum(x^2) / 2
-            abs_g = tf.abs(g)  # NaN fails both comparisons: `< inf` counts the finite entries
-            masks = tf.stack([tf.equal(abs_g, 0.0), abs_g < self._near_zero_tol, abs_g < np.inf])
-            counts = tf.reduce_sum(tf.cast(masks, tf.float32), axis=list(range(1, len(g.shape) + 1)))
-            rows.append(tf.concat([tf.stack(half_squares), counts], 0))
-        # Columns: sums of g^2, w1^2, (w1 - w0)^2, w0^2, (w1 - init)^2, then counts of g == 0, |g| < tol,
-        # |g| finite.
-        sums = tf.stack(rows) * _UNDO_HALF  # [V, 8]
-        size = self._sizes[:, None]
-        roots = tf.sqrt(sums)
-        # Columns: roots 0-7 | fractions 8-15 | size minus the sum 16-23 | update ratio 24.
-        table = tf.concat(
-            [roots, sums / size, size - sums, tf.math.divide_no_nan(roots[:, 2:3], roots[:, 3:4])], axis=1
-        )
-        return tf.gather(table, _PER_VARIABLE_COLUMNS, axis=1)  # [V, families]
+            squares += [tf.nn.l2_loss(w0), tf.nn.l2_loss(w1 - w0)]
+            nonzero.append(tf.nn.l2_loss(tf.sign(g)))  # NaN if g holds a NaN
+        if self._clip_norm > 0:
+            # clip_by_global_norm scales every entry by NaN when the norm is not finite, and a finite norm
+            # means every raw entry is finite: the applied gradient is all finite or all NaN, so its count is
+            # 0 or the variable's size (tests/test_learner.py checks this against a count).
+            nonfinite = tf.where(tf.math.is_finite(preclip_norm), 0.0, self._size)
+        else:
+            finite = [tf.reduce_sum(tf.cast(tf.math.is_finite(g), tf.float32)) for g in grads]
+            nonfinite = self._size - tf.stack(finite)
+        weight_norm, step_norm = tf.unstack(tf.reshape(tf.sqrt(2.0 * tf.stack(squares)), [-1, 2]), axis=1)
+        # The raw half sums of squares the global norm was made of give each variable's norm without another
+        # pass; the clip scales all of them by one factor, norm / preclip_norm.
+        grad_norm = tf.sqrt(2.0 * half_squares)
+        if self._clip_norm > 0:
+            grad_norm *= tf.math.divide_no_nan(norm, preclip_norm)
+        return {
+            "grad_norm": grad_norm,
+            "grad_zero_frac": 1.0 - tf.stack(nonzero) * self._two_over_size,
+            "grad_nonfinite": nonfinite,
+            "weight_norm": weight_norm,
+            "update_ratio": tf.math.divide_no_nan(step_norm, weight_norm),
+        }
 
     def _probe_impl(self, states: tf.Tensor, packed: tf.Tensor) -> dict[str, tf.Tensor]:
         d, activation = self._diag, self.cfg.network.activation
@@ -382,17 +401,22 @@ class Learner:
                 m[f"hist/activation/{layer.name}"] = z
             h = z
         m["features/srank"] = tf.cast(probes.srank(h, d.srank_delta), tf.float32)
-        if d.histograms:
-            m.update(self._weight_and_gradient_histograms(unpack(packed, self._obs_dim)))
+        m.update(self._probe_weights_and_gradient(unpack(packed, self._obs_dim)))
         return m
 
-    def _weight_and_gradient_histograms(self, batch) -> dict[str, tf.Tensor]:
-        """`hist/weight`, `hist/grad` and `hist/log10_abs_grad` of every variable, for the TD loss of `batch`
-        (computed, not applied)."""
+    def _probe_weights_and_gradient(self, batch) -> dict[str, tf.Tensor]:
+        """The `PROBE_PER_VARIABLE` families of every variable, from the weights now and the TD-loss gradient
+        of `batch` (computed, not applied); with histograms on, also `hist/weight`, `hist/grad` and
+        `hist/log10_abs_grad`."""
         m = {}
         grads = self._td_gradients(batch, False).grads
-        for tag, g, w in zip(self.variable_tags, grads, self.variables, strict=True):
-            m[f"hist/weight/{tag}"] = tf.identity(w.value)
+        for tag, g, var, w_init in zip(self.variable_tags, grads, self.variables, self._initial, strict=True):
+            w = tf.convert_to_tensor(var.value)
+            m[f"grad_near_zero_frac/{tag}"] = _frac(tf.abs(g) < self._near_zero_tol)
+            m[f"weight_dist_init/{tag}"] = tf.sqrt(2.0 * tf.nn.l2_loss(w - w_init))
+            if not self._diag.histograms:
+                continue
+            m[f"hist/weight/{tag}"] = w
             m[f"hist/grad/{tag}"] = g
             nonzero = tf.boolean_mask(g, tf.not_equal(g, 0.0))  # exact zeros are grad_zero_frac's
             m[f"hist/log10_abs_grad/{tag}"] = tf.math.log(tf.abs(nonzero)) / tf.math.log(10.0)

@@ -264,5 +264,5 @@ class RecurrentLearner(Learner):
         if d.histograms:
             for name, values in outputs.items():
                 m[f"hist/activation/{name}"] = flat(values)
-            m.update(self._weight_and_gradient_histograms(self._unpack(batch_steps, batch_state)))
+        m.update(self._probe_weights_and_gradient(self._unpack(batch_steps, batch_state)))
         return m

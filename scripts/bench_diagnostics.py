@@ -1,11 +1,11 @@
 """What the diagnostics cost, measured in one run.
 
-    python scripts/bench_diagnostics.py [--steps 50000] [--repeats 2] [--calls 300]
+    python scripts/bench_diagnostics.py [--steps 50000] [--repeats 2] [--calls 40] [--rounds 40]
 
 1. The every-step panel (all core and update-health metrics of a measured update, pulled to the host)
    against a bare update, per call, for a 64-64 MLP at batch 64 (target <= 1.15x); for information, the
    same at 256-256 (the shipped presets' network), and per burst of 128 updates with one measured (their
-   schedule).
+   schedule). The arms alternate in rounds; the ratio is the median of the rounds' own ratios.
 2. The full panel on its default schedule (huber_relu: one measured update per 128, probes and histograms
    every 2,560) against diagnostics off, for the whole training loop (target <= 1.05x), each run in a fresh
    single-threaded process, order alternated, medians.
@@ -25,19 +25,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=positive, default=50_000, help="env steps per whole-loop measurement")
     ap.add_argument("--repeats", type=positive, default=2, help="whole-loop measurements per arm")
     ap.add_argument(
-        "--calls", type=positive, default=300, help="update calls per round in the per-call measurement"
+        "--calls",
+        type=positive,
+        default=40,
+        help="update calls per arm and round in the per-call measurement",
     )
+    ap.add_argument("--rounds", type=positive, default=40, help="rounds of the per-call measurement")
     args = ap.parse_args(argv)
 
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     calls = {
         "one update call, 64-64 MLP, batch 64": ((64, 64), 1, args.calls, 1.15),
         "one update call, 256-256 MLP, batch 64": ((256, 256), 1, max(args.calls // 2, 1), None),
-        "burst of 128 updates (one measured), 256-256": ((256, 256), 128, max(args.calls // 60, 3), None),
+        "burst of 128 updates (one measured), 256-256": ((256, 256), 128, max(args.calls // 20, 1), None),
     }
     per_call = {}
     for label, (hidden, updates, n, _) in calls.items():
-        per_call[label] = bench.update_call_costs(hidden, batch_size=64, calls=n, updates_per_call=updates)
+        per_call[label] = bench.update_call_costs(
+            hidden, batch_size=64, calls=n, updates_per_call=updates, rounds=args.rounds
+        )
         on_ms, off_ms = per_call[label]["panel_s"] * 1e3, per_call[label]["bare_s"] * 1e3
         log(f"{label}: {on_ms:.3f} ms with the panel, {off_ms:.3f} ms bare")
     jobs = [("dqnlab", True), ("dqnlab", False)]

@@ -1,12 +1,13 @@
 """Where a measured update's cost goes: the per-call panel with parts of it taken out.
 
-    taskset -c 1 python scripts/bench_panel_parts.py [--hidden 64,64] [--calls 300] [--rounds 7]
+    taskset -c 1 python scripts/bench_panel_parts.py [--hidden 64,64] [--calls 40] [--rounds 40]
 
 scripts/bench_diagnostics.py measures the whole panel against a bare update call (target <= 1.15x at 64-64,
 batch 64). This script measures, in one process and against the same bare call, measured updates that
 compute less and less of the panel. Each variant is a `Learner` subclass and returns a metrics vector of the
 shipped length (zeros where it computes nothing), so every variant pays the same host pull. The weights are
-still read before the update in every variant; only the shipped panel uses that read.
+still read before the update in every variant; only the shipped panel uses that read. The non-finite
+counts are those of a clipping preset (huber_relu clips at 10; see `Learner._per_variable_families`).
 
 Run it on one quiet core: the variants differ by tens of microseconds a call.
 """
@@ -38,23 +39,24 @@ class HostPullOnly(Learner):
 
 
 class PartialPanel(Learner):
-    """The shipped TD statistics, and of the per-variable block only `parts` (the rest of its columns 0)."""
+    """The shipped TD statistics, and of the per-variable families only `parts` (the others zeros)."""
 
     parts: tuple[str, ...] = ()
 
-    def _per_variable_stats(self, grads, before):
-        rows = []
-        for g in grads:
-            columns = [tf.sqrt(2.0 * tf.nn.l2_loss(g))] if "norms" in self.parts else [tf.constant(0.0)]
-            if "counts" in self.parts:
-                abs_g = tf.abs(g)
-                masks = tf.stack([tf.equal(abs_g, 0.0), abs_g < self._near_zero_tol, abs_g < np.inf])
-                counts = tf.reduce_sum(tf.cast(masks, tf.float32), axis=list(range(1, len(g.shape) + 1)))
-                size = float(np.prod(g.shape))
-                columns += [counts[0] / size, counts[1] / size, size - counts[2]]
-            rows.append(tf.stack(columns))
-        table = tf.stack(rows)
-        return tf.pad(table, [[0, 0], [0, len(PER_VARIABLE) - table.shape[1]]])
+    def _per_variable_families(self, grads, before, half_squares, preclip_norm, norm):
+        shipped = super()._per_variable_families
+        if "weights" in self.parts:
+            return shipped(grads, before, half_squares, preclip_norm, norm)
+        zeros = tf.zeros([len(grads)])
+        families = dict.fromkeys(PER_VARIABLE, zeros)
+        if "norms" in self.parts:  # as shipped: from the global norm's half squares, scaled by the clip
+            families["grad_norm"] = tf.sqrt(2.0 * half_squares) * tf.math.divide_no_nan(norm, preclip_norm)
+        if "counts" in self.parts:
+            families["grad_zero_frac"] = 1.0 - tf.stack([tf.nn.l2_loss(tf.sign(g)) for g in grads]) * (
+                self._two_over_size
+            )
+            families["grad_nonfinite"] = tf.where(tf.math.is_finite(preclip_norm), 0.0, self._size)
+        return families
 
 
 class TDOnly(PartialPanel):
@@ -69,12 +71,30 @@ class TDNormsAndCounts(PartialPanel):
     parts = ("norms", "counts")
 
 
+class WithProbeFamilies(Learner):
+    """The shipped panel plus the two families it leaves to the probes, computed in the measured update:
+    near-zero shares of g (a compare, a cast, a mean per variable) and distances from the initial weights
+    (a difference and an l2_loss): what moving them saved."""
+
+    def _per_variable_families(self, grads, before, half_squares, preclip_norm, norm):
+        families = super()._per_variable_families(grads, before, half_squares, preclip_norm, norm)
+        families["grad_near_zero_frac"] = tf.stack(
+            [tf.reduce_mean(tf.cast(tf.abs(g) < self._near_zero_tol, tf.float32)) for g in grads]
+        )
+        distances = [tf.nn.l2_loss(v.value - w) for v, w in zip(self.variables, self._initial, strict=True)]
+        families["weight_dist_init"] = tf.sqrt(2.0 * tf.stack(distances))
+        self._family_tags.update({f: [f"{f}/{t}" for t in self.variable_tags] for f in families})
+        return families
+
+
+SHIPPED = "+ weight norms and update ratios (shipped)"
 VARIANTS = {
     "nothing but the same host pull": HostPullOnly,
     "TD statistics (no per-variable block)": TDOnly,
     "+ per-variable gradient norms": TDAndNorms,
-    "+ zero, near-zero and non-finite counts": TDNormsAndCounts,
-    "+ weight norms, update ratios, distance from init (shipped)": Learner,
+    "+ zero and non-finite counts": TDNormsAndCounts,
+    SHIPPED: Learner,
+    "+ near-zero shares, distance from init (at the probes instead)": WithProbeFamilies,
 }
 
 
@@ -83,10 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     positive = int_at_least(1)
     ap.add_argument("--hidden", default="64,64", help="hidden layer sizes (default 64,64)")
     ap.add_argument("--batch", type=positive, default=64, help="batch size (default 64)")
-    ap.add_argument(
-        "--calls", type=positive, default=300, help="update calls per arm and round (default 300)"
-    )
-    ap.add_argument("--rounds", type=positive, default=7, help="rounds; medians are reported (default 7)")
+    ap.add_argument("--calls", type=positive, default=40, help="update calls per arm and round (default 40)")
+    ap.add_argument("--rounds", type=positive, default=40, help="rounds; medians are reported (default 40)")
     args = ap.parse_args(argv)
     try:
         hidden = tuple(int(h) for h in args.hidden.split(","))
@@ -97,20 +115,23 @@ def main(argv: list[str] | None = None) -> int:
 
     bench.limit_tf_to_one_thread()
     learners = {label: bench.bench_learner(cls, hidden, args.batch) for label, cls in VARIANTS.items()}
-    shipped = learners[list(VARIANTS)[-1]]
+    shipped = learners[SHIPPED]
     shipped.update(_probe_burst(args.batch), True)  # traces it: the metrics vector's length is known
     HostPullOnly.vector_length = len(shipped._metric_names)
     arms = {"bare (no diagnostics)": (shipped, False)}
     arms.update({label: (learner, True) for label, learner in learners.items()})
     costs = bench.interleaved_call_costs(arms, args.batch, args.calls, rounds=args.rounds)
-    bare = costs["bare (no diagnostics)"]
+    bare = costs.seconds["bare (no diagnostics)"]
     info = bench.machine_info(("dqnlab",))
     info["threads"] = "this process, TF intra-op=1 inter-op=1"
     print(bench.machine_line(info))
-    print(f"one update call, {'-'.join(map(str, hidden))} MLP, batch {args.batch}; medians of {args.rounds}")
+    print(
+        f"one update call, {'-'.join(map(str, hidden))} MLP, batch {args.batch}; medians of {args.rounds}"
+        " rounds (ratio: the median of each round's own ratio to the bare call)"
+    )
     rows = [
-        [label, f"{cost * 1e3:.3f} ms", f"{(cost - bare) * 1e6:+.0f} us", f"{cost / bare:.3f}"]
-        for label, cost in costs.items()
+        [label, f"{cost * 1e3:.3f} ms", f"{(cost - bare) * 1e6:+.0f} us", f"{costs.ratio[label]:.3f}"]
+        for label, cost in costs.seconds.items()
     ]
     print(bench.format_table(["the measured update computes", "per call", "vs bare", "ratio"], rows))
     return 0

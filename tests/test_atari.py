@@ -24,7 +24,7 @@ from dqnlab.cnn_net import build_cnn_q_network, forward  # noqa: E402
 from dqnlab.config import ConfigError, load_preset  # noqa: E402
 from dqnlab.envs import ClipReward, LifeLossTerminal, make_env  # noqa: E402
 from dqnlab.frame_replay import FrameReplay  # noqa: E402
-from dqnlab.learner import PER_VARIABLE  # noqa: E402
+from dqnlab.learner import PER_VARIABLE, PROBE_PER_VARIABLE  # noqa: E402
 from dqnlab.networks import variable_tag  # noqa: E402
 
 CONVS = ("conv_0", "conv_1", "conv_2")
@@ -307,6 +307,9 @@ def test_short_pong_run_logs_every_diagnostic_for_conv_layers(pong_run):
             assert all(v > 0 for _, v in res.scalars(f"grad_norm/{layer}/{part}"))
             assert all(v > 0 for _, v in res.scalars(f"update_ratio/{layer}/{part}"))
             assert all(0 <= v <= 1 for _, v in res.scalars(f"grad_zero_frac/{layer}/{part}"))
+            for family in PROBE_PER_VARIABLE:
+                series = res.scalars(f"{family}/{layer}/{part}")
+                assert len(series) == updates // 100 and all(v >= 0 for _, v in series), family
     for layer in (*CONVS, "hidden_0"):
         for family in (*PROBE_FAMILIES, "act_deriv_mean"):
             series = res.scalars(f"{family}/{layer}")

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from dqnlab.config import load_preset
-from dqnlab.learner import Batch, Learner
+from dqnlab.learner import Batch, Learner, global_norm_parts
 
 OBS = np.array([[1, 2], [0.5, 0.5], [1, 1], [2, 0]], np.float32)
 ACTIONS = np.array([0, 1, 0, 0], np.int32)
@@ -92,13 +92,30 @@ def test_blocked_fraction_is_exactly_the_beyond_bound_share_for_the_forward_clip
     assert float(m["td/grad_blocked_frac"]) == pytest.approx(expected)
 
 
-def test_global_norm_and_near_zero_use_every_variable():
+def test_global_norm_uses_every_variable():
     m = tiny_learner("huber").update(batch(), with_diagnostics=True).metrics
     tags = ["hidden_0/kernel", "hidden_0/bias", "q_head/kernel", "q_head/bias"]
     norms = np.array([float(m[f"grad_norm/{t}"]) for t in tags])
     assert float(m["grad_norm/global"]) == pytest.approx(np.sqrt((norms**2).sum()), rel=1e-6)
-    for t in tags:
-        assert float(m[f"grad_near_zero_frac/{t}"]) >= float(m[f"grad_zero_frac/{t}"])
+
+
+def test_probe_near_zero_share_and_distance_from_init_by_hand():
+    # The probe's gradient is the TD gradient of the batch it is given, at the weights of the moment: for the
+    # identity network and Huber, q_head/kernel's is [[0, -.0625], [-.25, -.0625]] (see CASES).
+    learner = tiny_learner("huber", **{"diagnostics.near_zero_tol": 0.1})
+    initial = [w.numpy() for w in learner._initial]  # the random init, before tiny_learner set identities
+    probed = learner.probe(OBS, Batch(*(x[0] for x in batch())))
+    m = {k: float(v) for k, v in probed.items() if np.ndim(v) == 0}
+    assert m["grad_near_zero_frac/q_head/kernel"] == 3 / 4  # |0|, |.0625|, |.0625| < 0.1; |.25| is not
+    assert m["grad_near_zero_frac/q_head/bias"] == 1 / 2  # dL/db = [(-1 + 1 + 0) / 4, -.5 / 4] = [0, -.125]
+    identity = [np.eye(2), np.zeros(2), np.eye(2), np.zeros(2)]
+    for i, tag in enumerate(["hidden_0/kernel", "hidden_0/bias", "q_head/kernel", "q_head/bias"]):
+        expected = np.linalg.norm(identity[i] - initial[i])
+        assert m[f"weight_dist_init/{tag}"] == pytest.approx(expected, rel=1e-6)
+    # An exact zero is also near zero: with a tolerance of 0 nothing is below it.
+    strict = tiny_learner("huber", **{"diagnostics.near_zero_tol": 0.0})
+    m = strict.probe(OBS, Batch(*(x[0] for x in batch())))
+    assert float(m["grad_near_zero_frac/q_head/kernel"]) == 0.0
 
 
 def test_clipping_reports_preclip_norm_and_fires():
@@ -129,6 +146,76 @@ def test_without_diagnostics_only_finiteness_comes_back():
 def test_non_finite_loss_is_flagged():
     b = batch()._replace(rewards=np.full((1, B), np.nan, np.float32))
     assert not bool(tiny_learner("huber").update(b, with_diagnostics=False).finite)
+
+
+def _overflowing_batch() -> Batch:
+    """Sample 0 has Q(s, a=0) = 1e20: its squared-loss dL/dQ, delta / B = 2.5e19, is finite, and so is every
+    bias gradient, but times the 1e20 that feeds it, it overflows in exactly one entry of each kernel."""
+    obs = OBS.copy()
+    obs[0] = [1e20, 0]
+    b = batch()
+    return b._replace(obs=obs[None], next_obs=obs[None])
+
+
+def _raw_gradients(learner: Learner, b: Batch) -> list[np.ndarray]:
+    """The squared TD loss's gradient, written out here (terminal transitions: target = r)."""
+    obs, a, r = (np.asarray(x[0]) for x in (b.obs, b.actions, b.rewards))
+    with tf.GradientTape() as tape:
+        q_a = tf.gather(learner.online(obs), a, batch_dims=1)
+        loss = tf.reduce_mean(0.5 * tf.square(r - q_a))
+    return tape.gradient(loss, learner.online.trainable_variables)
+
+
+def test_nonfinite_counts_without_clipping_are_the_raw_gradients():
+    learner = tiny_learner("squared")
+    raw = [g.numpy() for g in _raw_gradients(tiny_learner("squared"), _overflowing_batch())]
+    m = learner.update(_overflowing_batch(), with_diagnostics=True).metrics
+    tags = ["hidden_0/kernel", "hidden_0/bias", "q_head/kernel", "q_head/bias"]
+    counted = [float(np.sum(~np.isfinite(g))) for g in raw]
+    assert counted == [1.0, 0.0, 1.0, 0.0]  # the hand count in _overflowing_batch
+    assert [m[f"grad_nonfinite/{t}"] for t in tags] == counted
+    assert m["grad/nonfinite"] == 2.0
+
+
+def test_nonfinite_counts_with_clipping_are_the_applied_gradients():
+    # clip_by_global_norm turns the whole gradient NaN when the norm is not finite; the count follows it.
+    learner = tiny_learner("squared", **{"train.grad_clip_norm": 10.0})
+    raw = _raw_gradients(tiny_learner("squared"), _overflowing_batch())
+    applied, _ = tf.clip_by_global_norm(raw, 10.0)
+    m = learner.update(_overflowing_batch(), with_diagnostics=True).metrics
+    tags = ["hidden_0/kernel", "hidden_0/bias", "q_head/kernel", "q_head/bias"]
+    counted = [float(np.sum(~np.isfinite(g.numpy()))) for g in applied]
+    assert counted == [4.0, 2.0, 4.0, 2.0]  # every entry
+    assert [m[f"grad_nonfinite/{t}"] for t in tags] == counted
+    assert m["grad/nonfinite"] == 12.0
+    # A finite update counts none, with or without clipping.
+    assert (
+        tiny_learner("squared", **{"train.grad_clip_norm": 10.0})
+        .update(batch(), True)
+        .metrics["grad/nonfinite"]
+        == 0.0
+    )
+
+
+def test_zero_counts_by_sign_agree_with_equality_on_tiny_and_subnormal_entries():
+    # The zero fraction counts nonzero entries as sum(sign(g)^2). TensorFlow on CPU flushes subnormals to
+    # zero, and compares them equal to 0: both counts must agree on every kind of entry but NaN.
+    g = tf.constant([0.0, -0.0, 1e-40, -1e-39, 1e-30, -2.0, np.inf, -np.inf] * 5, tf.float32)
+    by_sign = float(2.0 * tf.nn.l2_loss(tf.sign(g)))
+    by_equality = float(tf.reduce_sum(tf.cast(tf.not_equal(g, 0.0), tf.float32)))
+    assert by_sign == by_equality
+
+
+def test_global_norm_is_tensorflows_bit_for_bit():
+    # The divergence check and the clip read this norm: it must round exactly as tf.linalg.global_norm.
+    rng = np.random.default_rng(0)
+    for shapes in ([(4, 64), (64,), (64, 64), (64,), (64, 2), (2,)], [(3, 5, 7)], [(1,), (100_000,)]):
+        grads = [
+            tf.constant(rng.normal(scale=10.0 ** rng.uniform(-8, 3), size=s), tf.float32) for s in shapes
+        ]
+        norm, half_squares = global_norm_parts(grads)
+        assert norm.numpy().tobytes() == tf.linalg.global_norm(grads).numpy().tobytes()
+        np.testing.assert_array_equal(half_squares.numpy(), [tf.nn.l2_loss(g).numpy() for g in grads])
 
 
 def test_target_sync_hard_and_soft():
@@ -214,11 +301,15 @@ def test_update_health_metrics_match_the_sgd_step_by_hand():
     for i, tag in enumerate(["hidden_0/kernel", "hidden_0/bias", "q_head/kernel", "q_head/bias"]):
         step = np.linalg.norm(after[i] - before[i])
         assert step == pytest.approx(0.1 * m[f"grad_norm/{tag}"], rel=1e-5)
-        assert m[f"weight_norm/{tag}"] == pytest.approx(np.linalg.norm(after[i]), rel=1e-6)
+        assert m[f"weight_norm/{tag}"] == pytest.approx(np.linalg.norm(before[i]), rel=1e-6)
         expected_ratio = step / np.linalg.norm(before[i]) if np.linalg.norm(before[i]) else 0.0
         assert m[f"update_ratio/{tag}"] == pytest.approx(expected_ratio, rel=1e-5)
-        assert m[f"weight_dist_init/{tag}"] == pytest.approx(np.linalg.norm(after[i] - initial[i]), rel=1e-5)
         assert m[f"grad_nonfinite/{tag}"] == 0.0
+    # The distance from the initial weights is the probe's (weights only, on the probe schedule).
+    probed = learner.probe(OBS, Batch(*(x[0] for x in batch())))
+    for i, tag in enumerate(["hidden_0/kernel", "hidden_0/bias", "q_head/kernel", "q_head/bias"]):
+        expected = np.linalg.norm(after[i] - initial[i])
+        assert float(probed[f"weight_dist_init/{tag}"]) == pytest.approx(expected, rel=1e-5)
     # q_head/kernel by hand: ||g|| = sqrt(.25^2 + 2 * .0625^2); ratio = 0.1 ||g|| / ||I||, ||I|| = sqrt(2).
     assert m["update_ratio/q_head/kernel"] == pytest.approx(
         0.1 * np.sqrt(0.25**2 + 2 * 0.0625**2) / np.sqrt(2)

@@ -54,7 +54,7 @@ def test_every_preset_trains_a_few_steps_and_logs_its_core_tags(tmp_path, name):
     }
     per_var = {
         f"{fam}/{layer}/{p}"
-        for fam in ("grad_norm", "grad_zero_frac", "grad_near_zero_frac")
+        for fam in ("grad_norm", "grad_zero_frac", "grad_nonfinite", "weight_norm", "update_ratio")
         for layer in [f"hidden_{i}" for i in range(len(res.config["network"]["hidden"]))] + ["q_head"]
         for p in ("kernel", "bias")
     }
