@@ -11,6 +11,7 @@ Set DQNLAB_EAGER=1 to run the step eagerly (debuggable with print and pdb).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -37,9 +38,35 @@ class TDTerms(NamedTuple):
     extra: dict[str, tf.Tensor]  # architecture-specific metrics of the measured update (BPTT norms)
 
 
+class MetricValues(Mapping):
+    """The measured update's metrics, tag -> float: a read-only view of the pulled vector. Its one consumer
+    (the summary writer) walks it once, so building a dict of ~50 entries per measured update first would be
+    spent for nothing (~1% of a small network's update call)."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, index: dict[str, int], values: list[float]):
+        self._index, self._values = index, values
+
+    def __getitem__(self, tag: str) -> float:
+        return self._values[self._index[tag]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def items(self) -> Iterable[tuple[str, float]]:  # in tag order, without a lookup per tag
+        return zip(self._index, self._values, strict=True)
+
+    def __repr__(self) -> str:
+        return f"MetricValues({dict(self.items())})"
+
+
 class UpdateOutput(NamedTuple):
     finite: tf.Tensor  # bool: every loss and gradient norm of the burst was finite
-    metrics: dict[str, float]  # the measured update's diagnostics (one host pull); empty without diagnostics
+    metrics: Mapping[str, float]  # the measured update's diagnostics (one host pull); empty without them
     weights: list[tf.Tensor]  # online weights after the burst, in `Learner.variables` order
 
 
@@ -105,7 +132,7 @@ class Learner:
         self._initial = [tf.constant(v.numpy()) for v in self.variables]
         sizes = np.array([np.prod(v.shape) for v in self.variables], np.float32)
         self._size, self._two_over_size = tf.constant(sizes), tf.constant(2.0 / sizes)
-        self._metric_names: list[str] = []  # the measured update's tags, in output order (set when traced)
+        self._metric_index: dict[str, int] = {}  # the measured update's tag -> its place in the pulled vector
         self._hidden_layers = [layer for layer in self.online.layers if layer.name.startswith("hidden_")]
         self._obs_dim = obs_dim
         self.variable_tags = [variable_tag(v) for v in self.variables]
@@ -155,9 +182,7 @@ class Learner:
                 [tf.TensorSpec(p.shape, p.dtype) for p in packed], bool(with_diagnostics)
             )
             finite, values, weights = fn(*packed)
-        metrics = (
-            dict(zip(self._metric_names, values.numpy().tolist(), strict=True)) if with_diagnostics else {}
-        )
+        metrics = MetricValues(self._metric_index, values.numpy().tolist()) if with_diagnostics else {}
         return UpdateOutput(finite, metrics, weights)
 
     def policy(self) -> NumpyMLP:
@@ -339,8 +364,9 @@ class Learner:
             last = self.variable_tags.index(f"{self._hidden_layers[-1].name}/kernel")
             norms = families["grad_norm"]
             m["grad/depth_ratio"] = tf.math.divide_no_nan(norms[first], norms[last])
-        # One vector of every metric (one host pull); `_metric_names` says which entry is which tag.
-        self._metric_names = [*m, *(t for family in families for t in self._family_tags[family])]
+        # One vector of every metric (one host pull); `_metric_index` says which entry is which tag.
+        names = [*m, *(t for family in families for t in self._family_tags[family])]
+        self._metric_index = {name: i for i, name in enumerate(names)}
         values = tf.concat([tf.stack(list(m.values())), *families.values()], 0)
         return {"finite": finite, "values": values}
 

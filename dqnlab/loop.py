@@ -10,7 +10,7 @@ progress and run.json.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -35,7 +35,7 @@ class Updated:
 
     step: int
     updates: int  # updates done so far, this burst included
-    metrics: dict  # tag -> tf.Tensor; empty unless diagnostics were measured
+    metrics: Mapping  # tag -> float; empty unless diagnostics were measured
     finite: bool
 
 

@@ -33,7 +33,7 @@ class HostPullOnly(Learner):
     def _update(self, b, with_diagnostics):
         out = super()._update(b, False)
         if with_diagnostics:
-            self._metric_names = [f"m{i}" for i in range(self.vector_length)]
+            self._metric_index = {f"m{i}": i for i in range(self.vector_length)}
             out["values"] = tf.zeros([self.vector_length])
         return out
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     learners = {label: bench.bench_learner(cls, hidden, args.batch) for label, cls in VARIANTS.items()}
     shipped = learners[SHIPPED]
     shipped.update(_probe_burst(args.batch), True)  # traces it: the metrics vector's length is known
-    HostPullOnly.vector_length = len(shipped._metric_names)
+    HostPullOnly.vector_length = len(shipped._metric_index)
     arms = {"bare (no diagnostics)": (shipped, False)}
     arms.update({label: (learner, True) for label, learner in learners.items()})
     costs = bench.interleaved_call_costs(arms, args.batch, args.calls, rounds=args.rounds)

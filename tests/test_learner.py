@@ -80,6 +80,17 @@ def test_diagnostics_match_hand_computation(kind):
     assert "grad_norm/preclip_global" not in m  # clipping is off
 
 
+def test_metrics_are_a_mapping_of_floats_in_tag_order():
+    learner = tiny_learner("huber")
+    m = learner.update(batch(), with_diagnostics=True).metrics
+    as_dict = dict(m)
+    assert list(m) == list(as_dict) == [tag for tag, _ in m.items()] and len(m) == len(as_dict)
+    assert all(type(v) is float and m[k] == v for k, v in as_dict.items())
+    assert "loss/td" in m and "no/such_tag" not in m and m.get("no/such_tag") is None
+    with pytest.raises(KeyError):
+        m["no/such_tag"]
+
+
 def test_blocked_fraction_is_exactly_the_beyond_bound_share_for_the_forward_clip():
     # With no delta == 0 and every |delta| != bound, the forward clip blocks exactly those beyond the bound.
     learner = tiny_learner("clipped_delta_squared")
