@@ -119,6 +119,10 @@ def test_probe_near_zero_share_and_distance_from_init_by_hand():
     m = {k: float(v) for k, v in probed.items() if np.ndim(v) == 0}
     assert m["grad_near_zero_frac/q_head/kernel"] == 3 / 4  # |0|, |.0625|, |.0625| < 0.1; |.25| is not
     assert m["grad_near_zero_frac/q_head/bias"] == 1 / 2  # dL/db = [(-1 + 1 + 0) / 4, -.5 / 4] = [0, -.125]
+    # log10|g| of the nonzero entries only: the exact zero is grad_zero_frac's.
+    np.testing.assert_allclose(
+        np.sort(probed["hist/log10_abs_grad/q_head/kernel"]), np.log10([0.0625, 0.0625, 0.25]), rtol=1e-6
+    )
     identity = [np.eye(2), np.zeros(2), np.eye(2), np.zeros(2)]
     for i, tag in enumerate(["hidden_0/kernel", "hidden_0/bias", "q_head/kernel", "q_head/bias"]):
         expected = np.linalg.norm(identity[i] - initial[i])
