@@ -3,8 +3,9 @@
 `Learner.update(batch, with_diagnostics)` runs K = batch.actions.shape[0] gradient updates inside ONE
 `tf.function` call (a `tf.range` loop), because per-call dispatch (0.15-0.2 ms for an empty call) and not
 arithmetic is what a small DQN spends its time on. When diagnostics are asked for, the *last* update of the
-burst is the measured one: it returns the full dict of tensors (names are the TensorBoard tags, see
-docs/metrics.md); the others return nothing but a finiteness flag. Nothing in the graph writes summaries.
+burst is the measured one: it returns one vector of its metrics, pulled to the host once and read as tag ->
+float (`MetricValues`; the tags are docs/metrics.md's); the others return nothing but a finiteness flag.
+Nothing in the graph writes summaries.
 
 Set DQNLAB_EAGER=1 to run the step eagerly (debuggable with print and pdb).
 """
@@ -98,8 +99,8 @@ def unpack(packed: tf.Tensor, obs_dim: int) -> Batch:
 # Per-variable families of the measured update, in output order; tags are `<family>/<variable tag>`. Each is
 # something only the update can tell: its gradient and the step it applied. The weights' own state
 # (`weight_dist_init`) and the "tiny but not zero" share (`grad_near_zero_frac`, read with the log10|g|
-# histogram) are taken at the probes instead (`PROBE_PER_VARIABLE`): at 64-64 they cost a measured update
-# ~20 us, 5% of a bare one (docs/performance.md).
+# histogram) are taken at the probes instead (`PROBE_PER_VARIABLE`): in a measured update they cost 6% of a
+# bare one at 64-64 and 7% at 256-256 (docs/performance.md).
 PER_VARIABLE = ("grad_norm", "grad_zero_frac", "grad_nonfinite", "weight_norm", "update_ratio")
 PROBE_PER_VARIABLE = ("grad_near_zero_frac", "weight_dist_init")
 
