@@ -342,6 +342,7 @@ class Learner:
         finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(preclip_norm))
         if not with_diagnostics:
             return {"finite": finite}
+        # The clipped norm is min(norm, bound): arithmetic on the pre-clip norm, not a second pass.
         norm = tf.minimum(preclip_norm, self._clip_norm) if self._clip_norm > 0 else preclip_norm
         abs_delta = tf.abs(delta)
         sign_delta = tf.sign(delta)
@@ -359,7 +360,6 @@ class Learner:
             "td/abs_max": tf.reduce_max(abs_delta),
             "td/beyond_bound_frac": _frac(abs_delta > self._bound),
             "td/grad_blocked_frac": tf.math.divide_no_nan(half_blocked, half_nonzero_delta),
-            # The clipped norm is min(norm, bound): arithmetic on the pre-clip norm, not a second pass.
             "grad_norm/global": norm,
             **extra,
         }
