@@ -1,13 +1,15 @@
-"""Where a measured update's cost goes: the per-call panel with parts of it taken out.
+"""Where a measured update's cost goes: the per-call panel, part by part.
 
     taskset -c 1 python scripts/bench_panel_parts.py [--hidden 64,64] [--calls 40] [--rounds 40]
 
 scripts/bench_diagnostics.py measures the whole panel against a bare update call (target <= 1.15x at 64-64,
 batch 64). This script measures, in one process and against the same bare call, measured updates that
-compute less and less of the panel. Each variant is a `Learner` subclass and returns a metrics vector of the
-shipped length (zeros where it computes nothing), so every variant pays the same host pull. The weights are
-still read before the update in every variant; only the shipped panel uses that read. The non-finite
-counts are those of a clipping preset (huber_relu clips at 10; see `Learner._per_variable_families`).
+compute more and more of the panel, up to the shipped one, and then the shipped one with the two families
+that the probes take instead (what moving them saved). Each variant is a `Learner` subclass and returns a
+metrics vector of the shipped length (zeros where it computes nothing), so every variant pays the same host
+pull. The weights are still read before the update in every variant; only the shipped panel uses that read.
+The non-finite counts are those of a clipping preset (huber_relu clips at 10; see
+`Learner._per_variable_families`).
 
 Run it on one quiet core: the variants differ by tens of microseconds a call.
 """
