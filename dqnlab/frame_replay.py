@@ -164,6 +164,11 @@ class FrameReplay:
     def __len__(self) -> int:
         return self._added - self._oldest
 
+    def end_episode(self) -> None:
+        """The episode in progress ends without a last step (a resume that restarts the env): the next add
+        starts an episode, as after a truncation."""
+        self._episode_start = True
+
     def add(
         self, obs, action: int, reward: float, next_obs, terminated: bool, truncated: bool = False, state=None
     ) -> None:

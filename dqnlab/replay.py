@@ -80,6 +80,10 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self._size
 
+    def end_episode(self) -> None:
+        """The episode in progress ends without a last step (a resume that restarts the env): nothing to
+        do here, transitions stand alone."""
+
     def add(
         self, obs, action: int, reward: float, next_obs, terminated: bool, truncated: bool = False, state=None
     ) -> None:

@@ -132,6 +132,13 @@ class SequenceReplay:
         self.is_step[row] = is_step
         self._filled = max(self._filled, row + 1)
 
+    def end_episode(self) -> None:
+        """The episode in progress ends without a last step (a resume that restarts the env): as after a
+        truncation, its last observation row stays and the next episode starts after it."""
+        if not self._episode_start:
+            self._episode_start = True
+            self._slot = (self._slot + 1) % self._capacity
+
     def add(
         self, obs, action: int, reward: float, next_obs, terminated: bool, truncated: bool, state=None
     ) -> None:

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dqnlab import checkpoint
+from dqnlab import checkpoint, snapshot
 from dqnlab._tf import tf
+from dqnlab.checkpoint import CheckpointError
 from dqnlab.config import Config, ConfigError, check_env_fits
 from dqnlab.doctor import LiveDoctor, warning_line
 from dqnlab.doctor_rules import Finding
@@ -87,14 +88,17 @@ def flat_config(cfg: Config) -> dict[str, object]:
     }
 
 
-def _load_checkpoint(run_dir: Path):
+def _resume_from_checkpoint(run_dir: Path, cfg: Config, learner, env, replay, seed: int):
+    """The run's newest checkpoint, verified and put into the fresh learner, env and replay: (checkpoint,
+    Restored), or (None, None) when it has none. A damaged, changed or unfitting one is a ConfigError
+    (one line, exit 2) and nothing on disk is changed."""
     try:
-        return checkpoint.load(run_dir)
-    except Exception as exc:  # a damaged file of any kind: say which, keep everything as it is
-        raise ConfigError(
-            f"--resume: the checkpoint in {checkpoint.checkpoint_dir(run_dir)} is unreadable "
-            f"({type(exc).__name__}: {exc}); nothing was changed"
-        ) from None
+        ckpt = checkpoint.load(run_dir)
+        if ckpt is None:
+            return None, None
+        return ckpt, snapshot.restore(ckpt, learner, env, replay, seed, cfg.train.learning_starts)
+    except (CheckpointError, OSError) as exc:
+        raise ConfigError(f"--resume: {exc}; nothing was changed") from None
 
 
 def configure_device(device: str) -> None:
@@ -166,8 +170,10 @@ def train(
     train_env = make_env(env_id, seed=seed, atari=cfg.atari)
     eval_env = make_env(env_id, atari=cfg.atari, evaluation=True)  # Atari: the real score, unclipped
     run_dir = run_dir_for(logdir, name, cfg.name, env_id, seed)
-    replay = make_replay(cfg, train_env, seed)  # before anything is written: it may not fit
-    ckpt = None
+    # Everything is built, and a checkpoint verified and restored, before anything is written.
+    replay = make_replay(cfg, train_env, seed)  # it may not fit in memory
+    learner = make_learner(cfg, train_env, seed)
+    ckpt, restored, previous = None, None, {}
     if resume and (run_dir / RUN_JSON).is_file():
         previous = _previous_run_json(run_dir)
         if previous.get("status") in ("done", "diverged"):  # finished: its result is what it logged
@@ -175,13 +181,19 @@ def train(
         if process_is_alive(previous):  # two processes must never write one run directory
             raise ConfigError(f"--resume: {run_dir} is still training (process {previous['pid']})")
         _check_same_config(previous, cfg, run_dir)
-        ckpt = _load_checkpoint(run_dir)
+        ckpt, restored = _resume_from_checkpoint(run_dir, cfg, learner, train_env, replay, seed)
         if ckpt is None:  # it never reached a checkpoint: start over, keeping what it logged
             kept = set_aside_earlier_life(run_dir)
             say = warn or _log.warning
             say(f"{run_dir} had no checkpoint: started over, its earlier files kept in {kept}")
+        elif not restored.exact_env:
+            say = warn or _log.warning
+            say(f"{env_id} keeps state dqnlab cannot store as data: resumed at step {ckpt.step:,} with a "
+                "fresh episode (docs/resume.md)")  # fmt: skip
     if ckpt is None:
         claim_run_dir(run_dir)
+    else:
+        checkpoint.remove_staging(run_dir)  # what a killed save left behind
     experiment_json = run_dir.parents[2] / EXPERIMENT_JSON
     if not experiment_json.exists():
         write_json_atomic(
@@ -218,10 +230,11 @@ def train(
         saved = ckpt.state["run"]
         final, elapsed_before = saved["final"], saved["wall_time_s"]
         info.update(env_steps=ckpt.step, updates=saved["updates"], final=final)
-        info["started_at"] = json.loads((run_dir / RUN_JSON).read_text()).get(
-            "started_at", info["started_at"]
-        )
-        info["resumed_from"] = [*saved.get("resumed_from", []), ckpt.step]
+        info["started_at"] = previous.get("started_at", info["started_at"])
+        # From run.json, not the checkpoint: two resumes from one checkpoint are two entries.
+        info["resumed_from"] = [*previous.get("resumed_from", []), ckpt.step]
+        how = "exact" if restored.exact_env else "fresh episode"
+        info["resumed_env"] = [*previous.get("resumed_env", []), how]
     write_json_atomic(run_dir / RUN_JSON, info)
     start = time.perf_counter() - elapsed_before
 
@@ -233,18 +246,7 @@ def train(
         write_json_atomic(run_dir / RUN_JSON, info)
 
     try:
-        learner = make_learner(cfg, train_env, seed)
-        loop_state = None  # set below: the checkpoint's, or a fresh start
-        if ckpt is not None:
-            learner.load_state_arrays(ckpt.arrays)
-            train_env.close()
-            train_env, loop_state = ckpt.state["env"], ckpt.state["loop"]
-            if ckpt.state["replay"] is not None:
-                replay = ckpt.state["replay"]
-            else:  # replay was not saved: refill it before learning again
-                loop_state.refill_until = ckpt.step + cfg.train.learning_starts
-        else:
-            loop_state = LoopState.start(train_env, learner, seed)
+        loop_state = restored.loop_state if restored else LoopState.start(train_env, learner, seed)
         diag = cfg.diagnostics
         every = diag.every if diag.enabled else None
         probe_every = diag.probe_every if diag.enabled and diag.probe_every > 0 else None
@@ -274,10 +276,9 @@ def train(
 
             def save_checkpoint(state) -> None:
                 summaries.flush()
-                run = {"final": final, "updates": info["updates"], "wall_time_s": time.perf_counter() - start,
-                       "resumed_from": info.get("resumed_from", [])}  # fmt: skip
-                bundle = {"loop": state, "env": train_env, "run": run, "doctor": live.state(),
-                          "replay": replay if checkpoint_replay else None}  # fmt: skip
+                run = {"final": final, "updates": info["updates"], "wall_time_s": time.perf_counter() - start}
+                kept_replay = replay if checkpoint_replay else None
+                bundle = snapshot.capture(state, train_env, kept_replay, run, live.state())
                 checkpoint.save(run_dir, state.step, learner.state_arrays(), bundle)
                 record("running")  # run.json's counters as of this checkpoint: how far a killed run got
 
@@ -299,6 +300,10 @@ def train(
     except KeyboardInterrupt as exc:
         record("interrupted", stop_reason(exc))
         raise
+    except OSError as exc:  # the disk filled up, went read-only or failed: the run ends saying why
+        info.update(status="failed", error=f"{_os_error(exc)} at env step {info['env_steps']:,}", final=final)
+        _record_last_words(run_dir / RUN_JSON, info)
+        return read_run(run_dir)
     except Exception as exc:
         record("failed", f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         raise
@@ -306,6 +311,25 @@ def train(
         train_env.close()
         eval_env.close()
     return read_run(run_dir)
+
+
+def _os_error(exc: OSError) -> str:
+    what = exc.strerror[:1].lower() + exc.strerror[1:] if exc.strerror else f"{type(exc).__name__}: {exc}"
+    return f"{what} (writing {exc.filename})" if exc.filename else what
+
+
+def _record_last_words(path: Path, info: dict) -> None:
+    """Say in run.json why the run failed, even on a full disk: atomically if a new file still fits, else
+    over the old one in place (no new blocks needed for a file of about the same size)."""
+    try:
+        write_json_atomic(path, info)
+    except OSError:
+        try:
+            with open(path, "r+") as f:
+                f.write(json.dumps(info, indent=2, default=str))
+                f.truncate()
+        except OSError as exc:  # nothing more can be written here: the console is all that is left
+            _log.error(f"{path}: could not record the failure ({_os_error(exc)}): {info['error']}")
 
 
 def _learner_and_replay(cfg: Config, env, seed: int):

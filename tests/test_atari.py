@@ -4,6 +4,7 @@ every diagnostic for every conv layer (read back from the event files), and bit-
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 
@@ -16,7 +17,7 @@ pytest.importorskip("cv2")
 from metrics_doc import undocumented
 
 import dqnlab  # noqa: E402
-from dqnlab import probes  # noqa: E402
+from dqnlab import envstate, plainstate, probes  # noqa: E402
 from dqnlab._tf import tf  # noqa: E402
 from dqnlab.cli import main  # noqa: E402
 from dqnlab.cnn_learner import CNNLearner, pack_frames, unpack_frames  # noqa: E402
@@ -112,25 +113,33 @@ def same(a: list[tuple], b: list[tuple]) -> bool:
     )
 
 
-def test_an_unpickled_env_continues_exactly_like_the_original():
-    """A checkpoint pickles the training env. Breakout with life-loss terminals resets often: the game goes
-    on after each lost life, and a new game starts with a random number of no-ops, so the no-op RNG, the
-    sticky-action RNG and the emulator's state all have to come back."""
-    import pickle
-
+def test_a_restored_env_continues_exactly_like_the_original():
+    """A checkpoint stores the training env as data (dqnlab.envstate: each wrapper's plain attributes and
+    ALE's serialized emulator state with its RNG) and puts it into a fresh env. Breakout with life-loss
+    terminals resets often: the game goes on after each lost life, and a new game starts with a random
+    number of no-ops, so the no-op RNG, the sticky-action RNG and the emulator's state all have to come
+    back."""
     cfg = load_preset("breakout_huber", {"atari.terminal_on_life_loss": True})
     env = make_env("ALE/Breakout-v5", atari=cfg.atari)
     env.reset(seed=7)
     rng = np.random.default_rng(0)
     play(env, rng.integers(4, size=100).tolist())
-    blob = pickle.dumps(env)
-    without_wrapper = pickle.dumps(env.env)  # the same stack below PicklesEmulator
+    arrays = {}
+    tree = json.loads(json.dumps(plainstate.encode(envstate.capture(env), arrays)))
     actions = rng.integers(4, size=1_500).tolist()
     original = play(env, actions)
     assert sum(x[1] == "reset" for x in original) >= 6  # past a game over: a seeded no-op start
-    assert same(play(pickle.loads(blob), actions), original)
-    # ale-py alone pickles a power-on emulator: without the wrapper the game is another one.
-    assert not same(play(pickle.loads(without_wrapper), actions), original)
+    restored = make_env("ALE/Breakout-v5", atari=cfg.atari)
+    restored.reset(seed=8)
+    envstate.restore(restored, plainstate.decode(tree, arrays))
+    assert same(play(restored, actions), original)
+    # The wrappers' attributes alone are not enough: without the emulator's state it is another game.
+    layers_only = make_env("ALE/Breakout-v5", atari=cfg.atari)
+    layers_only.reset(seed=8)
+    stored = plainstate.decode(tree, arrays)["layers"]
+    for layer, attributes in zip(envstate.layers(layers_only), stored, strict=True):
+        plainstate.restore_attributes(layer, attributes, type(layer).__name__, allow_new=True)
+    assert not same(play(layers_only, actions), original)
 
 
 # ---- the network ---------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ a stream has reward t: any sampled row is checked against the stream from its re
 
 from __future__ import annotations
 
+import json
 import math
-import pickle
 import sys
 from typing import NamedTuple
 
@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from dqnlab import plainstate
 from dqnlab.frame_replay import FrameBatch, FrameReplay
 from dqnlab.replay import Batch, ReplayBuffer
 
@@ -248,12 +249,16 @@ def test_sampled_arrays_are_fresh_copies():
     np.testing.assert_array_equal(buf.frames, before)
 
 
-def test_pickle_round_trip_keeps_contents_rng_and_episode():
-    """Checkpoints pickle the replay: a copy samples the same and continues the same episode."""
+def test_stored_state_round_trip_keeps_contents_rng_and_episode():
+    """Checkpoints store the replay's attributes as data (JSON and arrays, through dqnlab.plainstate) and
+    put them into a fresh buffer: the copy samples the same and continues the same episode."""
     steps = chained(8, seed=6)
     buf = FrameReplay(6, SHAPE, seed=2)
     feed(buf, steps[:7])
-    copy = pickle.loads(pickle.dumps(buf))
+    arrays = {}
+    tree = json.loads(json.dumps(plainstate.encode(dict(vars(buf)), arrays)))
+    copy = FrameReplay(6, SHAPE, seed=99)
+    plainstate.restore_attributes(copy, plainstate.decode(tree, arrays), "replay")
     assert len(copy) == len(buf) == 6
     for x, y in zip(copy.sample_many(2, 16), buf.sample_many(2, 16), strict=True):
         np.testing.assert_array_equal(x, y)

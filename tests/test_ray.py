@@ -40,8 +40,8 @@ IN_NAMESPACE = textwrap.dedent(
 
     def kill_one_worker():  # SIGKILL the process of the first run that has written a checkpoint
         while not killed:
-            for step in logdir.glob("ray/*/*/seed_*/checkpoints/latest/step"):
-                run = step.parents[2]
+            for manifest in logdir.glob("ray/*/*/seed_*/checkpoints/step-*/MANIFEST.json"):
+                run = manifest.parents[2]
                 pid = json.loads((run / "run.json").read_text())["pid"]
                 os.kill(pid, signal.SIGKILL)
                 killed.append(str(run))

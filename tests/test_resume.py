@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from test_cli import dqnlab_cmd
 
+from dqnlab import checkpoint
 from dqnlab.events import event_files, iter_events, read_series
 
 TRAIN = ["train", "huber_relu", "--steps", "20000", "--deterministic", "--checkpoint-every", "4000"]
@@ -28,12 +29,12 @@ def start(args: list[str]) -> subprocess.Popen:
 
 def kill_after_first_checkpoint(run: Path, proc: subprocess.Popen) -> int:
     deadline = time.monotonic() + 300
-    while not (run / "checkpoints" / "latest" / "step").is_file():
+    while checkpoint.latest(run) is None:
         assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint was written"
         time.sleep(0.05)
     os.kill(json.loads((run / "run.json").read_text())["pid"], signal.SIGKILL)
     proc.communicate(timeout=60)
-    return int((run / "checkpoints" / "latest" / "step").read_text())
+    return checkpoint.latest_step(run)
 
 
 def points_after_purge(run: Path) -> dict[str, list[int]]:
@@ -81,8 +82,8 @@ def assert_same_run(whole: Path, cut: Path) -> dict[str, list]:
     assert same.keys() == again.keys() and same == again
     assert points_after_purge(cut)["loss/td"] == points_after_purge(whole)["loss/td"]
     with (
-        np.load(whole / "checkpoints/latest/arrays.npz") as a,
-        np.load(cut / "checkpoints/latest/arrays.npz") as b,
+        np.load(checkpoint.latest(whole) / "arrays.npz") as a,
+        np.load(checkpoint.latest(cut) / "arrays.npz") as b,
     ):
         assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
     return same
@@ -104,7 +105,7 @@ def test_resume_completes_an_experiment_with_a_killed_run(tmp_path):
     proc = start(args)
     victim = tmp_path / "x" / "squared_relu" / "CartPole-v1" / "seed_0"
     deadline = time.monotonic() + 300
-    while not (victim / "checkpoints" / "latest" / "step").is_file():
+    while checkpoint.latest(victim) is None:
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
     os.kill(json.loads((victim / "run.json").read_text())["pid"], signal.SIGKILL)
@@ -158,11 +159,15 @@ def test_resume_refuses_another_config_and_damaged_checkpoints_changing_nothing(
     other = dqnlab_cmd(*resume, "--set", "network.hidden=[32,32]")
     assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
     assert "was started with another config (network.hidden: [256, 256] -> [32, 32])" in other.stderr
-    (run / "checkpoints" / "latest" / "step").write_text("garbage")
-    snapshot[run / "checkpoints" / "latest" / "step"] = b"garbage"
+    state = checkpoint.latest(run) / "state.json"
+    flipped = bytearray(state.read_bytes())
+    flipped[len(flipped) // 2] ^= 0x01
+    state.write_bytes(bytes(flipped))
+    snapshot[state] = state.read_bytes()
     damaged = dqnlab_cmd(*resume)
     assert damaged.returncode == 2 and damaged.stderr.count("\n") == 1, damaged.stderr
-    assert "is unreadable (ValueError" in damaged.stderr and "nothing was changed" in damaged.stderr
+    assert "state.json does not match its SHA-256" in damaged.stderr
+    assert "nothing was changed" in damaged.stderr
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot
 
 
