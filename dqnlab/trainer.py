@@ -301,7 +301,7 @@ def train(
         record("interrupted", stop_reason(exc))
         raise
     except OSError as exc:  # the disk filled up, went read-only or failed: the run ends saying why
-        info.update(status="failed", error=f"{_os_error(exc)} at env step {info['env_steps']:,}", final=final)
+        info.update(status="failed", error=_os_error(exc, info["env_steps"]), final=final)
         _record_last_words(run_dir / RUN_JSON, info)
         return read_run(run_dir)
     except Exception as exc:
@@ -313,9 +313,11 @@ def train(
     return read_run(run_dir)
 
 
-def _os_error(exc: OSError) -> str:
+def _os_error(exc: OSError, step: int | None = None) -> str:
+    """'no space left on device at env step 2,000 (writing <file>)'."""
     what = exc.strerror[:1].lower() + exc.strerror[1:] if exc.strerror else f"{type(exc).__name__}: {exc}"
-    return f"{what} (writing {exc.filename})" if exc.filename else what
+    when = "" if step is None else f" at env step {step:,}"
+    return f"{what}{when} (writing {exc.filename})" if exc.filename else f"{what}{when}"
 
 
 def _record_last_words(path: Path, info: dict) -> None:
