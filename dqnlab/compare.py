@@ -3,7 +3,9 @@
 For each arm: how many seeds finished, the final greedy eval return (mean and 95% t-interval over the
 finished seeds), the area under the eval curve (its mean height), the steps to a return threshold, and the
 diagnostics that tell the pathologies apart. Then each arm against the first (arms share seeds): paired
-differences with a paired t-test (`dqnlab.stats`). Broken or partial runs are listed, never fatal.
+differences with a paired t-test (`dqnlab.stats`). Broken or partial runs are listed, never fatal; so is a
+`done` run whose event files are damaged or end before its last step (`events_end_early`): their curves are
+not whole, so they are not counted as finished.
 
 Only the tags used here are kept while reading (`dqnlab.events`, about 0.1 s per 50k-step run).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import numpy as np
 
 from dqnlab.aggregate import AGGREGATE_DIR
 from dqnlab.config import ConfigError
-from dqnlab.events import DamagedEventFile, Series, read_series
+from dqnlab.events import Series, read_series_checked
 from dqnlab.rundir import EXPERIMENT_JSON, RUN_JSON, process_is_gone, read_run
 from dqnlab.stats import (
     Estimate,
@@ -41,6 +44,8 @@ DIAGNOSTICS = (
 )
 PLOTTED = ("grad/depth_ratio",)
 FINISHED = "done"
+# A `done` run whose event files cannot back its numbers: listed, not counted as finished.
+DAMAGED, TRUNCATED = "damaged", "truncated"
 
 
 def _matches(tag: str, prefix: str) -> bool:
@@ -140,36 +145,74 @@ def no_runs_message(directory: Path, problems: list[str]) -> str:
 def load_runs(directory: str | Path) -> tuple[list[Run], list[str], list[str]]:
     """Every run below `directory` (an experiment or one run), the preset order, and the problems found."""
     paths, problems = load_run_dirs(directory)
-    runs = [run for path in paths if (run := _load_run(path, problems)) is not None]
-    if not runs:
-        raise ConfigError(no_runs_message(Path(directory), problems))
+    runs = [_load_run(path, problems) for path in paths]
     return runs, _preset_order(Path(directory), runs), problems
 
 
-def _load_run(path: Path, problems: list[str]) -> Run | None:
-    """The run at `path`, or None (with a line in `problems`) when its event files are damaged."""
-    res = read_run(path)
-    try:
-        series = read_series(path, tags=_wanted)
-    except DamagedEventFile as exc:
-        problems.append(f"{path}: not examined: {exc}")
+@dataclass(frozen=True)
+class EarlyEnd:
+    """A `done` run whose event files end before its last env step."""
+
+    env_steps: int  # run.json's; the final evaluation is logged at this step
+    last_step: int | None  # of the last `eval/return` point read (None: not one was)
+    points: int  # `eval/return` points read
+
+    def __str__(self) -> str:
+        read = f"end at env step {self.last_step:,}" if self.last_step is not None else "hold no point"
+        return (
+            f"run.json says done at {self.env_steps:,} env steps, but its {EVAL_TAG} events {read} "
+            f"(a done run logs its final evaluation at its last step): the tail of its event files was lost"
+        )
+
+
+def events_end_early(series: Series, info: Mapping) -> EarlyEnd | None:
+    """Whether a `done` run's events end early: its last `eval/return` step is below run.json's `env_steps`.
+
+    The loop evaluates at every `train.eval_every` steps and always at the last step, and that final
+    evaluation is the last scalar a run writes, so a done run of N env steps has an `eval/return` point at
+    step N; a last point below N (or none) means the files lost their tail after the run ended cleanly:
+    torn, truncated by a copy, or zero-filled by a power loss. Other statuses stop wherever they stopped."""
+    if info.get("status") != FINISHED:
         return None
+    due = int(info.get("env_steps") or 0)
+    steps = series[EVAL_TAG][0] if EVAL_TAG in series else np.zeros(0, np.int64)
+    last = int(steps[-1]) if steps.size else None
+    if due <= 0 or (last is not None and last >= due):
+        return None
+    return EarlyEnd(due, last, int(steps.size))
+
+
+def _load_run(path: Path, problems: list[str]) -> Run:
+    """The run at `path`; a line in `problems` for each reason it is not counted as finished."""
+    res = read_run(path)
+    series, damage = read_series_checked(path, tags=_wanted)
     run = Run(res.preset, res.env, res.seed, res.status, path, series)
+    notes = [f"{DAMAGED}: {found}" for found in damage]
+    if res.status != FINISHED:
+        notes.insert(0, _status_note(res))
+    elif damage:
+        run.status = DAMAGED  # read only up to the damage: its curve cannot be trusted to be whole
+    elif (early := events_end_early(series, res.info)) is not None:
+        run.status = TRUNCATED
+        notes.append(f"{TRUNCATED}: {early}")
+    run.note = "; ".join(notes)
+    problems += [f"{path}: {note}" for note in notes]
+    return run
+
+
+def _status_note(res) -> str:
+    """Why a run that is not `done` is not counted."""
     if res.status == "running" and process_is_gone(res.info):
-        run.note = (
+        return (
             f"killed without a word at {res.env_steps} env steps or later (its process is gone; "
             "--resume continues it from its last checkpoint)"
         )
-    elif res.status == "running":
-        run.note = f"still running ({res.env_steps} env steps so far)"
-    elif res.status == "diverged":
+    if res.status == "running":
+        return f"still running ({res.env_steps} env steps so far)"
+    if res.status == "diverged":
         step = (res.info.get("divergence") or {}).get("step", res.env_steps)
-        run.note = f"diverged at env step {step}"
-    elif res.status != FINISHED:
-        run.note = f"{res.status}: {res.error or 'no error recorded'}"
-    if run.note:
-        problems.append(f"{path}: {run.note}")
-    return run
+        return f"diverged at env step {step}"
+    return f"{res.status}: {res.error or 'no error recorded'}"
 
 
 def _preset_order(directory: Path, runs: list[Run]) -> list[str]:

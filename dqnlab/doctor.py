@@ -5,6 +5,10 @@ findings by arm (one block per rule and layer, with the seeds it was found in), 
 during training (`LiveDoctor`): each finding is reported once per run, as a warning line and as a
 TensorBoard text summary under `doctor/findings`.
 
+Beside the rules, each run's event files are checked against its run.json (`event_file_findings`): a
+damaged file (read up to the damage) and a `done` run whose events end early are findings too, since the
+rules then judged only part of the run.
+
 Exit status of the command: 0 healthy, 1 findings, 2 bad input (so a CI job can gate on it).
 """
 
@@ -17,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dqnlab.compare import load_run_dirs, no_runs_message
-from dqnlab.config import ConfigError
-from dqnlab.doctor_rules import Finding, diagnose
-from dqnlab.events import DamagedEventFile, read_series
+from dqnlab.compare import events_end_early, load_run_dirs
+from dqnlab.doctor_rules import ERROR, Finding, diagnose
+from dqnlab.events import Damage, Series, read_series_checked
 from dqnlab.rundir import RUN_JSON
 
 LIVE_EVERY_STEPS = 5_000  # live checks: the problem shows at step 5k, and costs ~1 ms per check
@@ -48,24 +51,74 @@ class Report:
 
 
 def examine(directory: str | Path) -> Report:
-    """Diagnose every run at or below `directory`. Unreadable runs are listed as problems."""
+    """Diagnose every run at or below `directory`. Runs whose run.json cannot be read are listed as
+    problems; a run's damaged event files are read up to the damage and named by a finding."""
     paths, problems = load_run_dirs(directory)
     runs = []
     for path in paths:
         info = json.loads((path / RUN_JSON).read_text())
-        try:
-            series = read_series(path)
-        except DamagedEventFile as exc:
-            problems.append(f"{path}: not examined: {exc}")
-            continue
-        runs.append(
-            RunDiagnosis(
-                path, info["preset"], info["env"], info["seed"], info["status"], diagnose(series, info)
-            )
-        )
-    if not runs:
-        raise ConfigError(no_runs_message(Path(directory), problems))
+        series, damage = read_series_checked(path)
+        findings = event_file_findings(series, info, damage) + diagnose(series, info)
+        runs.append(RunDiagnosis(path, info["preset"], info["env"], info["seed"], info["status"], findings))
     return Report(Path(directory), runs, problems)
+
+
+_FILES_WHY = "The other rules judged only the events that were read, not the steps after them."
+_FILES_FIX = (
+    "Copy the run's event files again from where it was trained (or train it again); dqnlab compare does "
+    "not count it as finished until then."
+)
+
+
+def event_file_findings(series: Series, info: Mapping, damage: list[Damage]) -> list[Finding]:
+    """Findings about the event files themselves: damage (one per damaged file), else a `done` run whose
+    events end before its last step (dqnlab.compare.events_end_early). Damage explains an early end, so
+    the two are never both reported."""
+    env_steps = int(info.get("env_steps") or 0)
+    if damage:
+        return [_damaged_file_finding(found, env_steps) for found in damage]
+    early = events_end_early(series, info)
+    if early is None:
+        return []
+    last = early.last_step if early.last_step is not None else 0
+    return [
+        Finding(
+            "events_end_early",
+            ERROR,
+            "",
+            last,
+            early.env_steps,
+            {
+                "env_steps": float(early.env_steps),
+                "eval_points": float(early.points),
+                "last_eval_step": float(last),
+            },
+            f"{early}.",
+            f"The event files were cut after the run ended (a torn or truncated copy, a full disk, a power "
+            f"loss). {_FILES_WHY}",
+            _FILES_FIX,
+        )
+    ]
+
+
+def _damaged_file_finding(damage: Damage, env_steps: int) -> Finding:
+    last = damage.last_step or 0
+    return Finding(
+        "damaged_event_file",
+        ERROR,
+        "",
+        last,
+        max(last, env_steps),
+        {
+            "offset": float(damage.offset),
+            "size": float(damage.size),
+            "records_read": float(damage.records_read),
+        },
+        f"{damage}.",
+        f"A record's CRC does not match its bytes: they were changed after they were written (a bad disk, a "
+        f"broken copy), and nothing after them can be trusted to be aligned. {_FILES_WHY}",
+        _FILES_FIX,
+    )
 
 
 Arm = tuple[str, str, str]  # (experiment below the examined directory, or "", env, preset)

@@ -18,6 +18,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import google_crc32c
@@ -51,6 +52,31 @@ def record(data: bytes) -> bytes:
     return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
 
 
+def event_file_name(filename_suffix: str = "") -> str:
+    """`events.out.tfevents.<time>.<host>.<pid>.<n>`, TensorBoard's name for a new event file."""
+    return (
+        f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
+        f"{next(_FILE_NUMBER)}{filename_suffix}"
+    )
+
+
+def file_version_event() -> event_pb2.Event:
+    """The first event of every event file."""
+    return event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
+
+
+def write_event_file(logdir: str | Path, events: Iterable[event_pb2.Event]) -> Path:
+    """A new event file in `logdir` holding `events`, written in one go and synced to disk: for data written
+    whole (the aggregates), where `EventFile`'s flushing thread buys nothing. Returns its path."""
+    path = Path(logdir) / event_file_name()
+    data = b"".join(record(e.SerializeToString()) for e in itertools.chain([file_version_event()], events))
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before it is swapped in, so a power loss cannot leave it zero-filled
+    return path
+
+
 class EventFile:
     """A new event file in `logdir`; `add_event` appends, a timer flushes every `flush_every_s`.
 
@@ -61,15 +87,11 @@ class EventFile:
     def __init__(self, logdir: str | Path, flush_every_s: float = 10.0, filename_suffix: str = ""):
         logdir = Path(logdir)
         logdir.mkdir(parents=True, exist_ok=True)
-        name = (
-            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
-            f"{next(_FILE_NUMBER)}{filename_suffix}"
-        )
-        self.path = logdir / name
+        self.path = logdir / event_file_name(filename_suffix)
         self._file = open(self.path, "wb")  # noqa: SIM115 -- closed by close()
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        self.add_event(file_version_event())
         self.flush()
         self._flusher = threading.Thread(target=self._flush_every, args=(flush_every_s,), daemon=True)
         self._flusher.start()

@@ -20,7 +20,7 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from dqnlab.aggregate import AGGREGATE_DIR, EPISODE_BINS, refresh_aggregates, update_aggregates
 from dqnlab.compare import compare, format_comparison, to_json
-from dqnlab.events import DamagedEventFile, iter_events, read_series
+from dqnlab.events import iter_events, read_series, read_series_checked
 from dqnlab.layout import BAND_CATEGORY, build_layout
 from dqnlab.rundir import write_json_atomic
 from dqnlab.stats import area_under_curve, first_step_reaching, mean_ci, paired_difference
@@ -183,23 +183,31 @@ def flip_a_byte_of_record(path, index: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_a_damaged_event_file_is_listed_not_examined_and_alone_is_exit_2(experiment):
+def test_a_damaged_event_file_is_read_up_to_the_damage_and_listed_not_counted(experiment):
     damaged = experiment / "arm_a" / "CartPole-v1" / "seed_3"
     write_run(damaged, "arm_a", 3, {"eval/return": [(25, 5.0), (50, 6.0), (75, 7.0)]})
     (events,) = damaged.glob("events.out.tfevents.*")
     assert read_series(damaged)["eval/return"][1].tolist() == [5.0, 6.0, 7.0]  # whole before the flip
-    flip_a_byte_of_record(events, 2)
-    with pytest.raises(DamagedEventFile, match=r"at byte \d+ \(its data fails its CRC\)"):
-        read_series(damaged)
+    flip_a_byte_of_record(events, 2)  # record 0 is the file_version, 1 the point at step 25
+    series, (damage,) = read_series_checked(damaged)
+    assert series["eval/return"][1].tolist() == [5.0]  # the records before the damage, none after
+    assert "(its data fails its CRC)" in str(damage) and "read the 2 records before it" in str(damage)
     result = compare(experiment)
-    assert result.envs[0].arms[0].final.n == 3  # the other seeds are compared
-    assert any(p.startswith(f"{damaged}: not examined: ") for p in result.problems), result.problems
-    for command in ("compare", "doctor"):
+    arm_a = result.envs[0].arms[0]
+    assert arm_a.final.n == 3 and arm_a.statuses == {"done": 3, "damaged": 1}  # listed, not counted
+    assert any(
+        p.startswith(f"{damaged}: damaged: {events.name}: damaged event record at byte ")
+        for p in result.problems
+    )
+    for command, status, says in (
+        ("compare", 0, "0/1 done (1 damaged)"),
+        ("doctor", 1, "ERROR damaged_event_file"),
+    ):
         alone = subprocess.run(
             [sys.executable, "-m", "dqnlab.cli", command, str(damaged)], capture_output=True, text=True
         )
-        assert alone.returncode == 2, (command, alone.stderr)
-        assert alone.stderr.count("\n") == 1 and "damaged event record" in alone.stderr, alone.stderr
+        assert alone.returncode == status and says in alone.stdout, (command, alone.stdout, alone.stderr)
+        assert alone.stderr == "", alone.stderr
 
 
 def test_a_directory_of_broken_runs_says_why_in_one_line(tmp_path):

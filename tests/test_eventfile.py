@@ -5,7 +5,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
 
-from dqnlab.eventfile import EventFile, masked_crc32c, scalar_value
+from dqnlab.eventfile import EventFile, masked_crc32c, scalar_value, write_event_file
 from dqnlab.events import read_series
 
 
@@ -51,3 +51,17 @@ def test_tensorboard_and_dqnlab_read_every_value_of_a_multi_value_event(tmp_path
 def test_two_writers_in_one_second_write_two_files(tmp_path):
     with EventFile(tmp_path) as a, EventFile(tmp_path) as b:
         assert a.path != b.path
+
+
+def test_a_file_written_in_one_go_is_read_by_tensorboard(tmp_path):
+    events = [
+        event_pb2.Event(
+            wall_time=1.0, step=step, summary=summary_pb2.Summary(value=[scalar_value("a", step)])
+        )
+        for step in (3, 7)
+    ]
+    path = write_event_file(tmp_path, events)
+    assert path.parent == tmp_path and path.name.startswith("events.out.tfevents.")
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert [(e.step, float(e.tensor_proto.float_val[0])) for e in acc.Tensors("a")] == [(3, 3.0), (7, 7.0)]
