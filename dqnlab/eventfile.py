@@ -81,7 +81,9 @@ class EventFile:
     """A new event file in `logdir`; `add_event` appends, a timer flushes every `flush_every_s`.
 
     Use as a context manager (or call `close`) so the tail is on disk; after a SIGKILL at most the last
-    `flush_every_s` of events are lost, as with TensorBoard's writer.
+    `flush_every_s` of events are lost, as with TensorBoard's writer. A write that fails in the flushing
+    thread (a full disk) is raised by the next `add_event`, `flush` or `close` of the writing thread, so
+    the run stops and says why instead of losing events silently.
     """
 
     def __init__(self, logdir: str | Path, flush_every_s: float = 10.0, filename_suffix: str = ""):
@@ -91,6 +93,7 @@ class EventFile:
         self._file = open(self.path, "wb")  # noqa: SIM115 -- closed by close()
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._error: OSError | None = None  # a failed background flush, raised in the writing thread
         self.add_event(file_version_event())
         self.flush()
         self._flusher = threading.Thread(target=self._flush_every, args=(flush_every_s,), daemon=True)
@@ -99,12 +102,18 @@ class EventFile:
     def add_event(self, event: event_pb2.Event) -> None:
         data = record(event.SerializeToString())
         with self._lock:
+            self._raise_background_error()
             self._file.write(data)
 
     def flush(self) -> None:
         with self._lock:
+            self._raise_background_error()
             if not self._file.closed:
                 self._file.flush()
+
+    def _raise_background_error(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
         if self._closed.is_set():
@@ -112,11 +121,19 @@ class EventFile:
         self._closed.set()
         self._flusher.join()
         with self._lock:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                if self._error is None:  # the first report of a failure; a repeated one adds nothing
+                    raise
 
     def _flush_every(self, seconds: float) -> None:
         while not self._closed.wait(seconds):
-            self.flush()
+            try:
+                self.flush()
+            except OSError as exc:
+                self._error = self._error or exc
+                return
 
     def __enter__(self) -> EventFile:
         return self

@@ -1,11 +1,12 @@
 """dqnlab.eventfile writes files TensorFlow and TensorBoard read: checked with their own readers."""
 
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
 
-from dqnlab.eventfile import EventFile, masked_crc32c, scalar_value, write_event_file
+from dqnlab.eventfile import EventFile, file_version_event, masked_crc32c, scalar_value, write_event_file
 from dqnlab.events import read_series
 
 
@@ -65,3 +66,34 @@ def test_a_file_written_in_one_go_is_read_by_tensorboard(tmp_path):
     acc = EventAccumulator(str(tmp_path))
     acc.Reload()
     assert [(e.step, float(e.tensor_proto.float_val[0])) for e in acc.Tensors("a")] == [(3, 3.0), (7, 7.0)]
+
+
+def test_a_failed_background_flush_is_raised_in_the_writing_thread(tmp_path):
+    """A full disk in the flushing thread must stop the run, not print a thread traceback and lose events."""
+    import errno
+    import time
+
+    writer = EventFile(tmp_path, flush_every_s=0.01)
+
+    class FullDisk:
+        closed = False
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device", str(writer.path))
+
+        def write(self, data):
+            return len(data)
+
+        def close(self):
+            self.flush()
+
+    real, writer._file = writer._file, FullDisk()
+    deadline = time.monotonic() + 5
+    while writer._error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(OSError, match="No space left on device"):
+        writer.add_event(file_version_event())
+    with pytest.raises(OSError, match="No space left on device"):
+        writer.flush()
+    writer.close()  # the failure was already reported: closing does not raise it again
+    real.close()
