@@ -61,3 +61,29 @@ def test_clipped_delta_blocks_td_gradients_on_lunarlander_and_huber_never_does(s
     beyond = np.array([v for _, v in huber.scalars("td/beyond_bound_frac")])
     assert beyond.max() > 0
     assert np.all(_blocked(huber) == 0.0)
+
+
+def test_a_lunarlander_run_resumes_with_a_fresh_episode_and_says_so(tmp_path):
+    """Box2D keeps LunarLander's state in C objects that dqnlab cannot store as data (docs/resume.md): the
+    checkpoint stores no env state, and the resume starts a fresh episode at the checkpoint's step."""
+    pytest.importorskip("Box2D", reason="needs the box2d extra: pip install -e '.[box2d]'")
+    pytest.importorskip("pygame", reason="gymnasium's box2d envs import pygame: pip install -e '.[box2d]'")
+    import json
+
+    from test_cli import dqnlab_cmd
+
+    from dqnlab import checkpoint
+
+    args = ["train", "lunarlander_huber", "--checkpoint-every", "400", "--quiet", "--logdir", str(tmp_path)]
+    args += ["--set", "train.eval_every=0", "--set", "train.eval_episodes=1", "--name", "x"]
+    assert dqnlab_cmd(*args, "--steps", "400").returncode == 0
+    run = tmp_path / "x" / "lunarlander_huber" / "LunarLander-v3" / "seed_0"
+    assert checkpoint.load(run).state["env"] is None  # nothing of the env was stored
+    info = json.loads((run / "run.json").read_text())  # as if killed right after its checkpoint at 400
+    (run / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    out = dqnlab_cmd(*args, "--steps", "600", "--resume")
+    assert out.returncode == 0, out.stderr
+    assert "LunarLander-v3 keeps state dqnlab cannot store as data: resumed at step 400" in out.stderr
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "done" and info["env_steps"] == 600
+    assert info["resumed_from"] == [400] and info["resumed_env"] == ["fresh episode"]

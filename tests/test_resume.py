@@ -211,3 +211,19 @@ def test_resume_refuses_a_run_that_is_still_training(tmp_path):
     finally:
         proc.kill()
         proc.communicate(timeout=60)
+
+
+def test_two_resumes_from_one_checkpoint_are_both_recorded(tmp_path):
+    """`resumed_from` comes from run.json, not from the checkpoint: a run killed twice before its next
+    checkpoint was resumed twice from the same step, and says so. The second resume re-saves the same step,
+    replacing the checkpoint in place."""
+    run = short_run(tmp_path, "--checkpoint-every", "200")
+    resume = ["train", "huber_relu", *SHORT, "--logdir", str(tmp_path), "--name", "x", "--resume"]
+    for _ in range(2):
+        as_if_killed(run, keep_checkpoint=True)
+        assert dqnlab_cmd(*resume).returncode == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "done" and info["resumed_from"] == [300, 300]
+    assert info["resumed_env"] == ["exact", "exact"]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000000000300"]
+    assert checkpoint.load(run).step == 300
