@@ -2,8 +2,9 @@
 
 The rules are `dqnlab.doctor_rules` (docs/doctor.md). This module reads run directories, groups the
 findings by arm (one block per rule and layer, with the seeds it was found in), and runs the same rules live
-during training (`LiveDoctor`): each finding is reported once per run, as a warning line and as a
-TensorBoard text summary under `doctor/findings`.
+during training (`LiveDoctor`): each finding is reported when it appears and again when it grows, as a
+warning line and as a TensorBoard text summary under `doctor/findings`; the end of the run records the
+final verdict, the same list `dqnlab doctor` gives.
 
 Beside the rules, each run's event files are checked against its run.json (`event_file_findings`): a
 damaged file (read up to the damage) and a `done` run whose events end early are findings too, since the
@@ -201,23 +202,31 @@ def to_json(report: Report) -> dict:
 class LiveDoctor:
     """The doctor's rules during training, on the scalars logged so far, every `LIVE_EVERY_STEPS` env steps.
 
-    Each (rule, subject) is reported once per run through `report(finding)`."""
+    A finding is reported through `report(finding, upgraded)` when it first appears, and again whenever it
+    grows: a warning that becomes an error, or evidence that grows by half again (`_grew`). `verdict`
+    runs the rules once more at the end: that list is what run.json's `final.doctor` records, and it is
+    what `dqnlab doctor` finds on the same run."""
 
-    def __init__(self, run_info: Mapping, report: Callable[[Finding], None], every: int = LIVE_EVERY_STEPS):
-        self._run = run_info
+    def __init__(
+        self,
+        run_info: Mapping,
+        report: Callable[[Finding, bool], None],
+        every: int = LIVE_EVERY_STEPS,
+    ):
+        self._run = run_info  # the trainer's run.json dict: status and divergence as they are set
         self._report = report
         self._every = every
         self._next_check = every
-        self._seen: set[tuple[str, str]] = set()
-        self.findings: list[Finding] = []
+        self._reported: dict[tuple[str, str], Finding] = {}  # the last report of each (rule, subject)
 
     def state(self) -> dict:
-        """What a checkpoint keeps: the findings reported so far (not to repeat them after a resume)."""
-        return {"seen": sorted(self._seen), "next_check": self._next_check}
+        """What a checkpoint keeps: the findings as last reported (not to repeat them after a resume)."""
+        return {"reported": [f.to_dict() for f in self._reported.values()], "next_check": self._next_check}
 
     def restore(self, state: dict) -> None:
-        self._seen = {tuple(key) for key in state["seen"]}
-        self._next_check = state["next_check"]
+        reported = [Finding(**f) for f in state["reported"]]
+        self._reported = {(f.rule, f.subject): f for f in reported}
+        self._next_check = int(state["next_check"])
 
     def maybe_check(self, step: int, history: Mapping[str, tuple[list[int], list[float]]]) -> None:
         if step < self._next_check:
@@ -225,19 +234,40 @@ class LiveDoctor:
         self._next_check = step + self._every
         self.check(history)
 
-    def check(self, history: Mapping[str, tuple[list[int], list[float]]]) -> None:
-        series = {
-            tag: (np.asarray(s, np.int64), np.asarray(v, np.float64)) for tag, (s, v) in history.items()
-        }
-        for finding in diagnose(series, self._run):
+    def check(self, history: Mapping[str, tuple[list[int], list[float]]]) -> list[Finding]:
+        """Run the rules; report what is new or has grown. Returns every current finding."""
+        findings = diagnose(_as_series(history), self._run)
+        for finding in findings:
             key = (finding.rule, finding.subject)
-            if key not in self._seen:
-                self._seen.add(key)
-                self.findings.append(finding)
-                self._report(finding)
+            before = self._reported.get(key)
+            if before is None or _grew(before, finding):
+                self._reported[key] = finding
+                self._report(finding, before is not None)
+        return findings
+
+    def verdict(self, history: Mapping[str, tuple[list[int], list[float]]]) -> list[Finding]:
+        """The findings at the end of the run, reporting those new or grown since the last check."""
+        return self.check(history)
 
 
-def warning_line(finding: Finding) -> str:
+def _as_series(history: Mapping[str, tuple[list[int], list[float]]]) -> Series:
+    return {tag: (np.asarray(s, np.int64), np.asarray(v, np.float64)) for tag, (s, v) in history.items()}
+
+
+_RANK = {ERROR: 2, "warning": 1}
+
+
+def _grew(before: Finding, now: Finding) -> bool:
+    """A finding worth reporting again: more severe, or its leading evidence (the first number of its
+    evidence, e.g. the blocked share) half again as large."""
+    if _RANK.get(now.severity, 0) != _RANK.get(before.severity, 0):
+        return _RANK.get(now.severity, 0) > _RANK.get(before.severity, 0)
+    old, new = next(iter(before.evidence.values()), 0.0), next(iter(now.evidence.values()), 0.0)
+    return bool(np.isfinite(new) and abs(new) >= 1.5 * abs(old) and new != old)
+
+
+def warning_line(finding: Finding, grew: bool = False) -> str:
     where = f" [{finding.subject}]" if finding.subject else ""
     step = f"{finding.last_step:,}"
-    return f"doctor: {finding.severity} {finding.rule}{where} at env step {step}: {finding.summary}"
+    now = " now" if grew else ""  # a finding reported before, grown since
+    return f"doctor:{now} {finding.severity} {finding.rule}{where} at env step {step}: {finding.summary}"

@@ -151,9 +151,10 @@ def train(
     with no checkpoint starts over, its earlier files moved to `<run_dir>/earlier_lives/<n>/`; a `done` or
     `diverged` run is returned as is. TensorBoard and dqnlab's readers then show each step once.
 
-    The doctor's rules run live on what was logged so far (every 5k env steps): each finding is written to
-    TensorBoard's Text dashboard (`doctor/findings`), to run.json (`final.doctor`), and passed to `warn`
-    (default: the `dqnlab` logger's warning)."""
+    The doctor's rules run live on what was logged so far (every 5k env steps): each finding, when it
+    appears and when it grows, is written to TensorBoard's Text dashboard (`doctor/findings`), to run.json
+    (`final.doctor`), and passed to `warn` (default: the `dqnlab` logger's warning). At the end, the
+    verdict on the whole run replaces `final.doctor` and is written as `doctor/verdict`."""
     if os.environ.get("DQNLAB_EAGER") == "1":
         tf.config.run_functions_eagerly(True)
     configure_device(device)
@@ -270,7 +271,8 @@ def train(
                 summaries.hparams({**hparams_of(cfg, env_id, seed), "train.steps": steps})
             else:  # TensorBoard (and dqnlab.events) drop what the earlier life logged after the checkpoint
                 summaries.restart_after(ckpt.step)
-            live = LiveDoctor(info, lambda f: _report_finding(f, summaries, final, warn or _log.warning))
+            say = warn or _log.warning
+            live = LiveDoctor(info, lambda f, grew: _report_finding(f, grew, summaries, final, say))
             if ckpt is not None:
                 live.restore(ckpt.state["doctor"])
 
@@ -283,17 +285,21 @@ def train(
                 record("running")  # run.json's counters as of this checkpoint: how far a killed run got
 
             status = _consume(events, summaries, info, final, progress, live, save_checkpoint)
-            live.check(summaries.history)
+            if status == "diverged":
+                info["divergence"] = _divergence(learner, info["env_steps"])
+            info["status"] = status  # the verdict judges the run as it ended, as `dqnlab doctor` will
+            verdict = live.verdict(summaries.history)
+            final["doctor"] = [f.to_dict() for f in verdict]
+            summaries.text(info["env_steps"], "doctor/verdict", _verdict_markdown(verdict))
             summaries.flush()
             if status == "done" and checkpoint_every:
                 save_checkpoint(loop_state)  # the end state: what the final weights are compared against
         if status == "diverged":
-            bad = learner.nonfinite_variables()
+            bad = info["divergence"]["nonfinite_weights"]
             where = f"; non-finite weights: {', '.join(bad)}" if bad else ""
             record(
                 "diverged",
                 f"non-finite TD loss or gradient in the burst ending at env step {info['env_steps']}{where}",
-                divergence={"step": info["env_steps"], "nonfinite_weights": bad},
             )
         else:
             record("done")
@@ -400,12 +406,32 @@ def _history_until(run_dir: Path, step: int) -> dict[str, tuple[list[int], list[
     return history
 
 
-def _report_finding(finding: Finding, summaries: Summaries, final: dict, warn: Callable[[str], None]) -> None:
-    final.setdefault("doctor", []).append(finding.to_dict())
-    head = f"**{finding.rule}** {finding.subject}: {finding.summary}"
-    markdown = f"{head}\n\n*why:* {finding.why}\n\n*fix:* {finding.fix}"
-    summaries.text(finding.last_step, "doctor/findings", markdown)
-    warn(warning_line(finding))
+def _divergence(learner, step: int) -> dict:
+    """run.json's `divergence`: the step, and the variables whose weights ended non-finite."""
+    return {"step": step, "nonfinite_weights": learner.nonfinite_variables()}
+
+
+def _report_finding(finding: Finding, grew: bool, summaries: Summaries, final: dict, warn) -> None:
+    """A live finding, new or grown: run.json keeps its latest state (one entry per rule and subject), the
+    Text dashboard and the console get a note each time."""
+    key = (finding.rule, finding.subject)
+    kept = [f for f in final.get("doctor", []) if (f["rule"], f["subject"]) != key]
+    final["doctor"] = [*kept, finding.to_dict()]
+    summaries.text(finding.last_step, "doctor/findings", _finding_markdown(finding, grew))
+    warn(warning_line(finding, grew))
+
+
+def _finding_markdown(finding: Finding, grew: bool = False) -> str:
+    head = f"**{finding.rule}** {finding.subject}: {finding.summary}" + (" *(grown)*" if grew else "")
+    return f"{head}\n\n*why:* {finding.why}\n\n*fix:* {finding.fix}"
+
+
+def _verdict_markdown(findings: list[Finding]) -> str:
+    """The doctor's verdict at the end of the run, for the Text dashboard: the same list as run.json."""
+    if not findings:
+        return "**healthy**: no finding at the end of the run"
+    notes = [f"- {f.severity} **{f.rule}** {f.subject}: {f.summary}" for f in findings]
+    return f"**{len(findings)} findings** at the end of the run:\n\n" + "\n".join(notes)
 
 
 def _consume(

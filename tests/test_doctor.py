@@ -61,25 +61,56 @@ def test_findings_carry_numbers_from_the_run(experiment):
     assert any(ch.isdigit() for ch in finding.summary) and len(finding.why) < 400 and finding.fix
 
 
-def test_live_doctor_warns_during_training_once_per_finding(tmp_path, caplog):
+def texts(run_dir, tag: str) -> list[str]:
+    from dqnlab.events import event_files, iter_events
+
+    return [
+        v.tensor.string_val[0].decode()
+        for p in event_files(run_dir)
+        for e in iter_events(p)
+        for v in e.summary.value
+        if v.tag == tag
+    ]
+
+
+def test_live_doctor_warns_early_upgrades_and_ends_with_the_doctors_own_verdict(tmp_path, caplog):
+    """One verdict everywhere: the live doctor names the bug at its first check, reports it again only when
+    it grows (a warning that became an error, or evidence half again as large), and at the end run.json,
+    the Text dashboard and `dqnlab doctor` say the same thing."""
     cfg = dqnlab.load_preset("clipped_delta_relu", {"diagnostics.probe_every": 256})
     lines: list[str] = []
     with caplog.at_level(logging.WARNING, logger="dqnlab"):
-        res = dqnlab.train(cfg, steps=8000, logdir=tmp_path, name="live", warn=lines.append)
-    assert len(lines) == 1 and "blocked_td_gradient" in lines[0], lines
-    assert [f["rule"] for f in res.final["doctor"]] == ["blocked_td_gradient"]
-    first_step = res.final["doctor"][0]["last_step"]
-    assert first_step <= 5_500  # seen at the first live check after 5k steps, not at the end
-    from dqnlab.events import event_files, iter_events
+        res = dqnlab.train(cfg, steps=12_000, logdir=tmp_path, name="live", warn=lines.append)
+    assert lines and all("blocked_td_gradient" in line for line in lines), lines
+    assert not lines[0].startswith("doctor: now") and all(x.startswith("doctor: now") for x in lines[1:])
+    notes = texts(res.run_dir, "doctor/findings")
+    assert len(notes) == len(lines) and notes[0].startswith("**blocked_td_gradient**")
+    first_seen = int(lines[0].split("at env step ")[1].split(":")[0].replace(",", ""))
+    assert first_seen <= 5_500  # seen at the first live check after 5k steps, not at the end
+    on_disk = examine(res.run_dir).runs[0].findings
+    assert res.final["doctor"] == [f.to_dict() for f in on_disk]
+    assert json.loads((res.run_dir / "run.json").read_text())["final"]["doctor"] == res.final["doctor"]
+    (verdict,) = texts(res.run_dir, "doctor/verdict")
+    assert verdict.startswith(f"**{len(on_disk)} findings**") and all(f.summary in verdict for f in on_disk)
 
-    texts = [
-        v
-        for p in event_files(res.run_dir)
-        for e in iter_events(p)
-        for v in e.summary.value
-        if v.tag == "doctor/findings"
-    ]
-    assert len(texts) == 1 and b"blocked_td_gradient" in texts[0].tensor.string_val[0]
+
+def test_a_grown_finding_is_reported_again_and_a_steady_one_is_not():
+    from dqnlab.doctor import LiveDoctor, _grew
+    from dqnlab.doctor_rules import Finding
+
+    def blocked(severity: str, share: float, last: int) -> Finding:
+        return Finding("blocked_td_gradient", severity, "", 1024, last, {"share": share}, "s", "w", "f")
+
+    warned = blocked("warning", 0.06, 5120)
+    assert _grew(warned, blocked("error", 0.06, 9000))  # more severe
+    assert _grew(warned, blocked("warning", 0.09, 9000))  # half again as large
+    assert not _grew(warned, blocked("warning", 0.08, 9000))
+    assert not _grew(blocked("error", 0.9, 5120), blocked("warning", 0.9, 9000))  # less severe: no news
+    reports = []
+    live = LiveDoctor({}, lambda f, grew: reports.append((f.severity, grew)))
+    live._reported[("blocked_td_gradient", "")] = warned
+    live.restore(live.state())  # what a checkpoint keeps comes back
+    assert live._reported == {("blocked_td_gradient", ""): warned}
 
 
 def test_a_directory_of_experiments_keeps_each_experiments_arms_apart(experiment, tmp_path):
