@@ -6,6 +6,10 @@ compiled TF function for the CNN), a uniform replay, and a burst of `gradient_st
 Transitions store `terminated` (not `truncated`) as the terminal flag: a time limit is not a terminal
 state, so its next state is still bootstrapped. The caller (dqnlab.trainer) turns events into summaries,
 progress and run.json.
+
+Greedy evaluations also check the values: the Q(s, a) the policy computed for each action it took, against
+the discounted return that actually followed (`Evaluated.q_estimate`, `.discounted_return`; the exact
+definition, truncation included, is in docs/metrics.md under `eval/q_estimate`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from dqnlab.config import TrainConfig
+from dqnlab.config import TrainConfig, is_atari_env
 from dqnlab.learner import Learner
 from dqnlab.replay import ReplayBuffer
 
@@ -51,10 +55,23 @@ class Probed:
 class Evaluated:
     step: int
     returns: tuple[float, ...]  # one per greedy episode
+    # The value check, pooled over the compared (s, a) of every episode (docs/metrics.md, `eval/q_*`): the
+    # mean Q(s, a) of the actions taken and the mean discounted return that followed them. None when no state
+    # was compared (Atari, or only truncated episodes too short to compare any state).
+    q_estimate: float | None = None
+    discounted_return: float | None = None
+    compared_states: int = 0
 
     @property
     def mean_return(self) -> float:
         return float(np.mean(self.returns))
+
+    @property
+    def q_overestimation(self) -> float | None:
+        """q_estimate - discounted_return: positive when the network promises more than the policy gets."""
+        if self.q_estimate is None or self.discounted_return is None:
+            return None
+        return self.q_estimate - self.discounted_return
 
 
 @dataclass
@@ -93,21 +110,85 @@ def epsilon_at(step: int, cfg: TrainConfig) -> float:
     return cfg.epsilon_start + frac * (cfg.epsilon_end - cfg.epsilon_start)
 
 
-def greedy_episodes(env: gym.Env, policy, episodes: int, seed: int) -> tuple[float, ...]:
-    """Returns of `episodes` greedy episodes (seeded from `seed`, one seed per episode). A recurrent
-    policy starts each episode from its initial state; the training episode's state is not touched."""
-    returns = []
+# A truncated episode's state is compared only when the bootstrapped tail of its return weighs at most
+# this much: at least 95% of the return it is compared with is reward actually received.
+TAIL_WEIGHT = 0.05
+
+
+@dataclass(frozen=True)
+class GreedyEpisodes:
+    returns: tuple[float, ...]  # undiscounted, one per episode
+    q_taken: np.ndarray  # Q(s_t, a_t) at every compared step, episodes concatenated
+    discounted: np.ndarray  # the discounted return from those same steps
+
+    def evaluated(self, step: int) -> Evaluated:
+        if not self.q_taken.size:
+            return Evaluated(step, self.returns)
+        q, g = float(np.mean(self.q_taken)), float(np.mean(self.discounted))
+        return Evaluated(step, self.returns, q, g, int(self.q_taken.size))
+
+
+def discounted_returns(rewards: list[float], gamma: float, tail: float = 0.0) -> np.ndarray:
+    """G_t = r_t + gamma * G_{t+1} for every step t, backwards from G_T = `tail` (0 after a terminal)."""
+    out = np.empty(len(rewards))
+    g = float(tail)
+    for t in range(len(rewards) - 1, -1, -1):
+        g = rewards[t] + gamma * g
+        out[t] = g
+    return out
+
+
+def compared_steps(length: int, gamma: float, truncated: bool) -> int:
+    """How many leading steps of an episode enter the value check: every step of one that terminated; of a
+    truncated one, the steps t whose tail weight gamma^(T - t) is at most TAIL_WEIGHT (T = length)."""
+    if not truncated:
+        return length
+    tail_weights = gamma ** np.arange(length, 0, -1, dtype=np.float64)
+    return int(np.count_nonzero(tail_weights <= TAIL_WEIGHT))
+
+
+def greedy_episodes(
+    env: gym.Env, policy, episodes: int, seed: int, gamma: float | None = None
+) -> GreedyEpisodes:
+    """`episodes` greedy episodes (seeded from `seed`, one seed per episode). A recurrent policy starts each
+    episode from its initial state; the training episode's state is not touched.
+
+    With `gamma`, each step's Q(s_t, a_t) is kept beside the discounted return that followed it. A time limit
+    is not a terminal (training bootstraps through it, so Q values the episode as going on): a truncated
+    episode's returns are completed with gamma^(T - t) max_a Q(s_T, a), as a TD target would, and only its
+    steps where that tail weighs at most TAIL_WEIGHT are compared. The extra cost is one policy step per
+    truncated episode and a backward pass over the rewards."""
+    returns, q_parts, g_parts = [], [], []
     for k in range(episodes):
         obs, _ = env.reset(seed=seed + k)
         state = policy.initial_state()
-        total, done = 0.0, False
-        while not done:
+        q_taken, rewards, total = [], [], 0.0
+        terminated = truncated = False
+        while not (terminated or truncated):
             q, state = policy.step(obs, state)
-            obs, reward, terminated, truncated, _ = env.step(int(np.argmax(q)))
-            total += float(reward)
-            done = terminated or truncated
+            action = int(np.argmax(q))
+            q_taken.append(float(q[action]))
+            obs, reward, terminated, truncated, _ = env.step(action)
+            rewards.append(float(reward))
+            total += float(reward)  # summed in order, as before: eval/return stays bit for bit the same
         returns.append(total)
-    return tuple(returns)
+        if gamma is None:
+            continue
+        cut = truncated and not terminated
+        tail = float(np.max(policy.step(obs, state)[0])) if cut else 0.0
+        n = compared_steps(len(rewards), gamma, cut)
+        q_parts.append(np.asarray(q_taken[:n]))
+        g_parts.append(discounted_returns(rewards, gamma, tail)[:n])
+    joined = [np.concatenate(p) if p else np.empty(0) for p in (q_parts, g_parts)]
+    return GreedyEpisodes(tuple(returns), *joined)
+
+
+def _value_gamma(eval_env: gym.Env, cfg: TrainConfig) -> float | None:
+    """The discount of the value check, or None to skip it. Atari skips it: Q is learned on sign-clipped
+    rewards (and life-loss terminals, when on) while the eval env plays whole games for the real score, so
+    its returns are not what Q estimates."""
+    spec = eval_env.spec
+    return None if spec is not None and is_atari_env(spec.id) else cfg.gamma
 
 
 def run_loop(
@@ -134,6 +215,7 @@ def run_loop(
     st = state_from or LoopState.start(env, learner, seed)
     num_actions = int(env.action_space.n)
     policy = learner.policy()  # numpy copy of the online network; recurrent ones carry a state
+    value_gamma = _value_gamma(eval_env, cfg)
     rng = st.rng
     for step in range(st.step + 1, steps + 1):
         epsilon = epsilon_at(step, cfg)
@@ -176,9 +258,8 @@ def run_loop(
             learner.update_target()
             st.synced_at = st.updates
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == steps:
-            yield Evaluated(
-                step, greedy_episodes(eval_env, policy, cfg.eval_episodes, seed=seed + 10_000 + step)
-            )
+            greedy = greedy_episodes(eval_env, policy, cfg.eval_episodes, seed + 10_000 + step, value_gamma)
+            yield greedy.evaluated(step)
         st.step = step  # every effect of this step is done: a checkpoint now resumes at the next one
         if checkpoint_every and step % checkpoint_every == 0 and step < steps:
             yield CheckpointDue(step, st)

@@ -87,7 +87,12 @@ class Summaries:
         self.scalars(event.step, values)
 
     def evaluation(self, event: Evaluated) -> None:
-        self.scalars(event.step, {"eval/return": event.mean_return})
+        values = {"eval/return": event.mean_return}
+        if event.q_estimate is not None:  # no value check on Atari (dqnlab.loop._value_gamma)
+            values["eval/q_estimate"] = event.q_estimate
+            values["eval/discounted_return"] = event.discounted_return
+            values["eval/q_overestimation"] = event.q_overestimation
+        self.scalars(event.step, values)
 
     def flush(self) -> None:
         self._writer.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import pytest
 
 from dqnlab.config import load_preset
 from dqnlab.learner import Learner
@@ -99,3 +100,13 @@ def test_epsilon_schedule():
     assert epsilon_at(0, cfg) == 1.0
     assert abs(epsilon_at(50, cfg) - 0.55) < 1e-12
     assert abs(epsilon_at(100, cfg) - 0.1) < 1e-12 and abs(epsilon_at(10_000, cfg) - 0.1) < 1e-12
+
+
+def test_evaluations_carry_the_value_check():
+    _, _, events = make(steps=12)
+    final = events[-1]
+    # The eval env's first episode terminates after 3 rewards of 1: every step is compared, with
+    # huber_relu's gamma 0.99: G_2 = 1, G_1 = 1.99, G_0 = 2.9701; mean 5.9601 / 3.
+    assert isinstance(final, Evaluated) and final.returns == (3.0,) and final.compared_states == 3
+    assert final.discounted_return == pytest.approx(5.9601 / 3)
+    assert final.q_overestimation == pytest.approx(final.q_estimate - 5.9601 / 3)
