@@ -69,8 +69,12 @@ class Summaries:
         return values
 
     def hparams(self, values: dict[str, bool | int | float | str]) -> None:
-        """The run's hyperparameters for TensorBoard's HParams dashboard (sort and filter arms by them)."""
-        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=hparams_pb(values)))
+        """The run's hyperparameters for TensorBoard's HParams dashboard (sort and filter arms by them).
+        Its row is named by the run, as TensorBoard names the run (`<preset>/<env>/seed_<k>` below the
+        experiment), rather than by TensorBoard's default, a hash of the values."""
+        run = "/".join(self._writer.path.parent.parts[-3:])  # the run directory below the experiment
+        summary = hparams_pb(values, trial_id=run)
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
 
     def text(self, step: int, tag: str, markdown: str) -> None:
         """A note for TensorBoard's Text dashboard (the live doctor's findings)."""

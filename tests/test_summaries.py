@@ -29,3 +29,28 @@ def test_histogram_matches_tensorboards(data):
     np.testing.assert_allclose(ours[:, :2], theirs[:, :2], rtol=1e-12)
     np.testing.assert_array_equal(ours[:, 2], theirs[:, 2])
     assert histogram_pb("t", data).value[0].metadata == tensorboard_histogram_pb("t", data).value[0].metadata
+
+
+def test_hparams_rows_are_named_by_the_run(tmp_path):
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+    from dqnlab.events import iter_events
+    from dqnlab.summaries import Summaries
+
+    names = {}
+    for seed in (0, 1):
+        run_dir = tmp_path / "exp" / "huber_relu" / "dqnlab-CartPole-reward100-v1" / f"seed_{seed}"
+        run_dir.mkdir(parents=True)
+        with Summaries(run_dir) as summaries:
+            summaries.hparams({"preset": "huber_relu", "seed": seed, "optimizer.learning_rate": 2.3e-3})
+        (event,) = [e for f in run_dir.iterdir() for e in iter_events(f) if e.HasField("summary")]
+        (value,) = event.summary.value
+        assert value.metadata.plugin_data.plugin_name == hparams_metadata.PLUGIN_NAME
+        start = hparams_metadata.parse_session_start_info_plugin_data(value.metadata.plugin_data.content)
+        assert start.hparams["seed"].number_value == seed
+        names[seed] = start.group_name
+    # TensorBoard groups sessions by this name and shows it in the HParams table: the run, not a hash.
+    assert names == {
+        0: "huber_relu/dqnlab-CartPole-reward100-v1/seed_0",
+        1: "huber_relu/dqnlab-CartPole-reward100-v1/seed_1",
+    }
