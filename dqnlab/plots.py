@@ -3,8 +3,9 @@
 One row per env. Columns: the greedy eval return (mean over seeds, min-max band, the threshold dashed),
 then each diagnostic some arm logged: blocked TD-gradient fraction, global gradient norm (pre-clip when
 clipping is on; log scale), the largest dead and saturated fraction over the hidden layers, and the
-first/last-layer gradient-norm ratio (log scale). The HTML report is self-contained: the comparison
-table and the figure embedded as a PNG.
+first/last-layer gradient-norm ratio (log scale). The saturated panel is drawn only when some arm's network
+can saturate (a sigmoid or tanh layer, or a tanh recurrent cell): a ReLU network logs 0 there, a flat line
+that says nothing. The HTML report is self-contained: the comparison table and the figure embedded as a PNG.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,14 +23,17 @@ import numpy as np
 from dqnlab.aggregate import aggregate_series
 from dqnlab.compare import EVAL_TAG, Comparison, EnvComparison, Run, format_comparison
 from dqnlab.config import ConfigError
+from dqnlab.rundir import RUN_JSON
 
+SATURATED = "act_saturated_frac/"
+SATURATING = ("sigmoid", "tanh")
 # (panel title, tag or `family/` (max over the family at each step), log scale)
 PANELS = (
     ("eval return", EVAL_TAG, False),
     ("blocked TD-gradient fraction", "td/grad_blocked_frac", False),
     ("global grad norm", "grad_norm/preclip_global|grad_norm/global", True),
     ("max dead fraction (hidden layers)", "act_dead_frac/", False),
-    ("max saturated fraction (hidden layers)", "act_saturated_frac/", False),
+    ("max saturated fraction (hidden layers)", SATURATED, False),
     ("first/last-layer grad-norm ratio", "grad/depth_ratio", True),
 )
 SUFFIXES = (".png", ".html")
@@ -63,6 +69,39 @@ def _panel_series(run: Run, spec: str) -> tuple[np.ndarray, np.ndarray] | None:
     return None
 
 
+def can_saturate(config: Mapping) -> bool:
+    """Whether a network of this config (run.json's `config`) has units with bounded outputs: a sigmoid or
+    tanh hidden layer, or a recurrent cell with tanh (LSTM and GRU always have it, and sigmoid gates)."""
+    network = config.get("network") or {}
+    recurrent = config.get("recurrent") or {}
+    if network.get("activation") in SATURATING:
+        return True
+    cell_has_tanh = recurrent.get("cell") in ("lstm", "gru") or recurrent.get("activation") in SATURATING
+    return network.get("kind") == "rnn" and cell_has_tanh
+
+
+def _run_can_saturate(run: Run) -> bool:
+    """From the run's config; a run whose config cannot be read counts as one that can (panel kept)."""
+    try:
+        config = json.loads((run.path / RUN_JSON).read_text())["config"]
+        return can_saturate(config)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return True
+
+
+def env_panels(env: EnvComparison) -> list[tuple[str, str, bool]]:
+    """The panels drawn for one env: those some run logged, the saturated one only when some arm's network
+    can saturate; the eval return alone when nothing was logged."""
+    runs = [r for a in env.arms for r in a.runs]
+    saturating = any(_run_can_saturate(r) for r in runs)
+    panels = [
+        p
+        for p in PANELS
+        if (p[1] != SATURATED or saturating) and any(_panel_series(r, p[1]) is not None for r in runs)
+    ]
+    return panels or list(PANELS[:1])
+
+
 def _draw_env(axes, env: EnvComparison, panels) -> None:
     import matplotlib.pyplot as plt
 
@@ -93,12 +132,8 @@ def figure_png(comparison: Comparison) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    blocks = []  # (env, its panels): each env takes ceil(panels / COLUMNS) rows of the grid
-    for env in comparison.envs:
-        panels = [
-            p for p in PANELS if any(_panel_series(r, p[1]) is not None for a in env.arms for r in a.runs)
-        ]
-        blocks.append((env, panels or list(PANELS[:1])))
+    # (env, its panels): each env takes ceil(panels / COLUMNS) rows of the grid
+    blocks = [(env, env_panels(env)) for env in comparison.envs]
     nrows = sum(-(-len(panels) // COLUMNS) for _, panels in blocks)
     fig, grid = plt.subplots(nrows, COLUMNS, figsize=(4.6 * COLUMNS, 3.2 * nrows), squeeze=False)
     axes = list(grid.ravel())

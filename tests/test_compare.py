@@ -360,3 +360,44 @@ def test_compare_command_json_plot_and_bad_input(experiment, tmp_path):
     html.write_text("stale")
     assert run(str(experiment), "--plot", str(html), "--force").returncode == 0
     assert "data:image/png;base64," in html.read_text()
+
+
+def saturation_experiment(tmp_path, activations: dict[str, dict]):
+    """One seed per arm; every arm logs act_saturated_frac (a ReLU layer logs 0, as the probes do)."""
+    exp = tmp_path / "sat"
+    for preset, config in activations.items():
+        series = {
+            "eval/return": [(50, 10.0), (100, 20.0)],
+            "act_saturated_frac/hidden_0": [(40, 0.0 if "relu" in preset else 0.9), (80, 0.0)],
+            "act_dead_frac/hidden_0": [(40, 0.1), (80, 0.2)],
+        }
+        write_run(exp / preset / "CartPole-v1" / "seed_0", preset, 0, series, config=config)
+    return exp
+
+
+RELU = {"network": {"kind": "mlp", "activation": "relu"}, "recurrent": None}
+SIGMOID = {"network": {"kind": "mlp", "activation": "sigmoid"}, "recurrent": None}
+LSTM = {"network": {"kind": "rnn", "activation": "relu"}, "recurrent": {"cell": "lstm", "activation": "tanh"}}
+RELU_RNN = {
+    "network": {"kind": "rnn", "activation": "relu"},
+    "recurrent": {"cell": "simple", "activation": "relu"},
+}
+
+
+def panel_titles(experiment) -> list[str]:
+    from dqnlab.plots import env_panels
+
+    (env,) = compare(experiment).envs
+    return [title for title, _, _ in env_panels(env)]
+
+
+def test_the_saturated_panel_only_where_an_arm_can_saturate(tmp_path):
+    from dqnlab.plots import can_saturate, figure_png
+
+    relu_only = saturation_experiment(tmp_path / "a", {"huber_relu": RELU, "relu_dead": RELU})
+    assert panel_titles(relu_only) == ["eval return", "max dead fraction (hidden layers)"]
+    with_sigmoid = saturation_experiment(tmp_path / "b", {"huber_relu": RELU, "sigmoid_saturated": SIGMOID})
+    assert "max saturated fraction (hidden layers)" in panel_titles(with_sigmoid)
+    assert figure_png(compare(with_sigmoid)).startswith(b"\x89PNG")
+    # An RNN cell's tanh counts; a simple cell on ReLU in a ReLU network does not.
+    assert can_saturate(LSTM) and not can_saturate(RELU_RNN) and not can_saturate(RELU)
