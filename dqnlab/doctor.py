@@ -10,7 +10,8 @@ Beside the rules, each run's event files are checked against its run.json (`even
 damaged file (read up to the damage) and a `done` run whose events end early are findings too, since the
 rules then judged only part of the run.
 
-Exit status of the command: 0 healthy, 1 findings, 2 bad input (so a CI job can gate on it).
+Exit status of the command: 0 healthy, 1 findings, 2 bad input, 3 no finding but not enough evidence (a
+rule lacked the measured updates or probes it needs), so a CI job can gate on it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dqnlab.compare import events_end_early, load_run_dirs
-from dqnlab.doctor_rules import ERROR, Finding, diagnose
+from dqnlab.doctor_rules import ERROR, Finding, diagnose, evidence_gaps
 from dqnlab.events import Damage, Series, read_series_checked
 from dqnlab.rundir import RUN_JSON
 
@@ -38,6 +39,9 @@ class RunDiagnosis:
     seed: int
     status: str
     findings: list[Finding]
+    gaps: list[str] = field(
+        default_factory=list
+    )  # what the rules could not judge (doctor_rules.evidence_gaps)
 
 
 @dataclass
@@ -48,7 +52,15 @@ class Report:
 
     @property
     def healthy(self) -> bool:
-        return not any(r.findings for r in self.runs)
+        """No finding, and every rule had the evidence it needs."""
+        return not any(r.findings or r.gaps for r in self.runs)
+
+    @property
+    def verdict(self) -> str:
+        """'findings', 'not enough evidence' (no finding, but a rule lacked points) or 'healthy'."""
+        if any(r.findings for r in self.runs):
+            return "findings"
+        return "not enough evidence" if any(r.gaps for r in self.runs) else "healthy"
 
 
 def examine(directory: str | Path) -> Report:
@@ -60,7 +72,10 @@ def examine(directory: str | Path) -> Report:
         info = json.loads((path / RUN_JSON).read_text())
         series, damage = read_series_checked(path)
         findings = event_file_findings(series, info, damage) + diagnose(series, info)
-        runs.append(RunDiagnosis(path, info["preset"], info["env"], info["seed"], info["status"], findings))
+        gaps = evidence_gaps(series, info)
+        runs.append(
+            RunDiagnosis(path, info["preset"], info["env"], info["seed"], info["status"], findings, gaps)
+        )
     return Report(Path(directory), runs, problems)
 
 
@@ -155,10 +170,14 @@ def format_report(report: Report) -> str:
         seeds = sorted(seeds_of[(experiment, env, preset)])
         name = f"{preset} on {env}" + (f" in {experiment}" if experiment else "")
         count = f"{len(seeds)} seed" + ("" if len(seeds) == 1 else "s")
-        if not by_rule:
+        short = [r for r in report.runs if _arm(report, r) == (experiment, env, preset) and r.gaps]
+        if not by_rule and not short:
             lines.append(f"{name} ({count}): healthy, no finding")
             continue
-        lines.append(f"{name} ({count}):")
+        if not by_rule:
+            lines.append(f"{name} ({count}): no finding, but not enough evidence to call it healthy")
+        else:
+            lines.append(f"{name} ({count}):")
         for (rule, subject), hits in by_rule.items():
             run, first = hits[0]
             where = f" [{subject}]" if subject else ""
@@ -169,12 +188,17 @@ def format_report(report: Report) -> str:
             )
             lines.append(f"    why: {first.why}")
             lines.append(f"    fix: {first.fix}")
+        for gap in dict.fromkeys(g for r in short for g in r.gaps):  # once per arm, in order
+            seeds_short = ", ".join(str(r.seed) for r in short if gap in r.gaps)
+            lines.append(f"  not enough evidence (seeds {seeds_short}): {gap}")
     if report.problems:
         lines.append("Not examined:")
         lines += [f"  {p}" for p in report.problems]
-    verdict = (
-        "healthy: no finding" if report.healthy else f"{sum(len(r.findings) for r in report.runs)} findings"
-    )
+    verdict = {
+        "healthy": "healthy: no finding",
+        "not enough evidence": "no finding, but not enough evidence to call them healthy",
+        "findings": f"{sum(len(r.findings) for r in report.runs)} findings",
+    }[report.verdict]
     lines.append(f"{len(report.runs)} runs examined, {verdict}")
     return "\n".join(lines)
 
@@ -188,12 +212,14 @@ def to_json(report: Report) -> dict:
             "seed": r.seed,
             "status": r.status,
             "findings": [f.to_dict() for f in r.findings],
+            "not_enough_evidence": r.gaps,
         }
         for r in report.runs
     ]
     return {
         "directory": str(report.directory),
         "healthy": report.healthy,
+        "verdict": report.verdict,
         "runs": runs,
         "problems": report.problems,
     }
@@ -245,9 +271,12 @@ class LiveDoctor:
                 self._report(finding, before is not None)
         return findings
 
-    def verdict(self, history: Mapping[str, tuple[list[int], list[float]]]) -> list[Finding]:
-        """The findings at the end of the run, reporting those new or grown since the last check."""
-        return self.check(history)
+    def verdict(
+        self, history: Mapping[str, tuple[list[int], list[float]]]
+    ) -> tuple[list[Finding], list[str]]:
+        """The findings at the end of the run (reporting those new or grown since the last check), and what
+        the rules could not judge for want of evidence."""
+        return self.check(history), evidence_gaps(_as_series(history), self._run)
 
 
 def _as_series(history: Mapping[str, tuple[list[int], list[float]]]) -> Series:

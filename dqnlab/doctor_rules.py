@@ -51,11 +51,15 @@ class Thresholds:
     late_frac: float = 0.5
 
     # blocked_td_gradient: healthy losses (Huber, squared, backward clip) block exactly 0 samples
-    # (metrics.md), so any sustained share is the forward-clip bug; the 2016 bug measures ~0.86-1.0 at 50k
-    # steps, and 0.02-0.1 in its first 8k steps (before the Q-values outgrow the bound), already the
-    # transitions with the largest errors. 0.01 ignores only a clip that almost never bites.
-    blocked_warn: float = 0.01
-    blocked_error: float = 0.5
+    # (metrics.md), so any sustained share is the forward-clip bug. The share is pooled over the late half
+    # (blocked samples over samples with delta != 0), so it does not depend on the batch size: one blocked
+    # sample in 128 is 0.0078 at every batch size. The 2016 bug measures ~0.86-1.0 on CartPole at 50k steps,
+    # ~0.01 on Acrobot (its goal transitions, |delta| 20-27). 1e-3 ignores only a clip that almost never
+    # bites; an error from 5%, or when the largest errors sit 10x beyond the bound (a forward clip blocks
+    # every sample beyond it, so those are blocked).
+    blocked_warn: float = 1e-3
+    blocked_error: float = 0.05
+    blocked_far: float = 10.0
 
     # dead_relu: healthy huber_relu/squared_relu have hidden_1 40-50% dead on CartPole (runs/20261127-030618),
     # clipped_delta_relu ~0.70-0.74 from its first probe on; relu_dead (bias -3) 100%.
@@ -161,7 +165,8 @@ def _pct(x: float) -> str:
 
 
 def _make(rule, severity, subject, span, evidence, summary, why, fix) -> Finding:
-    ev = {k: float(v) for k, v in evidence.items()}
+    # Numbers a run did not log are left out: a NaN would make two equal findings compare unequal.
+    ev = {k: float(v) for k, v in evidence.items() if np.isfinite(v)}
     return Finding(rule, severity, subject, span[0], span[1], ev, summary, why, fix)
 
 
@@ -169,30 +174,57 @@ def _make(rule, severity, subject, span, evidence, summary, why, fix) -> Finding
 # Rules
 
 
-def rule_blocked_td_gradient(series: Series, run: Mapping) -> list[Finding]:
-    """The forward-clip bug: a sustained share of TD errors with dL/dQ exactly 0 (td/grad_blocked_frac)."""
+BLOCKED_COUNT, NONZERO_COUNT = "td/grad_blocked_count/burst_sum", "td/nonzero_delta_count/burst_sum"
+
+
+def _pooled_blocked(series: Series) -> tuple[np.ndarray, float, float] | None:
+    """(steps of the late half, blocked share pooled over it, samples it pooled). Pooled from the bursts'
+    counts when logged, else from the measured updates' fractions (their mean: each is over one batch)."""
+    blocked, nonzero = _get(series, BLOCKED_COUNT), _get(series, NONZERO_COUNT)
+    if blocked is not None and nonzero is not None and len(blocked[1]) == len(nonzero[1]):
+        steps, late_blocked = _late(*blocked)
+        late_nonzero = _late(*nonzero)[1]
+        total = float(late_nonzero.sum())
+        return steps, (float(late_blocked.sum()) / total if total > 0 else 0.0), total
     s = _get(series, "td/grad_blocked_frac")
     if s is None:
-        return []
+        return None
     steps, late = _late(*s)
-    if len(late) < T.min_points:
+    return steps, float(np.mean(late)) if len(late) else 0.0, float("nan")
+
+
+def rule_blocked_td_gradient(series: Series, run: Mapping) -> list[Finding]:
+    """The forward-clip bug: a share of TD errors with dL/dQ exactly 0, pooled over the late half."""
+    pooled = _pooled_blocked(series)
+    if pooled is None or len(pooled[0]) < T.min_points or pooled[1] < T.blocked_warn:
         return []
-    med = float(np.median(late))
-    if med < T.blocked_warn:
-        return []
-    severity = ERROR if med >= T.blocked_error else WARNING
+    steps, share, samples = pooled
     kind = _cfg(run, "config", "loss", "kind", default="?")
     bound = _cfg(run, "config", "loss", "bound", default=1.0)
-    span = _span(s[0], s[1] >= T.blocked_warn)
+    bound = bound if isinstance(bound, (int, float)) and bound > 0 else 1.0
+    largest = _late_median(series, "td/abs_max")
+    far = bool(largest >= T.blocked_far * bound)  # NaN compares False
+    severity = ERROR if share >= T.blocked_error or far else WARNING
+    frac = _get(series, "td/grad_blocked_frac")
+    span = _span(frac[0], frac[1] > 0) if frac is not None else _span(steps)
+    pooled_over = (
+        f"{samples:,.0f} sampled TD errors" if np.isfinite(samples) else f"{len(steps)} measured updates"
+    )
+    beyond = f"; the largest |delta| is {largest:.3g}, {largest / bound:.0f}x the bound" if far else ""
     return [
         _make(
             "blocked_td_gradient",
             severity,
             "",
             span,
-            {"late_median": med, "late_max": late.max(), "threshold": T.blocked_warn},
-            f"{_pct(med)} of nonzero TD errors sent exactly zero gradient (median over the last half, "
-            f"loss {kind!r}); blocked from step {span[0]} to {span[1]}.",
+            {
+                "late_pooled_share": share,
+                "late_abs_max": largest,
+                "samples": samples,
+                "threshold": T.blocked_warn,
+            },
+            f"{share:.2%} of nonzero TD errors sent exactly zero gradient (pooled over the last half: "
+            f"{pooled_over}; loss {kind!r}){beyond}; blocked from step {span[0]} to {span[1]}.",
             f"The loss clips the TD error in the forward pass: clip_by_value has local gradient 0 outside "
             f"[-{bound:g}, {bound:g}], so every sample with |delta| > {bound:g} -- the ones with most to "
             f"teach -- contributes nothing to dL/dQ.",
@@ -651,6 +683,41 @@ def rule_q_overestimation(series: Series, run: Mapping) -> list[Finding]:
             "rate.",
         )
     ]
+
+
+def _late_points(series: Series, prefix: str) -> int | None:
+    """Points in the late half of the longest series whose tag starts with `prefix`; None when none."""
+    lengths = [len(np.asarray(v)) for tag, (_, v) in series.items() if tag.startswith(prefix)]
+    if not lengths:
+        return None
+    n = max(lengths)
+    return n - int(n * (1.0 - T.late_frac))
+
+
+def evidence_gaps(series: Series, run: Mapping) -> list[str]:
+    """What the rules could not judge for want of evidence, one line each: a run with no finding and a gap is
+    'not enough evidence', never 'healthy'. Gradient rules need `min_points` measured updates in the late
+    half, activation rules as many probes; a run whose diagnostics were off gives the rules nothing."""
+    diagnostics = _cfg(run, "config", "diagnostics", default=None)
+    if not isinstance(diagnostics, Mapping):
+        return []  # not a run dqnlab configured (hand-made files): nothing to expect
+    if diagnostics.get("enabled") is False:
+        return ["diagnostics were off (diagnostics.enabled = false): no rule could judge the backward pass"]
+    gaps = []
+    measured = _late_points(series, "loss/td")
+    if measured is None or measured < T.min_points:
+        gaps.append(
+            "the gradient rules (blocked_td_gradient, vanishing_gradient, exploding_gradient, update_ratio): "
+            f"{measured or 0} measured updates in the last half of the run, need {T.min_points}"
+        )
+    if (diagnostics.get("probe_every") or 0) > 0:
+        probes = _late_points(series, "act_")
+        if probes is None or probes < T.min_points:
+            gaps.append(
+                "the activation rules (dead_relu, saturated_activation, dormant_growth): "
+                f"{probes or 0} probes in the last half of the run, need {T.min_points}"
+            )
+    return gaps
 
 
 Rule = Callable[[Series, Mapping], list[Finding]]

@@ -288,9 +288,10 @@ def train(
             if status == "diverged":
                 info["divergence"] = _divergence(learner, info["env_steps"])
             info["status"] = status  # the verdict judges the run as it ended, as `dqnlab doctor` will
-            verdict = live.verdict(summaries.history)
+            verdict, gaps = live.verdict(summaries.history)
             final["doctor"] = [f.to_dict() for f in verdict]
-            summaries.text(info["env_steps"], "doctor/verdict", _verdict_markdown(verdict))
+            final["doctor_not_enough_evidence"] = gaps
+            summaries.text(info["env_steps"], "doctor/verdict", _verdict_markdown(verdict, gaps))
             summaries.flush()
             if status == "done" and checkpoint_every:
                 save_checkpoint(loop_state)  # the end state: what the final weights are compared against
@@ -426,12 +427,14 @@ def _finding_markdown(finding: Finding, grew: bool = False) -> str:
     return f"{head}\n\n*why:* {finding.why}\n\n*fix:* {finding.fix}"
 
 
-def _verdict_markdown(findings: list[Finding]) -> str:
-    """The doctor's verdict at the end of the run, for the Text dashboard: the same list as run.json."""
+def _verdict_markdown(findings: list[Finding], gaps: list[str]) -> str:
+    """The doctor's verdict at the end of the run, for the Text dashboard: the same lists as run.json."""
+    short = "".join(f"\n- not enough evidence: {gap}" for gap in gaps)
     if not findings:
-        return "**healthy**: no finding at the end of the run"
+        head = "**not enough evidence**: no finding" if gaps else "**healthy**: no finding"
+        return f"{head} at the end of the run" + (f":\n{short}" if gaps else "")
     notes = [f"- {f.severity} **{f.rule}** {f.subject}: {f.summary}" for f in findings]
-    return f"**{len(findings)} findings** at the end of the run:\n\n" + "\n".join(notes)
+    return f"**{len(findings)} findings** at the end of the run:\n\n" + "\n".join(notes) + short
 
 
 def _consume(

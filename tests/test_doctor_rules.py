@@ -161,26 +161,65 @@ def test_finding_to_dict_and_sorting():
 # blocked_td_gradient
 
 
-def test_blocked_fires_with_hand_computed_median():
+def test_blocked_pools_the_late_half_of_the_measured_fractions():
     s = {"td/grad_blocked_frac": measured([0.0, 0.0, 0.0, 0.0, 0.8, 0.9, 0.86, 1.0])}
     (f,) = rule_blocked_td_gradient(s, run_json(loss="clipped_delta_squared"))
     assert (f.rule, f.severity, f.subject) == ("blocked_td_gradient", "error", "")
-    assert f.evidence["late_median"] == pytest.approx(0.88)  # median of 0.8, 0.9, 0.86, 1.0
+    assert f.evidence["late_pooled_share"] == pytest.approx(0.89)  # (0.8 + 0.9 + 0.86 + 1.0) / 4
     assert (f.first_step, f.last_step) == (1024 + 4 * 256, 1024 + 7 * 256)
-    assert "88%" in f.summary and "clipped_delta_squared" in f.summary
+    assert (
+        "89.00%" in f.summary and "4 measured updates" in f.summary and "clipped_delta_squared" in f.summary
+    )
 
 
-def test_blocked_near_miss_and_single_spike():
-    near = {"td/grad_blocked_frac": measured(np.full(20, 0.009))}
+def bursts(blocked, nonzero) -> dict:
+    return {
+        "td/grad_blocked_count/burst_sum": measured(blocked),
+        "td/nonzero_delta_count/burst_sum": measured(nonzero),
+    }
+
+
+def test_blocked_share_does_not_depend_on_the_batch_size():
+    """Acrobot's clipped run: one goal transition in 128 sampled errors is blocked. At batch 128 each
+    measured update's fraction is 1/128 = 0.0078; at batch 32 it is 1/32 on one update in four and 0 on the
+    others. A median of fractions reads 0.0078 and 0: the pooled share reads 1/128 for both."""
+    big = {"td/grad_blocked_frac": measured(np.full(40, 1 / 128))}
+    small = {"td/grad_blocked_frac": measured(np.tile([1 / 32, 0, 0, 0], 10))}
+    counted = bursts(np.full(40, 64.0), np.full(40, 8192.0))  # bursts of 64 x 128 samples: 64 blocked each
+    shares = [
+        rule_blocked_td_gradient(x, run_json())[0].evidence["late_pooled_share"]
+        for x in (big, small, counted)
+    ]
+    assert shares == pytest.approx([1 / 128] * 3)
+
+
+def test_blocked_counts_are_pooled_and_name_the_samples():
+    # Late half: blocked 1 + 0 + 2 + 1 = 4 of 4 x 1000 nonzero errors = 0.1% (the threshold): a warning.
+    (f,) = rule_blocked_td_gradient(bursts([0, 0, 0, 0, 1, 0, 2, 1], [1000] * 8), run_json())
+    assert f.severity == "warning" and f.evidence["late_pooled_share"] == pytest.approx(4 / 4000)
+    assert "4,000 sampled TD errors" in f.summary
+    assert rule_blocked_td_gradient(bursts([0, 0, 0, 0, 1, 0, 2, 0], [1000] * 8), run_json()) == []  # 0.075%
+
+
+def test_blocked_near_miss_and_one_blocked_update():
+    near = {"td/grad_blocked_frac": measured(np.full(20, 0.0009))}
     assert rule_blocked_td_gradient(near, run_json()) == []
+    # A healthy loss blocks exactly nothing, so one update in the late half with every error blocked is the
+    # forward clip, not noise: 1/96 = 1.04% of the late half's errors, a warning.
     spike = np.zeros(N)
     spike[-5] = 1.0
-    assert rule_blocked_td_gradient({"td/grad_blocked_frac": measured(spike)}, run_json()) == []
+    (f,) = rule_blocked_td_gradient({"td/grad_blocked_frac": measured(spike)}, run_json())
+    assert f.severity == "warning" and f.evidence["late_pooled_share"] == pytest.approx(1 / 96)
 
 
-def test_blocked_moderate_share_is_a_warning():
-    (f,) = rule_blocked_td_gradient({"td/grad_blocked_frac": measured(np.full(10, 0.3))}, run_json())
-    assert f.severity == "warning"
+def test_blocked_is_an_error_from_5_percent_or_when_the_largest_errors_are_far_beyond_the_bound():
+    (moderate,) = rule_blocked_td_gradient({"td/grad_blocked_frac": measured(np.full(10, 0.3))}, run_json())
+    assert moderate.severity == "error"
+    rare = {"td/grad_blocked_frac": measured(np.full(10, 0.008))}
+    assert rule_blocked_td_gradient(rare, run_json())[0].severity == "warning"
+    # The same share, but the errors it blocks are 25x the bound of 1: Acrobot's goal transitions.
+    (far,) = rule_blocked_td_gradient({**rare, "td/abs_max": measured(np.full(10, 25.0))}, run_json())
+    assert far.severity == "error" and "25x the bound" in far.summary
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -501,3 +540,27 @@ def test_rules_and_thresholds_are_in_one_place():
     assert all(r.__doc__ for r in RULES)
     with pytest.raises(AttributeError):
         THRESHOLDS.depth_ratio = 1.0  # frozen
+
+
+# ---------------------------------------------------------------------------------------------------------
+# not enough evidence
+
+
+def test_too_few_points_is_not_enough_evidence_not_health():
+    from dqnlab.doctor_rules import evidence_gaps
+
+    run = run_json()
+    run["config"]["diagnostics"].update(enabled=True, probe_every=2560)
+    few = {"loss/td": measured(np.ones(5)), "act_dead_frac/hidden_0": probed([0.1, 0.2, 0.3])}
+    gaps = evidence_gaps(few, run)  # late halves: 5 - int(2.5) = 3 measured updates, 3 - int(1.5) = 2 probes
+    assert len(gaps) == 1 and gaps[0].startswith("the activation rules") and "2 probes" in gaps[0]
+    enough = {**few, "act_dead_frac/hidden_0": probed([0.1, 0.2, 0.3, 0.3, 0.3, 0.3])}
+    assert evidence_gaps(enough, run) == []
+    assert "0 measured updates" in evidence_gaps({}, run)[0]
+    run["config"]["diagnostics"]["probe_every"] = 0  # probes off by choice: only the gradient rules count
+    assert evidence_gaps(few, run) == []
+    run["config"]["diagnostics"]["enabled"] = False
+    assert evidence_gaps(few, run) == [
+        "diagnostics were off (diagnostics.enabled = false): no rule could judge the backward pass"
+    ]
+    assert evidence_gaps(few, {"status": "done"}) == []  # not a dqnlab run.json: nothing to expect

@@ -1,0 +1,349 @@
+"""The doctor's evaluation set: runs built to show each pathology, their healthy twins and look-alikes, across
+CartPole, Acrobot, MountainCar and LunarLander, batch sizes 32 to 256 and run lengths 10k to 100k; the
+doctor's verdict on each against a label justified from the logged series alone; the confusion table.
+
+    python scripts/eval_doctor.py [--seeds 2] [--logdir runs/doctor_eval] [--case NAME ...] [--workers N]
+    python scripts/eval_doctor.py --list
+
+Cases already trained under --logdir are read back, not trained again (delete the directory to retrain).
+A label is the set of doctor rules a case must fire (empty: healthy). It is *justified* only when the run's
+own series say so, by criteria written here independently of the doctor's thresholds (`EVIDENCE`):
+structural facts (a healthy loss blocks exactly 0 samples) or gross ones (>= 95% of units dead at the last
+probe). A case whose series contradict its label is reported as unjustified, not scored. Prints one line
+per run and the confusion table per rule; exit status 0 when recall and precision are both 100%.
+docs/doctor.md carries the table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dqnlab.cliargs import OneLineParser, int_at_least
+from dqnlab.config import ConfigError
+from dqnlab.doctor import examine
+from dqnlab.events import read_series
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    preset: str
+    env: str
+    steps: int
+    label: frozenset[str]  # the doctor rules this case must fire, and no others
+    overrides: tuple[str, ...] = ()
+    about: str = ""
+
+
+def case(name, preset, env, steps, label=(), overrides=(), about="") -> Case:
+    return Case(name, preset, env, steps, frozenset(label), tuple(overrides), about)
+
+
+BLOCKED, DEAD, DIVERGED = {"blocked_td_gradient"}, {"dead_relu"}, {"divergence"}
+SATURATED = {"saturated_activation", "vanishing_gradient"}
+EXPLODING = {"exploding_gradient"}
+CLIP = "loss.kind=clipped_delta_squared"
+
+CASES = (
+    # The forward clip on every task and batch size, each beside the same config with Huber.
+    case("cartpole_clipped_b64_50k", "clipped_delta_relu", "CartPole-v1", 50_000, BLOCKED),
+    case("cartpole_huber_b64_50k", "huber_relu", "CartPole-v1", 50_000, about="the fix"),
+    case(
+        "cartpole_clipped_b32_10k",
+        "clipped_delta_relu",
+        "CartPole-v1",
+        10_000,
+        BLOCKED,
+        ["train.batch_size=32"],
+        "short run, small batch",
+    ),  # fmt: skip
+    case("cartpole_huber_b32_10k", "huber_relu", "CartPole-v1", 10_000, (), ["train.batch_size=32"]),
+    case(
+        "acrobot_clipped_b128_15k",
+        "acrobot_huber",
+        "Acrobot-v1",
+        15_000,
+        BLOCKED,
+        [CLIP],
+        "a few goal transitions with |delta| 20-27 are the blocked ones: ~1% of samples",
+    ),  # fmt: skip
+    case("acrobot_huber_b128_15k", "acrobot_huber", "Acrobot-v1", 15_000),
+    case(
+        "mountaincar_clipped_b256_20k",
+        "mountaincar_huber",
+        "MountainCar-v0",
+        20_000,
+        BLOCKED,
+        [CLIP, "train.batch_size=256"],
+    ),  # fmt: skip
+    case(
+        "mountaincar_huber_b256_20k",
+        "mountaincar_huber",
+        "MountainCar-v0",
+        20_000,
+        (),
+        ["train.batch_size=256"],
+        "does not solve the task in 20k steps, but nothing is wrong with its backward pass",
+    ),  # fmt: skip
+    case("lunarlander_clipped_b128_30k", "lunarlander_clipped_delta", "LunarLander-v3", 30_000, BLOCKED),
+    case("lunarlander_huber_b128_30k", "lunarlander_huber", "LunarLander-v3", 30_000),
+    case(
+        "cartpole100_clipped_b256_30k",
+        "clipped_delta_relu",
+        "dqnlab/CartPole-reward100-v1",
+        30_000,
+        BLOCKED,
+        ["train.batch_size=256"],
+    ),  # fmt: skip
+    case(
+        "cartpole100_huber_b64_30k",
+        "huber_relu",
+        "dqnlab/CartPole-reward100-v1",
+        30_000,
+        about="look-alike: most TD errors beyond Huber's bound, none blocked",
+    ),  # fmt: skip
+    # Dead ReLUs, and a net that is half dead but learns.
+    case("cartpole_dead_20k", "relu_dead", "CartPole-v1", 20_000, DEAD, about="the README's command"),
+    case(
+        "cartpole_half_dead_20k",
+        "huber_relu",
+        "CartPole-v1",
+        20_000,
+        about="look-alike: hidden_1 40-50% dead, learns",
+    ),  # fmt: skip
+    case(
+        "acrobot_dead_b64_20k",
+        "acrobot_huber",
+        "Acrobot-v1",
+        20_000,
+        DEAD,
+        ["network.bias_init=-3", "train.batch_size=64"],
+    ),  # fmt: skip
+    # Saturated sigmoids, and a sigmoid net that is mostly saturated but passes a gradient and learns.
+    case(
+        "cartpole_saturated_20k",
+        "sigmoid_saturated",
+        "CartPole-v1",
+        20_000,
+        SATURATED,
+        about="the README's command",
+    ),  # fmt: skip
+    case(
+        "cartpole_glorot_20k",
+        "sigmoid_glorot",
+        "CartPole-v1",
+        20_000,
+        about="look-alike: 87-97% of hidden_1 within the saturation margin, learns",
+    ),  # fmt: skip
+    # Recurrent: a vanilla cell at spectral radius 3 against an LSTM, on the velocity-masked CartPole.
+    case("masked_rnn_exploding_30k", "rnn_exploding", "dqnlab/CartPole-masked-v1", 30_000, EXPLODING),
+    case("masked_lstm_30k", "lstm", "dqnlab/CartPole-masked-v1", 30_000),
+    # Divergence: a learning rate no network survives.
+    case(
+        "cartpole_diverging_10k",
+        "squared_relu",
+        "CartPole-v1",
+        10_000,
+        DIVERGED,
+        ["optimizer.learning_rate=1e12"],
+    ),  # fmt: skip
+    case(
+        "cartpole_squared_b128_100k",
+        "squared_relu",
+        "CartPole-v1",
+        100_000,
+        (),
+        ["train.batch_size=128"],
+        "a long run of the unclipped loss",
+    ),  # fmt: skip
+)
+
+
+# -- labels justified from the series, independently of the doctor's thresholds ------------------------------
+
+
+def _last(series, tag: str) -> float:
+    return float(series[tag][1][-1]) if tag in series and len(series[tag][1]) else float("nan")
+
+
+def _layers(series, prefix: str) -> list[str]:
+    return sorted(t[len(prefix) :] for t in series if t.startswith(prefix))
+
+
+def blocked_evidence(series, info) -> tuple[bool, str]:
+    """Healthy losses (Huber, squared, the backward clip) give dL/dQ = 0 to no sample with delta != 0, by
+    construction: one blocked sample anywhere in the run is the forward clip."""
+    fracs = series.get("td/grad_blocked_frac", (np.zeros(0), np.zeros(0)))[1]
+    share = float(np.mean(fracs > 0)) if len(fracs) else 0.0
+    return (
+        share > 0,
+        f"blocked on {share:.0%} of measured updates (max {float(np.max(fracs, initial=0)):.3f})",
+    )
+
+
+def dead_evidence(series, info) -> tuple[bool, str]:
+    """At the last probe, a hidden layer with >= 95% of units silent on every probe state."""
+    dead = {layer: _last(series, f"act_dead_frac/{layer}") for layer in _layers(series, "act_dead_frac/")}
+    worst = max(dead, key=lambda k: dead[k], default=None)
+    if worst is None:
+        return False, "no probe"
+    return dead[worst] >= 0.95, f"{worst} {dead[worst]:.0%} dead at the last probe"
+
+
+def saturated_evidence(series, info) -> tuple[bool, str]:
+    """At the last probe, a layer >= 95% saturated, and the first layer's gradient below a thousandth of
+    the last hidden layer's over the second half (the backward signal really gone)."""
+    sat = {
+        layer: _last(series, f"act_saturated_frac/{layer}")
+        for layer in _layers(series, "act_saturated_frac/")
+    }
+    worst = max(sat, key=lambda k: sat[k], default=None)
+    ratio = series.get("grad/depth_ratio", (np.zeros(0), np.zeros(0)))[1]
+    late = float(np.median(ratio[len(ratio) // 2 :])) if len(ratio) else float("nan")
+    yes = worst is not None and sat[worst] >= 0.95 and late < 1e-3
+    return yes, f"{worst} {sat.get(worst, float('nan')):.0%} saturated; depth ratio {late:.1e}"
+
+
+def exploding_evidence(series, info) -> tuple[bool, str]:
+    """The BPTT gradient 100x larger at the oldest unrolled step than at the newest, over the second half."""
+    ks = sorted(int(k) for k in _layers(series, "bptt/grad_norm/t-") if k.isdigit())
+    if len(ks) < 2:
+        return False, "no BPTT norms"
+    old, new = series[f"bptt/grad_norm/t-{ks[-1]}"][1], series[f"bptt/grad_norm/t-{ks[0]}"][1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        growth = old / new
+    late = float(np.median(growth[len(growth) // 2 :]))
+    return late >= 100, f"BPTT growth t-{ks[-1]} / t-{ks[0]} {late:.3g}x (late median)"
+
+
+def diverged_evidence(series, info) -> tuple[bool, str]:
+    return info.get("status") == "diverged", f"status {info.get('status')}"
+
+
+EVIDENCE: dict[str, Callable] = {
+    "blocked_td_gradient": blocked_evidence,
+    "dead_relu": dead_evidence,
+    "saturated_activation": saturated_evidence,
+    "vanishing_gradient": saturated_evidence,
+    "exploding_gradient": exploding_evidence,
+    "divergence": diverged_evidence,
+}
+
+
+def justification(series, info, label: frozenset[str]) -> tuple[bool, list[str]]:
+    """Whether the series support the label: each pathology's evidence present iff it is in the label."""
+    ok, notes = True, []
+    for rules, evidence in _evidence_once():
+        present, note = evidence(series, info)
+        wanted = bool(rules & label)
+        ok &= present == wanted
+        if present or wanted:
+            notes.append(note)
+    return ok, notes
+
+
+def _evidence_once():
+    """Each evidence function once, with the rules it justifies."""
+    by_fn: dict[Callable, set[str]] = {}
+    for rule, fn in EVIDENCE.items():
+        by_fn.setdefault(fn, set()).add(rule)
+    return [(frozenset(rules), fn) for fn, rules in by_fn.items()]
+
+
+# -- running and scoring ----------------------------------------------------------------------------------
+
+
+def train_case(c: Case, seeds: int, logdir: Path, workers: int | None) -> Path:
+    """Train the case's seeds (or read them back if a run of it already finished)."""
+    from dqnlab.runner import plan_experiment, run_experiment
+
+    exp = logdir / c.name
+    resume = exp.is_dir()
+    specs, _ = plan_experiment([c.preset], [c.env], list(range(seeds)), c.steps, logdir, c.name,
+                               list(c.overrides), resume=resume, checkpoint_every=0)  # fmt: skip
+    run_experiment(specs, workers=workers, quiet=True)
+    return exp
+
+
+@dataclass
+class Scored:
+    case: Case
+    seed: int
+    found: frozenset[str]
+    justified: bool
+    notes: list[str]
+
+
+def score(c: Case, exp: Path) -> list[Scored]:
+    out = []
+    for run in examine(exp).runs:
+        info = json.loads((run.run_dir / "run.json").read_text())
+        justified, notes = justification(read_series(run.run_dir), info, c.label)
+        out.append(Scored(c, run.seed, frozenset(f.rule for f in run.findings), justified, notes))
+    return out
+
+
+def confusion(scored: list[Scored]) -> tuple[str, float, float]:
+    """Per-rule TP/FN/FP over the justified runs, and overall recall and precision."""
+    rules = sorted({r for s in scored for r in s.case.label | s.found})
+    lines = [f"{'rule':24s} {'TP':>4s} {'FN':>4s} {'FP':>4s} {'TN':>4s}"]
+    tp = fn = fp = 0
+    for rule in rules:
+        counts = {"TP": 0, "FN": 0, "FP": 0, "TN": 0}
+        for s in (s for s in scored if s.justified):
+            wanted, got = rule in s.case.label, rule in s.found
+            counts["TP" if wanted and got else "FN" if wanted else "FP" if got else "TN"] += 1
+        tp, fn, fp = tp + counts["TP"], fn + counts["FN"], fp + counts["FP"]
+        lines.append(f"{rule:24s} " + " ".join(f"{counts[k]:4d}" for k in ("TP", "FN", "FP", "TN")))
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    return "\n".join(lines), recall, precision
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = OneLineParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int_at_least(1), default=2)
+    ap.add_argument("--logdir", default="runs/doctor_eval", help="where the cases' experiments live")
+    ap.add_argument("--case", action="append", default=[], help="only this case (repeatable)")
+    ap.add_argument("--workers", type=int_at_least(1), help="parallel runs (default: the CPU count)")
+    ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    args = ap.parse_args(argv)
+    names = {c.name for c in CASES}
+    if unknown := [n for n in args.case if n not in names]:
+        ap.error(f"unknown case {unknown[0]!r}; see --list")
+    cases = [c for c in CASES if not args.case or c.name in args.case]
+    if args.list:
+        for c in cases:
+            label = ", ".join(sorted(c.label)) or "healthy"
+            print(f"{c.name:32s} {c.preset:26s} {c.env:28s} {c.steps:>7,}  {label}  {c.about}")
+        return 0
+    scored: list[Scored] = []
+    for c in cases:
+        try:
+            exp = train_case(c, args.seeds, Path(args.logdir), args.workers)
+        except ConfigError as exc:
+            ap.error(f"case {c.name}: {exc}")
+        for s in score(c, exp):
+            scored.append(s)
+            label = ", ".join(sorted(c.label)) or "healthy"
+            got = ", ".join(sorted(s.found)) or "healthy"
+            mark = "ok" if s.found == c.label else "MISS"
+            mark = mark if s.justified else "UNJUSTIFIED"
+            notes = "; ".join(s.notes)
+            print(f"{mark:11s} {c.name} seed {s.seed}: expected {label}; doctor {got}  [{notes}]", flush=True)
+    table, recall, precision = confusion(scored)
+    unjustified = sum(not s.justified for s in scored)
+    scored_runs = len(scored) - unjustified
+    print(f"\n{table}\n\nrecall {recall:.0%}, precision {precision:.0%} over {scored_runs} runs "
+          f"({len(cases)} cases x {args.seeds} seeds; {unjustified} unjustified)")  # fmt: skip
+    return 0 if recall == precision == 1.0 and not unjustified else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
