@@ -109,6 +109,12 @@ class Thresholds:
     # that in the last quarter AND still growing (last-quarter median >= 1.2x the third quarter's).
     q_bound_factor: float = 2.0
     q_growth: float = 1.2
+    # ... measured instead, where greedy evaluations logged it (eval/q_overestimation: Q of the actions taken
+    # minus the discounted return they really got): a late-half median above half the bound AND more than
+    # twice the return. Huber on CartPole: -46 to +58 at single evaluations, late medians within +-30;
+    # the clipped-delta arm +100 to +450 (run eval_doctor.py, tests/test_eval_value.py for the tag).
+    q_over_bound_frac: float = 0.5
+    q_over_ratio: float = 2.0
 
     activation_ceiling: Mapping[str, float] = field(
         default_factory=lambda: {"sigmoid": 0.25, "tanh": 1.0}  # max of sigmoid' and tanh'
@@ -655,14 +661,71 @@ def _reward_scale(series: Series) -> float:
 
 
 def rule_q_overestimation(series: Series, run: Mapping) -> list[Finding]:
-    """q/max far above r_max / (1 - gamma) in the last quarter and still growing."""
-    s = _get(series, "q/max")
+    """The Q-values of the greedy policy's actions far above the discounted return they really got
+    (eval/q_overestimation, where evaluations logged it); else q/max far above r_max / (1 - gamma) in the
+    last quarter and still growing."""
     gamma = _cfg(run, "config", "train", "gamma", default=0.99)
     gamma = gamma if isinstance(gamma, (int, float)) else np.nan
     r = _reward_scale(series)
-    if s is None or not np.isfinite(r) or r <= 0 or not 0 < gamma < 1 or len(s[1]) < 4 * T.min_points:
+    if not np.isfinite(r) or r <= 0 or not 0 < gamma < 1:
         return []
     bound = r / (1.0 - gamma)
+    if _get(series, "eval/q_overestimation") is not None:
+        return _measured_overestimation(series, bound)
+    return _bounded_overestimation(series, bound)
+
+
+_OVERESTIMATION_WHY = (
+    "The max in the target picks the most overestimated action, and regressing on it feeds the error back "
+    "into the next target; nothing in the gradient pulls the values back to the returns."
+)
+_OVERESTIMATION_FIX = (
+    "Use Double DQN (train.double_dqn = true), update the target less often, or lower the learning rate; "
+    "if the loss blocks large TD errors, fix that first (the terminal transitions that pull Q down are the "
+    "ones with the largest errors)."
+)
+
+
+def _measured_overestimation(series: Series, bound: float) -> list[Finding]:
+    over, q, g = (
+        _get(series, t) for t in ("eval/q_overestimation", "eval/q_estimate", "eval/discounted_return")
+    )
+    steps, late = _late(*over)
+    if len(late) < T.min_points or q is None or g is None:
+        return []
+    med_over, med_q, med_g = (
+        float(np.median(late)),
+        _late_median(series, "eval/q_estimate"),
+        _late_median(series, "eval/discounted_return"),
+    )
+    doubled = med_g <= 0 or med_q >= T.q_over_ratio * med_g
+    if med_over < T.q_over_bound_frac * bound or not doubled:
+        return []
+    return [
+        _make(
+            "q_overestimation",
+            WARNING,
+            "",
+            _span(steps, late >= T.q_over_bound_frac * bound),
+            {
+                "late_median_overestimation": med_over,
+                "q_estimate": med_q,
+                "discounted_return": med_g,
+                "bound": bound,
+            },
+            f"In greedy evaluations the Q-value of the action taken is {med_q:.4g} where the discounted "
+            f"return actually obtained from it is {med_g:.4g}: {med_over:+.4g} (late-half medians of "
+            f"eval/q_overestimation; the value scale r_max/(1-gamma) is {bound:.4g}).",
+            _OVERESTIMATION_WHY,
+            _OVERESTIMATION_FIX,
+        )
+    ]
+
+
+def _bounded_overestimation(series: Series, bound: float) -> list[Finding]:
+    s = _get(series, "q/max")
+    if s is None or len(s[1]) < 4 * T.min_points:
+        return []
     q = len(s[1]) // 4
     third, last = float(np.median(s[1][-2 * q : -q])), float(np.median(s[1][-q:]))
     if last < T.q_bound_factor * bound or last < T.q_growth * third:
@@ -677,10 +740,8 @@ def rule_q_overestimation(series: Series, run: Mapping) -> list[Finding]:
             {"q_max_last_quarter": last, "q_max_third_quarter": third, "bound": bound, "target_mean": tm},
             f"q/max median {last:.4g} in the last quarter ({last / bound:.1f}x the bound r_max/(1-gamma) = "
             f"{bound:.4g}) and still growing ({last / third:.2f}x the third quarter's {third:.4g}).",
-            "The max in the target picks the most overestimated action, and regressing on it feeds the "
-            "error back into the next target; nothing in the gradient pulls the values back to the returns.",
-            "Use Double DQN (train.double_dqn = true), update the target less often, or lower the learning "
-            "rate.",
+            _OVERESTIMATION_WHY,
+            _OVERESTIMATION_FIX,
         )
     ]
 

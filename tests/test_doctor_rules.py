@@ -531,6 +531,36 @@ def test_q_overestimation_near_misses_and_spike():
     assert rule_q_overestimation(q_series(spike), run_json()) == []
 
 
+def evals(q_estimate, discounted_return) -> dict:
+    """Greedy evaluations every 5k steps: eval/q_estimate, eval/discounted_return and their difference."""
+    q, g = np.asarray(q_estimate, np.float64), np.asarray(discounted_return, np.float64)
+    steps = 5000 * np.arange(1, len(q) + 1, dtype=np.int64)
+    return {
+        "eval/q_estimate": (steps, q),
+        "eval/discounted_return": (steps, g),
+        "eval/q_overestimation": (steps, q - g),
+    }
+
+
+def test_q_overestimation_measured_in_evaluations_beats_the_bound_heuristic():
+    """The clipped-delta headline arm: Q of the greedy actions 106-455 where the policy gets ~5."""
+    s = {**q_series(np.full(N, 50.0)), **evals([40, 90, 106, 200, 455, 300], [5.2, 5.1, 5.2, 5.2, 5.2, 5.1])}
+    (f,) = rule_q_overestimation(s, run_json())
+    # Late half: the last 3 evaluations, over = 194.8, 449.8, 294.9 -> median 294.9; q median 300, g 5.2.
+    assert f.evidence["late_median_overestimation"] == pytest.approx(294.9)
+    assert (f.evidence["q_estimate"], f.evidence["discounted_return"]) == (300.0, 5.2)
+    assert (f.first_step, f.last_step) == (20_000, 30_000)
+    # Huber on the same seeds: -22 to +58 at single evaluations; below half the bound of 100.
+    huber = {**q_series(np.full(N, 50.0)), **evals([60, 76, 85, 77, 80, 70], [90, 62, 27, 99, 40, 55])}
+    assert rule_q_overestimation(huber, run_json()) == []  # late medians: over 40 < 50
+    # Large but not double the return: a high-return policy whose values run 60 above (G 100 -> Q 160).
+    high = {**q_series(np.full(N, 50.0)), **evals([160] * 6, [100] * 6)}
+    assert rule_q_overestimation(high, run_json()) == []
+    # The measurement takes precedence: q/max growing without bound does not fire when evaluations agree.
+    calibrated = {**q_series(np.geomspace(1.0, 4000.0, 40)), **evals([60] * 6, [58] * 6)}
+    assert rule_q_overestimation(calibrated, run_json()) == []
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Thresholds and the rule list
 
