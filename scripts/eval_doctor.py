@@ -284,6 +284,9 @@ def score(c: Case, exp: Path) -> list[Scored]:
     out = []
     for run in examine(exp).runs:
         info = json.loads((run.run_dir / "run.json").read_text())
+        if info["status"] == "failed":  # the run itself broke: nothing to judge the doctor by
+            out.append(Scored(c, run.seed, frozenset(), False, [f"the run failed: {info.get('error')}"]))
+            continue
         justified, notes = justification(read_series(run.run_dir), info, c.label)
         out.append(Scored(c, run.seed, frozenset(f.rule for f in run.findings), justified, notes))
     return out
