@@ -13,9 +13,9 @@ too:
   stand-in for DRQN's flickering Atari (Hausknecht & Stone 2015).
 
 `make_env` is what dqnlab itself uses: it registers these ids, builds the env, and turns gymnasium's
-"not found" errors (and a continuous action space) into one-line `ValueError`s. Atari ids (`ALE/...-v5`, the
-optional `atari` extra) get the standard preprocessing of `make_atari_env` (docs/atari.md).
-This module does not import TensorFlow.
+"not found" errors (and a continuous action space, or observations the learners cannot read) into one-line
+`ValueError`s. Atari ids (`ALE/...-v5`, the optional `atari` extra) get the standard preprocessing of
+`make_atari_env` (docs/atari.md). This module does not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -119,8 +119,9 @@ def make_env(
     An Atari id (`ALE/...`) is built by `make_atari_env` with the `[atari]` settings (its defaults when
     `atari` is None); `evaluation=True` turns reward clipping and life-loss terminals off, so an evaluation
     scores the real game. Raises ValueError if the id is unknown to gymnasium, if it needs a package that
-    is not installed, or if its action space is not `Discrete`. If `seed` is given, the env is reset once
-    with it and its action space is seeded with it.
+    is not installed, if its action space is not `Discrete`, or if its observations are not what the
+    learners read (`observations_readable`). If `seed` is given, the env is reset once with it and its
+    action space is seeded with it.
     """
     register_envs()
     try:
@@ -147,10 +148,27 @@ def make_env(
         space = env.action_space
         env.close()
         raise ValueError(f"dqnlab needs a discrete action space; {env_id} has {space}")
+    if not observations_readable(env.observation_space, atari=is_atari_env(env_id)):
+        space = env.observation_space
+        env.close()
+        raise ValueError(
+            f"dqnlab needs observations that are a flat Box of floats (Atari ids: stacked uint8 frames); "
+            f"{env_id} has {_line(space)}"
+        )
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
     return env
+
+
+def observations_readable(space: gym.Space, atari: bool) -> bool:
+    """What the learners read: the MLP and the RNN a vector of floats ([obs_dim]), the CNN stacked uint8
+    frames ([stack, H, W]). A Discrete (FrozenLake), Tuple (Blackjack) or Dict space has no such shape."""
+    if not isinstance(space, gym.spaces.Box):
+        return False
+    if atari:
+        return space.dtype == np.uint8 and len(space.shape) == 3
+    return np.issubdtype(space.dtype, np.floating) and len(space.shape) == 1
 
 
 ATARI_EXTRA = "install the atari extra: pip install 'dqnlab[atari]'"
