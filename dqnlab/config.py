@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ KERNEL_INITS = ("he_uniform", "he_normal", "glorot_uniform", "glorot_normal", "l
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 # The smallest screen the Nature CNN's convs (8x8 s4, 4x4 s2, 3x3 s1, no padding) leave a pixel of.
 MIN_ATARI_SCREEN = 36
+# The largest integer any value may take: what numpy's, TensorFlow's and TensorBoard's int64 counters hold.
+MAX_INT = 2**63 - 1
 
 
 class ConfigError(ValueError):
@@ -262,6 +265,7 @@ def _check_value(where: str, f: dataclasses.Field, value: Any) -> Any:
     elif typ == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        _check_int_range(where, value)
     elif typ == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
@@ -279,6 +283,8 @@ def _check_value(where: str, f: dataclasses.Field, value: Any) -> Any:
         ):
             kind = "a list" if meta.get("empty") else "a non-empty list"
             raise ConfigError(f"{where}: expected {kind} of integers, got {value!r}")
+        for v in value:
+            _check_int_range(where, v)
         value = tuple(value)
     else:  # pragma: no cover - a new field type must be taught here
         raise TypeError(f"unsupported config field type {typ}")
@@ -292,6 +298,12 @@ def _check_value(where: str, f: dataclasses.Field, value: Any) -> Any:
     if high is not None and any(v > high for v in values):
         raise ConfigError(f"{where}: must be <= {high:g}, got {value!r}")
     return value
+
+
+def _check_int_range(where: str, value: int) -> None:
+    """TOML reads integers of any size; beyond int64 numpy and TensorFlow fail far from the cause."""
+    if value > MAX_INT:
+        raise ConfigError(f"{where}: must be <= {MAX_INT} (2**63 - 1), got {value}")
 
 
 def _unknown(where: str, key: str, known: list[str]) -> ConfigError:
@@ -324,7 +336,7 @@ def _cross_check(cfg: Config, source: str) -> None:
         )
     if r is not None and r.burn_in + r.sequence_length > cfg.replay.capacity:
         raise ConfigError(f"{source}: recurrent.burn_in + sequence_length exceeds replay.capacity")
-    check_env_fits(cfg, cfg.env, source)
+    check_network_fits_env(cfg, cfg.env, source)
     if t.batch_size > cfg.replay.capacity:
         raise ConfigError(
             f"{source}: train.batch_size {t.batch_size} exceeds replay.capacity {cfg.replay.capacity}"
@@ -336,6 +348,14 @@ def is_atari_env(env_id: str) -> bool:
 
 
 def check_env_fits(cfg: Config, env_id: str, source: str = "--env") -> None:
+    """The config can train on `env_id` on this machine: its network reads that env's observations
+    (`check_network_fits_env`) and what it must hold fits this machine's memory (`check_fits_memory`).
+    Pure Python: the CLI calls it before TensorFlow is imported, the trainer before anything is written."""
+    check_network_fits_env(cfg, env_id, source)
+    check_fits_memory(cfg, env_id)
+
+
+def check_network_fits_env(cfg: Config, env_id: str, source: str = "--env") -> None:
     """The CNN reads Atari frames and only Atari frames; the other kinds read flat vectors."""
     if cfg.network.kind == "cnn" and not is_atari_env(env_id):
         raise ConfigError(
@@ -343,6 +363,121 @@ def check_env_fits(cfg: Config, env_id: str, source: str = "--env") -> None:
         )
     if cfg.network.kind != "cnn" and is_atari_env(env_id):
         raise ConfigError(f"{source}: {env_id} gives image observations: use a cnn preset (e.g. pong_huber)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memory: floors, known before any env or array exists. Each part assumes the smallest env (one input,
+# one action) and leaves out the Nature CNN's convs, so a config refused here could never have run; the
+# trainer checks the replay's exact size once the env is built.
+
+FLOAT32 = 4
+# Per parameter: the online weights, the target copy and Adam's two slots. The gradient, the initial
+# weights the probes measure the distance from and the acting copy come on top.
+WEIGHT_COPIES = 4
+# Per hidden unit and row of a pass: its pre-activation, its activation and the activation's gradient (a
+# probe keeps the SVD's copy of the features instead). About 6 were measured at a 256-state probe.
+ACTIVATION_COPIES = 3
+
+
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes (what the trainer checks the replay against); None when
+    the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_memory(cfg: Config, env_id: str) -> None:
+    """A ConfigError naming the biggest part when what the config must hold at least (network, replay,
+    a burst's batch) exceeds this machine's memory: TensorFlow would otherwise die of an out-of-memory
+    error or std::bad_alloc, with run.json left saying 'running'."""
+    have = machine_memory()
+    if have is None:
+        return
+    parts = memory_floor(cfg)
+    need = sum(parts.values())
+    if need > have:
+        what, biggest = max(parts.items(), key=lambda kv: kv[1])
+        raise ConfigError(
+            f"{cfg.name} on {env_id}: needs at least {_gib(need)} of memory, more than this machine's "
+            f"{_gib(have)} (the biggest part: {what}, {_gib(biggest)})"
+        )
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB"
+
+
+def memory_floor(cfg: Config) -> dict[str, int]:
+    """Bytes the config must hold at the least, by part (a one-line description of each part as key)."""
+    n, t, d = cfg.network, cfg.train, cfg.diagnostics
+    params = parameter_floor(cfg)
+    hidden = f"network.hidden = {list(n.hidden)}"
+    if cfg.recurrent is not None:
+        hidden += f", recurrent.units = {cfg.recurrent.units}"
+    rows = 2 * t.batch_size  # an update passes s through the online and s' through the target network
+    if d.enabled and d.probe_every > 0:
+        rows = max(rows, d.probe_size)
+    steps = cfg.recurrent.burn_in + cfg.recurrent.sequence_length if cfg.recurrent is not None else 1
+    rows_shown = f"{rows:,} rows" + (f" x {steps} steps" if cfg.recurrent is not None else "")
+    units = _hidden_units(cfg)
+    sampled = t.gradient_steps * t.batch_size * steps  # one burst's transitions, sampled at once
+    return {
+        f"the Q-network's weights and optimizer state ({hidden}: at least {params:,} parameters)": (
+            WEIGHT_COPIES * FLOAT32 * params
+        ),
+        f"the Q-network's activations ({rows_shown} x {units:,} hidden units)": (
+            ACTIVATION_COPIES * FLOAT32 * rows * steps * units
+        ),
+        f"the replay (replay.capacity = {cfg.replay.capacity:,})": (
+            cfg.replay.capacity * _transition_floor(cfg)
+        ),
+        f"a burst's batch (train.gradient_steps x train.batch_size = {sampled:,})": (
+            sampled * _sampled_floor(cfg)
+        ),
+    }
+
+
+def parameter_floor(cfg: Config, obs_dim: int = 1, num_actions: int = 1) -> int:
+    """Parameters of the config's Q-network with `obs_dim` inputs (the cnn: inputs to its first dense
+    layer, its convs left out) and `num_actions` outputs: the defaults give a floor for any env."""
+    n, r = cfg.network, cfg.recurrent
+    if r is None:
+        return _dense_params([obs_dim, *n.hidden, num_actions])
+    pre = [obs_dim, *r.pre_hidden]
+    gates = {"simple": 1, "lstm": 4, "gru": 3}[r.cell]
+    cell = gates * (pre[-1] * r.units + r.units * r.units + r.units)
+    return _dense_params(pre) + cell + _dense_params([r.units, *n.hidden, num_actions])
+
+
+def _dense_params(widths: list[int]) -> int:
+    """Kernels and biases of dense layers from widths[0] inputs through each next width."""
+    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+
+
+def _hidden_units(cfg: Config) -> int:
+    """Units a row passes through, per step (the cnn: its dense layers only)."""
+    r = cfg.recurrent
+    recurrent = 0 if r is None else sum(r.pre_hidden) + {"simple": 1, "lstm": 4, "gru": 3}[r.cell] * r.units
+    return sum(cfg.network.hidden) + recurrent
+
+
+def _transition_floor(cfg: Config) -> int:
+    """Bytes the replay stores per transition at the least (one input, one action)."""
+    if cfg.atari is not None:  # frames stored once: about one frame per transition
+        return cfg.atari.screen_size**2 + 20
+    if cfg.recurrent is not None:  # obs, action, reward, 3 flags, the stored state
+        stored = cfg.recurrent.units * (2 if cfg.recurrent.cell == "lstm" else 1)
+        return 15 + (FLOAT32 * stored if cfg.recurrent.initial_state == "stored" else 0)
+    return 2 * FLOAT32 + 12  # s, s', action, reward, discount
+
+
+def _sampled_floor(cfg: Config) -> int:
+    """Bytes a sampled transition takes in a burst's batch at the least."""
+    if cfg.atari is not None:  # s and s' as stacks of uint8 frames
+        return 2 * cfg.atari.frame_stack * cfg.atari.screen_size**2
+    return 5 * FLOAT32  # packed: s, a, r, s', discount
 
 
 def config_from_dict(data: dict[str, Any], name: str, source: str = "<dict>") -> Config:
