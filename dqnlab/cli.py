@@ -22,11 +22,22 @@ from dqnlab.cliargs import (
     int_at_least,
     one_line,
 )
-from dqnlab.config import ConfigError, check_env_fits, load_preset, preset_description, preset_names
+from dqnlab.config import (
+    MAX_INT,
+    ConfigError,
+    check_env_fits,
+    load_preset,
+    preset_description,
+    preset_names,
+)
 from dqnlab.rundir import RunDirExists
 from dqnlab.signals import StopRequested, stop_on_signals
 
-_positive_int, _nonneg_int = int_at_least(1), int_at_least(0)
+# Step counts end up in int64 counters (numpy, TensorFlow, TensorBoard's steps).
+_positive_int, _nonneg_int = int_at_least(1, below=MAX_INT + 1), int_at_least(0, below=MAX_INT + 1)
+# Each seed is a run per arm, with its own process and directory: the cap keeps a typo (--seeds 10**23)
+# from planning more runs than memory holds before anything starts.
+MAX_SEEDS = 10_000
 
 
 def _finite_float(text: str) -> float:
@@ -109,7 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--env", dest="envs", action="append", help="gymnasium id (repeatable; default: presets' env)"
     )
-    a.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 for every arm (default: 3)")
+    a.add_argument(
+        "--seeds",
+        type=int_at_least(1, below=MAX_SEEDS + 1),
+        default=3,
+        help="seeds 0..N-1 for every arm (default: 3)",
+    )
     a.add_argument("--workers", type=_positive_int, help="parallel processes (default: CPU count)")
     a.add_argument(
         "--backend",
@@ -181,7 +197,13 @@ def _presets(args) -> int:
 
 def _train(args) -> int:
     _check_common(args)
-    from dqnlab.rundir import check_experiment_path, default_experiment_name
+    from dqnlab.rundir import (
+        check_experiment_path,
+        check_resumable,
+        check_run_dir_free,
+        default_experiment_name,
+        run_dir_for,
+    )
     from dqnlab.runner import validate_env
 
     cfg = load_preset(args.preset, args.overrides)
@@ -190,6 +212,11 @@ def _train(args) -> int:
     validate_env(env_id)
     name = args.name or default_experiment_name()
     check_experiment_path(args.logdir, name)
+    run_dir = run_dir_for(args.logdir, name, cfg.name, env_id, args.seed)
+    if args.resume:  # refused here, not after TensorFlow's 6 s of import
+        check_resumable(run_dir)
+    else:
+        check_run_dir_free(run_dir)
     from tqdm import tqdm
 
     from dqnlab.trainer import train  # imports TensorFlow: only after the input is known good
@@ -292,8 +319,12 @@ def _compare(args) -> int:
 
 
 def _doctor(args) -> int:
+    from dqnlab.compare import load_run_dirs
     from dqnlab.doctor import examine, format_report, to_json
+    from dqnlab.rundir import read_run
 
+    for run_dir in load_run_dirs(args.directory)[0]:
+        read_run(run_dir)  # a run.json unlike dqnlab's: one line naming it, before the rules read it
     report = examine(args.directory)
     print(json.dumps(to_json(report), indent=2) if args.json else format_report(report))
     return 0 if report.healthy else 1

@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dqnlab.config import ConfigError
+from dqnlab.rundir import claim_experiment_dir
 from dqnlab.runner import (
     _SINGLE_THREAD_ENV,
     RunOutcome,
@@ -84,7 +85,7 @@ def run_experiment_ray(
     if not specs:
         return []
     exp_dir = Path(specs[0].logdir) / specs[0].experiment
-    exp_dir.mkdir(parents=True, exist_ok=True)
+    claim_experiment_dir(exp_dir, resume=specs[0].resume)  # before Ray starts: a taken --name is refused
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)

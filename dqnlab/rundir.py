@@ -5,6 +5,11 @@
 
 run.json is rewritten atomically (temp file + rename) so a crash never leaves half a file. Event files are
 read by `dqnlab.events`; this module never imports TensorFlow.
+
+Directories are claimed, not found: an experiment (`dqnlab ab`) and a run directory are created with
+`os.mkdir`, which fails when another process got there first, and a run's run.json is created exclusively;
+no directory dqnlab writes into below the logdir (experiment, preset, env, run, `checkpoints/`) may be a
+symbolic link, or what a run writes would land wherever the link points. The logdir itself may be one.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
@@ -44,25 +49,198 @@ def default_experiment_name() -> str:
 
 
 def check_experiment_path(logdir: str | Path, name: str) -> None:
-    """`--logdir` and `--name` name a directory dqnlab can create, inside the logdir: a ConfigError naming
-    the problem otherwise (before anything is written)."""
+    """`--logdir` and `--name` name a directory dqnlab can create, or an existing experiment it can write
+    in, inside the logdir and with no symbolic link below it: a ConfigError naming the problem otherwise
+    (before anything is written)."""
     parts = Path(name).parts
     if not name.strip() or Path(name).is_absolute() or ".." in parts or set(parts) <= {"."}:
         raise ConfigError(f"--name {name!r}: expected a plain name inside --logdir (no '..', not absolute)")
     path = Path(logdir) / name
-    problem = f"{path} is a file, not a directory" if path.is_file() else creation_problem(path)
+    if problem := _path_length_problem(path):
+        raise ConfigError(f"cannot create {_shorten(path)}: {problem}")
+    for depth in range(1, len(parts) + 1):
+        refuse_link(Path(logdir).joinpath(*parts[:depth]))
+    if path.is_dir():  # an experiment to add runs to or resume: written in, never above
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"cannot write in {path}: it is not writable")
+        refuse_links_in_layout(path)
+        return
+    problem = f"{path} is a file, not a directory" if path.exists() else creation_problem(path)
     if problem:
         raise ConfigError(f"cannot create {path}: {problem}")
 
 
+# Bytes kept free below an experiment's path for what a run writes there:
+# <preset>/<env>/seed_<k>/earlier_lives/<n>/checkpoints/.staging-<random>/<file>.
+_ROOM_BELOW = 512
+
+
+def _path_length_problem(path: Path) -> str | None:
+    """Why the file system would refuse `path` for its length (a name over NAME_MAX bytes, or too little
+    room left below it under PATH_MAX), or None."""
+    anchor = next((p for p in [path.absolute(), *path.absolute().parents] if _exists(p)), Path("/"))
+    name_max = _pathconf(anchor, "PC_NAME_MAX", 255)
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            shown = _shorten(part)
+            return f"the name {shown} has {len(os.fsencode(part))} bytes; this file system allows {name_max}"
+    path_max = _pathconf(anchor, "PC_PATH_MAX", 4096)
+    length = len(os.fsencode(str(path.absolute())))
+    if length + _ROOM_BELOW > path_max:
+        return f"a path of {length} bytes leaves too little room for the runs below it (PATH_MAX {path_max})"
+    return None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to even look up
+        return False
+
+
+def _pathconf(path: Path, name: str, default: int) -> int:
+    try:
+        return os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default
+
+
+def _shorten(text: str | Path, keep: int = 60) -> str:
+    """A path or value as shown in a one-line message: a very long one cut in its middle."""
+    text = str(text)
+    return text if len(text) <= keep else f"{text[: keep // 2]}...{text[-keep // 2 :]}"
+
+
+def refuse_link(path: Path) -> None:
+    """A ConfigError when `path` is a symbolic link: a run directory (or one above it, below the logdir)
+    that is a link would have everything the run writes land at its target."""
+    if path.is_symlink():
+        raise ConfigError(
+            f"{path} is a symbolic link: dqnlab writes runs only into real directories below the logdir "
+            "(the logdir itself may be a link)"
+        )
+
+
+# What dqnlab writes into inside a run directory (dqnlab.checkpoint's CHECKPOINTS, and earlier lives).
+_RUN_SUBDIRS = ("checkpoints", EARLIER_LIVES)
+_LAYOUT_DEPTH = 3  # <preset>/<env>/seed_<k> (and _aggregate/<preset>/<env>) below an experiment
+
+
+def refuse_links_in_layout(exp_dir: Path) -> None:
+    """Refuse (ConfigError) a symbolic link among the directories of an existing experiment: its preset,
+    env and run directories and each run's `checkpoints/` and `earlier_lives/`."""
+    level = [exp_dir]
+    for _ in range(_LAYOUT_DEPTH):
+        below = []
+        for directory in level:
+            for entry in _entries(directory):
+                refuse_link(Path(entry.path))
+                if entry.is_dir(follow_symlinks=False):
+                    below.append(Path(entry.path))
+        level = below
+    for run_dir in level:
+        for sub in _RUN_SUBDIRS:
+            refuse_link(run_dir / sub)
+
+
+def _entries(directory: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(directory) as it:
+            return list(it)
+    except OSError:  # unreadable: nothing dqnlab could have written there either
+        return []
+
+
+def claim_experiment_dir(exp_dir: Path, resume: bool = False) -> None:
+    """Claim `exp_dir` for one `dqnlab ab`: created here, or RunDirExists when it already exists (two
+    commands started with the same --name: the second is refused before it writes anything). `resume`
+    continues an existing experiment instead, which must be a real directory."""
+    if resume and exp_dir.is_dir():
+        refuse_link(exp_dir)
+        return
+    try:
+        exp_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(exp_dir)
+    except FileExistsError:
+        refuse_link(exp_dir)
+        raise RunDirExists(
+            f"experiment {exp_dir} already exists; choose another --name, or --resume it"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create {exp_dir}: {exc.strerror or exc}") from None
+
+
 def claim_run_dir(run_dir: Path) -> None:
-    """Create `run_dir`, refusing one that already holds files (other than the earlier lives of a run
-    started over)."""
-    if run_dir.exists() and any(p.name != EARLIER_LIVES for p in run_dir.iterdir()):
+    """Claim `run_dir` (<logdir>/<experiment>/<preset>/<env>/seed_<k>) for one run: create it and the
+    experiment, preset and env directories above it that are missing (none may be a symbolic link), and
+    its run.json exclusively (a placeholder the trainer replaces). An existing run directory is taken
+    only when it holds nothing but the earlier lives of a run started over. Of two processes claiming one
+    run directory at once, one gets it and the other RunDirExists."""
+    taken = RunDirExists(
+        f"run directory {run_dir} already exists; choose another --name or --logdir, or delete it"
+    )
+    try:
+        run_dir.parents[3].mkdir(parents=True, exist_ok=True)
+        for directory in (run_dir.parents[2], run_dir.parents[1], run_dir.parent):
+            _make_real_dir(directory)
+        try:
+            os.mkdir(run_dir)
+        except FileExistsError:
+            refuse_link(run_dir)
+            if holds_a_run(run_dir):
+                raise taken from None
+        fd = os.open(run_dir / RUN_JSON, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:  # run.json: another process claimed it first
+        raise taken from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create {run_dir}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write("{}\n")
+
+
+def _make_real_dir(directory: Path) -> None:
+    """`directory` exists afterwards as a real directory (created here if missing), or ConfigError."""
+    try:
+        os.mkdir(directory)
+    except FileExistsError:
+        refuse_link(directory)
+        if not directory.is_dir():
+            raise ConfigError(f"cannot create {directory}: it is a file, not a directory") from None
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    """Whether `run_dir` holds anything besides the earlier lives of a run started over."""
+    return any(p.name != EARLIER_LIVES for p in run_dir.iterdir())
+
+
+def check_run_dir_free(run_dir: Path) -> None:
+    """Before a new run (not --resume): RunDirExists when `run_dir` already holds a run, ConfigError when
+    it is a symbolic link. The claim itself (`claim_run_dir`) happens later, exclusively."""
+    refuse_link(run_dir)
+    if run_dir.is_dir() and holds_a_run(run_dir):
         raise RunDirExists(
             f"run directory {run_dir} already exists; choose another --name or --logdir, or delete it"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def check_resumable(run_dir: Path) -> None:
+    """Before `--resume` writes in `run_dir`: not a symbolic link, and writable (with its checkpoints)
+    unless it is finished (`done` and `diverged` runs are read, never written)."""
+    refuse_link(run_dir)
+    for sub in _RUN_SUBDIRS:
+        refuse_link(run_dir / sub)
+    if not run_dir.is_dir() or _finished(run_dir):
+        return
+    for directory in (run_dir, run_dir / _RUN_SUBDIRS[0]):
+        if directory.is_dir() and not os.access(directory, os.W_OK | os.X_OK):
+            raise ConfigError(f"--resume: cannot write in {directory}: it is not writable")
+
+
+def _finished(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / RUN_JSON).read_text()).get("status") in ("done", "diverged")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def set_aside_earlier_life(run_dir: Path) -> Path:
@@ -106,15 +284,27 @@ def _process_alive(info: dict[str, Any]) -> bool | None:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `path` whole or not at all: a temporary file beside it, renamed over it. The file is created
+    with the user's umask applied (0644 under umask 022), as TensorBoard's event files are;
+    tempfile.mkstemp would make it 0600."""
+    fd, tmp = _create_temp_beside(path)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _create_temp_beside(path: Path) -> tuple[int, Path]:
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # another writer's temporary name: draw again
+            continue
 
 
 def _json_default(value: Any) -> Any:
@@ -177,13 +367,38 @@ class RunResult:
         return sorted(self.all_scalars())
 
 
+# run.json's fields as read back: (required, accepted types). Tests and older runs leave some out.
+_RUN_FIELDS: dict[str, tuple[bool, tuple[type, ...]]] = {
+    "status": (True, (str,)),
+    "preset": (True, (str,)),
+    "env": (True, (str,)),
+    "seed": (True, (int,)),
+    "env_steps": (False, (int,)),
+    "wall_time_s": (False, (int, float)),
+    "final": (False, (dict,)),
+    "error": (False, (str, type(None))),
+    "config": (False, (dict,)),
+    "divergence": (False, (dict,)),
+}
+_JSON_TYPE = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+              bool: "true or false", type(None): "null"}  # fmt: skip
+
+
 def read_run(run_dir: str | Path) -> RunResult:
-    """The RunResult of a run directory (one that holds run.json)."""
+    """The RunResult of a run directory (one that holds run.json). FileNotFoundError without run.json; a
+    ConfigError naming the file when it does not read, or is not what dqnlab writes (a field of the wrong
+    type, a status dqnlab does not know)."""
     run_dir = Path(run_dir)
     path = run_dir / RUN_JSON
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a dqnlab run directory (no {RUN_JSON})")
-    info = json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"{path}: unreadable ({type(exc).__name__}: {why})") from None
+    if problem := run_json_problem(info):
+        raise ConfigError(f"{path}: not a dqnlab run.json: {problem}")
     return RunResult(
         run_dir=run_dir,
         status=info["status"],
@@ -197,6 +412,25 @@ def read_run(run_dir: str | Path) -> RunResult:
         config=info.get("config", {}),
         info=info,
     )
+
+
+def run_json_problem(info: Any) -> str | None:
+    """What makes a parsed run.json unlike the ones dqnlab writes (one line), or None."""
+    if not isinstance(info, dict):
+        return f"expected an object, got {_JSON_TYPE.get(type(info), type(info).__name__)}"
+    for key, (required, types) in _RUN_FIELDS.items():
+        if key not in info:
+            if required:
+                return f"no {key!r}"
+            continue
+        value = info[key]
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            expected = " or ".join(_JSON_TYPE[t] for t in types)
+            got = _JSON_TYPE.get(type(value), type(value).__name__)
+            return f"{key!r} is {got} ({_shorten(json.dumps(value), 40)}), expected {expected}"
+    if info["status"] not in STATUSES:
+        return f"'status' is {info['status']!r}, expected one of {', '.join(STATUSES)}"
+    return None
 
 
 def find_runs(directory: str | Path) -> list[Path]:

@@ -22,13 +22,22 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dqnlab.aggregate import update_aggregates
-from dqnlab.config import Config, ConfigError, check_env_fits, load_preset, resolve_preset_path
+from dqnlab.config import (
+    Config,
+    ConfigError,
+    check_env_fits,
+    check_fits_memory,
+    load_preset,
+    resolve_preset_path,
+)
 from dqnlab.envs import env_dirname, make_env
 from dqnlab.rundir import (
     EXPERIMENT_JSON,
     RUN_JSON,
     RunDirExists,
     check_experiment_path,
+    check_resumable,
+    claim_experiment_dir,
     package_versions,
     run_dir_for,
     write_json_atomic,
@@ -99,6 +108,7 @@ def plan_experiment(
     env_ids = envs or sorted({c.env for c in configs.values()})
     for env_id in env_ids:  # every preset runs on every env: each must be able to read it
         for p, cfg in configs.items():
+            check_fits_memory(cfg, env_id)  # first: its refusal owes nothing to the choice of envs
             how = "" if envs else " (without --env, every preset runs on every preset's env)"
             try:
                 check_env_fits(cfg, env_id, source=f"{p} on {env_id}")
@@ -109,7 +119,10 @@ def plan_experiment(
     if steps is not None and steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     check_experiment_path(logdir, experiment)
-    _check_experiment_json(Path(logdir) / experiment, presets, env_ids, list(overrides), resume)
+    exp_dir = Path(logdir) / experiment
+    _check_experiment_json(exp_dir, presets, env_ids, list(overrides), resume)
+    if not resume and os.path.lexists(exp_dir):  # run_experiment claims it; say so before any process
+        raise RunDirExists(f"experiment {exp_dir} already exists; choose another --name, or --resume it")
     if device == "gpu":  # the runs would each fail with it: say it once, before anything is written
         from dqnlab.trainer import configure_device
 
@@ -135,11 +148,8 @@ def plan_experiment(
                     checkpoint_replay,
                 )
                 specs.append(spec)
-                run_dir = run_dir_for(logdir, experiment, cfg.name, env_id, seed)
-                if not resume and run_dir.exists() and any(run_dir.iterdir()):
-                    raise RunDirExists(
-                        f"run directory {run_dir} already exists; choose another --name or delete it"
-                    )
+                if resume:  # a new experiment's run directories cannot exist: its directory is claimed
+                    check_resumable(run_dir_for(logdir, experiment, cfg.name, env_id, seed))
     return specs, configs
 
 
@@ -265,6 +275,7 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
         return []
     workers = max(1, min(workers or os.cpu_count() or 1, len(specs)))
     exp_dir = Path(specs[0].logdir) / specs[0].experiment
+    claim_experiment_dir(exp_dir, resume=specs[0].resume)  # another `ab --name` the same: refused here
     write_experiment_json(specs, backend="local", workers=workers)
     ctx = mp.get_context("spawn")
     progress_queue, stop_event = ctx.Queue(), ctx.Event()
@@ -323,9 +334,9 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
 
 
 def write_experiment_json(specs: list[RunSpec], backend: str, workers: int) -> None:
-    """experiment.json: what was asked (presets in the order given, envs, seeds, steps, how it ran)."""
+    """experiment.json: what was asked (presets in the order given, envs, seeds, steps, how it ran), in
+    the experiment directory the caller claimed (`claim_experiment_dir`)."""
     exp_dir = Path(specs[0].logdir) / specs[0].experiment
-    exp_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         exp_dir / EXPERIMENT_JSON,
         {
