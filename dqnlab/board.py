@@ -1,13 +1,17 @@
 """`dqnlab board DIR`: TensorBoard on a run or an experiment, bound to 127.0.0.1 by default.
 
 TensorBoard runs in this process (its own `program.TensorBoard`, serving from a background thread); the
-command prints the URL and serves until Ctrl-C, then exits 0. Nothing is written to DIR.
+command prints the URL and serves until Ctrl-C, then exits 0. Nothing is written to DIR. TensorBoard has no
+authentication: bound to any address but a loopback one, it serves DIR to whoever can reach that address,
+and a warning says so on stderr.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -64,16 +68,45 @@ def _localhost_listens(port: int) -> bool:
             return False
 
 
-def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 6006, ready=print) -> None:
-    """Serve TensorBoard on `directory` until KeyboardInterrupt. `ready(url)` is called once it listens.
-    Bad input (no event files, a host or port TensorBoard could not listen on) raises ConfigError before
-    TensorBoard starts."""
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` resolves to is a loopback one (127.0.0.0/8, ::1): only this machine
+    can connect. 0.0.0.0 and :: (every interface) are not."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError, ValueError):
+        return False
+    addresses = {info[4][0].split("%")[0] for info in infos}  # an IPv6 scope (%eth0) is not an address
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+def exposure_warning(directory: str | Path, host: str) -> str | None:
+    """The one-line warning for serving `directory` on `host` beyond this machine, or None on loopback."""
+    if is_loopback(host):
+        return None
+    return (
+        f"dqnlab: warning: serving on {host}, which is not a loopback address: TensorBoard has no "
+        f"authentication, so everything under {directory} is readable by anyone who can reach this address"
+    )
+
+
+def _print_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def serve(
+    directory: str | Path, host: str = "127.0.0.1", port: int = 6006, ready=print, warn=_print_to_stderr
+) -> None:
+    """Serve TensorBoard on `directory` until KeyboardInterrupt. `ready(url)` is called once it listens;
+    `warn(line)` first, when `host` is not a loopback address (`exposure_warning`). Bad input (no event
+    files, a host or port TensorBoard could not listen on) raises ConfigError before TensorBoard starts."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ConfigError(f"no such directory: {directory}")
     if not any(directory.rglob("events.out.tfevents.*")):
         raise ConfigError(f"{directory} holds no TensorBoard event files (is it a dqnlab run or experiment?)")
     check_address(host, port)
+    if warning := exposure_warning(directory, host):
+        warn(warning)
     tensorboard_without_tensorflow()  # serving event files needs none of TensorFlow (and its start-up lines)
     from tensorboard import program
 
