@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dqnlab.replay import Batch
+from dqnlab.replay import Batch, SeededSampling
 
 # The default frame ring fits `capacity` transitions whose episodes average at least this many steps.
 MIN_MEAN_EPISODE = 80
@@ -78,7 +78,7 @@ def _default_frame_capacity(capacity: int, stack: int) -> int:
     return capacity + stack * math.ceil(capacity / MIN_MEAN_EPISODE)
 
 
-class FrameReplay:
+class FrameReplay(SeededSampling):
     """Ring of uint8 frames, each stored once, with seeded uniform sampling of stacked transitions.
 
     A drop-in for `ReplayBuffer` on stacked-frame observations: same `add`, `sample`, `sample_many`,

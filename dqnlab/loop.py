@@ -88,11 +88,16 @@ class LoopState:
     probe_inputs: object
     rng: np.random.Generator  # exploration
     refill_until: int = 0  # resumed without its replay: act (and refill) until this step before learning
+    # The probes' own draws from replay, so that probing (more or less often) never changes training.
+    probe_rng: np.random.Generator | None = None
+    last_probe: int = 0  # env step of the last probe
 
     @classmethod
     def start(cls, env: gym.Env, learner: Learner, seed: int) -> LoopState:
         obs, _ = env.reset(seed=seed)
-        return cls(0, obs, learner.policy().initial_state(), 0.0, 0, 0, 0, None, np.random.default_rng(seed))
+        initial = learner.policy().initial_state()
+        probe_rng = np.random.default_rng((seed, 1))
+        return cls(0, obs, initial, 0.0, 0, 0, 0, None, np.random.default_rng(seed), probe_rng=probe_rng)
 
 
 @dataclass(frozen=True)
@@ -203,13 +208,17 @@ def run_loop(
     diagnostics_every: int | None,
     probe_every: int | None = None,
     probe_size: int = 256,
+    probe_floor: int | None = None,
     checkpoint_every: int | None = None,
     state_from: LoopState | None = None,
 ) -> Iterator[Event]:
     """Train for `steps` env steps, yielding events.
 
     A burst is measured when it crosses a multiple of `diagnostics_every` updates, probed when it crosses a
-    multiple of `probe_every`; None turns either off. Probe states are drawn once, at the first probe.
+    multiple of `probe_every`; None turns either off. With probes on, a burst is also probed when
+    `probe_floor` env steps have passed since the last probe, and the run's last burst always is: so a
+    short run still gets the probes the doctor needs. Probe states are drawn once, at the first probe; the
+    probes draw from replay with their own generator, so they never change which batches training draws.
     Every `checkpoint_every` steps a `CheckpointDue` carries the loop's state, consistent between two steps;
     `state_from` (such a state, restored with the env, learner and replay it belongs to) continues a run."""
     st = state_from or LoopState.start(env, learner, seed)
@@ -242,7 +251,11 @@ def run_loop(
         if step >= cfg.learning_starts and step > st.refill_until and step % cfg.train_every == 0:
             k = cfg.gradient_steps
             measure = _crosses(st.updates, k, diagnostics_every)
-            probe = _crosses(st.updates, k, probe_every)
+            probe = probe_every is not None and (
+                _crosses(st.updates, k, probe_every)
+                or (probe_floor is not None and step - st.last_probe >= probe_floor)
+                or step + cfg.train_every > steps  # the run's last burst
+            )
             out = learner.update(learner.sample_burst(replay, k, cfg.batch_size), measure)
             st.updates += k
             policy.set_weights([w.numpy() for w in out.weights])
@@ -251,9 +264,12 @@ def run_loop(
             if not finite:
                 return
             if probe:
-                if st.probe_inputs is None:
-                    st.probe_inputs = learner.probe_inputs(learner.sample_one(replay, probe_size))
-                yield Probed(step, learner.probe(st.probe_inputs, learner.sample_one(replay, cfg.batch_size)))
+                with replay.drawing_from(st.probe_rng):
+                    if st.probe_inputs is None:
+                        st.probe_inputs = learner.probe_inputs(learner.sample_one(replay, probe_size))
+                    batch = learner.sample_one(replay, cfg.batch_size)
+                st.last_probe = step
+                yield Probed(step, learner.probe(st.probe_inputs, batch))
         if step % cfg.target_update_every == 0 and (st.updates > st.synced_at or cfg.target_tau < 1.0):
             learner.update_target()
             st.synced_at = st.updates

@@ -12,6 +12,8 @@ This module does not import TensorFlow.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -33,7 +35,23 @@ def _check_count(name: str, value) -> int:
     return int(value)
 
 
-class ReplayBuffer:
+class SeededSampling:
+    """A replay that samples with its own generator `_rng`, and can lend the draw to another one."""
+
+    _rng: np.random.Generator
+
+    @contextmanager
+    def drawing_from(self, rng: np.random.Generator) -> Iterator[None]:
+        """Sample with `rng` for the duration: the diagnostics' probes draw their batches so, so taking a
+        probe (or one more) never changes which batches training draws next."""
+        kept, self._rng = self._rng, rng
+        try:
+            yield
+        finally:
+            self._rng = kept
+
+
+class ReplayBuffer(SeededSampling):
     """Ring buffer of (s, a, r, s', discount) with seeded uniform sampling with replacement.
 
     Args:

@@ -37,6 +37,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from dqnlab.replay import SeededSampling
+
 
 class SequenceBatch(NamedTuple):
     """Sampled windows, [B, T, ...] with T = burn_in + length; padding (mask 0) is all zeros."""
@@ -57,7 +59,7 @@ def _check_count(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-class SequenceReplay:
+class SequenceReplay(SeededSampling):
     """Ring buffer of steps in time order; samples [B, T] windows that stay inside one episode.
 
     Args:

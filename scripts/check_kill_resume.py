@@ -94,15 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint-every", type=int_at_least(1), default=1000)
     ap.add_argument("--seed", type=int_at_least(0), default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--keep", metavar="DIR", help="train into DIR (a new directory) and keep it, to look at")
     args = ap.parse_args(argv)
     try:
         cfg = load_preset(args.preset, args.overrides)
         check_env_fits(cfg, args.env or cfg.env)
     except ConfigError as exc:
         ap.error(str(exc))
+    if args.keep and Path(args.keep).exists():
+        ap.error(f"--keep {args.keep}: already exists; give a new directory")
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        logdir = Path(tmp)
+        logdir = Path(args.keep or tmp)
         t0 = time.monotonic()
         if subprocess.run(train_command(args, logdir, "whole"), stdout=subprocess.DEVNULL).returncode != 0:
             return 1

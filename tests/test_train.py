@@ -199,3 +199,24 @@ def test_saturated_sigmoids_vanish_the_first_layers_gradient(tmp_path):
     )
     assert max(values(saturated, "grad/depth_ratio")) < 1e-3
     assert ratio < control_ratio / 100
+
+
+def test_probes_never_change_what_training_does(tmp_path):
+    """The probes draw their batches from replay with their own generator: a run probed every 64 updates
+    trains exactly like one never probed (the same measured losses and returns, the same final weights)."""
+    from dqnlab import checkpoint
+
+    base = {"train.learning_starts": 500, "train.eval_every": 1000, "diagnostics.every": 32}
+    runs = {}
+    for probe_every in (0, 64):
+        cfg = dqnlab.load_preset("huber_relu", {**base, "diagnostics.probe_every": probe_every})
+        runs[probe_every] = dqnlab.train(cfg, steps=3000, logdir=tmp_path, name=f"p{probe_every}")
+    quiet, probed = runs[0], runs[64]
+    assert not any(t.startswith("act_") for t in quiet.tags()) and "act_dead_frac/hidden_0" in probed.tags()
+    for tag in ("loss/td", "grad_norm/global", "q/mean", "eval/return", "episode/return"):
+        assert quiet.scalars(tag) == probed.scalars(tag), tag
+    with (
+        np.load(checkpoint.latest(quiet.run_dir) / "arrays.npz") as a,
+        np.load(checkpoint.latest(probed.run_dir) / "arrays.npz") as b,
+    ):
+        assert all(np.array_equal(a[k], b[k]) for k in a.files if k.startswith("online/"))
