@@ -176,8 +176,7 @@ BOX2D_EXTRA = "install the box2d extra (prebuilt wheels, no swig): pip install '
 
 
 class ClipReward(gym.RewardWrapper):
-    """sign(reward): -1, 0 or +1 (Mnih et al. 2015), so one learning rate fits every game's score scale.
-    A class, not TransformReward(np.sign), so the env pickles into checkpoints."""
+    """sign(reward): -1, 0 or +1 (Mnih et al. 2015), so one learning rate fits every game's score scale."""
 
     def reward(self, reward):
         return float(np.sign(reward))
@@ -243,25 +242,31 @@ class FireToServe(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-class PicklesEmulator(gym.Wrapper):
-    """Makes an ALE env whole when pickled, as a checkpoint needs it. ale-py pickles an `AtariEnv` as its
-    constructor arguments, so an unpickled one is a fresh emulator at power-on: another game, another
-    sticky-action RNG, another no-op RNG. This wrapper adds to its pickle the emulator's state with its RNG
-    (`clone_state(include_rng=True)`) and the env's numpy RNG (AtariPreprocessing's no-op starts), and
-    puts both back when unpickled; the wrappers between keep their own state as plain attributes."""
+class StickyActions(gym.Wrapper):
+    """Sticky actions (Machado et al. 2018), per emulator frame: with probability `p` the frame repeats the
+    previous frame's action instead of the one asked for. ALE can do this itself, but the action it repeats
+    is not part of `ALEState.serialize()`, so an env restored from a checkpoint would repeat NOOP where the
+    original repeated its last action (one frame in four differs, and the game with it). Here the last
+    action and the generator are plain attributes that a checkpoint stores (dqnlab.envstate). The
+    generator is reseeded by `reset(seed=...)`; the last action is NOOP after every reset, as in ALE."""
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        ale_env = self.env.unwrapped
-        state["_emulator"] = ale_env.clone_state(include_rng=True)
-        state["_np_random"] = ale_env.np_random
-        return state
+    def __init__(self, env: gym.Env, p: float):
+        super().__init__(env)
+        self.p = float(p)
+        self.last_action = 0
+        self.sticky_rng = np.random.default_rng(0)
 
-    def __setstate__(self, state):
-        emulator, np_random = state.pop("_emulator"), state.pop("_np_random")
-        self.__dict__.update(state)  # the inner env is already unpickled: a fresh emulator
-        self.env.unwrapped.restore_state(emulator)
-        self.env.unwrapped.np_random = np_random
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.sticky_rng = np.random.default_rng((seed, 2))
+        self.last_action = 0
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        if self.p > 0 and self.sticky_rng.random() < self.p:
+            action = self.last_action
+        self.last_action = action
+        return self.env.step(action)
 
 
 def make_atari_env(
@@ -277,12 +282,12 @@ def make_atari_env(
 ) -> gym.Env:
     """An ALE v5 id with the standard DQN preprocessing; observations uint8 [frame_stack, size, size].
 
-    The emulator runs every frame (`frameskip=1`) with sticky actions as asked; gymnasium's
-    AtariPreprocessing repeats each action 4 frames, max-pools the last two (flicker), converts to
-    grayscale, resizes to `screen_size` and starts each game with up to `noop_max` no-ops; then optional
-    life-loss terminals, FIRE to serve where the game has it (`FireToServe`), and optional sign reward
-    clipping; FrameStackObservation stacks the last `frame_stack`
-    frames channels-first; `PicklesEmulator` makes it checkpoint-complete. Defaults are the `[atari]`
+    The emulator runs every frame (`frameskip=1`), with sticky actions as asked (`StickyActions`; ALE's own
+    are set to 0, so that a checkpoint restores them exactly); gymnasium's AtariPreprocessing repeats each
+    action 4 frames, max-pools the last two (flicker), converts to grayscale, resizes to `screen_size` and
+    starts each game with up to `noop_max` no-ops; then optional life-loss terminals, FIRE to serve where
+    the game has it (`FireToServe`), and optional sign reward clipping; FrameStackObservation stacks the
+    last `frame_stack` frames channels-first. Defaults are the `[atari]`
     section's (docs/atari.md).
     """
     try:
@@ -290,7 +295,9 @@ def make_atari_env(
     except ImportError:
         raise gym.error.DependencyNotInstalled(ATARI_EXTRA) from None
     gym.register_envs(ale_py)
-    env = gym.make(env_id, frameskip=1, repeat_action_probability=repeat_action_probability, **kwargs)
+    env = StickyActions(
+        gym.make(env_id, frameskip=1, repeat_action_probability=0.0, **kwargs), repeat_action_probability
+    )
     try:
         env = gym.wrappers.AtariPreprocessing(
             env, noop_max=noop_max, frame_skip=4, screen_size=screen_size, grayscale_obs=True
@@ -304,7 +311,7 @@ def make_atari_env(
         env = FireToServe(env)
     if clip_rewards:
         env = ClipReward(env)
-    return PicklesEmulator(gym.wrappers.FrameStackObservation(env, stack_size=frame_stack))
+    return gym.wrappers.FrameStackObservation(env, stack_size=frame_stack)
 
 
 def env_dirname(env_id: str) -> str:

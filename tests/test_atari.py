@@ -8,6 +8,7 @@ import json
 import math
 import sys
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -23,7 +24,7 @@ from dqnlab.cli import main  # noqa: E402
 from dqnlab.cnn_learner import CNNLearner, pack_frames, unpack_frames  # noqa: E402
 from dqnlab.cnn_net import build_cnn_q_network, forward  # noqa: E402
 from dqnlab.config import ConfigError, load_preset  # noqa: E402
-from dqnlab.envs import ClipReward, LifeLossTerminal, make_env  # noqa: E402
+from dqnlab.envs import ClipReward, LifeLossTerminal, StickyActions, make_env  # noqa: E402
 from dqnlab.frame_replay import FrameReplay  # noqa: E402
 from dqnlab.learner import PER_VARIABLE, PROBE_PER_VARIABLE  # noqa: E402
 from dqnlab.networks import variable_tag  # noqa: E402
@@ -48,7 +49,9 @@ def test_pong_observations_are_stacked_uint8_frames():
     env = make_env("ALE/Pong-v5", seed=0, atari=cfg.atari)
     assert env.observation_space.shape == (4, 84, 84) and env.observation_space.dtype == np.uint8
     assert env.unwrapped._frameskip == 1  # AtariPreprocessing does the frame skipping
-    assert env.unwrapped.spec.kwargs["repeat_action_probability"] == 0.25
+    # Sticky actions in dqnlab's wrapper (restorable), ALE's own off.
+    assert env.unwrapped.spec.kwargs["repeat_action_probability"] == 0.0
+    assert [layer.p for layer in envstate.layers(env) if isinstance(layer, StickyActions)] == [0.25]
     obs, _ = env.reset(seed=0)
     assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
     rewards = set()
@@ -140,6 +143,57 @@ def test_a_restored_env_continues_exactly_like_the_original():
     for layer, attributes in zip(envstate.layers(layers_only), stored, strict=True):
         plainstate.restore_attributes(layer, attributes, type(layer).__name__, allow_new=True)
     assert not same(play(layers_only, actions), original)
+
+
+def test_restored_envs_continue_exactly_wherever_they_were_captured():
+    """ALE's serialized state does not hold the action its sticky actions repeat; with ALE's own sticky
+    actions one capture in twelve here went another way on its first step. dqnlab's StickyActions keeps
+    it as a plain attribute: every capture continues exactly."""
+    cfg = load_preset("pong_huber")
+    for trial in range(12):
+        env = make_env("ALE/Pong-v5", seed=trial, atari=cfg.atari)
+        rng = np.random.default_rng(trial)
+        play(env, rng.integers(6, size=int(rng.integers(5, 200))).tolist())
+        arrays = {}
+        tree = json.loads(json.dumps(plainstate.encode(envstate.capture(env), arrays)))
+        restored = make_env("ALE/Pong-v5", seed=99, atari=cfg.atari)
+        envstate.restore(restored, plainstate.decode(tree, arrays))
+        actions = rng.integers(6, size=100).tolist()
+        assert same(play(restored, actions), play(env, actions)), trial
+
+
+class ActionTape(gym.Env):
+    """Records the actions that reach it."""
+
+    observation_space = gym.spaces.Box(0, 1, (1,))
+    action_space = gym.spaces.Discrete(6)
+
+    def __init__(self):
+        self.seen = []
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.seen.append(int(action))
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+
+def test_sticky_actions_repeat_the_previous_frames_action_with_probability_p():
+    for p, expected in ((0.0, 0.0), (1.0, 1.0), (0.25, 0.25)):
+        env = StickyActions(ActionTape(), p)
+        env.reset(seed=3)
+        asked = [1 + (i % 5) for i in range(4000)]  # never the same action twice in a row
+        for a in asked:
+            env.step(a)
+        seen = env.unwrapped.seen
+        repeated = np.mean([s != a for s, a in zip(seen, asked, strict=True)])
+        assert abs(repeated - expected) < 0.03, (p, repeated)
+    always = StickyActions(ActionTape(), 1.0)
+    always.reset(seed=0)
+    always.step(4)
+    assert always.unwrapped.seen == [0]  # after a reset the repeated action is NOOP, as in ALE
 
 
 # ---- the network ---------------------------------------------------------------------------------------
