@@ -350,6 +350,25 @@ def test_exploding_near_miss_and_single_spike():
     assert rule_exploding_gradient({"grad_norm/global": measured(norm)}, run_json()) == []
 
 
+def test_spikes_the_clip_absorbs_are_not_explosions():
+    """MountainCar: a global norm of ~0.05 that jumps to 2-9 at the rare goal transitions, 100x its running
+    median, but under the clip of 10: each of those steps was bounded."""
+    norm = np.full(60, 0.05)
+    norm[[20, 35, 50]] = [5.4, 9.25, 8.5]
+    series = {"grad_norm/preclip_global": measured(norm)}
+    assert rule_exploding_gradient(series, run_json()) == []  # grad_clip_norm 10
+    unclipped = run_json()
+    unclipped["config"]["train"]["grad_clip_norm"] = 0.0
+    assert rule_exploding_gradient(series, unclipped)[0].evidence["spikes"] == 3
+    norm[[20, 35, 50]] = [50.0, 92.5, 85.0]  # past the clip: the clip fired, the spikes count
+    assert (
+        rule_exploding_gradient({"grad_norm/preclip_global": measured(norm)}, run_json())[0].evidence[
+            "spikes"
+        ]
+        == 3
+    )
+
+
 def bptt(growth_per_step: float, ks=(1, 2, 4, 8)) -> dict:
     return {f"bptt/grad_norm/t-{k}": measured(np.full(20, growth_per_step**k)) for k in ks}
 
