@@ -182,6 +182,11 @@ class DiagnosticsConfig:
     probe_size: int = _f(
         "probe states (rnn: windows), drawn once from replay when the first probe runs", min=1
     )
+    min_probes: int = _f(
+        "probe at least this often: every (steps - learning_starts) / min_probes env steps, and at the run's "
+        "last burst, however far apart probe_every puts them; 0 only probe_every",
+        min=0,
+    )
     dormant_tau: float = _f("a unit is tau-dormant when its score E|h_i| / mean_k E|h_k| is <= tau", min=0.0)
     saturation_margin: float = _f(
         "sigmoid/tanh outputs this close to their bounds count as saturated", min=0.0

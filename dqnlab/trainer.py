@@ -41,6 +41,7 @@ from dqnlab.rundir import (
     process_is_alive,
     read_run,
     run_dir_for,
+    run_json_problem,
     set_aside_earlier_life,
     write_json_atomic,
 )
@@ -57,8 +58,11 @@ def _previous_run_json(run_dir: Path) -> dict:
     except (OSError, ValueError) as exc:
         why = f"{type(exc).__name__}: {exc}"
         raise ConfigError(f"--resume: {run_dir / RUN_JSON} is unreadable ({why})") from None
-    if not isinstance(previous, dict):
-        raise ConfigError(f"--resume: {run_dir / RUN_JSON} is not a dqnlab run.json")
+    if previous == {}:  # the claim's placeholder: the process died before it wrote anything
+        return previous
+    problem = run_json_problem(previous)
+    if problem:
+        raise ConfigError(f"--resume: {run_dir / RUN_JSON} is not a dqnlab run.json: {problem}")
     return previous
 
 
@@ -181,8 +185,9 @@ def train(
             return read_run(run_dir)
         if process_is_alive(previous):  # two processes must never write one run directory
             raise ConfigError(f"--resume: {run_dir} is still training (process {previous['pid']})")
-        _check_same_config(previous, cfg, run_dir)
-        ckpt, restored = _resume_from_checkpoint(run_dir, cfg, learner, train_env, replay, seed)
+        if previous:  # not the bare claim of a process that died at once: it must go on as it started
+            _check_same_config(previous, cfg, run_dir)
+            ckpt, restored = _resume_from_checkpoint(run_dir, cfg, learner, train_env, replay, seed)
         if ckpt is None:  # it never reached a checkpoint: start over, keeping what it logged
             kept = set_aside_earlier_life(run_dir)
             say = warn or _log.warning
@@ -262,6 +267,7 @@ def train(
             diagnostics_every=every,
             probe_every=probe_every,
             probe_size=diag.probe_size,
+            probe_floor=_probe_floor(cfg, steps),
             checkpoint_every=checkpoint_every or None,
             state_from=loop_state,
         )
@@ -405,6 +411,15 @@ def _history_until(run_dir: Path, step: int) -> dict[str, tuple[list[int], list[
         keep = steps <= step
         history[tag] = (steps[keep].tolist(), values[keep].tolist())
     return history
+
+
+def _probe_floor(cfg: Config, steps: int) -> int | None:
+    """Env steps between probes that give `diagnostics.min_probes` probes over the learning part of a run of
+    `steps` (None: no floor, only `probe_every`)."""
+    wanted = cfg.diagnostics.min_probes
+    if wanted <= 0:
+        return None
+    return max(cfg.train.train_every, (steps - cfg.train.learning_starts) // wanted)
 
 
 def _divergence(learner, step: int) -> dict:

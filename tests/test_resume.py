@@ -227,3 +227,21 @@ def test_two_resumes_from_one_checkpoint_are_both_recorded(tmp_path):
     assert info["resumed_env"] == ["exact", "exact"]
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000000000300"]
     assert checkpoint.load(run).step == 300
+
+
+def test_resume_refuses_a_malformed_run_json_and_restarts_a_bare_claim(tmp_path):
+    run = short_run(tmp_path, "--checkpoint-every", "200")
+    resume = ["train", "huber_relu", *SHORT, "--logdir", str(tmp_path), "--name", "x", "--resume"]
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": "running", "config": "oops"}))
+    out = dqnlab_cmd(*resume)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "is not a dqnlab run.json: 'config' is a string" in out.stderr
+    # A process killed between claiming the run directory and its first write leaves run.json's placeholder:
+    # the run never started, so a resume starts it (its directory's files set aside as an earlier life).
+    shutil.rmtree(run)
+    run.mkdir()
+    (run / "run.json").write_text("{}\n")
+    again = dqnlab_cmd(*resume)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((run / "run.json").read_text())["status"] == "done"

@@ -220,3 +220,23 @@ def test_probes_never_change_what_training_does(tmp_path):
         np.load(checkpoint.latest(probed.run_dir) / "arrays.npz") as b,
     ):
         assert all(np.array_equal(a[k], b[k]) for k in a.files if k.startswith("online/"))
+
+
+def test_every_run_of_10k_steps_gets_the_probes_the_doctor_needs(tmp_path):
+    """relu_dead as the README runs it, shortened: probe_every (2,560 updates, ~5k env steps) probes a
+    10k-step run once; the floor of min_probes = 8 probes every (10,000 - 1,000) / 8 = 1,125 env steps, at the first
+    burst past each interval, plus the run's last burst: enough for the doctor to see the dead layer."""
+    from dqnlab.doctor import examine
+
+    cfg = dqnlab.load_preset("relu_dead", {"train.eval_every": 0})
+    res = dqnlab.train(cfg, steps=10_000, logdir=tmp_path, name="floor")
+    probes = [step for step, _ in res.scalars("act_dead_frac/hidden_0")]
+    assert len(probes) >= 8 and probes[-1] == 9984  # the last burst: 39 x 256 env steps
+    gaps = np.diff(probes)
+    assert gaps.max() <= 1125 + cfg.train.train_every, probes
+    report = examine(res.run_dir)
+    assert report.verdict == "findings" and {f.rule for f in report.runs[0].findings} == {"dead_relu"}
+    assert res.final["doctor_not_enough_evidence"] == []
+    sparse = dqnlab.load_preset("relu_dead", {"train.eval_every": 0, "diagnostics.min_probes": 0})
+    res = dqnlab.train(sparse, steps=10_000, logdir=tmp_path, name="sparse")
+    assert [s for s, _ in res.scalars("act_dead_frac/hidden_0")] == [5888, 9984]  # probe_every's, the end
