@@ -34,6 +34,7 @@ from dqnlab.rundir import RunDirExists
 from dqnlab.signals import StopRequested, stop_on_signals
 
 # Step counts end up in int64 counters (numpy, TensorFlow, TensorBoard's steps).
+EXIT_NOT_ENOUGH_EVIDENCE = 3  # `dqnlab doctor`: no finding, but a rule lacked the points it needs
 _positive_int, _nonneg_int = int_at_least(1, below=MAX_INT + 1), int_at_least(0, below=MAX_INT + 1)
 # Each seed is a run per arm, with its own process and directory: the cap keeps a typo (--seeds 10**23)
 # from planning more runs than memory holds before anything starts.
@@ -154,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="return counted as solved (default: the env's gymnasium reward_threshold)",
     )
 
-    d = sub.add_parser("doctor", help="diagnose a run or experiment: exit 0 healthy, 1 findings, 2 bad input")
+    d = sub.add_parser(
+        "doctor",
+        help="diagnose a run or experiment: exit 0 healthy, 1 findings, 2 bad input, 3 not enough evidence",
+    )
     d.add_argument("directory", type=directory, help="a run directory or an experiment directory")
     d.add_argument("--json", action="store_true", help="print the findings as JSON")
 
@@ -327,7 +331,7 @@ def _doctor(args) -> int:
         read_run(run_dir)  # a run.json unlike dqnlab's: one line naming it, before the rules read it
     report = examine(args.directory)
     print(json.dumps(to_json(report), indent=2) if args.json else format_report(report))
-    return 0 if report.healthy else 1
+    return {"healthy": 0, "findings": 1, "not enough evidence": EXIT_NOT_ENOUGH_EVIDENCE}[report.verdict]
 
 
 def _board(args) -> int:

@@ -123,3 +123,19 @@ def test_a_directory_of_experiments_keeps_each_experiments_arms_apart(experiment
     assert "huber_relu on CartPole-v1 in relu (3 seeds): healthy, no finding" in text
     one_run = format_report(examine(experiment / "huber_relu" / "CartPole-v1" / "seed_0"))
     assert one_run.startswith("huber_relu on CartPole-v1 (1 seed): healthy")
+
+
+def test_a_run_too_short_to_judge_is_not_enough_evidence_not_healthy(tmp_path):
+    """1,500 steps of huber_relu: 2 measured bursts, one probe. No rule can judge it, so the doctor says so
+    (exit 3) instead of calling it healthy; run.json's verdict says the same."""
+    args = ["train", "huber_relu", "--steps", "1500", "--quiet", "--logdir", str(tmp_path), "--name", "x"]
+    assert dqnlab_cmd(*args).returncode == 0
+    run = tmp_path / "x" / "huber_relu" / "CartPole-v1" / "seed_0"
+    out = dqnlab_cmd("doctor", str(run))
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "no finding, but not enough evidence to call it healthy" in out.stdout
+    assert "not enough evidence (seeds 0): the gradient rules" in out.stdout
+    data = json.loads(dqnlab_cmd("doctor", str(run), "--json").stdout)
+    assert data["verdict"] == "not enough evidence" and not data["healthy"]
+    gaps = json.loads((run / "run.json").read_text())["final"]["doctor_not_enough_evidence"]
+    assert gaps == data["runs"][0]["not_enough_evidence"] and len(gaps) == 2
