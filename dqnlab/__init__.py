@@ -1,6 +1,6 @@
 """dqnlab: a DQN debugging testbed for seeing what backpropagation does inside a DQN.
 
-The public API (a contract, see DESIGN.md)::
+The public API (a contract: docs/architecture.md)::
 
     import dqnlab
     cfg = dqnlab.load_preset("huber_relu")

@@ -1,4 +1,4 @@
-"""The run directory (a contract, see DESIGN.md) and reading a run back from disk.
+"""The run directory (a contract: docs/architecture.md) and reading a run back from disk.
 
     <logdir>/<experiment>/<preset>/<env>/seed_<k>/   TensorBoard event files, run.json
     <logdir>/<experiment>/experiment.json           what was asked

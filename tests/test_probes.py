@@ -1,4 +1,4 @@
-"""Activation probes against hand-computed values, and the float32 facts of BACKGROUND.md pinned with TF."""
+"""Activation probes against hand-computed values, and the float32 saturation facts pinned with TF itself."""
 
 from __future__ import annotations
 
