@@ -1,4 +1,4 @@
-"""The `dqnlab` command: presets, train, ab, board.
+"""The `dqnlab` command: presets, train, ab, sweep, compare, doctor, board.
 
 Bad input (unknown preset, key, env id, malformed value, existing run directory) gets one line naming the
 problem and exit status 2, never a traceback. TensorFlow is imported only once the input is known good.
@@ -103,6 +103,28 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _runs_options(p: argparse.ArgumentParser) -> None:
+    """What `ab` and `sweep` share: envs, seeds, workers, backend, and the common options."""
+    p.add_argument(
+        "--env", dest="envs", action="append", help="gymnasium id (repeatable; default: presets' env)"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int_at_least(1, below=MAX_SEEDS + 1),
+        default=3,
+        help="seeds 0..N-1 for every arm (default: 3)",
+    )
+    p.add_argument("--workers", type=_positive_int, help="parallel processes (default: CPU count)")
+    p.add_argument(
+        "--backend",
+        default="local",
+        choices=["local", "ray"],
+        help="where runs execute: local processes, or Ray tasks (default: local; see docs/cluster.md)",
+    )
+    p.add_argument("--ray-address", help="Ray cluster to join (default: start a local Ray)")
+    _common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="dqnlab", description="A DQN debugging testbed: A/B the backward pass of DQN")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -118,24 +140,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("ab", help="train presets x envs x seeds in parallel and compare them")
     a.add_argument("presets", nargs="+", metavar="PRESET", help="two or more presets (the arms)")
-    a.add_argument(
-        "--env", dest="envs", action="append", help="gymnasium id (repeatable; default: presets' env)"
+    _runs_options(a)
+
+    w = sub.add_parser("sweep", help="train a grid of cells (preset fields x seeds) and map the verdicts")
+    w.add_argument(
+        "presets", nargs="+", metavar="PRESET", help="one or more presets (several: one more axis)"
     )
-    a.add_argument(
-        "--seeds",
-        type=int_at_least(1, below=MAX_SEEDS + 1),
-        default=3,
-        help="seeds 0..N-1 for every arm (default: 3)",
+    w.add_argument(
+        "--grid",
+        dest="grid",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=V1,V2,...",
+        help="an axis (repeatable): values, or log:START:STOP:N, lin:START:STOP:N; e.g. "
+        "--grid optimizer.learning_rate=log:1e-4:1e-1:7",
     )
-    a.add_argument("--workers", type=_positive_int, help="parallel processes (default: CPU count)")
-    a.add_argument(
-        "--backend",
-        default="local",
-        choices=["local", "ray"],
-        help="where runs execute: local processes, or Ray tasks (default: local; see docs/cluster.md)",
+    w.add_argument(
+        "--stop-on-fatal",
+        action="store_true",
+        help="stop a run when the doctor finds a fatal pathology (a whole layer dead, divergence); off by "
+        "default",
     )
-    a.add_argument("--ray-address", help="Ray cluster to join (default: start a local Ray)")
-    _common(a)
+    _runs_options(w)
 
     c = sub.add_parser(
         "compare", help="compare the arms of an experiment: returns, CIs, paired tests, diagnostics"
@@ -149,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also draw learning curves and diagnostics to FILE.png or FILE.html",
     )
     c.add_argument("--force", action="store_true", help="overwrite an existing --plot file")
+    c.add_argument(
+        "--map",
+        action="store_true",
+        help="a sweep's maps: the doctor's verdicts and a heat map per metric over its axes (--plot draws "
+        "them)",
+    )
+    c.add_argument("--x", metavar="KEY", help="with --map: the axis along x (default: the first --grid)")
+    c.add_argument("--y", metavar="KEY", help="with --map: the axis along y (default: the second)")
     c.add_argument(
         "--threshold",
         type=_finite_float,
@@ -171,13 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "ab"):  # `kill` stops training like Ctrl-C: flushed, 'interrupted'
+    if args.command in ("train", "ab", "sweep"):  # `kill` stops training like Ctrl-C: flushed, 'interrupted'
         stop_on_signals((signal.SIGTERM,))
     try:
         return {
             "presets": _presets,
             "train": _train,
             "ab": _ab,
+            "sweep": _sweep,
             "compare": _compare,
             "doctor": _doctor,
             "board": _board,
@@ -262,11 +297,10 @@ def _ab(args) -> int:
     if len(args.presets) < 2:
         raise ConfigError("ab compares two or more presets; use `dqnlab train` for one")
     _check_common(args)
-    if args.ray_address and args.backend != "ray":
-        raise ConfigError("--ray-address joins a Ray cluster: it needs --backend ray")
+    _check_backend(args)
     from dqnlab.compare import compare, format_comparison
     from dqnlab.rundir import default_experiment_name
-    from dqnlab.runner import plan_experiment, run_experiment
+    from dqnlab.runner import plan_experiment
 
     name = args.name or default_experiment_name()
     specs, _ = plan_experiment(
@@ -283,12 +317,7 @@ def _ab(args) -> int:
         checkpoint_every=args.checkpoint_every,
         checkpoint_replay=args.checkpoint_replay,
     )
-    if args.backend == "ray":
-        from dqnlab.ray_backend import run_experiment_ray
-
-        outcomes = run_experiment_ray(specs, address=args.ray_address, quiet=args.quiet)
-    else:
-        outcomes = run_experiment(specs, workers=args.workers, quiet=args.quiet)
+    outcomes = _run(specs, args)
     exp_dir = Path(args.logdir) / name
     for outcome in outcomes:  # why each unfinished run stopped, before the table that counts them
         if outcome.status != "done":
@@ -300,7 +329,68 @@ def _ab(args) -> int:
     return 0 if all(o.status == "done" for o in outcomes) else 1
 
 
+def _check_backend(args) -> None:
+    if args.ray_address and args.backend != "ray":
+        raise ConfigError("--ray-address joins a Ray cluster: it needs --backend ray")
+
+
+def _run(specs, args):
+    """Run the planned specs on the chosen backend; their outcomes, in order."""
+    if args.backend == "ray":
+        from dqnlab.ray_backend import run_experiment_ray
+
+        return run_experiment_ray(specs, address=args.ray_address, quiet=args.quiet)
+    from dqnlab.runner import run_experiment
+
+    return run_experiment(specs, workers=args.workers, quiet=args.quiet)
+
+
+def _sweep(args) -> int:
+    _check_common(args)
+    _check_backend(args)
+    from dqnlab.rundir import default_experiment_name
+    from dqnlab.sweep import parse_grid, plan_sweep
+
+    axes = [parse_grid(text) for text in args.grid]
+    name = args.name or default_experiment_name()
+    specs, cells = plan_sweep(
+        args.presets,
+        axes,
+        args.envs,
+        list(range(args.seeds)),
+        args.steps,
+        args.logdir,
+        name,
+        args.overrides,
+        args.device,
+        args.deterministic,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_replay=args.checkpoint_replay,
+        stop_on_fatal=args.stop_on_fatal,
+    )
+    outcomes = _run(specs, args)
+    exp_dir = Path(args.logdir) / name
+    from dqnlab.early_stop import stopped_early
+
+    for outcome in outcomes:  # why each unfinished run stopped, before the maps that show them
+        if outcome.status != "done":
+            where = outcome.run_dir or f"{outcome.spec.arm} seed {outcome.spec.seed}"
+            print(f"dqnlab: {where}: {outcome.status}: {outcome.error}", file=sys.stderr)
+    from dqnlab.maps import build_map, format_map
+
+    sweep = build_map(exp_dir)
+    print(format_map(sweep, sweep.layout()))
+    print(f"\n{len(cells)} cells x {args.seeds} seeds in {exp_dir}{os.sep}")
+    print(f"Maps: dqnlab compare {exp_dir} --map --plot map.html")
+    print(f"TensorBoard: dqnlab board {exp_dir}")
+    finished = all(o.status == "done" or (o.run_dir and stopped_early(Path(o.run_dir))) for o in outcomes)
+    return 0 if finished else 1
+
+
 def _compare(args) -> int:
+    if (args.x or args.y) and not args.map:
+        raise ConfigError("--x and --y lay out a sweep's maps: they need --map")
     from dqnlab.aggregate import refresh_aggregates
     from dqnlab.compare import compare, format_comparison, to_json
 
@@ -308,6 +398,8 @@ def _compare(args) -> int:
         from dqnlab.plots import check_plot_path
 
         check_plot_path(args.plot, overwrite=args.force)  # before the work, so a typo costs nothing
+    if args.map:
+        return _compare_map(args)
     comparison = compare(args.directory, threshold=args.threshold)
     refresh_aggregates(args.directory)
     if args.json:
@@ -319,6 +411,25 @@ def _compare(args) -> int:
 
         written = write_plot(comparison, args.plot)
         print(f"plot: {written}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _compare_map(args) -> int:
+    from dqnlab import maps
+
+    if args.threshold is not None:
+        raise ConfigError("--threshold is not used by --map (each env's own threshold is)")
+    sweep = maps.build_map(args.directory)
+    layout = sweep.layout(args.x, args.y)
+    if args.json:
+        print(json.dumps(maps.to_json(sweep, layout), indent=2))
+    else:
+        print(maps.format_map(sweep, layout))
+    if args.plot:
+        from dqnlab.mapplot import write_map
+
+        written = write_map(sweep, layout, args.plot)
+        print(f"map: {written}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

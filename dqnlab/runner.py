@@ -8,6 +8,7 @@ report progress through a queue; the parent draws one progress bar over all runs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dqnlab import early_stop
 from dqnlab.aggregate import update_aggregates
 from dqnlab.config import (
     Config,
@@ -56,7 +58,10 @@ _SINGLE_THREAD_ENV = {
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of an experiment: a preset (name or path) with overrides, on one env, one seed."""
+    """One run of an experiment: a preset (name or path) with overrides, on one env, one seed.
+
+    A sweep's cell (`dqnlab.sweep`) adds its own overrides (`cell`, applied after `overrides`) and its name
+    (`name`: the arm's directory, run.json's `preset` and HParams' `preset`, instead of the preset's own)."""
 
     preset: str
     overrides: tuple[str, ...]
@@ -70,6 +75,35 @@ class RunSpec:
     resume: bool = False
     checkpoint_every: int = 10_000
     checkpoint_replay: bool = False
+    name: str = ""
+    cell: tuple[str, ...] = ()
+    stop_on_fatal: bool = False
+
+    @property
+    def arm(self) -> str:
+        """The arm's directory name below the experiment: the cell's name, or the preset's."""
+        return self.name or resolve_preset_path(self.preset).stem
+
+    def config(self) -> Config:
+        """The run's config: the preset with its overrides (and the cell's), named after its arm."""
+        return arm_config(self.preset, [*self.overrides, *self.cell], self.name)
+
+
+@dataclass(frozen=True)
+class ArmPlan:
+    """An arm to plan: a preset with its cell's overrides and name (both empty for `dqnlab ab`'s arms),
+    on the envs given (None: `plan_arms`' default)."""
+
+    preset: str
+    cell: tuple[str, ...] = ()
+    name: str = ""
+    envs: tuple[str, ...] | None = None
+
+
+def arm_config(preset: str, overrides: list[str], name: str = "") -> Config:
+    """The preset with `overrides`, renamed to `name` when one is given (a sweep's cell)."""
+    cfg = load_preset(preset, overrides)
+    return dataclasses.replace(cfg, name=name) if name else cfg
 
 
 @dataclass(frozen=True)
@@ -101,17 +135,57 @@ def plan_experiment(
         raise ConfigError("give at least one preset")
     if len(set(presets)) != len(presets):
         raise ConfigError(f"a preset is given twice: {' '.join(presets)}")
-    configs = {p: load_preset(p, list(overrides)) for p in presets}
+    specs, configs = plan_arms(
+        [ArmPlan(p) for p in presets],
+        envs,
+        seeds,
+        steps,
+        logdir,
+        experiment,
+        overrides,
+        device,
+        deterministic,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        checkpoint_replay=checkpoint_replay,
+    )
+    return specs, {arm.preset: cfg for arm, cfg in configs.items()}
+
+
+def plan_arms(
+    arms: list[ArmPlan],
+    envs: list[str] | None,
+    seeds: list[int],
+    steps: int | None,
+    logdir: str | Path,
+    experiment: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str = "auto",
+    deterministic: bool = False,
+    *,
+    resume: bool = False,
+    checkpoint_every: int = 10_000,
+    checkpoint_replay: bool = False,
+    stop_on_fatal: bool = False,
+) -> tuple[list[RunSpec], dict[ArmPlan, Config]]:
+    """`plan_experiment` for arms that may be a sweep's cells. Each arm runs on its own `envs` when it names
+    them; otherwise on `envs`, or without those on every arm's env (`dqnlab ab`'s rule)."""
+    configs = {a: arm_config(a.preset, [*overrides, *a.cell], a.name) for a in arms}
     names = [c.name for c in configs.values()]
     if len(set(names)) != len(names):
         raise ConfigError(f"two presets share the name {names}: their run directories would collide")
-    env_ids = envs or sorted({c.env for c in configs.values()})
-    for env_id in env_ids:  # every preset runs on every env: each must be able to read it
-        for p, cfg in configs.items():
+    everywhere = envs or sorted({c.env for c in configs.values()})
+    arm_envs = {a: list(a.envs) if a.envs is not None else everywhere for a in arms}
+    env_ids = sorted({e for ids in arm_envs.values() for e in ids}, key=_first_seen(everywhere))
+    for env_id in env_ids:  # every arm runs on its envs: each must be able to read it
+        for arm, cfg in configs.items():
+            if env_id not in arm_envs[arm]:
+                continue
             check_fits_memory(cfg, env_id)  # first: its refusal owes nothing to the choice of envs
-            how = "" if envs else " (without --env, every preset runs on every preset's env)"
+            every = not envs and arm.envs is None
+            how = " (without --env, every preset runs on every preset's env)" if every else ""
             try:
-                check_env_fits(cfg, env_id, source=f"{p} on {env_id}")
+                check_env_fits(cfg, env_id, source=f"{arm.name or arm.preset} on {env_id}")
             except ConfigError as exc:
                 raise ConfigError(f"{exc}{how}") from None
     for env_id in env_ids:
@@ -120,7 +194,8 @@ def plan_experiment(
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     check_experiment_path(logdir, experiment)
     exp_dir = Path(logdir) / experiment
-    _check_experiment_json(exp_dir, presets, env_ids, list(overrides), resume)
+    labels = [a.name or a.preset for a in arms]  # as experiment.json records them
+    _check_experiment_json(exp_dir, labels, env_ids, list(overrides), resume)
     if not resume and os.path.lexists(exp_dir):  # run_experiment claims it; say so before any process
         raise RunDirExists(f"experiment {exp_dir} already exists; choose another --name, or --resume it")
     if device == "gpu":  # the runs would each fail with it: say it once, before anything is written
@@ -129,12 +204,13 @@ def plan_experiment(
         configure_device(device)
     specs = []
     for env_id in env_ids:
-        for p in presets:
+        for arm, cfg in configs.items():
+            if env_id not in arm_envs[arm]:
+                continue
             for seed in seeds:
-                cfg = configs[p]
                 n = steps if steps is not None else cfg.train.steps
                 spec = RunSpec(
-                    p,
+                    arm.preset,
                     tuple(overrides),
                     env_id,
                     seed,
@@ -146,11 +222,19 @@ def plan_experiment(
                     resume,
                     checkpoint_every,
                     checkpoint_replay,
+                    name=arm.name,
+                    cell=arm.cell,
+                    stop_on_fatal=stop_on_fatal,
                 )
                 specs.append(spec)
                 if resume:  # a new experiment's run directories cannot exist: its directory is claimed
                     check_resumable(run_dir_for(logdir, experiment, cfg.name, env_id, seed))
     return specs, configs
+
+
+def _first_seen(order: list[str]):
+    """A sort key: the envs of `order` in that order, any other after them, alphabetically."""
+    return lambda env_id: (order.index(env_id), "") if env_id in order else (len(order), env_id)
 
 
 def _check_experiment_json(
@@ -226,20 +310,30 @@ def _run_in_worker(spec: RunSpec) -> RunOutcome:
     from dqnlab.trainer import train
 
     last_sent = [0.0, 0]
-    spec_key = (spec.preset, spec.env, spec.seed)
+    spec_key = (spec.name or spec.preset, spec.env, spec.seed)  # ArmReturns' key
+    trained = [False]  # the loop reached its last step: what the doctor says now is the end's verdict
 
     def report(step: int, episode_return: float | None) -> None:
+        trained[0] = trained[0] or step >= spec.steps
         now = time.monotonic()
         if _progress_queue is not None and (now - last_sent[0] > 0.5 or step >= spec.steps):
             _progress_queue.put(("progress", step - last_sent[1], spec_key, episode_return))
             last_sent[:] = [now, step]
 
-    cfg = load_preset(spec.preset, list(spec.overrides))
+    def warn(line: str) -> None:
+        if _progress_queue is not None:
+            _progress_queue.put(("warn", f"{cfg.name} on {spec.env}, seed {spec.seed}: {line}"))
+        if spec.stop_on_fatal and not trained[0]:  # a finished run is judged, not stopped
+            early_stop.stop_if_fatal(line)  # raises FatalPathology: the trainer records 'interrupted'
+
+    cfg = spec.config()
     run_dir = run_dir_for(spec.logdir, spec.experiment, cfg.name, spec.env, spec.seed)
     if _stop_event is not None and _stop_event.is_set():
         return RunOutcome(
             spec, str(run_dir), "cancelled", "not started: the experiment was interrupted", None
         )
+    if spec.resume and (stopped := early_stop.stopped_early(run_dir)) is not None:
+        return RunOutcome(spec, str(run_dir), "interrupted", early_stop.describe(stopped), None)
     try:
         res = train(
             cfg,
@@ -254,12 +348,12 @@ def _run_in_worker(spec: RunSpec) -> RunOutcome:
             checkpoint_replay=spec.checkpoint_replay,
             resume=spec.resume,
             progress=report,
-            warn=lambda line: (
-                _progress_queue is not None
-                and _progress_queue.put(("warn", f"{cfg.name} on {spec.env}, seed {spec.seed}: {line}"))
-            ),
+            warn=warn,
         )
         return RunOutcome(spec, str(res.run_dir), res.status, res.error, res.final.get("eval_return"))
+    except early_stop.FatalPathology as exc:  # run.json says 'interrupted'; say why, so it stays a result
+        stopped = early_stop.record(run_dir, exc)
+        return RunOutcome(spec, str(run_dir), "interrupted", early_stop.describe(stopped), None)
     except Exception as exc:  # recorded in run.json by train(); the other runs go on
         return RunOutcome(spec, str(run_dir), "failed", f"{type(exc).__name__}: {exc}", None)
 
@@ -340,7 +434,7 @@ def write_experiment_json(specs: list[RunSpec], backend: str, workers: int) -> N
     write_json_atomic(
         exp_dir / EXPERIMENT_JSON,
         {
-            "presets": sorted({s.preset for s in specs}, key=[s.preset for s in specs].index),
+            "presets": list(dict.fromkeys(s.name or s.preset for s in specs)),  # arms, in the order given
             "envs": sorted({s.env for s in specs}),
             "seeds": sorted({s.seed for s in specs}),
             "steps": max(s.steps for s in specs),
@@ -362,9 +456,7 @@ def _died(spec: RunSpec, exitcode: int | None) -> RunOutcome:
             reason += " (sent by `kill -9` or by the kernel's out-of-memory killer)"
     else:
         reason = f"the run's process exited with status {exitcode} without reporting an outcome"
-    run_dir = run_dir_for(
-        spec.logdir, spec.experiment, resolve_preset_path(spec.preset).stem, spec.env, spec.seed
-    )
+    run_dir = run_dir_for(spec.logdir, spec.experiment, spec.arm, spec.env, spec.seed)
     path = run_dir / RUN_JSON
     try:
         info = json.loads(path.read_text())
@@ -378,14 +470,17 @@ def _died(spec: RunSpec, exitcode: int | None) -> RunOutcome:
 
 class ArmReturns:
     """The progress bar's returns: per arm, in the order given, the mean over its seeds of each run's last
-    training episode return."""
+    training episode return; past `MAX_SHOWN` arms (a sweep's cells), only the best and the worst arm."""
+
+    MAX_SHOWN = 4
 
     def __init__(self, specs: list[RunSpec]):
         self.num_runs = len(specs)
         several_envs = len({s.env for s in specs}) > 1
-        self._arm = {
-            (s.preset, s.env, s.seed): f"{s.preset}@{s.env}" if several_envs else s.preset for s in specs
-        }
+        self._arm = {}
+        for s in specs:
+            label = s.name or s.preset
+            self._arm[(label, s.env, s.seed)] = f"{label}@{s.env}" if several_envs else label
         self._last: dict[tuple[str, str, int], float] = {}
 
     def record(self, key: tuple[str, str, int], episode_return: float) -> None:
@@ -395,17 +490,21 @@ class ArmReturns:
         by_arm: dict[str, list[float]] = {arm: [] for arm in self._arm.values()}
         for key, value in self._last.items():
             by_arm[self._arm[key]].append(value)
-        means = ", ".join(f"{arm} {sum(v) / len(v):.1f}" for arm, v in by_arm.items() if v)
+        means = {arm: sum(v) / len(v) for arm, v in by_arm.items() if v}
+        if len(by_arm) > self.MAX_SHOWN and len(means) > 1:
+            best, worst = max(means, key=means.get), min(means, key=means.get)
+            means = {f"best {best}": means[best], f"worst {worst}": means[worst]}
+        shown = ", ".join(f"{arm} {mean:.1f}" for arm, mean in means.items())
         finished = f"{num_finished}/{self.num_runs} runs finished"
-        return f"return {means} | {finished}" if means else finished
+        return f"return {shown} | {finished}" if shown else finished
 
 
 def _update_arm_aggregate(exp_dir: Path, spec: RunSpec, bar) -> None:
     """Refresh the finished run's arm in `_aggregate/` so TensorBoard's seed bands grow as runs end."""
     try:
-        update_aggregates(exp_dir, only=(spec.preset, env_dirname(spec.env)))
+        update_aggregates(exp_dir, only=(spec.arm, env_dirname(spec.env)))
     except Exception as exc:  # derived data: never worth losing the experiment over
-        bar.write(f"dqnlab: warning: could not update the aggregate of {spec.preset}: {exc}")
+        bar.write(f"dqnlab: warning: could not update the aggregate of {spec.arm}: {exc}")
 
 
 def _drain(progress_queue, bar, outcomes: dict[int, RunOutcome], returns: ArmReturns) -> None:
