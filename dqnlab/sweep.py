@@ -244,3 +244,42 @@ def plan_sweep(
         stop_on_fatal=stop_on_fatal,
     )
     return specs, grid
+
+
+def run_script(sweep_args: list[str], defaults: dict[str, str], argv: list[str], prog: str) -> int:
+    """What scripts/sweep_*.py do: `dqnlab sweep` with their grid, `defaults` (e.g. {"--seeds": "2"}) for
+    the options not in `argv`, the rest of `argv` passed on as it is; the wall time printed; then, with
+    `--map FILE`, the maps drawn there by `dqnlab compare --map` (an existing FILE needs --force)."""
+    import time
+
+    from dqnlab.cli import main
+    from dqnlab.cliargs import OneLineParser, output_file_problem
+    from dqnlab.rundir import default_experiment_name
+
+    parser = OneLineParser(prog=prog, description="a sweep of dqnlab's, then its map")
+    parser.add_argument("--map", metavar="FILE", help="draw the maps to FILE.png or FILE.html")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --map file")
+    parser.add_argument("--x", help="the map's x axis (default: the first --grid)")
+    parser.add_argument("--y", help="the map's y axis (default: the second)")
+    parser.add_argument("--name", default=default_experiment_name(), help="experiment name")
+    parser.add_argument("--logdir", default="runs", help="root of the run directories (default: runs)")
+    args, rest = parser.parse_known_args(argv)
+    if problem := output_file_problem(args.map, args.force, "--map"):
+        parser.error(problem)
+    if args.map and Path(args.map).suffix.lower() not in (".png", ".html"):
+        parser.error(f"--map wants a .png or .html file, got {Path(args.map).name!r}")
+    given = {flag for flag in defaults if any(a == flag or a.startswith(f"{flag}=") for a in rest)}
+    extra = [part for flag, value in defaults.items() if flag not in given for part in (flag, value)]
+    started = time.perf_counter()
+    code = main(["sweep", *sweep_args, *extra, *rest, "--name", args.name, "--logdir", args.logdir])
+    if code == 2:  # bad input: its one line is all there is to say
+        return code
+    print(f"sweep wall time: {time.perf_counter() - started:.0f} s")
+    if args.map is None:
+        return code
+    layout = [*(["--x", args.x] if args.x else []), *(["--y", args.y] if args.y else [])]
+    exp = str(Path(args.logdir) / args.name)
+    mapped = main(
+        ["compare", exp, "--map", *layout, "--plot", args.map, *(["--force"] if args.force else [])]
+    )
+    return code or mapped
