@@ -161,6 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop a run when the doctor finds a fatal pathology (a whole layer dead, divergence); off by "
         "default",
     )
+    w.add_argument(
+        "--halving",
+        type=int_at_least(2, below=1001),
+        metavar="ETA",
+        help="successive halving on the training return: at each rung keep the best 1/ETA of the cells; "
+        "off by default",
+    )
+    w.add_argument(
+        "--rungs",
+        type=int_at_least(2, below=21),
+        default=3,
+        help="with --halving: rungs, the last at --steps, each ETA times the one before (default: 3)",
+    )
     _runs_options(w)
 
     c = sub.add_parser(
@@ -348,6 +361,8 @@ def _run(specs, args):
 def _sweep(args) -> int:
     _check_common(args)
     _check_backend(args)
+    if args.rungs != 3 and not args.halving:
+        raise ConfigError("--rungs sets successive halving's rungs: it needs --halving ETA")
     from dqnlab.rundir import default_experiment_name
     from dqnlab.sweep import parse_grid, plan_sweep
 
@@ -369,7 +384,13 @@ def _sweep(args) -> int:
         checkpoint_replay=args.checkpoint_replay,
         stop_on_fatal=args.stop_on_fatal,
     )
-    outcomes = _run(specs, args)
+    if args.halving:
+        from dqnlab.halving import for_halving, run_halving
+
+        specs = for_halving(specs, args.halving, args.rungs)
+        outcomes = run_halving(specs, args.halving, args.rungs, lambda rung: _run(rung, args))
+    else:
+        outcomes = _run(specs, args)
     exp_dir = Path(args.logdir) / name
     from dqnlab.early_stop import stopped_early
 

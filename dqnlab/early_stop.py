@@ -43,6 +43,10 @@ class FatalPathology(StopRequested):
         self.rule, self.subject, self.step = rule, subject, step
 
 
+class Paused(StopRequested):
+    """A stop at a rung of successive halving (`dqnlab.halving`): the next rung resumes the run."""
+
+
 def fatal_finding(line: str) -> FatalPathology | None:
     """The stop a live doctor's warning line calls for, or None when its finding is not fatal."""
     match = _WARNING.match(line)
@@ -64,7 +68,13 @@ def stop_if_fatal(line: str) -> None:
 
 def record(run_dir: Path, stop: FatalPathology) -> dict:
     """Add `stopped_early` to the run.json the trainer left `interrupted`; returns it."""
-    stopped = {"by": BY_FLAG, "rule": stop.rule, "subject": stop.subject, "step": stop.step}
+    return record_stopped(
+        run_dir, {"by": BY_FLAG, "rule": stop.rule, "subject": stop.subject, "step": stop.step}
+    )
+
+
+def record_stopped(run_dir: Path, stopped: dict) -> dict:
+    """run.json's `stopped_early` := `stopped` (`by`: the flag that stopped it, and why); returns it."""
     path = Path(run_dir) / RUN_JSON
     info = json.loads(path.read_text())
     info["stopped_early"] = stopped
@@ -74,17 +84,39 @@ def record(run_dir: Path, stop: FatalPathology) -> dict:
 
 def stopped_early(run_dir: Path) -> dict | None:
     """run.json's `stopped_early` when the run was stopped so (and not continued since), else None."""
+    info = _run_json(run_dir) or {}
+    stopped = info.get("stopped_early")
+    return stopped if info.get("status") == "interrupted" and isinstance(stopped, dict) else None
+
+
+def finished(run_dir: Path) -> dict | None:
+    """The run.json of a run that is `done` or `diverged` (a resume leaves it as it is), else None."""
+    info = _run_json(run_dir)
+    return info if info is not None and info.get("status") in ("done", "diverged") else None
+
+
+def _run_json(run_dir: Path) -> dict | None:
     try:
         info = json.loads((Path(run_dir) / RUN_JSON).read_text())
     except (OSError, ValueError):
         return None
-    stopped = info.get("stopped_early") if isinstance(info, dict) else None
-    return stopped if info.get("status") == "interrupted" and isinstance(stopped, dict) else None
+    return info if isinstance(info, dict) else None
+
+
+def paused_at(run_dir: Path) -> int | None:
+    """The env steps of a run that stopped `interrupted` (and may be resumed), else None."""
+    info = _run_json(run_dir)
+    if info is None or info.get("status") != "interrupted":
+        return None
+    steps = info.get("env_steps")
+    return steps if isinstance(steps, int) else None
 
 
 def describe(stopped: dict) -> str:
-    """'stopped early (--stop-on-fatal): dead_relu [hidden_1] at env step 5,120'."""
+    """'stopped early (--stop-on-fatal): dead_relu [hidden_1] at env step 5,120', or
+    'stopped early (--halving): cut at rung 0 at env step 3,333'."""
     where = f" [{stopped['subject']}]" if stopped.get("subject") else ""
     step = stopped.get("step")
     at = f" at env step {step:,}" if isinstance(step, int) else ""
-    return f"stopped early ({stopped.get('by')}): {stopped.get('rule')}{where}{at}"
+    what = stopped.get("rule") or f"cut at rung {stopped.get('rung')}"
+    return f"stopped early ({stopped.get('by')}): {what}{where}{at}"

@@ -3,7 +3,7 @@
 Per group and facet: the doctor's verdict map first (each cell coloured by its most frequent rule, paler
 when it fired in fewer seeds, with the seed counts written in; a thick line between pathological cells and
 the others), then a heat map per metric some cell logged (mean over seeds, the value written in). Cells
-stopped early by `--stop-on-fatal` are hatched. A grid of one axis gives line plots instead: the mean over
+with runs stopped early (`--stop-on-fatal`, or cut by `--halving`) are hatched, and the verdict says how. A grid of one axis gives line plots instead: the mean over
 seeds, the min-max band and each seed's point, and the verdicts as one strip. The HTML file is
 self-contained, like `compare --plot`'s: the text maps, the figure as an embedded PNG, a table per cell.
 """
@@ -175,8 +175,7 @@ def _verdict_label(cell: CellResult | None) -> str:
         lines.append(f"+{len(counts) - 2} more")
     if not counts:
         lines = ["healthy" if cell.verdict == HEALTHY else "not enough\nevidence"]
-    if cell.stopped():
-        lines.append(f"stopped {cell.stopped()}/{n}")
+    lines += [f"{note} {k}/{n}" for note, k in cell.stop_notes().items()]
     return "\n".join(lines)
 
 

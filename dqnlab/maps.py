@@ -12,7 +12,8 @@ verdicts, plus two late-half medians read here (BPTT growth per step back, the m
   else "healthy". Per cell: the rule found in the most seeds names it (errors before warnings at a tie);
   a cell is *pathological* when at least half its seeds have an error finding, and the boundary is drawn
   between pathological cells and the others.
-- Runs stopped by `--stop-on-fatal` keep what they logged: the doctor judges it, and the cell says so.
+- Runs stopped by `--stop-on-fatal` or cut by `--halving` keep what they logged: the doctor judges it, the
+  cell says how many were stopped and why, and the returns (done runs only) leave them out.
 """
 
 from __future__ import annotations
@@ -130,6 +131,15 @@ class CellResult:
     def stopped(self) -> int:
         return sum(s.stopped is not None for s in self.seeds)
 
+    def stop_notes(self) -> dict[str, int]:
+        """How its seeds were stopped early -> how many: 'stopped (dead_relu)', 'cut at 1,111 steps'."""
+        notes: dict[str, int] = {}
+        for seed in self.seeds:
+            if seed.stopped is not None:
+                note = _stop_note(seed.stopped)
+                notes[note] = notes.get(note, 0) + 1
+        return notes
+
     def statuses(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for s in self.seeds:
@@ -152,6 +162,7 @@ class CellResult:
                 "healthy": sum(s.category == HEALTHY for s in self.seeds),
                 "not_enough_evidence": sum(s.category == NO_EVIDENCE for s in self.seeds),
                 "stopped_early": self.stopped(),
+                "stops": self.stop_notes(),
             },
             "per_seed": {
                 str(s.seed): {
@@ -212,6 +223,13 @@ class Layout:
             dict(zip([a.key for a in self.facets], values, strict=True))
             for values in product(*(a.values for a in self.facets))
         ]
+
+
+def _stop_note(stopped: dict) -> str:
+    if stopped.get("by") == "--halving":
+        step = stopped.get("step")
+        return f"cut at {step:,} steps" if isinstance(step, int) else "cut"
+    return f"stopped ({stopped.get('rule')})"
 
 
 def _rule_rank(rule: str) -> int:
@@ -419,7 +437,8 @@ def _return_text(cell: CellResult | None) -> str:
         return "-"
     s = cell.summary("final_return")
     text = "-" if s["mean"] is None else f"{s['mean']:.1f}"
-    return text + (f" ({cell.stopped()} stopped)" if cell.stopped() else "")
+    notes = ", ".join(f"{n} {note}" for note, n in cell.stop_notes().items())
+    return text + (f" ({notes})" if notes else "")
 
 
 def _verdict_text(cell: CellResult | None) -> str:

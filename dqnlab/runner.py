@@ -78,6 +78,7 @@ class RunSpec:
     name: str = ""
     cell: tuple[str, ...] = ()
     stop_on_fatal: bool = False
+    pause_at: int = 0  # successive halving's rung: pause at the first episode end past it (0: never)
 
     @property
     def arm(self) -> str:
@@ -319,6 +320,8 @@ def _run_in_worker(spec: RunSpec) -> RunOutcome:
         if _progress_queue is not None and (now - last_sent[0] > 0.5 or step >= spec.steps):
             _progress_queue.put(("progress", step - last_sent[1], spec_key, episode_return))
             last_sent[:] = [now, step]
+        if 0 < spec.pause_at < step < spec.steps:  # past the rung's checkpoint: the trainer records it
+            raise early_stop.Paused(f"successive halving's rung at env step {spec.pause_at:,}")
 
     def warn(line: str) -> None:
         if _progress_queue is not None:
@@ -332,8 +335,8 @@ def _run_in_worker(spec: RunSpec) -> RunOutcome:
         return RunOutcome(
             spec, str(run_dir), "cancelled", "not started: the experiment was interrupted", None
         )
-    if spec.resume and (stopped := early_stop.stopped_early(run_dir)) is not None:
-        return RunOutcome(spec, str(run_dir), "interrupted", early_stop.describe(stopped), None)
+    if (settled := settled_outcome(spec)) is not None:
+        return settled
     try:
         res = train(
             cfg,
@@ -354,8 +357,31 @@ def _run_in_worker(spec: RunSpec) -> RunOutcome:
     except early_stop.FatalPathology as exc:  # run.json says 'interrupted'; say why, so it stays a result
         stopped = early_stop.record(run_dir, exc)
         return RunOutcome(spec, str(run_dir), "interrupted", early_stop.describe(stopped), None)
+    except early_stop.Paused as exc:  # run.json says 'interrupted'; the next rung resumes it
+        return RunOutcome(spec, str(run_dir), PAUSED, str(exc), None)
     except Exception as exc:  # recorded in run.json by train(); the other runs go on
         return RunOutcome(spec, str(run_dir), "failed", f"{type(exc).__name__}: {exc}", None)
+
+
+PAUSED = "paused"  # an outcome's status (never run.json's): stopped at its rung, to be resumed
+
+
+def settled_outcome(spec: RunSpec) -> RunOutcome | None:
+    """The outcome of a resumed run that has nothing left to do, or None: one finished (`done`,
+    `diverged`) or stopped early (a result), or, at a rung of successive halving, one that already paused
+    past it."""
+    if not spec.resume:
+        return None
+    run_dir = run_dir_for(spec.logdir, spec.experiment, spec.arm, spec.env, spec.seed)
+    if (stopped := early_stop.stopped_early(run_dir)) is not None:
+        return RunOutcome(spec, str(run_dir), "interrupted", early_stop.describe(stopped), None)
+    if (finished := early_stop.finished(run_dir)) is not None:  # what the trainer would return at once
+        return RunOutcome(spec, str(run_dir), finished["status"], finished.get("error"),
+                          (finished.get("final") or {}).get("eval_return"))  # fmt: skip
+    steps = early_stop.paused_at(run_dir)
+    if spec.pause_at and steps is not None and steps > spec.pause_at:
+        return RunOutcome(spec, str(run_dir), PAUSED, f"paused at env step {steps:,}", None)
+    return None
 
 
 def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool = False) -> list[RunOutcome]:
@@ -373,12 +399,15 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
     write_experiment_json(specs, backend="local", workers=workers)
     ctx = mp.get_context("spawn")
     progress_queue, stop_event = ctx.Queue(), ctx.Event()
-    outcomes: dict[int, RunOutcome] = {}
+    # Runs with nothing left to do (stopped early, or paused past their rung) need no process.
+    outcomes: dict[int, RunOutcome] = {
+        i: settled for i, spec in enumerate(specs) if (settled := settled_outcome(spec)) is not None
+    }
     returns = ArmReturns(specs)
     running: dict[int, mp.process.BaseProcess] = {}
-    queued = list(range(len(specs)))
+    queued = [i for i in range(len(specs)) if i not in outcomes]
     bar = tqdm(
-        total=sum(s.steps for s in specs),
+        total=sum(min(specs[i].steps, specs[i].pause_at or specs[i].steps) for i in queued),
         unit="step",
         disable=quiet,
         dynamic_ncols=True,

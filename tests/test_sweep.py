@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from test_cli import dqnlab_cmd
 
-from dqnlab import checkpoint, cli
+from dqnlab import checkpoint, cli, halving
 from dqnlab.config import ConfigError
 from dqnlab.doctor import warning_line
 from dqnlab.doctor_rules import rule_dead_relu
 from dqnlab.early_stop import fatal_finding
 from dqnlab.events import read_series
+from dqnlab.halving import rung_steps, survivors
 from dqnlab.sweep import Axis, cells, parse_grid, plan_sweep
 
 # huber_relu with every hidden bias at 0 (healthy) and at -3 (hidden_1 dead from the start); probes every
@@ -258,3 +259,39 @@ def test_stop_on_fatal_stops_a_dead_cell_records_why_and_resume_leaves_it(tmp_pa
     again = dqnlab_cmd(*args, "--resume")
     assert again.returncode == 0, again.stderr
     assert json.loads((run / "run.json").read_text()) == info  # a result: left as it is
+
+
+def test_halving_rungs_and_survivors():
+    assert rung_steps(10_000, 3, 3) == [1111, 3333, 10_000]
+    assert rung_steps(4000, 2, 2) == [2000, 4000]
+    with pytest.raises(ConfigError, match="leaves no step"):
+        rung_steps(5, 3, 3)
+    scores = {"a": 10.0, "b": float("nan"), "c": 30.0, "d": 20.0, "e": 5.0}
+    assert survivors(scores, 2) == ["c", "d", "a"]  # ceil(5 / 2), best first, NaN last
+
+
+def test_halving_cuts_the_worse_cells_at_the_rung_and_trains_the_best_to_the_end(tmp_path):
+    args = ["sweep", "huber_relu", "--grid", "network.bias_init=0,-3", "--seeds", "1", "--steps", "3000"]
+    args += ["--halving", "2", "--rungs", "2", "--quiet", "--logdir", str(tmp_path), "--name", "sh"]
+    args += ["--set", "train.learning_starts=200", "--set", "train.epsilon_decay_steps=1000"]
+    out = dqnlab_cmd(*args)
+    assert out.returncode == 0, out.stderr
+    infos = {
+        cell: json.loads((tmp_path / "sh" / cell / "CartPole-v1" / "seed_0" / "run.json").read_text())
+        for cell in CELLS
+    }
+    (kept,) = [c for c, info in infos.items() if info["status"] == "done"]
+    (cut,) = [c for c, info in infos.items() if info["status"] == "interrupted"]
+    assert infos[kept]["env_steps"] == 3000 and infos[kept]["resumed_from"] == [1500]
+    stopped = infos[cut]["stopped_early"]
+    assert stopped["by"] == "--halving" and stopped["rung"] == 0 and stopped["step"] == 1500
+    assert 1500 < infos[cut]["env_steps"] <= 2000  # paused at the first episode end past the rung
+    mean_return = {c: halving.score(tmp_path / "sh" / c / "CartPole-v1" / "seed_0", 1500) for c in CELLS}
+    assert mean_return[kept] >= mean_return[cut] and stopped["score"] == round(mean_return[cut], 3)
+    cells_ = {c["name"]: c for c in map_json(tmp_path / "sh")["groups"][0]["cells"]}
+    assert cells_[cut]["verdict"]["stops"] == {"cut at 1,500 steps": 1}
+    assert cells_[kept]["statuses"] == {"done": 1}
+    again = dqnlab_cmd(*args, "--resume")  # nothing left to do: no run changes
+    assert again.returncode == 0, again.stderr
+    assert {c: json.loads((tmp_path / "sh" / c / "CartPole-v1" / "seed_0" / "run.json").read_text())
+            for c in CELLS} == infos  # fmt: skip
