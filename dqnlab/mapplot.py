@@ -3,9 +3,10 @@
 Per group and facet: the doctor's verdict map first (each cell coloured by its most frequent rule, paler
 when it fired in fewer seeds, with the seed counts written in; a thick line between pathological cells and
 the others), then a heat map per metric some cell logged (mean over seeds, the value written in). Cells
-with runs stopped early (`--stop-on-fatal`, or cut by `--halving`) are hatched, and the verdict says how. A grid of one axis gives line plots instead: the mean over
-seeds, the min-max band and each seed's point, and the verdicts as one strip. The HTML file is
-self-contained, like `compare --plot`'s: the text maps, the figure as an embedded PNG, a table per cell.
+with runs stopped early (`--stop-on-fatal`, or cut by `--halving`) are hatched, and the verdict says how.
+A grid of one axis gives line plots instead: the mean over seeds, the min-max band and each seed's point,
+and the verdicts as one strip. The HTML file is self-contained, like `compare --plot`'s: the text maps,
+the figure as an embedded PNG, a table per cell.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from dqnlab.maps import (
 )
 from dqnlab.plots import check_plot_path
 
-COLUMNS = 3
+COLUMNS = 3  # panels side by side; 2 when the x axis has more than WIDE values
+WIDE = 6
 # One colour per category, the same on every map; a rule not listed here gets grey.
 COLORS = {
     HEALTHY: "#4daf4a",
@@ -77,14 +79,15 @@ def figure_png(sweep: SweepMap, layout: Layout) -> bytes:
     import matplotlib.pyplot as plt
 
     blocks = _blocks(sweep, layout)
-    nrows = sum(-(-len(panels) // COLUMNS) for _, _, panels in blocks)
     nx, ny = len(layout.x.values), len(layout.y.values) if layout.y else 1
+    columns = 2 if layout.y and nx > WIDE else COLUMNS
+    nrows = sum(-(-len(panels) // columns) for _, _, panels in blocks)
     width = max(4.6, 0.55 * nx + 2.2) if layout.y else 4.6
     height = max(3.2, 0.45 * ny + 1.8) if layout.y else 3.2
-    fig, grid = plt.subplots(nrows, COLUMNS, figsize=(width * COLUMNS, height * nrows), squeeze=False)
+    fig, grid = plt.subplots(nrows, columns, figsize=(width * columns, height * nrows), squeeze=False)
     axes = list(grid.ravel())
     for group, facet, panels in blocks:
-        used = -(-len(panels) // COLUMNS) * COLUMNS
+        used = -(-len(panels) // columns) * columns
         block, axes = axes[:used], axes[used:]
         where = ", ".join(f"{k}={v}" for k, v in facet.items())
         prefix = group.label + (f" [{where}]" if where else "")
@@ -95,7 +98,7 @@ def figure_png(sweep: SweepMap, layout: Layout) -> bytes:
         for ax in block[len(panels) :]:
             ax.axis("off")
     fig.suptitle(_caption(layout), fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (height * nrows)))  # 0.45 in for the caption's two lines
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
@@ -208,9 +211,11 @@ def _draw_metric(ax, group: MapGroup, layout: Layout, facet: dict[str, str], key
     else:
         low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
         norm = Normalize(low, high if high > low else low + 1.0)
-    cmap = "viridis_r" if key == "steps_to_threshold" else "viridis"
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis_r" if key == "steps_to_threshold" else "viridis"]
+    cmap = cmap.with_extremes(bad="#eeeeee")  # cells without a value: grey
     image = ax.imshow(np.ma.masked_invalid(means), origin="lower", cmap=cmap, norm=norm, aspect="auto")
-    image.cmap.set_bad("#eeeeee")
     for row, line in enumerate(cells):
         for col, cell in enumerate(line):
             dark = np.isfinite(means[row, col]) and norm(means[row, col]) < 0.5

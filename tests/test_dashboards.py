@@ -6,8 +6,10 @@ marked `browser`; where chromium is missing it is skipped, unless DQNLAB_REQUIRE
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,6 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_cli import FAST, dqnlab_cmd
 
@@ -123,3 +126,66 @@ def test_a_real_browser_sees_the_arms_the_custom_scalars_and_the_hparams_table(b
                 assert page.get_by_text(arm, exact=True).filter(visible=True).count() >= 2, arm  # 2 seeds
         finally:
             browser.close()
+
+
+def fifty_cell_map(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The HTML map of a 50-cell x 2-seed sweep (10 learning rates x 5 biases), drawn from made-up
+    numbers: the page's size and layout are those of the real one (docs/sweeps.md's dead-ReLU map)."""
+    from dqnlab.mapplot import write_map
+    from dqnlab.maps import CellResult, MapAxis, MapGroup, SeedResult, SweepMap
+
+    rates = [f"{r:.3g}" for r in np.logspace(-4, -1, 10)]
+    biases = ["0", "-0.5", "-1", "-2", "-3"]
+    cells = []
+    for rate in rates:
+        for bias in biases:
+            name = f"huber_relu@learning_rate={rate},bias_init={bias}"
+            dead = float(bias) <= -2
+            seeds = [
+                SeedResult(
+                    seed,
+                    "done",
+                    {"final_return": 100.0 + seed, "dead_frac_max": 1.0 if dead else 0.4},
+                    [("dead_relu", "error", "hidden_1")] if dead else [],
+                    [],
+                )  # fmt: skip
+                for seed in (0, 1)
+            ]
+            cells.append(CellResult(name, {"optimizer.learning_rate": rate, "network.bias_init": bias},
+                                    "CartPole-v1", seeds))  # fmt: skip
+    axes = [MapAxis("optimizer.learning_rate", tuple(rates)), MapAxis("network.bias_init", tuple(biases))]
+    sweep = SweepMap(tmp_path, axes, [MapGroup("CartPole-v1", cells)], [])
+    return write_map(sweep, sweep.layout(), tmp_path / "map.html"), [c.name for c in cells]
+
+
+def open_map(path: Path, cells: list[str]) -> None:
+    """A real browser shows the map: its figure decoded, a table row per cell, every cell named."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.goto(path.resolve().as_uri())
+            page.get_by_text("dqnlab compare --map").wait_for(timeout=30_000)
+            assert page.evaluate("document.querySelector('img').naturalWidth") > 1000
+            assert page.locator("table tr").count() == len(cells) + 1
+            for cell in cells:
+                assert page.get_by_text(cell, exact=True).count() == 1, cell
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+def test_a_real_browser_opens_the_maps_of_a_50_cell_sweep_and_of_the_ab(experiment, tmp_path):
+    chromium_or_skip()
+    page, cells = fifty_cell_map(tmp_path)
+    open_map(page, cells)
+    ab_map = tmp_path / "ab_map.html"
+    out = dqnlab_cmd("compare", str(experiment), "--map", "--plot", str(ab_map))
+    assert out.returncode == 0, out.stderr
+    open_map(ab_map, list(ARMS))  # an A/B maps as one axis, its arms
+    real = os.environ.get("DQNLAB_MAP_HTML")  # a map drawn elsewhere, e.g. by scripts/sweep_dead_relu.py
+    if real:
+        names = re.findall(r"<tr><td><code>([^<]+)</code>", Path(real).read_text())
+        open_map(Path(real), [html.unescape(name) for name in names])
