@@ -95,8 +95,8 @@ class CNNLearner(Learner):
         return unpack_frames(*packed)
 
     def _burst_impl(self, *args):
-        finite, values, _ = super()._burst_impl(*args)
-        return finite, values, []  # the policy reads the variables: no 6.7 MB weight copy per burst
+        health, values, _ = super()._burst_impl(*args)
+        return health, values, []  # the policy reads the variables: no 6.7 MB weight copy per burst
 
     # -- replay and acting ------------------------------------------------------------------------
 

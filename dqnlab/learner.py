@@ -2,17 +2,21 @@
 
 `Learner.update(batch, with_diagnostics)` runs K = batch.actions.shape[0] gradient updates inside ONE
 `tf.function` call (a `tf.range` loop), because per-call dispatch (0.15-0.2 ms for an empty call) and not
-arithmetic is what a small DQN spends its time on. When diagnostics are asked for, the *last* update of the
-burst is the measured one: it returns one vector of its metrics, pulled to the host once and read as tag ->
-float (`MetricValues`; the tags are docs/metrics.md's); the others return nothing but a finiteness flag.
-Nothing in the graph writes summaries.
+arithmetic is what a small DQN spends its time on. A burst with diagnostics is *measured*: every one of its
+updates adds a few scalars (TD loss and statistics, gradient norms, Q max) to a running sum and a running
+max, and one update of it, the *panel update* at `panel_position(burst, K)`, computes the whole panel (per-
+variable gradient norms, zero counts, update ratios...). The panel and the burst's sums and maxes come back as
+one vector, pulled to the host once and read as tag -> float (`MetricValues`; the tags are docs/metrics.md's).
+A plain burst's updates return nothing but a finiteness flag and their raw gradient's half sums of squares
+(where a divergence started: `nonfinite_origin`). Nothing in the graph writes summaries.
 
 Set DQNLAB_EAGER=1 to run the step eagerly (debuggable with print and pdb).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from operator import itemgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -37,16 +41,17 @@ class TDTerms(NamedTuple):
     target: tf.Tensor  # [N]
     delta: tf.Tensor  # [N]
     extra: dict[str, tf.Tensor]  # architecture-specific metrics of the measured update (BPTT norms)
+    capacity: int | None = None  # the most trained samples a batch can hold, when N is not static (the RNN's)
 
 
 class MetricValues(Mapping):
-    """The measured update's metrics, tag -> float: a read-only view of the pulled vector. Its one consumer
-    (the summary writer) walks it once, so building a dict of ~50 entries per measured update first would be
-    spent for nothing (~1% of a small network's update call)."""
+    """The measured burst's metrics, tag -> float: a read-only view of the values read off the pulled vector.
+    Its one consumer (the summary writer) walks it once, so building a dict of ~70 entries per measured burst
+    first would be spent for nothing (~1% of a small network's update call)."""
 
     __slots__ = ("_index", "_values")
 
-    def __init__(self, index: dict[str, int], values: list[float]):
+    def __init__(self, index: dict[str, int], values: Sequence[float]):
         self._index, self._values = index, values
 
     def __getitem__(self, tag: str) -> float:
@@ -65,10 +70,102 @@ class MetricValues(Mapping):
         return f"MetricValues({dict(self.items())})"
 
 
+class MetricReader:
+    """How the measured burst's pulled float32 vector becomes tag -> float, built while tracing.
+
+    Most entries are tags as they are. Some are raw (named `~...`, not tags), and the host finishes them in
+    float64: count-based fractions are divided here, exactly (a float32 division is off in the 8th digit when
+    the denominator is not a power of two: 19/768 = 0.0247395833, not 0.0247395635), half counts doubled,
+    burst sums divided by the burst's length. A few scalars of the panel are cheaper here too, a Python
+    operation against a graph op or three (`Learner._metric_reader`)."""
+
+    _KINDS = ("pulled", "zero_frac", "ratio", "quotient", "above", "total")
+
+    def __init__(self, pulled: list[str]):
+        self._pulled = {name: i for i, name in enumerate(pulled)}
+        self._tags: dict[str, tuple[str, int]] = {}  # tag -> (kind, index within its kind)
+        self._specs: dict[str, list] = {kind: [] for kind in self._KINDS[1:]}
+        self._pick: Callable | None = None
+
+    def tag(self, tag: str, name: str | None = None) -> None:
+        """`tag` is the pulled entry `name` (itself by default) or another tag's value."""
+        self._tags[tag] = self._tags[name] if name in self._tags else ("pulled", self._pulled[name or tag])
+
+    def _derived(self, tag: str, kind: str, spec: tuple) -> None:
+        self._tags[tag] = (kind, len(self._specs[kind]))
+        self._specs[kind].append(spec)
+
+    def zero_frac(self, tag: str, half_nonzero: str, size: float) -> None:
+        """1 - nonzero / size, from half the count of nonzero entries."""
+        self._derived(tag, "zero_frac", (self._pulled[half_nonzero], size))
+
+    def ratio(self, tag: str, numerator: str, denominator: str) -> None:
+        """numerator / denominator, 0 where the denominator is 0 (as `tf.math.divide_no_nan`)."""
+        self._derived(tag, "ratio", (self._pulled[numerator], self._pulled[denominator]))
+
+    def quotient(self, tag: str, name: str, divisor: float) -> None:
+        self._derived(tag, "quotient", (self._pulled[name], divisor))
+
+    def above(self, tag: str, name: str, bound: float) -> None:
+        """1.0 where the entry is above `bound`, else 0.0."""
+        self._derived(tag, "above", (self._pulled[name], bound))
+
+    def total(self, tag: str, names: list[str]) -> None:
+        self._derived(tag, "total", tuple(self._pulled[n] for n in names))
+
+    def finish(self) -> None:
+        """Fix where each tag's value is: pulled entries first, then the derived ones kind by kind."""
+        start, offset = {}, 0
+        for kind in self._KINDS:
+            start[kind] = offset
+            offset += len(self._pulled) if kind == "pulled" else len(self._specs[kind])
+        positions = [start[kind] + i for kind, i in self._tags.values()]
+        self._index = {tag: i for i, tag in enumerate(self._tags)}
+        self._pick = itemgetter(*positions) if len(positions) > 1 else lambda v: (v[positions[0]],)
+
+    def read(self, v: list[float]) -> MetricValues:
+        """The metrics of one pulled vector `v` (as Python floats)."""
+        specs = self._specs
+        v += [(size - 2.0 * v[half]) / size for half, size in specs["zero_frac"]]
+        v += [v[a] / v[b] if v[b] else 0.0 for a, b in specs["ratio"]]
+        v += [v[a] / d for a, d in specs["quotient"]]
+        v += [1.0 if v[a] > bound else 0.0 for a, bound in specs["above"]]
+        v += [sum(map(v.__getitem__, positions)) for positions in specs["total"]]
+        return MetricValues(self._index, self._pick(v))
+
+
 class UpdateOutput(NamedTuple):
     finite: tf.Tensor  # bool: every loss and gradient norm of the burst was finite
-    metrics: Mapping[str, float]  # the measured update's diagnostics (one host pull); empty without them
+    metrics: Mapping[str, float]  # the measured burst's diagnostics (one host pull); empty without them
     weights: list[tf.Tensor]  # online weights after the burst, in `Learner.variables` order
+
+
+class LastBurst(NamedTuple):
+    """What `Learner.nonfinite_origin` reads of the last burst: its returned vector ends with its health, the
+    index just after the update its loop stopped at (K > 1 only) and that update's raw half squares [V]."""
+
+    finite: tf.Tensor  # bool: every update's loss and raw gradient norm was finite
+    values: tf.Tensor | np.ndarray  # the burst's returned vector, health last
+    num_updates: int
+
+
+class Applied(NamedTuple):
+    """One update, applied: the TD terms and gradients its measurements are made of."""
+
+    finite: tf.Tensor  # bool: its loss and raw gradient norm are finite
+    td: TDTerms
+    grads: list[tf.Tensor]  # as applied: clipped when clipping is on
+    preclip_norm: tf.Tensor
+    half_squares: tf.Tensor  # [V] the raw gradient's half sums of squares (`global_norm_parts`)
+
+
+class Step(NamedTuple):
+    """One update inside a burst, and what it measured."""
+
+    finite: tf.Tensor  # bool: its loss and raw gradient norm are finite
+    half_squares: tf.Tensor  # [V] its raw gradient's half sums of squares (`global_norm_parts`)
+    record: tf.Tensor | None  # [M] what a measured burst keeps of it (`Learner._record`)
+    panel: dict[str, tf.Tensor] | None  # the panel update's pulled entries: name -> scalar or [V]
 
 
 def pack(batch: Batch) -> np.ndarray:
@@ -96,13 +193,43 @@ def unpack(packed: tf.Tensor, obs_dim: int) -> Batch:
     )
 
 
-# Per-variable families of the measured update, in output order; tags are `<family>/<variable tag>`. Each is
+# Per-variable families of the panel update, in output order; tags are `<family>/<variable tag>`. Each is
 # something only the update can tell: its gradient and the step it applied. The weights' own state
 # (`weight_dist_init`) and the "tiny but not zero" share (`grad_near_zero_frac`, read with the log10|g|
 # histogram) are taken at the probes instead (`PROBE_PER_VARIABLE`): in a measured update they cost 6% of a
 # bare one at 64-64 and 7% at 256-256 (docs/performance.md).
 PER_VARIABLE = ("grad_norm", "grad_zero_frac", "grad_nonfinite", "weight_norm", "update_ratio")
 PROBE_PER_VARIABLE = ("grad_near_zero_frac", "weight_dist_init")
+
+# The statistics of every update of a measured burst, logged as the burst's `<tag>/burst_mean` and
+# `<tag>/burst_max` (grad_norm/preclip_global only with clipping on) ...
+BURST_STATS = (
+    "loss/td",
+    "td/grad_blocked_frac",
+    "td/beyond_bound_frac",
+    "td/abs_max",
+    "q/max",
+    "grad_norm/global",
+    "grad_norm/preclip_global",
+)
+# ... and its counts, summed over the burst as `<tag>/burst_sum`. Pooled over a run, blocked over nonzero is
+# the share of TD errors the loss blocked, each sample weighing the same. Each names the panel's raw entry
+# that holds half of it (`Learner._td_counts`).
+BURST_COUNTS = {"td/grad_blocked_count": "~half_blocked", "td/nonzero_delta_count": "~half_nonzero_delta"}
+
+# How much of an update `Learner._update` computes: a plain burst's, a measured burst's, its panel update.
+PLAIN, RECORDED, PANEL = 0, 1, 2
+
+_WEYL = 2654435769  # round(2**32 / golden ratio): Knuth's multiplicative hash
+
+
+def panel_position(burst: int, num_updates: int) -> int:
+    """Which update of a measured burst of `num_updates` (K) computes the per-variable panel:
+    floor(frac(burst / golden ratio) * K) for the run's `burst`-th burst (optimizer iterations // K, so a
+    resumed run continues the sequence). Every position comes up evenly over a run and in no pattern: the
+    panel is an unbiased sample of the burst's updates, where the first (just after a target sync) reads high
+    and the last low (docs/metrics.md). `Learner._panel_position` is the same arithmetic in the graph."""
+    return (burst * _WEYL) % 2**32 * num_updates >> 32
 
 
 def global_norm_parts(grads: list[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
@@ -112,12 +239,17 @@ def global_norm_parts(grads: list[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.sqrt(tf.reduce_sum(half_squares) * 2.0), half_squares
 
 
-def _frac(mask: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_mean(tf.cast(mask, tf.float32))
+def _at(batch, i):
+    """Update `i`'s batch of a burst's stacked batches [K, B, ...] (`i` a Python int or a scalar tensor)."""
+    return tf.nest.map_structure(lambda x: x[i], batch)
 
 
 class Learner:
     """Owns the networks and optimizer; `update` is the only thing the loop calls per burst."""
+
+    # Whether a measured burst's panel update can be its recorded update plus the panel's own ops: not when
+    # the panel needs another gradient in the update's tape (the RNN's dL/dh through time).
+    _panel_shares_trace = True
 
     def __init__(self, cfg: Config, obs_dim: int, num_actions: int, seed: int):
         # Same seed -> same initial weights, so the arms of an A/B start from identical networks.
@@ -131,13 +263,17 @@ class Learner:
         self.variables = list(self.online.trainable_variables)
         # Initial weights, for the distance-from-initialisation diagnostic.
         self._initial = [tf.constant(v.numpy()) for v in self.variables]
-        sizes = np.array([np.prod(v.shape) for v in self.variables], np.float32)
-        self._size, self._two_over_size = tf.constant(sizes), tf.constant(2.0 / sizes)
-        self._metric_index: dict[str, int] = {}  # the measured update's tag -> its place in the pulled vector
+        self._sizes = [float(np.prod(v.shape)) for v in self.variables]
+        self._size = tf.constant(self._sizes, tf.float32)
+        # Set by tracing the measured burst: how its pulled vector reads as tags, and its record's width.
+        self._reader: MetricReader | None = None
+        self._record_capacity = 0
+        self._last: LastBurst | None = None
         self._hidden_layers = [layer for layer in self.online.layers if layer.name.startswith("hidden_")]
         self._obs_dim = obs_dim
         self.variable_tags = [variable_tag(v) for v in self.variables]
         self._family_tags = {fam: [f"{fam}/{tag}" for tag in self.variable_tags] for fam in PER_VARIABLE}
+        self._family_tags["~half_nonzero"] = [f"~half_nonzero/{tag}" for tag in self.variable_tags]
         self._loss_fn = get_loss(cfg.loss.kind)
         self._bound = float(cfg.loss.bound)
         self._gamma = float(cfg.train.gamma)
@@ -145,6 +281,9 @@ class Learner:
         self._double = bool(cfg.train.double_dqn)
         self._near_zero_tol = float(cfg.diagnostics.near_zero_tol)
         self._tau = float(cfg.train.target_tau)
+        preclip = "grad_norm/preclip_global"
+        self._burst_stats = [t for t in BURST_STATS if t != preclip or self._clip_norm > 0]
+        self._burst_names = [*self._burst_stats, *BURST_COUNTS]  # a burst's sums and maxes, in this order
         self._diag = cfg.diagnostics
         self._compiled: dict[bool, Compiled] = {}  # diagnostics flag -> fn
         self._probe_fn = None
@@ -171,9 +310,10 @@ class Learner:
     def update(self, batch: Batch, with_diagnostics: bool) -> UpdateOutput:
         """K updates in one compiled call (K = batch.actions.shape[0]).
 
-        Returns whether every loss and gradient norm of the burst was finite, the measured update's metrics
+        Returns whether every loss and gradient norm of the burst was finite, the measured burst's metrics
         as floats (empty without diagnostics; all pulled from the device in one transfer) and the online
-        weights after the burst (for the numpy acting path, so no extra call reads them).
+        weights after the burst (for the numpy acting path, so no extra call reads them). A burst stops
+        after its first non-finite update (the run ends there): `nonfinite_origin` says which.
         """
         packed = self._pack(batch)
         if tf.config.functions_run_eagerly():  # DQNLAB_EAGER=1: plain Python, debuggable
@@ -183,8 +323,29 @@ class Learner:
                 [tf.TensorSpec(p.shape, p.dtype) for p in packed], bool(with_diagnostics)
             )
             finite, values, weights = fn(*packed)
-        metrics = MetricValues(self._metric_index, values.numpy().tolist()) if with_diagnostics else {}
+        metrics = {}
+        if with_diagnostics:
+            values = values.numpy()
+            metrics = self._reader.read(values.tolist())
+        self._last = LastBurst(finite, values, packed[0].shape[0])
         return UpdateOutput(finite, metrics, weights)
+
+    def nonfinite_origin(self) -> dict | None:
+        """Where the last burst went non-finite, or None if it stayed finite: the first update (0-based,
+        `update_in_burst`) whose loss or raw gradient norm was not finite, and the `variables` whose raw
+        (pre-clip) gradient had a non-finite sum of squares there (a NaN or inf entry, or entries whose
+        squares overflow float32), in model order; `variable` is the first of them, None when there is none
+        (the loss itself was not finite, or only the per-variable sums added up to an overflow). With
+        global-norm clipping the applied gradient is NaN in every variable once the raw norm is not: only the
+        raw one says where the divergence began."""
+        last = self._last
+        if last is None or bool(last.finite):
+            return None
+        values = np.asarray(last.values)
+        half_squares = values[len(values) - len(self.variables) :]  # [V]
+        end = int(values[-len(self.variables) - 1]) if last.num_updates > 1 else 1
+        bad = [t for t, h in zip(self.variable_tags, half_squares, strict=True) if not np.isfinite(h)]
+        return {"variable": bad[0] if bad else None, "update_in_burst": end - 1, "variables": bad}
 
     def policy(self) -> NumpyMLP:
         """The acting policy: a numpy copy of the online network (refresh with `set_weights`)."""
@@ -214,13 +375,16 @@ class Learner:
 
     def _call_probe(self, *args: np.ndarray) -> dict[str, tf.Tensor | np.ndarray]:
         """`_probe_impl(*args)`, traced once for these arrays' shapes and dtypes (eager with DQNLAB_EAGER),
-        and `hist/log10_abs_grad/<var>` from each `hist/grad/<var>` it returns."""
+        with `grad_near_zero_frac/<var>` divided from its count in float64 (exact) and
+        `hist/log10_abs_grad/<var>` from each `hist/grad/<var>` it returns."""
         if tf.config.functions_run_eagerly():
             m = self._probe_impl(*map(tf.constant, args))
         else:
             if self._probe_fn is None:
                 self._probe_fn = Compiled(self._probe_impl, [tf.TensorSpec(a.shape, a.dtype) for a in args])
             m = self._probe_fn(*args)
+        for tag, size in zip(self.variable_tags, self._sizes, strict=True):
+            m[f"grad_near_zero_frac/{tag}"] = float(m.pop(f"~near_zero/{tag}")) / size
         # On the host: selecting the nonzero entries in the graph takes a dozen ops per variable, and tracing
         # them cost a run ~0.1 s once, for a histogram written a few times per run.
         for tag in [t for t in m if t.startswith("hist/grad/")]:
@@ -276,34 +440,152 @@ class Learner:
         return compiled
 
     def _burst_impl(self, *args):
+        """The burst's finiteness, one vector (the measured burst's metrics, if measured, then the burst's
+        health: see `LastBurst`) and the online weights after it. The health rides in the vector a plain
+        burst returns anyway: another output would cost a bare update call measurably."""
         *packed, with_diagnostics = args
         batch = self._unpack(*packed)  # [K, B, ...]
         num_updates = packed[0].shape[0]  # static: part of the signature
-        num_plain = num_updates - 1 if with_diagnostics else num_updates
-
-        def plain_update(i, finite):
-            step = self._update(tf.nest.map_structure(lambda x: x[i], batch), False)
-            return i + 1, tf.logical_and(finite, step["finite"])
-
-        finite = tf.constant(True)
-        if num_plain == 1:  # a straight line: no loop machinery for one-update-per-call settings
-            _, finite = plain_update(0, finite)
-        elif num_plain > 1:
-            _, finite = tf.while_loop(lambda i, _: i < num_plain, plain_update, (tf.constant(0), finite))
-        values = tf.zeros([0])
-        if with_diagnostics:
-            measured = self._update(tf.nest.map_structure(lambda x: x[-1], batch), True)
-            finite = tf.logical_and(finite, measured["finite"])
-            values = measured["values"]
+        burst = self._measured_burst if with_diagnostics else self._plain_burst
+        finite, values = burst(batch, num_updates)
         weights = [tf.identity(v.value) for v in self.variables]
         return finite, values, weights
+
+    @staticmethod
+    def _health(end: tf.Tensor | None, half_squares: tf.Tensor) -> list[tf.Tensor]:
+        """The burst's health as vector parts: [end] for a loop (a one-update burst ends after update 0), then
+        the half squares [V]."""
+        return [half_squares] if end is None else [tf.cast(end, tf.float32)[None], half_squares]
+
+    def _plain_burst(self, batch, num_updates: int) -> tuple[tf.Tensor, tf.Tensor]:
+        if num_updates == 1:  # a straight line: no loop machinery for one-update-per-call settings
+            step = self._update(_at(batch, 0), PLAIN)
+            return step.finite, step.half_squares
+
+        def update(i, finite, half_squares):
+            step = self._update(_at(batch, i), PLAIN)
+            return i + 1, step.finite, step.half_squares
+
+        start = (tf.constant(0), tf.constant(True), tf.zeros([len(self.variables)]))
+        end, finite, half_squares = self._loop(update, num_updates, start)
+        return finite, tf.concat(self._health(end, half_squares), 0)
+
+    def _measured_burst(self, batch, num_updates: int) -> tuple[tf.Tensor, tf.Tensor]:
+        """Every update keeps a record (`_record`) and the one at `_panel_position` computes the panel too;
+        after the loops, the records give every update's statistics at once, summed and maxed over the burst.
+        Returns the burst's finiteness and the pulled vector: the panel, the sums and maxes, the health. A
+        one-update burst is its own panel.
+
+        Records, not running sums and maxes: a record is what the update computed anyway, put side by side
+        (a reduction and two joins), where an update's statistics themselves take about four times the ops,
+        on every update of every measured burst. The records hold K x (2B + 4 + V) floats; docs/performance.md
+        has what each way costs.
+        """
+        if num_updates == 1:
+            step = self._update(_at(batch, 0), PANEL)
+            return step.finite, self._pulled(step.panel, [], self._health(None, step.half_squares), 1)
+
+        self._record_capacity = self._samples_per_update(batch)
+
+        # One trace of an update for both loops and the panel's: tracing an update is most of what a measured
+        # burst costs to trace (once per run; docs/performance.md).
+        @tf.function(autograph=False)
+        def recorded_update(i):
+            applied = self._apply(_at(batch, i), with_qa_grad=True)
+            return applied, self._record(applied)
+
+        def recorded(i, finite, records):
+            applied, record = recorded_update(i)
+            return i + 1, applied.finite, records.write(i, record)
+
+        records = tf.TensorArray(tf.float32, size=num_updates, element_shape=[self._record_size()])
+        position = self._panel_position(num_updates)
+        end, finite, records = self._loop(recorded, position, (tf.constant(0), tf.constant(True), records))
+        if self._panel_shares_trace:
+            before = self._weights_now()
+            applied, record = recorded_update(position)
+            panel = Step(applied.finite, applied.half_squares, record, self._panel(applied, before))
+        else:
+            panel = self._update(_at(batch, position), PANEL)
+        # The panel update runs even after a non-finite one (on a network already diverged), but the burst's
+        # health stays that of its first non-finite update.
+        resume = (
+            tf.where(finite, position + 1, end),
+            tf.logical_and(finite, panel.finite),
+            records.write(position, panel.record),
+        )
+        end, finite, records = self._loop(recorded, num_updates, resume)
+        rows = records.stack()  # [K, M]; rows after a non-finite update are zeros
+        table = self._burst_table(rows)  # [K, S]
+        accumulated = [tf.reduce_sum(table, 0), tf.reduce_max(table, 0)]
+        health = self._health(end, rows[end - 1, -len(self.variables) :])
+        return finite, self._pulled(panel.panel, accumulated, health, num_updates)
+
+    def _samples_per_update(self, batch) -> int:
+        """The most TD errors one update's batch holds (static): its batch size."""
+        return int(batch.rewards.shape[1])
+
+    def _record_size(self) -> int:
+        return 2 * self._record_capacity + 4 + len(self.variables)
+
+    def _record(self, applied: Applied) -> tf.Tensor:
+        """What a measured burst keeps of an update [M]: delta and dL/dQ(s,a) per sample ([C] each,
+        zero-padded when fewer samples were trained), the loss, the raw norm, max Q and the trained samples'
+        count, and the raw half squares [V] (where a divergence began)."""
+        td = applied.td
+        size = tf.cast(tf.size(td.delta), tf.float32)
+        scalars = [td.loss, applied.preclip_norm, tf.reduce_max(td.q), size]
+        per_sample = [td.delta, td.dloss_dqa]
+        if td.capacity is not None:  # fewer samples than the batch holds: pad with zeros, which count nowhere
+            per_sample = [
+                tf.reshape(tf.pad(x, [[0, td.capacity - tf.size(x)]]), [td.capacity]) for x in per_sample
+            ]
+        return tf.concat([*per_sample, tf.stack(scalars), applied.half_squares], 0)
+
+    def _burst_table(self, rows: tf.Tensor) -> tf.Tensor:
+        """The `_burst_names` statistics of every update [K, S], from their records [K, M] at once."""
+        c = self._record_capacity
+        delta, dloss_dqa = rows[:, :c], rows[:, c : 2 * c]  # [K, C]
+        loss, preclip_norm, q_max, samples = tf.unstack(rows[:, 2 * c : 2 * c + 4], axis=1)  # [K] each
+        abs_delta = tf.abs(delta)
+        sign_delta = tf.sign(delta)
+        # A sample is blocked when delta != 0 and dL/dQ(s,a) == 0: nonzero in delta less nonzero in both.
+        nonzero = tf.reduce_sum(tf.square(sign_delta), 1)
+        blocked = nonzero - tf.reduce_sum(tf.square(sign_delta * tf.sign(dloss_dqa)), 1)
+        beyond = tf.reduce_sum(tf.cast(abs_delta > self._bound, tf.float32), 1)
+        clipped = tf.minimum(preclip_norm, self._clip_norm) if self._clip_norm > 0 else preclip_norm
+        stats = {
+            "loss/td": loss,
+            "td/grad_blocked_frac": tf.math.divide_no_nan(blocked, nonzero),
+            "td/beyond_bound_frac": tf.math.divide_no_nan(beyond, samples),
+            "td/abs_max": tf.reduce_max(abs_delta, 1),
+            "q/max": q_max,
+            "grad_norm/global": clipped,
+            "grad_norm/preclip_global": preclip_norm,
+            "td/grad_blocked_count": blocked,
+            "td/nonzero_delta_count": nonzero,
+        }
+        return tf.stack([stats[name] for name in self._burst_names], axis=1)
+
+    @staticmethod
+    def _loop(body, stop, loop_vars: tuple) -> tuple:
+        """`body(i, finite, ...)` from i = loop_vars[0] while i < stop, stopping after an update that is not
+        finite: the weights then hold what it did, and `end` says which it was."""
+        return tf.while_loop(lambda i, finite, *_: tf.logical_and(i < stop, finite), body, loop_vars)
+
+    def _panel_position(self, num_updates: int) -> tf.Tensor:
+        """`panel_position` of this burst (int32), from the optimizer's update count before the burst: it is
+        checkpointed, so a resumed run picks the same positions."""
+        burst = tf.convert_to_tensor(self.optimizer.iterations) // num_updates  # int64
+        return tf.cast((burst * _WEYL) % 2**32 * num_updates // 2**32, tf.int32)
 
     def _sync_target_impl(self) -> None:
         for t, o in zip(self.target.weights, self.online.weights, strict=True):
             t.assign(o if self._tau >= 1.0 else self._tau * o + (1.0 - self._tau) * t)
 
-    def _td_gradients(self, b: Batch, with_qa_grad: bool) -> TDTerms:
-        """TD loss of a batch and its gradients (not applied); with `with_qa_grad`, also dL/dQ(s,a)."""
+    def _td_gradients(self, b: Batch, with_qa_grad: bool, with_extra: bool = False) -> TDTerms:
+        """TD loss of a batch and its gradients (not applied); with `with_qa_grad`, also dL/dQ(s,a); with
+        `with_extra`, the architecture's own panel metrics (none for the MLP)."""
         obs_tm1 = tf.cast(b.obs, tf.float32)  # [B, D]
         obs_t = tf.cast(b.next_obs, tf.float32)  # [B, D]
         a_tm1 = tf.cast(b.actions, tf.int32)  # [B]
@@ -323,61 +605,128 @@ class Learner:
             qa_tm1 = tf.gather(q_tm1, a_tm1, batch_dims=1)  # [B]
             delta = target_tm1 - qa_tm1  # [B]
             loss = tf.reduce_mean(self._loss_fn(delta, self._bound))
-        # dL/dQ(s,a) per sample is exactly 0 where the loss blocks the TD signal (the clip bug).
+        # dL/dQ(s,a) per sample is exactly 0 where the loss blocks the TD signal (the clip bug). The backward
+        # pass computes it on its way to the weights anyway: asking for it costs nothing measurable.
         sources = self.variables + ([qa_tm1] if with_qa_grad else [])
         grads = tape.gradient(loss, sources)
         dloss_dqa = grads[len(self.variables)] if with_qa_grad else None
         return TDTerms(loss, grads[: len(self.variables)], dloss_dqa, q_tm1, target_tm1, delta, {})
 
-    def _update(self, b: Batch, with_diagnostics: bool) -> dict[str, tf.Tensor]:
-        loss, grads, dloss_dqa, q_tm1, target_tm1, delta, extra = self._td_gradients(b, with_diagnostics)
-        preclip_norm, half_squares = global_norm_parts(grads)
+    def _apply(self, b, with_qa_grad: bool, with_extra: bool = False) -> Applied:
+        """One update: the TD loss's gradient of batch `b`, clipped (when clipping is on) and applied."""
+        td = self._td_gradients(b, with_qa_grad, with_extra)
+        preclip_norm, half_squares = global_norm_parts(td.grads)
+        grads = td.grads
         if self._clip_norm > 0:
             grads, _ = tf.clip_by_global_norm(grads, self._clip_norm, use_norm=preclip_norm)
-        # Read now: Keras's `.value` is the tf.Variable itself, read wherever it is used. A read tensor keeps
-        # its value when the optimizer then updates the variable (TF copies on write while a read is alive).
-        before = [tf.convert_to_tensor(v.value) for v in self.variables] if with_diagnostics else None
         self.optimizer.apply(grads, self.variables)
+        finite = tf.logical_and(tf.math.is_finite(td.loss), tf.math.is_finite(preclip_norm))
+        return Applied(finite, td, grads, preclip_norm, half_squares)
 
-        finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(preclip_norm))
-        if not with_diagnostics:
-            return {"finite": finite}
-        # The clipped norm is min(norm, bound): arithmetic on the pre-clip norm, not a second pass.
-        norm = tf.minimum(preclip_norm, self._clip_norm) if self._clip_norm > 0 else preclip_norm
-        abs_delta = tf.abs(delta)
-        sign_delta = tf.sign(delta)
+    def _update(self, b: Batch, level: int) -> Step:
+        """One update of the burst; `level` (PLAIN, RECORDED, PANEL) says how much it also measures."""
+        before = self._weights_now() if level == PANEL else None
+        applied = self._apply(b, with_qa_grad=level >= RECORDED, with_extra=level == PANEL)
+        if level == PLAIN:
+            return Step(applied.finite, applied.half_squares, None, None)
+        panel = self._panel(applied, before) if level == PANEL else None
+        # A one-update burst's panel update leaves its record unused: pruned from the graph.
+        return Step(applied.finite, applied.half_squares, self._record(applied), panel)
+
+    def _weights_now(self) -> list[tf.Tensor]:
+        """The online weights, read now. Keras's `.value` is the tf.Variable itself, read wherever it is used;
+        a read tensor keeps its value when the optimizer then updates the variable (TF copies on write while
+        a read is alive)."""
+        return [tf.convert_to_tensor(v.value) for v in self.variables]
+
+    def _td_counts(self, td: TDTerms, abs_delta: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The panel's raw TD counts, for the host to divide exactly: halves of the samples nonzero in delta
+        and blocked, those beyond the bound, and all trained samples."""
+        sign_delta = tf.sign(td.delta)  # [N]
         # sign(x)^2 is 1 on a nonzero entry and 0 on a zero, so l2_loss(sign(x)) is half the count of nonzero
         # entries: a count with no bool tensor and cast. The samples whose dL/dQ(s,a) is blocked are those
         # nonzero in delta less those nonzero in both.
-        half_nonzero_delta = tf.nn.l2_loss(sign_delta)
-        half_blocked = half_nonzero_delta - tf.nn.l2_loss(sign_delta * tf.sign(dloss_dqa))
+        half_nonzero = tf.nn.l2_loss(sign_delta)
+        return {
+            "~half_blocked": half_nonzero - tf.nn.l2_loss(sign_delta * tf.sign(td.dloss_dqa)),
+            "~half_nonzero_delta": half_nonzero,
+            "~beyond_bound": tf.reduce_sum(tf.cast(abs_delta > self._bound, tf.float32)),
+            "~samples": tf.cast(tf.size(td.delta), tf.float32),  # a constant but for the RNN's trained steps
+        }
+
+    def _panel(self, applied: Applied, before: list[tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The panel update's pulled entries, name -> scalar, then the per-variable families ([V] each), from
+        the update `applied` to the weights `before`."""
+        td, preclip_norm = applied.td, applied.preclip_norm
+        # The clipped norm is min(norm, bound): arithmetic on the pre-clip norm, not a second pass.
+        norm = tf.minimum(preclip_norm, self._clip_norm) if self._clip_norm > 0 else preclip_norm
+        abs_delta = tf.abs(td.delta)  # [N]
         m: dict[str, tf.Tensor] = {
-            "loss/td": loss,
-            "q/mean": tf.reduce_mean(q_tm1),
-            "q/max": tf.reduce_max(q_tm1),
-            "q/target_mean": tf.reduce_mean(target_tm1),
+            "loss/td": td.loss,
+            "q/mean": tf.reduce_mean(td.q),
+            "q/max": tf.reduce_max(td.q),
+            "q/target_mean": tf.reduce_mean(td.target),
             "td/abs_mean": tf.reduce_mean(abs_delta),
             "td/abs_max": tf.reduce_max(abs_delta),
-            "td/beyond_bound_frac": _frac(abs_delta > self._bound),
-            "td/grad_blocked_frac": tf.math.divide_no_nan(half_blocked, half_nonzero_delta),
+            **self._td_counts(td, abs_delta),
             "grad_norm/global": norm,
-            **extra,
+            **td.extra,
         }
         if self._clip_norm > 0:
             m["grad_norm/preclip_global"] = preclip_norm
-            m["grad/clipped"] = tf.cast(preclip_norm > self._clip_norm, tf.float32)
-        families = self._per_variable_families(grads, before, half_squares, preclip_norm, norm)
-        m["grad/nonfinite"] = tf.reduce_sum(families["grad_nonfinite"])
+        families = self._per_variable_families(
+            applied.grads, before, applied.half_squares, preclip_norm, norm
+        )
+        return {**m, **families}  # grad/clipped, grad/nonfinite and grad/depth_ratio: `_metric_reader`
+
+    def _pulled(
+        self,
+        panel: dict[str, tf.Tensor],
+        accumulated: list[tf.Tensor],
+        health: list[tf.Tensor],
+        num_updates: int,
+    ) -> tf.Tensor:
+        """One vector of the panel's entries, the burst's `accumulated` sums and maxes and its `health` (one
+        host pull); `_reader` says which entry is which tag, and finishes the raw ones."""
+        scalars = [name for name in panel if name not in self._family_tags]
+        families = [name for name in panel if name in self._family_tags]
+        pulled = [*scalars, *(t for family in families for t in self._family_tags[family])]
+        for kind in ("sum", "max")[: len(accumulated)]:
+            pulled += [f"~{kind}/{name}" for name in self._burst_names]
+        pulled += ["~end"] * (len(health) - 1) + [f"~half_squares/{tag}" for tag in self.variable_tags]
+        self._reader = self._metric_reader(pulled, num_updates)
+        parts = [tf.stack([panel[name] for name in scalars]), *(panel[name] for name in families)]
+        return tf.concat([*parts, *accumulated, *health], 0)
+
+    def _metric_reader(self, pulled: list[str], num_updates: int) -> MetricReader:
+        """The tags of a measured burst of `num_updates`, read off the `pulled` vector's entries."""
+        reader = MetricReader(pulled)
+        for name in pulled:
+            if not name.startswith("~"):
+                reader.tag(name)
+        reader.ratio("td/grad_blocked_frac", "~half_blocked", "~half_nonzero_delta")
+        reader.ratio("td/beyond_bound_frac", "~beyond_bound", "~samples")
+        # Panel scalars of one or two pulled entries each: a Python operation here, 1-3 graph ops there.
+        if self._clip_norm > 0:
+            reader.above("grad/clipped", "grad_norm/preclip_global", self._clip_norm)
+        reader.total("grad/nonfinite", self._family_tags["grad_nonfinite"])
         if len(self._hidden_layers) >= 2:  # vanishing indicator: first over last hidden kernel's gradient
-            first = self.variable_tags.index(f"{self._hidden_layers[0].name}/kernel")
-            last = self.variable_tags.index(f"{self._hidden_layers[-1].name}/kernel")
-            norms = families["grad_norm"]
-            m["grad/depth_ratio"] = tf.math.divide_no_nan(norms[first], norms[last])
-        # One vector of every metric (one host pull); `_metric_index` says which entry is which tag.
-        names = [*m, *(t for family in families for t in self._family_tags[family])]
-        self._metric_index = {name: i for i, name in enumerate(names)}
-        values = tf.concat([tf.stack(list(m.values())), *families.values()], 0)
-        return {"finite": finite, "values": values}
+            first, last = self._hidden_layers[0].name, self._hidden_layers[-1].name
+            reader.ratio("grad/depth_ratio", f"grad_norm/{first}/kernel", f"grad_norm/{last}/kernel")
+        tags, halves = self._family_tags["grad_zero_frac"], self._family_tags["~half_nonzero"]
+        for tag, half_nonzero, size in zip(tags, halves, self._sizes, strict=True):
+            reader.zero_frac(tag, half_nonzero, size)
+        # A one-update burst is its panel update: its means and maxes would repeat the panel's tags.
+        for tag in self._burst_stats if num_updates > 1 else []:
+            reader.quotient(f"{tag}/burst_mean", f"~sum/{tag}", num_updates)
+            reader.tag(f"{tag}/burst_max", f"~max/{tag}")
+        for tag, half in BURST_COUNTS.items():
+            if num_updates == 1:
+                reader.quotient(f"{tag}/burst_sum", half, 0.5)
+            else:
+                reader.tag(f"{tag}/burst_sum", f"~sum/{tag}")
+        reader.finish()
+        return reader
 
     def _per_variable_families(
         self,
@@ -388,14 +737,15 @@ class Learner:
         norm: tf.Tensor,
     ) -> dict[str, tf.Tensor]:
         """The `PER_VARIABLE` families, each a [V] vector over the variables, for the applied gradient `grads`
-        (clipped to the global `norm` from the raw one's `preclip_norm` and `half_squares`).
+        (clipped to the global `norm` from the raw one's `preclip_norm` and `half_squares`); the zero
+        fractions as half the count of nonzero entries (`~half_nonzero`), which the host divides exactly.
 
         A small network's update pays per op (~0.5-1 us) more than per element, so each variable gets only
         the reductions nothing else gives: half sums of squares (`l2_loss`, one fused pass) of w_before and
         w_after - w_before, and the count of nonzero entries of g as half the sum of sign(g)^2 (no bool tensor
-        and cast). Roots, fractions and ratios then take one op per family for all variables. No flat
-        parameter vector is built: copying into one is fewer ops but many more passes over memory, 3x the
-        cost at 256-256 (docs/performance.md).
+        and cast). Roots and ratios then take one op per family for all variables. No flat parameter vector is
+        built: copying into one is fewer ops but many more passes over memory, 3x the cost at 256-256
+        (docs/performance.md).
         """
         squares, nonzero = [], []
         for g, w0, var in zip(grads, before, self.variables, strict=True):
@@ -418,7 +768,7 @@ class Learner:
             grad_norm *= tf.math.divide_no_nan(norm, preclip_norm)
         return {
             "grad_norm": grad_norm,
-            "grad_zero_frac": 1.0 - tf.stack(nonzero) * self._two_over_size,
+            "~half_nonzero": tf.stack(nonzero),
             "grad_nonfinite": nonfinite,
             "weight_norm": weight_norm,
             "update_ratio": tf.math.divide_no_nan(step_norm, weight_norm),
@@ -446,7 +796,8 @@ class Learner:
         grads = self._td_gradients(batch, False).grads
         for tag, g, var, w_init in zip(self.variable_tags, grads, self.variables, self._initial, strict=True):
             w = tf.convert_to_tensor(var.value)
-            m[f"grad_near_zero_frac/{tag}"] = _frac(tf.abs(g) < self._near_zero_tol)
+            # A count: `_call_probe` divides it exactly, in float64.
+            m[f"~near_zero/{tag}"] = tf.reduce_sum(tf.cast(tf.abs(g) < self._near_zero_tol, tf.float32))
             m[f"weight_dist_init/{tag}"] = tf.sqrt(2.0 * tf.nn.l2_loss(w - w_init))
             if not self._diag.histograms:
                 continue

@@ -73,6 +73,8 @@ def unpack_sequences(per_step: tf.Tensor, initial_state: tf.Tensor, obs_dim: int
 class RecurrentLearner(Learner):
     """`Learner` for `network.kind = "rnn"`: `update` takes stacked SequenceBatches [K, B, T, ...]."""
 
+    _panel_shares_trace = False  # the panel's BPTT norms need dL/dh in the update's own tape
+
     def __init__(self, cfg: Config, obs_dim: int, num_actions: int, seed: int):
         self.rec = cfg.recurrent
         super().__init__(cfg, obs_dim, num_actions, seed)
@@ -102,6 +104,10 @@ class RecurrentLearner(Learner):
     def sample_one(self, replay, batch_size: int):
         return replay.sample(batch_size, self._length, self._burn_in, self.rec.initial_state)
 
+    def _samples_per_update(self, batch: Sequences) -> int:
+        """The most trained steps one update's windows hold: B * T."""
+        return int(np.prod(batch.reward.shape[1:]))
+
     # -- acting -----------------------------------------------------------------------------------
 
     def policy(self) -> NumpyRecurrentPolicy:
@@ -120,7 +126,7 @@ class RecurrentLearner(Learner):
             return self.online.zero_state(tf.shape(b.obs)[0])
         return b.initial_state
 
-    def _td_gradients(self, b: Sequences, with_qa_grad: bool) -> TDTerms:
+    def _td_gradients(self, b: Sequences, with_qa_grad: bool, with_extra: bool = False) -> TDTerms:
         obs = tf.concat([b.obs[:, :1], b.next_obs], axis=1)  # [B, T + 1, D]: s_0, then s_t+1 = next_obs_t
         state = self._start_state(b)
         q_target, _, _ = self.target.unroll(obs, state)
@@ -141,15 +147,16 @@ class RecurrentLearner(Learner):
             per_sample = self._loss_fn(delta, self._bound) * weights
             loss = tf.reduce_sum(per_sample) / tf.maximum(tf.reduce_sum(weights), 1.0)
         hs = hs[: obs.shape[1] - 1]  # h_0 .. h_T-1; the last one only scores s_T
-        sources = self.variables + ([qa, *hs] if with_qa_grad else [])
+        # dL/dQ(s,a) for every update of a measured burst; dL/dh through time for its panel update only.
+        sources = self.variables + ([qa] if with_qa_grad else []) + (list(hs) if with_extra else [])
         grads = tape.gradient(loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         n = len(self.variables)
         trained = weights > 0
         extra: dict[str, tf.Tensor] = {}
-        dloss_dqa = None
-        if with_qa_grad:
-            dloss_dqa = tf.boolean_mask(grads[n], trained)
-            extra = {**self._bptt_norms(grads[n + 1 :], b.mask), **self._recurrent_matrix_stats()}
+        dloss_dqa = tf.boolean_mask(grads[n], trained) if with_qa_grad else None
+        if with_extra:
+            dl_dh = grads[n + int(with_qa_grad) :]
+            extra = {**self._bptt_norms(dl_dh, b.mask), **self._recurrent_matrix_stats()}
         return TDTerms(
             loss,
             grads[:n],
@@ -158,6 +165,7 @@ class RecurrentLearner(Learner):
             tf.boolean_mask(target, trained),
             tf.boolean_mask(delta, trained),
             extra,
+            capacity=int(np.prod(delta.shape)),  # B * T: a burst's records pad the trained steps to it
         )
 
     def _bptt_norms(self, dl_dh: list[tf.Tensor], mask: tf.Tensor) -> dict[str, tf.Tensor]:

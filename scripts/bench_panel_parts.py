@@ -7,7 +7,9 @@ batch 64). This script measures, in one process and against the same bare call, 
 compute more and more of the panel, up to the shipped one, and then the shipped one with the two families
 that the probes take instead (what moving them saved). Each variant is a `Learner` subclass and returns a
 metrics vector of the shipped length (zeros where it computes nothing), so every variant pays the same host
-pull. The weights are still read before the update in every variant; only the shipped panel uses that read.
+pull; the first reads it as plain tags, the others as the shipped panel (whose count-based fractions are
+divided on the host). The weights are still read before the update in every variant; only the shipped panel
+uses that read.
 The non-finite counts are those of a clipping preset (huber_relu clips at 10; see
 `Learner._per_variable_families`).
 
@@ -23,21 +25,27 @@ import numpy as np
 from dqnlab import bench
 from dqnlab._tf import tf
 from dqnlab.cliargs import OneLineParser, int_at_least
-from dqnlab.learner import PER_VARIABLE, Learner
+from dqnlab.learner import Learner, MetricReader
 
 
 class HostPullOnly(Learner):
-    """The measured update is a bare one that also returns a zero vector of the shipped length: the floor
-    that returning and reading the metrics costs."""
+    """The measured update is a bare one that also returns a zero vector of the shipped length, read as
+    that many tags: the floor that returning and reading the metrics costs."""
 
     vector_length = 0  # set from the shipped learner's trace
 
-    def _update(self, b, with_diagnostics):
-        out = super()._update(b, False)
-        if with_diagnostics:
-            self._metric_index = {f"m{i}": i for i in range(self.vector_length)}
-            out["values"] = tf.zeros([self.vector_length])
-        return out
+    def _measured_burst(self, batch, num_updates):
+        finite, _ = self._plain_burst(batch, num_updates)
+        names = [f"m{i}" for i in range(self.vector_length)]
+        self._reader = MetricReader(names)
+        for name in names:
+            self._reader.tag(name)
+        self._reader.finish()
+        return finite, tf.zeros([self.vector_length])
+
+
+# The shipped `Learner._per_variable_families`, in its order: the zero fractions as half nonzero counts.
+FAMILIES = ("grad_norm", "~half_nonzero", "grad_nonfinite", "weight_norm", "update_ratio")
 
 
 class PartialPanel(Learner):
@@ -50,13 +58,13 @@ class PartialPanel(Learner):
         if "weights" in self.parts:
             return shipped(grads, before, half_squares, preclip_norm, norm)
         zeros = tf.zeros([len(grads)])
-        families = dict.fromkeys(PER_VARIABLE, zeros)
+        families = dict.fromkeys(FAMILIES, zeros)
         if "norms" in self.parts:  # as shipped: from the global norm's half squares, scaled by the clip
             families["grad_norm"] = tf.sqrt(2.0 * half_squares) * tf.math.divide_no_nan(norm, preclip_norm)
-        if "counts" in self.parts:
-            families["grad_zero_frac"] = 1.0 - tf.stack([tf.nn.l2_loss(tf.sign(g)) for g in grads]) * (
-                self._two_over_size
-            )
+        if (
+            "counts" in self.parts
+        ):  # as shipped: half the nonzero count (the host divides), non-finite off the norm
+            families["~half_nonzero"] = tf.stack([tf.nn.l2_loss(tf.sign(g)) for g in grads])
             families["grad_nonfinite"] = tf.where(tf.math.is_finite(preclip_norm), 0.0, self._size)
         return families
 
@@ -119,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     learners = {label: bench.bench_learner(cls, hidden, args.batch) for label, cls in VARIANTS.items()}
     shipped = learners[SHIPPED]
     shipped.update(_probe_burst(args.batch), True)  # traces it: the metrics vector's length is known
-    HostPullOnly.vector_length = len(shipped._metric_index)
+    HostPullOnly.vector_length = len(shipped._last.values)
     arms = {"bare (no diagnostics)": (shipped, False)}
     arms.update({label: (learner, True) for label, learner in learners.items()})
     costs = bench.interleaved_call_costs(arms, args.batch, args.calls, rounds=args.rounds)
