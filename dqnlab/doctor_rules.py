@@ -513,7 +513,9 @@ def rule_divergence(series: Series, run: Mapping) -> list[Finding]:
         span = (min(span[0], int(div_step)), max(span[1], int(div_step)))
     # Live (status still 'running'), the stop comes right after: say only what was measured.
     what = f"run ended 'diverged' at step {div_step}; " if diverged else ""
-    where = f"; non-finite weights: {', '.join(weights)}" if weights else ""
+    origin = div.get("origin") if isinstance(div.get("origin"), Mapping) else {}
+    began = f"; it began in the raw gradient of {origin['variable']}" if origin.get("variable") else ""
+    where = began + (f"; non-finite weights: {', '.join(weights)}" if weights else "")
     return [
         _make(
             "divergence",

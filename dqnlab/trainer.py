@@ -302,8 +302,11 @@ def train(
             if status == "done" and checkpoint_every:
                 save_checkpoint(loop_state)  # the end state: what the final weights are compared against
         if status == "diverged":
-            bad = info["divergence"]["nonfinite_weights"]
-            where = f"; non-finite weights: {', '.join(bad)}" if bad else ""
+            divergence = info["divergence"]
+            origin = divergence["origin"] or {}
+            first = f"; began in the raw gradient of {origin['variable']}" if origin.get("variable") else ""
+            bad = divergence["nonfinite_weights"]
+            where = f"{first}; non-finite weights: {', '.join(bad)}" if bad else first
             record(
                 "diverged",
                 f"non-finite TD loss or gradient in the burst ending at env step {info['env_steps']}{where}",
@@ -423,8 +426,14 @@ def _probe_floor(cfg: Config, steps: int) -> int | None:
 
 
 def _divergence(learner, step: int) -> dict:
-    """run.json's `divergence`: the step, and the variables whose weights ended non-finite."""
-    return {"step": step, "nonfinite_weights": learner.nonfinite_variables()}
+    """run.json's `divergence`: the step; where it began (`origin`: the first update of the burst whose loss
+    or raw gradient went non-finite, and the variables whose raw gradient did, in model order: with
+    clipping, the NaN then spreads to every variable); and the variables whose weights ended non-finite."""
+    return {
+        "step": step,
+        "origin": learner.nonfinite_origin(),
+        "nonfinite_weights": learner.nonfinite_variables(),
+    }
 
 
 def _report_finding(finding: Finding, grew: bool, summaries: Summaries, final: dict, warn) -> None:

@@ -123,6 +123,28 @@ def test_divergence_ends_as_diverged_with_the_logged_data_kept(tmp_path):
     assert res.scalars("episode/return")  # what was logged before is still there
 
 
+def test_a_diverged_run_names_where_the_divergence_began(tmp_path):
+    """With global-norm clipping on, the NaN spreads to every variable's applied gradient and weights, so
+    run.json's nonfinite_weights lists them all; `divergence.origin` names the first update of the burst
+    whose raw gradient went non-finite and the variables it went non-finite in, in model order."""
+    cfg = short_cfg("squared_relu", **{"optimizer.learning_rate": 1e12, "train.grad_clip_norm": 10.0})
+    res = dqnlab.train(cfg, steps=2_000, logdir=tmp_path, name="nan")
+    assert res.status == "diverged"
+    origin = res.info["divergence"]["origin"]
+    tags = [
+        "hidden_0/kernel",
+        "hidden_0/bias",
+        "hidden_1/kernel",
+        "hidden_1/bias",
+        "q_head/kernel",
+        "q_head/bias",
+    ]
+    assert origin["variables"] and set(origin["variables"]) <= set(tags)
+    assert origin["variables"] == sorted(origin["variables"], key=tags.index)  # model order
+    assert origin["variable"] == origin["variables"][0] and isinstance(origin["update_in_burst"], int)
+    assert f"began in the raw gradient of {origin['variable']}" in res.error
+
+
 def test_failure_is_recorded_then_raised(tmp_path, monkeypatch):
     import dqnlab.trainer
 
