@@ -124,9 +124,8 @@ def _range(text: str, match: re.Match) -> list[str]:
 
 
 def _number(x: float, digits: int) -> str:
-    """`x` at `digits` significant digits, as a TOML float ('0.000316', '1e-05', '2.5')."""
-    text = f"{x:.{digits}g}"
-    return text if any(c in text for c in ".en") else f"{text}.0"
+    """`x` at `digits` significant digits, as Python and TOML write a float ('0.000316', '1000.0')."""
+    return repr(float(f"{x:.{digits}g}"))
 
 
 def check_axes(presets: list[str], axes: list[Axis], overrides: list[str], envs: list[str] | None) -> None:

@@ -295,3 +295,21 @@ def test_halving_cuts_the_worse_cells_at_the_rung_and_trains_the_best_to_the_end
     assert again.returncode == 0, again.stderr
     assert {c: json.loads((tmp_path / "sh" / c / "CartPole-v1" / "seed_0" / "run.json").read_text())
             for c in CELLS} == infos  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("sweep_dead_relu", ["--map", "exists.png"]),
+        ("sweep_clipped_delta", ["--map", "map.txt"]),
+        ("sweep_rnn", ["--seeds", "0"]),
+    ],
+)
+def test_the_map_scripts_refuse_bad_input_in_one_line_before_anything_runs(tmp_path, script, args):
+    (tmp_path / "exists.png").write_bytes(b"kept")
+    script_path = Path(__file__).parents[1] / "scripts" / f"{script}.py"
+    done = subprocess.run([sys.executable, str(script_path), *args, "--logdir", "runs"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.png"]
+    assert (tmp_path / "exists.png").read_bytes() == b"kept"
