@@ -4,11 +4,12 @@
 
 1. The every-step panel (all core and update-health metrics of a measured update, pulled to the host)
    against a bare update, per call, for a 64-64 MLP at batch 64 (target <= 1.15x); for information, the
-   same at 256-256 (the shipped presets' network), and per burst of 128 updates with one measured (their
-   schedule). The arms alternate in rounds; the ratio is the median of the rounds' own ratios.
-2. The full panel on its default schedule (huber_relu: one measured update per 128, probes and histograms
-   every 2,560) against diagnostics off, for the whole training loop (target <= 1.05x), each run in a fresh
-   single-threaded process, order alternated, medians.
+   same at 256-256 (the shipped presets' network), and per measured burst of 128 updates (their schedule:
+   every update's burst statistics, the panel on one). The arms alternate in rounds; the ratio is the
+   median of the rounds' own ratios.
+2. The full panel on its default schedule (huber_relu: every burst of 128 updates measured, probes and
+   histograms every 2,560) against diagnostics off, for the whole training loop (target <= 1.05x), each
+   run in a fresh single-threaded process, order alternated, medians.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     calls = {
         "one update call, 64-64 MLP, batch 64": ((64, 64), 1, args.calls, 1.15),
         "one update call, 256-256 MLP, batch 64": ((256, 256), 1, max(args.calls // 2, 1), None),
-        "burst of 128 updates (one measured), 256-256": ((256, 256), 128, max(args.calls // 20, 1), None),
+        "one measured burst of 128 updates, 256-256": ((256, 256), 128, max(args.calls // 20, 1), None),
     }
     per_call = {}
     for label, (hidden, updates, n, _) in calls.items():
