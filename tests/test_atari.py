@@ -350,6 +350,7 @@ def pong_run(tmp_path_factory):
             "train.eval_episodes": 1,
             "diagnostics.every": 25,
             "diagnostics.probe_every": 100,
+            "diagnostics.min_probes": 0,  # probe_every's schedule alone (and the end probe)
             "diagnostics.probe_size": 32,
         },
     )
@@ -361,6 +362,7 @@ def test_short_pong_run_logs_every_diagnostic_for_conv_layers(pong_run):
     assert res.status == "done", res.error
     updates = (3_000 - 1_000) // 4 + 1
     assert res.info["updates"] == updates
+    probes = updates // 100 + 1  # every 100 updates, and at the run's last burst
     for layer in (*CONVS, "hidden_0", "q_head"):
         for part in ("kernel", "bias"):
             for family in PER_VARIABLE:
@@ -372,11 +374,11 @@ def test_short_pong_run_logs_every_diagnostic_for_conv_layers(pong_run):
             assert all(0 <= v <= 1 for _, v in res.scalars(f"grad_zero_frac/{layer}/{part}"))
             for family in PROBE_PER_VARIABLE:
                 series = res.scalars(f"{family}/{layer}/{part}")
-                assert len(series) == updates // 100 and all(v >= 0 for _, v in series), family
+                assert len(series) == probes and all(v >= 0 for _, v in series), family
     for layer in (*CONVS, "hidden_0"):
         for family in (*PROBE_FAMILIES, "act_deriv_mean"):
             series = res.scalars(f"{family}/{layer}")
-            assert len(series) == updates // 100 and all(0.0 <= v <= 1.0 for _, v in series), family
+            assert len(series) == probes and all(0.0 <= v <= 1.0 for _, v in series), family
     assert 1 <= res.scalars("features/srank")[-1][1] <= 32  # at most the probe size
     assert {v for _, v in res.scalars("td/grad_blocked_frac")} == {0.0}  # Huber blocks nothing
     assert "grad/depth_ratio" in res.tags()  # conv_0/kernel over hidden_0/kernel

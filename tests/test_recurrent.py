@@ -207,4 +207,7 @@ def test_doctor_flags_the_exploding_arm_and_not_the_lstm(experiment):
     report = {r.preset: {f.rule for f in r.findings} for r in examine(experiment).runs}
     assert report["rnn_exploding"] == {"exploding_gradient"}
     assert report["rnn_exploding_clipped"] == {"exploding_gradient"}  # clipping bounds steps, not the cause
-    assert report["lstm"] == set()
+    # The gated cell does not explode. (Over these 4k steps its dense layer's tau-dormant share can still
+    # rise from ~12% at the first probe to ~50%, which dormant_growth reports as a warning: that finding
+    # is about the layer above the cell, not this test's subject.)
+    assert "exploding_gradient" not in report["lstm"] and report["lstm"] <= {"dormant_growth"}
