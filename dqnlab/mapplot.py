@@ -173,13 +173,19 @@ def _verdict_label(cell: CellResult | None) -> str:
         return "no runs"
     n = len(cell.seeds)
     counts = cell.rule_counts()
-    lines = [f"{rule.replace('_', ' ')} {k}/{n}" for rule, k in list(counts.items())[:2]]
+    lines = [f"{_two_lines(rule)} {k}/{n}" for rule, k in list(counts.items())[:2]]
     if len(counts) > 2:
         lines.append(f"+{len(counts) - 2} more")
     if not counts:
         lines = ["healthy" if cell.verdict == HEALTHY else "not enough\nevidence"]
     lines += [f"{note} {k}/{n}" for note, k in cell.stop_notes().items()]
     return "\n".join(lines)
+
+
+def _two_lines(rule: str) -> str:
+    """'exploding_gradient' -> 'exploding\ngradient': a label as narrow as a cell."""
+    first, _, rest = rule.partition("_")
+    return f"{first}\n{rest.replace('_', ' ')}" if rest else first
 
 
 def _draw_boundary(ax, cells: list[list[CellResult | None]]) -> None:
@@ -224,7 +230,14 @@ def _draw_metric(ax, group: MapGroup, layout: Layout, facet: dict[str, str], key
             if cell and cell.stopped():
                 ax.add_patch(_hatch(col, row))
     _frame(ax, layout)
-    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+    bar = ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+    bar.ax.tick_params(labelsize=6, which="both")
+    if isinstance(norm, LogNorm):  # plain numbers, not 1.3 x 10^0
+        from matplotlib.ticker import FormatStrFormatter
+
+        bar.ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        if norm.vmax < 10 * norm.vmin:  # under a decade the minor ticks are the only labels
+            bar.ax.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
 
 
 def _hatch(col: int, row: int):

@@ -271,7 +271,7 @@ def test_halving_rungs_and_survivors():
 
 
 def test_halving_cuts_the_worse_cells_at_the_rung_and_trains_the_best_to_the_end(tmp_path):
-    args = ["sweep", "huber_relu", "--grid", "network.bias_init=0,-3", "--seeds", "1", "--steps", "3000"]
+    args = ["sweep", "huber_relu", "--grid", "network.bias_init=0,-3", "--seeds", "1", "--steps", "2000"]
     args += ["--halving", "2", "--rungs", "2", "--quiet", "--logdir", str(tmp_path), "--name", "sh"]
     args += ["--set", "train.learning_starts=200", "--set", "train.epsilon_decay_steps=1000"]
     out = dqnlab_cmd(*args)
@@ -282,14 +282,14 @@ def test_halving_cuts_the_worse_cells_at_the_rung_and_trains_the_best_to_the_end
     }
     (kept,) = [c for c, info in infos.items() if info["status"] == "done"]
     (cut,) = [c for c, info in infos.items() if info["status"] == "interrupted"]
-    assert infos[kept]["env_steps"] == 3000 and infos[kept]["resumed_from"] == [1500]
+    assert infos[kept]["env_steps"] == 2000 and infos[kept]["resumed_from"] == [1000]
     stopped = infos[cut]["stopped_early"]
-    assert stopped["by"] == "--halving" and stopped["rung"] == 0 and stopped["step"] == 1500
-    assert 1500 < infos[cut]["env_steps"] <= 2000  # paused at the first episode end past the rung
-    mean_return = {c: halving.score(tmp_path / "sh" / c / "CartPole-v1" / "seed_0", 1500) for c in CELLS}
+    assert stopped["by"] == "--halving" and stopped["rung"] == 0 and stopped["step"] == 1000
+    assert 1000 < infos[cut]["env_steps"] <= 1500  # paused at the first episode end past the rung
+    mean_return = {c: halving.score(tmp_path / "sh" / c / "CartPole-v1" / "seed_0", 1000) for c in CELLS}
     assert mean_return[kept] >= mean_return[cut] and stopped["score"] == round(mean_return[cut], 3)
     cells_ = {c["name"]: c for c in map_json(tmp_path / "sh")["groups"][0]["cells"]}
-    assert cells_[cut]["verdict"]["stops"] == {"cut at 1,500 steps": 1}
+    assert cells_[cut]["verdict"]["stops"] == {"cut at 1,000 steps": 1}
     assert cells_[kept]["statuses"] == {"done": 1}
     again = dqnlab_cmd(*args, "--resume")  # nothing left to do: no run changes
     assert again.returncode == 0, again.stderr
