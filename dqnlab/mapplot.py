@@ -82,7 +82,8 @@ def figure_png(sweep: SweepMap, layout: Layout) -> bytes:
     nx, ny = len(layout.x.values), len(layout.y.values) if layout.y else 1
     columns = 2 if layout.y and nx > WIDE else COLUMNS
     nrows = sum(-(-len(panels) // columns) for _, _, panels in blocks)
-    width = max(4.6, 0.55 * nx + 2.2) if layout.y else 4.6
+    labels = max((len(v) for v in layout.y.values), default=0) if layout.y else 0
+    width = max(4.6, 0.75 * nx + 1.6 + 0.055 * labels) if layout.y else 4.6  # cells wide enough to write in
     height = max(3.2, 0.45 * ny + 1.8) if layout.y else 3.2
     fig, grid = plt.subplots(nrows, columns, figsize=(width * columns, height * nrows), squeeze=False)
     axes = list(grid.ravel())
@@ -259,7 +260,7 @@ def _metric_label(cell: CellResult | None, key: str) -> str:
     summary = cell.summary(key)
     if summary["mean"] is None:
         return "never" if key == "steps_to_threshold" else "-"
-    text = f"{summary['mean']:.3g}"
+    text = _short(summary["mean"])
     if key in RETURNS and summary["n"] < len(cell.seeds):
         text += f"\n({summary['n']}/{len(cell.seeds)})"
     return text
@@ -294,6 +295,17 @@ def _positions(layout: Layout) -> tuple[list[float], bool]:
         return list(range(len(numbers))), False
     log = min(numbers) > 0 and max(numbers) / min(numbers) >= 100
     return numbers, log
+
+
+def _short(x: float) -> str:
+    """A number in at most five characters or so: 0.0123, 95.8, 1.9k, 154k, 1.2e+06."""
+    if abs(x) >= 1e6:
+        return f"{x:.1e}"
+    if abs(x) >= 1e4:
+        return f"{x / 1e3:.0f}k"
+    if abs(x) >= 1e3:
+        return f"{x / 1e3:.1f}k"
+    return f"{x:.3g}"
 
 
 def _line_ticks(ax, layout: Layout, xs: list[float]) -> None:

@@ -180,7 +180,7 @@ class CellResult:
 
 @dataclass
 class MapGroup:
-    label: str  # the env, or a note when cells ran on their own envs
+    label: str  # the env, or "envs of the cells" when they ran on different ones
     cells: list[CellResult]
 
 
@@ -357,7 +357,7 @@ def _groups(cells: list[CellResult]) -> list[MapGroup]:
         envs_of.setdefault(cell.name, set()).add(cell.env)
     if all(len(envs) <= 1 for envs in envs_of.values()):
         envs = sorted({c.env for c in cells if c.env})
-        label = envs[0] if len(envs) == 1 else "each cell on its own env"
+        label = envs[0] if len(envs) == 1 else "envs of the cells"  # an env axis, or presets' own envs
         return [MapGroup(label, cells)]
     return [MapGroup(env, [c for c in cells if c.env == env]) for env in sorted({c.env for c in cells})]
 

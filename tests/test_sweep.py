@@ -80,6 +80,16 @@ def run_cli(*args: str) -> tuple[int, str]:
         (["--grid", "env=CartPole-v1", "--env", "CartPole-v1"], "give one of them"),
         ([], "a sweep needs --grid"),
         (["--grid", "network.bias_init=0", "--steps", "0"], "must be >= 1"),
+        (
+            ["--grid", "network.bias_init=0", "--halving", "3", "--rungs", "5", "--steps", "10"],
+            "leaves no step",
+        ),
+        (
+            ["--grid", "network.bias_init=0", "--halving", "2", "--checkpoint-every", "0"],
+            "--checkpoint-every 0",
+        ),
+        (["--grid", "network.bias_init=0", "--rungs", "4"], "it needs --halving"),
+        (["--grid", "network.bias_init=0", "--halving", "1"], "must be >= 2"),
     ],
 )
 def test_bad_grids_get_one_line_and_exit_2_before_anything_is_written(tmp_path, grid, says):
