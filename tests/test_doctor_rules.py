@@ -465,8 +465,17 @@ def test_dormant_growth_fires():
     s = {"act_dormant_frac/hidden_0": probed([0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6])}
     (f,) = rule_dormant_growth(s, run_json())
     assert (f.rule, f.subject, f.severity) == ("dormant_growth", "hidden_0", "warning")
-    assert f.evidence["rise"] == pytest.approx(0.5) and f.evidence["first_probe"] == 0.0
-    assert f.first_step == 5888 + 3 * 5120  # first probe >= 0.0 + 0.3
+    # Early level: the median of the first quarter (9 // 4 = 2 probes: 0.0, 0.1) = 0.05; late half: the last
+    # 5 probes, median 0.5; rise 0.45 >= 0.3.
+    assert f.evidence["rise"] == pytest.approx(0.45) and f.evidence["early_median"] == pytest.approx(0.05)
+    assert f.first_step == 5888 + 4 * 5120  # first probe >= 0.05 + 0.3
+
+
+def test_dormant_growth_ignores_a_first_probe_taken_before_training():
+    """An LSTM's dense layer over 4k steps: 12% dormant at the probe right after learning starts, 41-53% at
+    every probe after it. The first quarter's median (0.45) is the early level: no growth."""
+    lstm = [0.12, 0.45, 0.48, 0.52, 0.53, 0.5, 0.52, 0.5, 0.5, 0.52, 0.52, 0.45, 0.41]
+    assert rule_dormant_growth({"act_dormant_frac/hidden_0": probed(lstm)}, run_json()) == []
 
 
 def test_dormant_growth_near_misses_spike_and_dead_layer():
