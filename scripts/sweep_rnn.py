@@ -16,4 +16,4 @@ GRID = ["rnn_exploding", "--grid", "recurrent.recurrent_init_scale=0.5,1,2,3,4,5
 GRID += ["--grid", "train.grad_clip_norm=0,1,10"]
 
 if __name__ == "__main__":
-    sys.exit(run_script(GRID, {"--seeds": "2", "--steps": "10000"}, sys.argv[1:], "sweep_rnn.py"))
+    sys.exit(run_script(GRID, {"--seeds": "2", "--steps": "5000"}, sys.argv[1:], "sweep_rnn.py"))
