@@ -1,6 +1,6 @@
 """The clipped-delta map: the 2016 loss over the reward scale x its clip bound, beside Huber (docs/sweeps.md).
 
-    python scripts/sweep_clipped_delta.py --map docs/img/sweep_clipped_delta.png --force
+    python scripts/sweep_clipped_delta.py --map docs/img/sweep_clipped_delta.png --force  # 30 x 2 x 10k
     python scripts/sweep_clipped_delta.py --seeds 1 --steps 3000
 
 CartPole with rewards x1, x10, x100 (dqnlab's reward-scaled ids) x the bound (loss.bound: the clip of the
