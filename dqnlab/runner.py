@@ -376,8 +376,8 @@ def settled_outcome(spec: RunSpec) -> RunOutcome | None:
     if (stopped := early_stop.stopped_early(run_dir)) is not None:
         return RunOutcome(spec, str(run_dir), "interrupted", early_stop.describe(stopped), None)
     if (finished := early_stop.finished(run_dir)) is not None:  # what the trainer would return at once
-        return RunOutcome(spec, str(run_dir), finished["status"], finished.get("error"),
-                          (finished.get("final") or {}).get("eval_return"))  # fmt: skip
+        eval_return = (finished.get("final") or {}).get("eval_return")
+        return RunOutcome(spec, str(run_dir), finished["status"], finished.get("error"), eval_return)
     steps = early_stop.paused_at(run_dir)
     if spec.pause_at and steps is not None and steps > spec.pause_at:
         return RunOutcome(spec, str(run_dir), PAUSED, f"paused at env step {steps:,}", None)
