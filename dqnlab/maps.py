@@ -132,7 +132,7 @@ class CellResult:
         return sum(s.stopped is not None for s in self.seeds)
 
     def stop_notes(self) -> dict[str, int]:
-        """How its seeds were stopped early -> how many: 'stopped (dead_relu)', 'cut at 1,111 steps'."""
+        """How its seeds were stopped early -> how many: 'stopped: dead_relu', 'cut at 1,111 steps'."""
         notes: dict[str, int] = {}
         for seed in self.seeds:
             if seed.stopped is not None:
@@ -229,7 +229,7 @@ def _stop_note(stopped: dict) -> str:
     if stopped.get("by") == "--halving":
         step = stopped.get("step")
         return f"cut at {step:,} steps" if isinstance(step, int) else "cut"
-    return f"stopped ({stopped.get('rule')})"
+    return f"stopped: {stopped.get('rule')}"
 
 
 def _rule_rank(rule: str) -> int:
