@@ -246,8 +246,9 @@ def test_probes_never_change_what_training_does(tmp_path):
 
 def test_every_run_of_10k_steps_gets_the_probes_the_doctor_needs(tmp_path):
     """relu_dead as the README runs it, shortened: probe_every (2,560 updates, ~5k env steps) probes a
-    10k-step run once; the floor of min_probes = 8 probes every (10,000 - 1,000) / 8 = 1,125 env steps, at the first
-    burst past each interval, plus the run's last burst: enough for the doctor to see the dead layer."""
+    10k-step run once; the floor of min_probes = 8 probes every (10,000 - 1,000) / 8 = 1,125 env steps, at
+    the first burst past each interval, plus the run's last burst: enough for the doctor to see the dead
+    layer."""
     from dqnlab.doctor import examine
 
     cfg = dqnlab.load_preset("relu_dead", {"train.eval_every": 0})
