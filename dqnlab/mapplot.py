@@ -11,11 +11,9 @@ the figure as an embedded PNG, a table per cell.
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import math
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,7 @@ from dqnlab.maps import (
     format_map,
     shown_metrics,
 )
-from dqnlab.plots import check_plot_path
+from dqnlab.plots import write_figure
 
 COLUMNS = 3  # panels side by side; 2 when the x axis has more than WIDE values
 WIDE = 6
@@ -316,29 +314,19 @@ def _line_ticks(ax, layout: Layout, xs: list[float]) -> None:
 
 
 def write_map(sweep: SweepMap, layout: Layout, path: str | Path) -> Path:
-    path = check_plot_path(path)
-    png = figure_png(sweep, layout)
-    if path.suffix.lower() == ".png":
-        path.write_bytes(png)
-        return path
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    image = base64.b64encode(png).decode("ascii")
-    where = html.escape(str(sweep.directory))
     axes = f"--x {layout.x.key}" + (f" --y {layout.y.key}" if layout.y else "")
-    path.write_text(
-        "<!doctype html>\n<html><head><meta charset='utf-8'>"
-        f"<title>dqnlab map {where}</title></head>\n"
-        "<body style='font-family: sans-serif; max-width: 1600px; margin: auto'>\n"
-        f"<h1>dqnlab compare --map</h1><p><code>{where}</code>, {stamp}</p>\n"
-        f"<pre>{html.escape(format_map(sweep, layout))}</pre>\n"
-        f"<img alt='the verdict map and a heat map per metric' style='max-width: 100%' "
-        f"src='data:image/png;base64,{image}'>\n"
-        f"<h2>Cells</h2>\n{_cell_table(sweep)}\n"
-        f"<p>Reproduce: <code>dqnlab compare {where} --map {html.escape(axes)} "
-        f"--plot {html.escape(path.name)}</code></p>\n"
-        "</body></html>\n"
+    return write_figure(
+        path,
+        figure_png(sweep, layout),
+        heading="dqnlab compare --map",
+        title="dqnlab map",
+        text=format_map(sweep, layout),
+        alt="the verdict map and a heat map per metric",
+        reproduce=f"dqnlab compare {sweep.directory} --map {axes} --plot {{name}}",
+        directory=sweep.directory,
+        extra_html=f"<h2>Cells</h2>\n{_cell_table(sweep)}\n",
+        width_px=1600,
     )
-    return path
 
 
 def _cell_table(sweep: SweepMap) -> str:

@@ -152,23 +152,51 @@ def figure_png(comparison: Comparison) -> bytes:
 
 
 def write_plot(comparison: Comparison, path: str | Path) -> Path:
+    return write_figure(
+        path,
+        figure_png(comparison),
+        heading="dqnlab compare",
+        title="dqnlab compare",
+        text=format_comparison(comparison),
+        alt="learning curves and diagnostics per arm",
+        reproduce=f"dqnlab compare {comparison.directory} --plot {{name}}",
+        directory=comparison.directory,
+    )
+
+
+def write_figure(
+    path: str | Path,
+    png: bytes,
+    *,
+    heading: str,
+    title: str,
+    text: str,
+    alt: str,
+    reproduce: str,
+    directory: Path,
+    extra_html: str = "",
+    width_px: int = 1400,
+) -> Path:
+    """`png` to `path` as it is, or (for .html) as one self-contained page: `heading`, the directory, `text`
+    as a preformatted block, the image inline, `extra_html`, and the command that makes it again (`{name}`
+    in `reproduce` becomes the file's name). Shared by `compare --plot` and `compare --map --plot`."""
     path = check_plot_path(path)
-    png = figure_png(comparison)
     if path.suffix.lower() == ".png":
         path.write_bytes(png)
         return path
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     image = base64.b64encode(png).decode("ascii")
-    where = html.escape(str(comparison.directory))
+    where = html.escape(str(directory))
+    command = html.escape(reproduce).replace("{name}", html.escape(path.name))
     path.write_text(
         "<!doctype html>\n<html><head><meta charset='utf-8'>"
-        f"<title>dqnlab compare {where}</title></head>\n"
-        "<body style='font-family: sans-serif; max-width: 1400px; margin: auto'>\n"
-        f"<h1>dqnlab compare</h1><p><code>{where}</code>, {stamp}</p>\n"
-        f"<pre>{html.escape(format_comparison(comparison))}</pre>\n"
-        f"<img alt='learning curves and diagnostics per arm' style='max-width: 100%' "
-        f"src='data:image/png;base64,{image}'>\n"
-        f"<p>Reproduce: <code>dqnlab compare {where} --plot {html.escape(path.name)}</code></p>\n"
+        f"<title>{html.escape(title)} {where}</title></head>\n"
+        f"<body style='font-family: sans-serif; max-width: {width_px}px; margin: auto'>\n"
+        f"<h1>{html.escape(heading)}</h1><p><code>{where}</code>, {stamp}</p>\n"
+        f"<pre>{html.escape(text)}</pre>\n"
+        f"<img alt='{alt}' style='max-width: 100%' src='data:image/png;base64,{image}'>\n"
+        f"{extra_html}"
+        f"<p>Reproduce: <code>{command}</code></p>\n"
         "</body></html>\n"
     )
     return path
