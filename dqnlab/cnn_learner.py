@@ -20,7 +20,7 @@ import numpy as np
 
 from dqnlab import probes
 from dqnlab._tf import keras, tf
-from dqnlab.cnn_net import build_cnn_q_network, forward
+from dqnlab.cnn_net import forward
 from dqnlab.compiled import Compiled
 from dqnlab.config import Config
 from dqnlab.frame_replay import FrameBatch
@@ -72,18 +72,11 @@ class GreedyTFPolicy:
 class CNNLearner(Learner):
     """`Learner` for `network.kind = "cnn"`: `update` takes FrameBatches [K, B, stack + 1, H, W]."""
 
-    def __init__(self, cfg: Config, obs_shape: tuple[int, ...], num_actions: int, seed: int):
-        self._obs_shape = tuple(int(d) for d in obs_shape)  # (stack, H, W)
-        super().__init__(cfg, obs_dim=int(np.prod(self._obs_shape)), num_actions=num_actions, seed=seed)
-        # Every layer with an activation, input side first: probed, and the ends of grad/depth_ratio.
-        self._hidden_layers = [
-            layer for layer in self.online.layers if layer.name.startswith(("conv_", "hidden_"))
-        ]
-        self._policy: GreedyTFPolicy | None = None
-        self._frames_out: np.ndarray | None = None  # the burst's frames, gathered into one reused array
+    _probed_prefixes = ("conv_", "hidden_")  # every layer with an activation, input side first
 
-    def _build_network(self, obs_dim: int, num_actions: int, name: str) -> keras.Model:
-        return build_cnn_q_network(self.cfg.network, self._obs_shape, num_actions, name=name)
+    def __init__(self, cfg: Config, online: keras.Model, target: keras.Model, optimizer, obs_shape):
+        super().__init__(cfg, online, target, optimizer, obs_shape)  # obs_shape: (stack, H, W)
+        self._policy: GreedyTFPolicy | None = None
 
     def _q_values(self, network: keras.Model, obs: tf.Tensor) -> tf.Tensor:
         return forward(network, obs)
@@ -98,35 +91,20 @@ class CNNLearner(Learner):
         health, values, _ = super()._burst_impl(*args)
         return health, values, []  # the policy reads the variables: no 6.7 MB weight copy per burst
 
-    # -- replay and acting ------------------------------------------------------------------------
-
-    def sample_burst(self, replay, num_updates: int, batch_size: int) -> FrameBatch:
-        shape = (num_updates, batch_size, self._obs_shape[0] + 1, *self._obs_shape[1:])
-        if self._frames_out is None or self._frames_out.shape != shape:
-            self._frames_out = np.empty(shape, np.uint8)
-        # Reusing the array is safe: each compiled call has finished with its input when it returns.
-        return replay.sample_frames_many(num_updates, batch_size, out=self._frames_out)
-
-    def sample_one(self, replay, batch_size: int) -> FrameBatch:
-        return replay.sample_frames(batch_size)
+    # -- acting and the probe --------------------------------------------------------------------
 
     def policy(self) -> GreedyTFPolicy:
         if self._policy is None:
             self._policy = GreedyTFPolicy(self.online, self._obs_shape)
         return self._policy
 
-    # -- the probe --------------------------------------------------------------------------------
+    def _probe_states(self, states) -> tuple[np.ndarray, ...]:
+        """The probe states stay uint8 frames [N, stack, H, W] until the network scales them."""
+        return (np.asarray(states, np.uint8),)
 
-    def probe_inputs(self, sample: FrameBatch) -> np.ndarray:
-        """The probe states: the obs of a FrameBatch drawn once, uint8 [N, stack, H, W]."""
-        return np.ascontiguousarray(sample.frames[:, :-1])
-
-    def probe(self, states: np.ndarray, batch: FrameBatch) -> dict[str, tf.Tensor]:
+    def _probe_impl(self, states: tf.Tensor, *packed: tf.Tensor) -> dict[str, tf.Tensor]:
         """Per-channel statistics of the conv layers, per-unit ones of the dense layers, srank of the last
-        dense layer, and (with histograms) weights, activations and TD-loss gradients on `batch`."""
-        return self._call_probe(np.asarray(states, np.uint8), *self._pack(batch))
-
-    def _probe_impl(self, states: tf.Tensor, frames: tf.Tensor, scalars: tf.Tensor) -> dict[str, tf.Tensor]:
+        dense layer, and (with histograms) weights, activations and TD-loss gradients on the batch."""
         d, activation = self._diag, self.cfg.network.activation
         _, traces = forward(self.online, states, trace=True)
         m: dict[str, tf.Tensor] = {}
@@ -136,5 +114,5 @@ class CNNLearner(Learner):
             if d.histograms:
                 m[f"hist/activation/{t.name}"] = t.z
         m["features/srank"] = tf.cast(probes.srank(traces[-1].z, d.srank_delta), tf.float32)
-        m.update(self._probe_weights_and_gradient(unpack_frames(frames, scalars)))
+        m.update(self._probe_weights_and_gradient(self._unpack(*packed)))
         return m

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dqnlab.kinds import KINDS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -29,7 +31,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 AGENTS_DIR = _PACKAGE_DIR / "agents" if (_PACKAGE_DIR / "agents").is_dir() else _PACKAGE_DIR.parent / "agents"
 
 LOSS_KINDS = ("squared", "clipped_delta_squared", "clipped_gradient_squared", "huber")
-NETWORK_KINDS = ("mlp", "rnn", "cnn")
+NETWORK_KINDS = KINDS.keys()  # the kind table's: a kind added there is valid here
 CELLS = ("simple", "lstm", "gru")
 INITIAL_STATES = ("stored", "zero")
 ACTIVATIONS = ("relu", "sigmoid", "tanh")

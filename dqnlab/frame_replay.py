@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dqnlab.replay import Batch, SeededSampling
+from dqnlab.replay import Batch, SeededSampling, check_count
 
 # The default frame ring fits `capacity` transitions whose episodes average at least this many steps.
 MIN_MEAN_EPISODE = 80
@@ -59,12 +59,6 @@ class FrameBatch(NamedTuple):
     actions: np.ndarray  # [.., B] int32        a_tm1
     rewards: np.ndarray  # [.., B] float32      r_t
     discounts: np.ndarray  # [.., B] float32    0 if s_t is terminal, else 1
-
-
-def _check_count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_obs_shape(obs_shape) -> tuple[int, ...]:
@@ -106,12 +100,12 @@ class FrameReplay(SeededSampling):
         *,
         frame_capacity: int | None = None,
     ):
-        capacity = _check_count("replay capacity", capacity)
+        capacity = check_count("replay capacity", capacity)
         obs_shape = _check_obs_shape(obs_shape)
         stack = obs_shape[0]
         if frame_capacity is None:
             frame_capacity = _default_frame_capacity(capacity, stack)
-        frame_capacity = _check_count("frame_capacity", frame_capacity, stack + 1)  # one transition
+        frame_capacity = check_count("frame_capacity", frame_capacity, stack + 1)  # one transition
         self._capacity = capacity
         self._obs_shape = obs_shape
         self._stack = stack
@@ -134,7 +128,7 @@ class FrameReplay(SeededSampling):
         capacity: int, obs_shape: tuple[int, ...] = (4, 84, 84), frame_capacity: int | None = None
     ) -> int:
         """`nbytes` of a FrameReplay built with these arguments, without allocating it."""
-        capacity = _check_count("replay capacity", capacity)
+        capacity = check_count("replay capacity", capacity)
         obs_shape = _check_obs_shape(obs_shape)
         if frame_capacity is None:
             frame_capacity = _default_frame_capacity(capacity, obs_shape[0])
@@ -210,12 +204,12 @@ class FrameReplay(SeededSampling):
 
     def sample(self, batch_size: int) -> Batch:
         """One batch of `batch_size` transitions; obs/next_obs [B, stack, *frame_shape] uint8."""
-        return self._gather(self._slots((_check_count("batch_size", batch_size),)))
+        return self._gather(self._slots((check_count("batch_size", batch_size),)))
 
     def sample_many(self, num_batches: int, batch_size: int) -> Batch:
         """`num_batches` batches stacked [K, B, ...], drawn with one vectorized index draw."""
-        k = _check_count("num_batches", num_batches)
-        return self._gather(self._slots((k, _check_count("batch_size", batch_size))))
+        k = check_count("num_batches", num_batches)
+        return self._gather(self._slots((k, check_count("batch_size", batch_size))))
 
     def sample_frames(self, batch_size: int, out: np.ndarray | None = None) -> FrameBatch:
         """Like `sample`, but each transition's stack + 1 frames gathered once: [B, stack + 1, ...].
@@ -226,14 +220,14 @@ class FrameReplay(SeededSampling):
         `out`, a uint8 array [B, stack + 1, *frame_shape] reused from call to call, is gathered into and
         returned as `frames`: it saves allocating (and page-faulting) 1.1 MB per Atari batch of 32.
         """
-        return self._gather_frames(self._slots((_check_count("batch_size", batch_size),)), out)
+        return self._gather_frames(self._slots((check_count("batch_size", batch_size),)), out)
 
     def sample_frames_many(
         self, num_batches: int, batch_size: int, out: np.ndarray | None = None
     ) -> FrameBatch:
         """`num_batches` frame batches stacked [K, B, stack + 1, ...]; `out` as in `sample_frames`."""
-        k = _check_count("num_batches", num_batches)
-        return self._gather_frames(self._slots((k, _check_count("batch_size", batch_size))), out)
+        k = check_count("num_batches", num_batches)
+        return self._gather_frames(self._slots((k, check_count("batch_size", batch_size))), out)
 
     def split(self, batch: FrameBatch) -> Batch:
         """The `Batch` of a `FrameBatch`: obs and next_obs are views into `batch.frames` (no copy)."""

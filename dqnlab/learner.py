@@ -25,9 +25,8 @@ from dqnlab import probes
 from dqnlab._tf import keras, tf
 from dqnlab.compiled import Compiled
 from dqnlab.config import Config
-from dqnlab.losses import get_loss
-from dqnlab.networks import NumpyMLP, build_q_network, variable_tag
-from dqnlab.optimizers import make_optimizer
+from dqnlab.losses import get_loss, td_target
+from dqnlab.networks import NumpyMLP, variable_tag
 from dqnlab.replay import Batch  # one transition structure, numpy in replay, tensors in the graph
 
 
@@ -251,15 +250,15 @@ class Learner:
     # the panel needs another gradient in the update's tape (the RNN's dL/dh through time).
     _panel_shares_trace = True
 
-    def __init__(self, cfg: Config, obs_dim: int, num_actions: int, seed: int):
-        # Same seed -> same initial weights, so the arms of an A/B start from identical networks.
-        keras.utils.set_random_seed(seed)
+    # Layers the probe measures (and grad/depth_ratio's ends), by name prefix, input side first.
+    _probed_prefixes: tuple[str, ...] = ("hidden_",)
+
+    def __init__(self, cfg: Config, online: keras.Model, target: keras.Model, optimizer, obs_shape):
+        """A learner of built parts (`dqnlab.kinds.make_learner` builds them for a config): the online and
+        target networks (target a copy of online), the optimizer built for online's trainable variables, and
+        the shape of one observation."""
         self.cfg = cfg
-        self.online = self._build_network(obs_dim, num_actions, "q_network")
-        self.target = self._build_network(obs_dim, num_actions, "target_network")
-        self.target.set_weights(self.online.get_weights())
-        self.optimizer = make_optimizer(cfg.optimizer)
-        self.optimizer.build(self.online.trainable_variables)
+        self.online, self.target, self.optimizer = online, target, optimizer
         self.variables = list(self.online.trainable_variables)
         # Initial weights, for the distance-from-initialisation diagnostic.
         self._initial = [tf.constant(v.numpy()) for v in self.variables]
@@ -269,8 +268,10 @@ class Learner:
         self._reader: MetricReader | None = None
         self._record_capacity = 0
         self._last: LastBurst | None = None
-        self._hidden_layers = [layer for layer in self.online.layers if layer.name.startswith("hidden_")]
-        self._obs_dim = obs_dim
+        layers = self.online.layers
+        self._hidden_layers = [layer for layer in layers if layer.name.startswith(self._probed_prefixes)]
+        self._obs_shape = tuple(int(d) for d in obs_shape)
+        self._obs_dim = int(np.prod(self._obs_shape))
         self.variable_tags = [variable_tag(v) for v in self.variables]
         self._family_tags = {fam: [f"{fam}/{tag}" for tag in self.variable_tags] for fam in PER_VARIABLE}
         self._family_tags["~half_nonzero"] = [f"~half_nonzero/{tag}" for tag in self.variable_tags]
@@ -288,9 +289,6 @@ class Learner:
         self._compiled: dict[bool, Compiled] = {}  # diagnostics flag -> fn
         self._probe_fn = None
         self._sync_target = tf.function(self._sync_target_impl, autograph=False)
-
-    def _build_network(self, obs_dim: int, num_actions: int, name: str) -> keras.Model:
-        return build_q_network(self.cfg.network, obs_dim, num_actions, name=name)
 
     def _q_values(self, network: keras.Model, obs: tf.Tensor) -> tf.Tensor:
         """Q-values [B, A] of `obs` inside the compiled update (a subclass may prepare the input first).
@@ -353,25 +351,19 @@ class Learner:
         policy.set_weights(self.online_weights())
         return policy
 
-    def sample_burst(self, replay, num_updates: int, batch_size: int):
-        """The replayed data of one burst: `num_updates` batches, stacked."""
-        return replay.sample_many(num_updates, batch_size)
-
-    def sample_one(self, replay, batch_size: int):
-        return replay.sample(batch_size)
-
-    def probe_inputs(self, sample: Batch) -> np.ndarray:
-        """What `probe` is given, from a replay sample drawn once: its states."""
-        return sample.obs
-
     def update_target(self) -> None:
         self._sync_target()
 
-    def probe(self, states: np.ndarray, batch: Batch) -> dict[str, tf.Tensor]:
-        """Activation statistics of every hidden layer on `states` [N, obs_dim], the penultimate layer's
-        srank, and (when histograms are on) histograms of weights, activations and of the gradient of the
-        TD loss on `batch` (computed, not applied). One compiled call, traced once."""
-        return self._call_probe(np.asarray(states, np.float32), pack(Batch(*batch)))
+    def probe(self, states, batch) -> dict[str, tf.Tensor]:
+        """Activation statistics of every probed layer on `states` (the kind's sampler draws them: see
+        `dqnlab.kinds`), the penultimate layer's srank, and (when histograms are on) histograms of weights,
+        activations and of the gradient of the TD loss on `batch` (computed, not applied). One compiled
+        call, traced once."""
+        return self._call_probe(*self._probe_states(states), *self._pack(batch))
+
+    def _probe_states(self, states) -> tuple[np.ndarray, ...]:
+        """The probe states as the compiled probe's leading arguments."""
+        return (np.asarray(states, np.float32),)
 
     def _call_probe(self, *args: np.ndarray) -> dict[str, tf.Tensor | np.ndarray]:
         """`_probe_impl(*args)`, traced once for these arrays' shapes and dtypes (eager with DQNLAB_EAGER),
@@ -593,12 +585,8 @@ class Learner:
         discount_t = tf.cast(b.discounts, tf.float32) * self._gamma  # [B]
 
         q_t = self._q_values(self.target, obs_t)  # [B, A]
-        if self._double:
-            a_t = tf.argmax(self._q_values(self.online, obs_t), axis=1, output_type=tf.int32)  # [B]
-            v_t = tf.gather(q_t, a_t, batch_dims=1)  # [B]
-        else:
-            v_t = tf.reduce_max(q_t, axis=1)  # [B]
-        target_tm1 = tf.stop_gradient(r_t + discount_t * v_t)  # [B]
+        selector = self._q_values(self.online, obs_t) if self._double else None  # Double DQN picks a_t
+        target_tm1 = td_target(r_t, discount_t, q_t, selector)  # [B]
 
         with tf.GradientTape() as tape:
             q_tm1 = self._q_values(self.online, obs_tm1)  # [B, A]
@@ -774,7 +762,7 @@ class Learner:
             "update_ratio": tf.math.divide_no_nan(step_norm, weight_norm),
         }
 
-    def _probe_impl(self, states: tf.Tensor, packed: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _probe_impl(self, states: tf.Tensor, *packed: tf.Tensor) -> dict[str, tf.Tensor]:
         d, activation = self._diag, self.cfg.network.activation
         m: dict[str, tf.Tensor] = {}
         h = states  # [N, D]
@@ -786,7 +774,7 @@ class Learner:
                 m[f"hist/activation/{layer.name}"] = z
             h = z
         m["features/srank"] = tf.cast(probes.srank(h, d.srank_delta), tf.float32)
-        m.update(self._probe_weights_and_gradient(unpack(packed, self._obs_dim)))
+        m.update(self._probe_weights_and_gradient(self._unpack(*packed)))
         return m
 
     def _probe_weights_and_gradient(self, batch) -> dict[str, tf.Tensor]:

@@ -109,3 +109,23 @@ def get_loss(name: str) -> LossFn:
         return LOSSES[name]
     except KeyError:
         raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)}") from None
+
+
+def td_target(
+    rewards: tf.Tensor,
+    discounts: tf.Tensor,
+    q_target_next: tf.Tensor,
+    q_selector_next: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """The one-step TD target r_t + discount_t * v(s_t), held constant (no gradient flows into it).
+
+    Shapes [...] for `rewards` and `discounts` (gamma already folded in: 0 at a terminal) and [..., A] for
+    the Q-values of s_t. v(s_t) is max_a Q_target(s_t, a) (DQN), or with `q_selector_next` Double DQN's
+    Q_target(s_t, argmax_a Q_selector(s_t, a)) (van Hasselt et al. 2016; rlax's `double_q_learning`).
+    """
+    if q_selector_next is None:
+        v_next = tf.reduce_max(q_target_next, axis=-1)
+    else:
+        a_next = tf.argmax(q_selector_next, axis=-1, output_type=tf.int32)
+        v_next = tf.gather(q_target_next, a_next, batch_dims=a_next.shape.rank)
+    return tf.stop_gradient(rewards + discounts * v_next)

@@ -28,42 +28,33 @@ from dqnlab import probes
 from dqnlab._tf import keras, tf
 from dqnlab.config import Config
 from dqnlab.learner import Learner, TDTerms
-from dqnlab.recurrent_net import NumpyRecurrentPolicy, RecurrentQNetwork
+from dqnlab.losses import td_target
+from dqnlab.recurrent_net import NumpyRecurrentPolicy
+from dqnlab.sequence_replay import pack_sequences
 
 
 class Sequences(NamedTuple):
     """A replayed sequence batch as tensors inside the graph ([B, T, ...]; see SequenceBatch)."""
 
     obs: tf.Tensor
-    action: tf.Tensor
-    reward: tf.Tensor
+    actions: tf.Tensor
+    rewards: tf.Tensor
     next_obs: tf.Tensor
-    terminated: tf.Tensor
+    discounts: tf.Tensor
     mask: tf.Tensor
     train_mask: tf.Tensor
     initial_state: tf.Tensor
 
 
-def pack_sequences(batch) -> tuple[np.ndarray, np.ndarray]:
-    """SequenceBatch fields [.., B, T, ...] as one float32 [.., B, T, 2D + 5] array, and the initial state."""
-    obs, action, reward, next_obs, terminated, mask, train_mask, initial_state = batch
-    per_step = np.concatenate(
-        [obs, action[..., None], reward[..., None], next_obs, terminated[..., None], mask[..., None],
-         train_mask[..., None]],
-        axis=-1,
-        dtype=np.float32,
-    )  # fmt: skip
-    return per_step, np.asarray(initial_state, np.float32)
-
-
 def unpack_sequences(per_step: tf.Tensor, initial_state: tf.Tensor, obs_dim: int) -> Sequences:
+    """The inverse of `dqnlab.sequence_replay.pack_sequences`, inside the graph."""
     d = obs_dim
     return Sequences(
         obs=per_step[..., :d],
-        action=tf.cast(per_step[..., d], tf.int32),
-        reward=per_step[..., d + 1],
+        actions=tf.cast(per_step[..., d], tf.int32),
+        rewards=per_step[..., d + 1],
         next_obs=per_step[..., d + 2 : 2 * d + 2],
-        terminated=per_step[..., 2 * d + 2],
+        discounts=per_step[..., 2 * d + 2],
         mask=per_step[..., 2 * d + 3],
         train_mask=per_step[..., 2 * d + 4],
         initial_state=initial_state,
@@ -75,14 +66,11 @@ class RecurrentLearner(Learner):
 
     _panel_shares_trace = False  # the panel's BPTT norms need dL/dh in the update's own tape
 
-    def __init__(self, cfg: Config, obs_dim: int, num_actions: int, seed: int):
+    def __init__(self, cfg: Config, online: keras.Model, target: keras.Model, optimizer, obs_shape):
+        super().__init__(cfg, online, target, optimizer, obs_shape)
         self.rec = cfg.recurrent
-        super().__init__(cfg, obs_dim, num_actions, seed)
         self._burn_in = self.rec.burn_in
         self._length = self.rec.sequence_length
-
-    def _build_network(self, obs_dim: int, num_actions: int, name: str) -> keras.Model:
-        return RecurrentQNetwork(self.cfg.network, self.rec, obs_dim, num_actions, name)
 
     def _pack(self, batch) -> tuple[np.ndarray, ...]:
         return pack_sequences(batch)
@@ -90,23 +78,11 @@ class RecurrentLearner(Learner):
     def _unpack(self, *packed: tf.Tensor) -> Sequences:
         return unpack_sequences(packed[0], packed[1], self._obs_dim)
 
-    # -- replay -----------------------------------------------------------------------------------
-
-    def sample_burst(self, replay, num_updates: int, batch_size: int):
-        """`num_updates` SequenceBatches of `batch_size` windows, stacked: [K, B, T, ...]."""
-        return self._stack([self.sample_one(replay, batch_size) for _ in range(num_updates)])
-
-    @staticmethod
-    def _stack(batches):
-        """K SequenceBatches of [B, T, ...] -> one of [K, B, T, ...]."""
-        return type(batches[0])(*(np.stack(field) for field in zip(*batches, strict=True)))
-
-    def sample_one(self, replay, batch_size: int):
-        return replay.sample(batch_size, self._length, self._burn_in, self.rec.initial_state)
+    # -- sizes and acting -------------------------------------------------------------------------
 
     def _samples_per_update(self, batch: Sequences) -> int:
         """The most trained steps one update's windows hold: B * T."""
-        return int(np.prod(batch.reward.shape[1:]))
+        return int(np.prod(batch.rewards.shape[1:]))
 
     # -- acting -----------------------------------------------------------------------------------
 
@@ -114,10 +90,6 @@ class RecurrentLearner(Learner):
         policy = NumpyRecurrentPolicy(self.cfg.network, self.rec)
         policy.set_weights(self.online_weights())
         return policy
-
-    @property
-    def state_size(self) -> int:
-        return self.online.state_size
 
     # -- the loss ---------------------------------------------------------------------------------
 
@@ -131,18 +103,14 @@ class RecurrentLearner(Learner):
         state = self._start_state(b)
         q_target, _, _ = self.target.unroll(obs, state)
         q_target = q_target[:, 1:]  # [B, T, A] Q_target(s_t+1)
-        gamma_t = self._gamma * (1.0 - b.terminated)  # [B, T]
+        discount_t = b.discounts * self._gamma  # [B, T]
         weights = b.train_mask  # [B, T]
         with tf.GradientTape() as tape:
             q_all, hs, _ = self.online.unroll(obs, state, stop_gradient_after=self._burn_in)
             q_tm1 = q_all[:, :-1]  # [B, T, A]
-            if self._double:
-                a_t = tf.argmax(tf.stop_gradient(q_all[:, 1:]), axis=-1, output_type=tf.int32)
-                v_t = tf.gather(q_target, a_t, batch_dims=2)
-            else:
-                v_t = tf.reduce_max(q_target, axis=-1)
-            target = tf.stop_gradient(b.reward + gamma_t * v_t)  # [B, T]
-            qa = tf.gather(q_tm1, b.action, batch_dims=2)  # [B, T]
+            selector = q_all[:, 1:] if self._double else None  # Double DQN: the online unroll picks a_t
+            target = td_target(b.rewards, discount_t, q_target, selector)  # [B, T]
+            qa = tf.gather(q_tm1, b.actions, batch_dims=2)  # [B, T]
             delta = target - qa
             per_sample = self._loss_fn(delta, self._bound) * weights
             loss = tf.reduce_sum(per_sample) / tf.maximum(tf.reduce_sum(weights), 1.0)
@@ -197,12 +165,9 @@ class RecurrentLearner(Learner):
 
     # -- the probe --------------------------------------------------------------------------------
 
-    def probe_inputs(self, sample) -> tuple[np.ndarray, np.ndarray]:
-        """Probe windows: a SequenceBatch drawn once from replay, packed."""
-        return pack_sequences(sample)
-
-    def probe(self, inputs, batch) -> dict[str, tf.Tensor]:
-        return self._call_probe(*(np.asarray(a, np.float32) for a in (*inputs, *self._pack(batch))))
+    def _probe_states(self, states) -> tuple[np.ndarray, ...]:
+        """The probe windows, packed (`pack_sequences`) by the sampler that drew them."""
+        return tuple(np.asarray(a, np.float32) for a in states)
 
     def _probe_impl(self, per_step, initial_state, batch_steps, batch_state) -> dict[str, tf.Tensor]:
         d = self._diag
@@ -213,14 +178,14 @@ class RecurrentLearner(Learner):
         outputs: dict[str, list] = {layer.name: [] for layer in [*layers, self.online.cell]}
         pre_acts: dict[str, list] = {layer.name: [] for layer in layers}
         cell_pre: list = []
-        states = self.online._split(state)
+        states = self.online.split_state(state)
         with tf.GradientTape(persistent=True) as tape:
             start, h = None, None
             for t in range(seq.obs.shape[1]):
                 if t == self._burn_in:  # the trained window starts here: differentiate from this state
                     start = tf.concat(states, axis=-1)
                     tape.watch(start)
-                    states = self.online._split(start)
+                    states = self.online.split_state(start)
                 x = seq.obs[:, t]
                 for layer in self.online.pre:
                     a = tf.matmul(x, layer.kernel) + layer.bias

@@ -65,14 +65,15 @@ class RecurrentQNetwork(keras.Model):
         """The flat recurrent state [B, state_size]: h, or [h, c] side by side for the LSTM."""
         return tf.zeros([batch, self.state_size])
 
-    def _split(self, state: tf.Tensor) -> list[tf.Tensor]:
+    def split_state(self, state: tf.Tensor) -> list[tf.Tensor]:
+        """The flat state [B, S] as the cell takes it: [h], or [h, c] for the LSTM."""
         return [state[:, : self.units], state[:, self.units :]] if self.cell_kind == "lstm" else [state]
 
     def unroll(self, obs: tf.Tensor, state: tf.Tensor, stop_gradient_after: int = 0):
         """obs [B, T, D], state [B, S] -> (q [B, T, A], [h_0 .. h_T-1] each [B, U], final state [B, S]).
 
         The state entering step `stop_gradient_after` is cut from the graph (R2D2's burn-in)."""
-        states = self._split(state)
+        states = self.split_state(state)
         hs, qs = [], []
         for t in range(obs.shape[1]):
             if t == stop_gradient_after and t > 0:

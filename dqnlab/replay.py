@@ -29,9 +29,10 @@ class Batch(NamedTuple):
     discounts: np.ndarray  # [.., B] float32    0 if s_t is terminal, else 1
 
 
-def _check_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+def check_count(name: str, value, minimum: int = 1) -> int:
+    """`value` as an int, if it is an integer (not a bool) >= `minimum`; ValueError naming it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -65,7 +66,7 @@ class ReplayBuffer(SeededSampling):
     """
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype=np.float32, seed: int = 0):
-        capacity = _check_count("replay capacity", capacity)
+        capacity = check_count("replay capacity", capacity)
         obs_shape = tuple(int(d) for d in obs_shape)
         if any(d < 1 for d in obs_shape):
             raise ValueError(f"obs_shape must have positive dimensions, got {obs_shape}")
@@ -122,12 +123,12 @@ class ReplayBuffer(SeededSampling):
 
     def sample(self, batch_size: int) -> Batch:
         """One batch of `batch_size` transitions; arrays [B, ...]."""
-        return self._gather(self._indices((_check_count("batch_size", batch_size),)))
+        return self._gather(self._indices((check_count("batch_size", batch_size),)))
 
     def sample_many(self, num_batches: int, batch_size: int) -> Batch:
         """`num_batches` batches stacked [K, B, ...], drawn with one vectorized index draw."""
-        k = _check_count("num_batches", num_batches)
-        b = _check_count("batch_size", batch_size)
+        k = check_count("num_batches", num_batches)
+        b = check_count("batch_size", batch_size)
         return self._gather(self._indices((k, b)))
 
     def _indices(self, shape: tuple[int, ...]) -> np.ndarray:

@@ -37,26 +37,39 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dqnlab.replay import SeededSampling
+from dqnlab.replay import SeededSampling, check_count
 
 
 class SequenceBatch(NamedTuple):
-    """Sampled windows, [B, T, ...] with T = burn_in + length; padding (mask 0) is all zeros."""
+    """Sampled windows, [B, T, ...] with T = burn_in + length; padding (mask 0) is zeros (discount 1).
+    The fields of `dqnlab.replay.Batch`, each with a time axis, then the window's masks and state."""
 
     obs: np.ndarray  # [B, T, obs_dim] float32       o_tm1
-    action: np.ndarray  # [B, T] int32                 a_tm1
-    reward: np.ndarray  # [B, T] float32               r_t
+    actions: np.ndarray  # [B, T] int32                a_tm1
+    rewards: np.ndarray  # [B, T] float32              r_t
     next_obs: np.ndarray  # [B, T, obs_dim] float32    o_t
-    terminated: np.ndarray  # [B, T] float32           1 if o_t is terminal: discount_t = gamma * (1 - this)
+    discounts: np.ndarray  # [B, T] float32            0 if o_t is terminal, else 1
     mask: np.ndarray  # [B, T] float32                 1 for real steps, 0 for padding after the episode end
     train_mask: np.ndarray  # [B, T] float32           mask with the first burn_in steps zeroed
     initial_state: np.ndarray  # [B, state_dim] float32 state fed in at the window's first step (or zeros)
 
 
-def _check_count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+def stack_sequences(batches: list[SequenceBatch]) -> SequenceBatch:
+    """K SequenceBatches of [B, T, ...] as one of [K, B, T, ...]: a burst's."""
+    return SequenceBatch(*(np.stack(field) for field in zip(*batches, strict=True)))
+
+
+def pack_sequences(batch: SequenceBatch) -> tuple[np.ndarray, np.ndarray]:
+    """SequenceBatch fields [.., B, T, ...] as one float32 [.., B, T, 2D + 5] array (one argument to bind
+    per compiled call instead of seven), and the initial state."""
+    obs, actions, rewards, next_obs, discounts, mask, train_mask, initial_state = batch
+    per_step = np.concatenate(
+        [obs, actions[..., None], rewards[..., None], next_obs, discounts[..., None], mask[..., None],
+         train_mask[..., None]],
+        axis=-1,
+        dtype=np.float32,
+    )  # fmt: skip
+    return per_step, np.asarray(initial_state, np.float32)
 
 
 class SequenceReplay(SeededSampling):
@@ -74,10 +87,10 @@ class SequenceReplay(SeededSampling):
     """
 
     def __init__(self, capacity: int, obs_dim: int, state_dim: int = 0, seed: int = 0):
-        capacity = _check_count("sequence replay capacity", capacity, minimum=2)  # a step plus its next obs
+        capacity = check_count("sequence replay capacity", capacity, minimum=2)  # a step plus its next obs
         self._capacity = capacity
-        self._obs_dim = _check_count("obs_dim", obs_dim)
-        self._state_dim = _check_count("state_dim", state_dim, minimum=0)
+        self._obs_dim = check_count("obs_dim", obs_dim)
+        self._state_dim = check_count("state_dim", state_dim, minimum=0)
         self.obs = np.zeros((capacity, self._obs_dim), np.float32)  # [C, obs_dim]
         self.action = np.zeros(capacity, np.int32)  # [C]
         self.reward = np.zeros(capacity, np.float32)  # [C]
@@ -120,7 +133,7 @@ class SequenceReplay(SeededSampling):
     def can_sample(self, length: int) -> bool:
         """True once at least `length` steps are stored (one would do: windows are padded; this avoids
         training on mostly padding early on)."""
-        return self._num_steps >= _check_count("length", length)
+        return self._num_steps >= check_count("length", length)
 
     def _check_vector(self, name: str, value, dim: int) -> np.ndarray:
         value = np.asarray(value, np.float32)
@@ -185,9 +198,9 @@ class SequenceReplay(SeededSampling):
         initial_state: "stored" (the state stored at each window's first step) or "zero". With state_dim=0
         both give [B, 0]: the network builds its own zero state.
         """
-        b = _check_count("batch_size", batch_size)
-        length = _check_count("length", length)
-        burn_in = _check_count("burn_in", burn_in, minimum=0)
+        b = check_count("batch_size", batch_size)
+        length = check_count("length", length)
+        burn_in = check_count("burn_in", burn_in, minimum=0)
         if initial_state not in ("stored", "zero"):
             raise ValueError(f"initial_state must be 'stored' or 'zero', got {initial_state!r}")
         if self._num_steps == 0:
@@ -207,11 +220,11 @@ class SequenceReplay(SeededSampling):
             init = np.zeros((b, self._state_dim), np.float32)
         return SequenceBatch(
             obs=np.where(valid[..., None], np.take(self.obs, step_idx, axis=0), np.float32(0)),
-            action=np.where(valid, np.take(self.action, step_idx), np.int32(0)),
-            reward=np.where(valid, np.take(self.reward, step_idx), np.float32(0)),
+            actions=np.where(valid, np.take(self.action, step_idx), np.int32(0)),
+            rewards=np.where(valid, np.take(self.reward, step_idx), np.float32(0)),
             # The row after a valid step is in the same episode (a step or its final observation row).
             next_obs=np.where(valid[..., None], np.take(self.obs, idx[:, 1:], axis=0), np.float32(0)),
-            terminated=(valid & np.take(self.terminated, step_idx)).astype(np.float32),
+            discounts=np.float32(1) - (valid & np.take(self.terminated, step_idx)).astype(np.float32),
             mask=mask,
             train_mask=train_mask,
             initial_state=init,

@@ -21,13 +21,15 @@ import dqnlab  # noqa: E402
 from dqnlab import envstate, plainstate, probes  # noqa: E402
 from dqnlab._tf import tf  # noqa: E402
 from dqnlab.cli import main  # noqa: E402
-from dqnlab.cnn_learner import CNNLearner, pack_frames, unpack_frames  # noqa: E402
+from dqnlab.cnn_learner import pack_frames, unpack_frames  # noqa: E402
 from dqnlab.cnn_net import build_cnn_q_network, forward  # noqa: E402
 from dqnlab.config import ConfigError, load_preset  # noqa: E402
 from dqnlab.envs import ClipReward, LifeLossTerminal, StickyActions, make_env  # noqa: E402
 from dqnlab.frame_replay import FrameReplay  # noqa: E402
+from dqnlab.kinds import make_learner  # noqa: E402
 from dqnlab.learner import PER_VARIABLE, PROBE_PER_VARIABLE  # noqa: E402
 from dqnlab.networks import variable_tag  # noqa: E402
+from dqnlab.sampling import FrameSampler  # noqa: E402
 
 CONVS = ("conv_0", "conv_1", "conv_2")
 PROBE_FAMILIES = ("act_dead_frac", "act_dormant_frac", "act_saturated_frac", "act_zero_deriv_frac")
@@ -232,7 +234,7 @@ def test_cnn_on_channels_first_frames_equals_a_reference_on_nhwc():
 
 def test_acting_policy_and_frame_split_match_the_network():
     cfg = load_preset("pong_huber")
-    learner = CNNLearner(cfg, (4, 84, 84), 6, seed=0)
+    learner = make_learner(cfg, (4, 84, 84), 6, seed=0)
     obs = np.random.default_rng(1).integers(0, 256, (4, 84, 84), dtype=np.uint8)
     policy = learner.policy()
     np.testing.assert_allclose(policy(obs), learner.online(obs[None]).numpy()[0], rtol=1e-5, atol=1e-5)
@@ -244,7 +246,7 @@ def test_acting_policy_and_frame_split_match_the_network():
         nxt = np.concatenate([obs[1:], rng.integers(0, 256, (1, 84, 84), dtype=np.uint8)])
         replay.add(obs, t % 6, 1.0, nxt, t == 20)
         obs = nxt if t != 20 else rng.integers(0, 256, (4, 84, 84), dtype=np.uint8)
-    burst = learner.sample_burst(replay, 2, 8)
+    burst = FrameSampler(replay).burst(2, 8)
     frames, scalars = pack_frames(burst)
     assert frames.dtype == np.uint8 and frames.shape == (2, 8, 5, 84, 84)
     unpacked = unpack_frames(tf.constant(frames), tf.constant(scalars))

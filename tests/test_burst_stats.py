@@ -14,12 +14,12 @@ from test_learner import ACTIONS, OBS, REWARDS, tiny_learner
 from test_learner import batch as tiny_batch
 from test_recurrent import rnn_cfg, windows
 
-from dqnlab.cnn_learner import CNNLearner
 from dqnlab.config import load_preset
 from dqnlab.frame_replay import FrameBatch
+from dqnlab.kinds import make_learner
 from dqnlab.learner import BURST_COUNTS, Batch, Learner, panel_position
 from dqnlab.losses import get_loss
-from dqnlab.recurrent_learner import RecurrentLearner
+from dqnlab.sequence_replay import stack_sequences
 
 K, B, OBS_DIM = 8, 32, 3
 STATS = ("loss/td", "td/grad_blocked_frac", "td/beyond_bound_frac", "td/abs_max", "q/max", "grad_norm/global")
@@ -33,7 +33,7 @@ def small_learner(loss: str, clip: float) -> Learner:
         "train.grad_clip_norm": clip,
         "train.gamma": 0.9,
     }
-    return Learner(load_preset("huber_relu", overrides), obs_dim=OBS_DIM, num_actions=2, seed=0)
+    return make_learner(load_preset("huber_relu", overrides), (OBS_DIM,), 2, seed=0)
 
 
 def random_burst(seed: int, k: int = K) -> Batch:
@@ -214,7 +214,7 @@ def test_nonfinite_origin_of_a_recurrent_learner():
             "train.grad_clip_norm": 1.0,
         }
     )
-    learner = RecurrentLearner(cfg, obs_dim=2, num_actions=2, seed=0)
+    learner = make_learner(cfg, (2,), 2, seed=0)
     kernel = learner.online.pre[0].kernel.numpy()
     kernel[0] = 1e-25
     learner.online.pre[0].kernel.assign(kernel)
@@ -224,7 +224,7 @@ def test_nonfinite_origin_of_a_recurrent_learner():
     first.obs[..., 0], second.obs[..., 0] = 0.0, 0.0
     second.obs[0, 2, 0] = HUGE  # a trained step of window 0
     first, second = (w._replace(next_obs=np.roll(w.obs, -1, axis=1)) for w in (first, second))
-    out = learner.update(learner._stack([first, second]), with_diagnostics=True)
+    out = learner.update(stack_sequences([first, second]), with_diagnostics=True)
     assert not bool(out.finite)
     assert learner.nonfinite_origin() == {
         "variable": "hidden_0/kernel",
@@ -238,7 +238,7 @@ def test_nonfinite_origin_of_a_cnn_learner(measured):
     """hidden_0's bias of 1e21 makes its outputs ~1e21: Q and the Huber loss stay finite, and so does every
     gradient below the head (Huber's dL/dQ is at most 1/B), but q_head/kernel's is ~1e21 an entry."""
     cfg = load_preset("pong_huber", {"network.hidden": [16], "train.batch_size": 4})
-    learner = CNNLearner(cfg, (4, 36, 36), 3, seed=0)
+    learner = make_learner(cfg, (4, 36, 36), 3, seed=0)
     learner.online.get_layer("hidden_0").bias.assign(np.full(16, 1e21, np.float32))
     rng = np.random.default_rng(0)
     burst = FrameBatch(
@@ -266,7 +266,7 @@ def test_count_based_fractions_are_exact_for_sizes_that_are_no_power_of_two():
         "huber_relu",
         {"network.hidden": [3], "optimizer.kind": "sgd", "train.batch_size": 3, "train.grad_clip_norm": 0.0},
     )
-    learner = Learner(cfg, obs_dim=2, num_actions=2, seed=0)
+    learner = make_learner(cfg, (2,), 2, seed=0)
     hidden = np.array([[1, 0, 1], [0, 1, 1]], np.float32)  # units 0, 1 copy the inputs; unit 2 is dead
     head = np.array([[1, 0], [0, 1], [0, 0]], np.float32)  # Q(s, .) = s
     weights = [hidden, np.array([0, 0, -10], np.float32), head, np.zeros(2, np.float32)]

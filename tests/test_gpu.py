@@ -42,10 +42,10 @@ def test_device_gpu_without_a_gpu_is_one_line_and_exit_2(tmp_path):
 def test_learner_variables_live_on_the_gpu_and_updates_are_finite():
     need_gpu()
     from dqnlab.config import load_preset
-    from dqnlab.learner import Learner
+    from dqnlab.kinds import make_learner
     from dqnlab.replay import ReplayBuffer
 
-    learner = Learner(load_preset("huber_relu"), obs_dim=4, num_actions=2, seed=0)
+    learner = make_learner(load_preset("huber_relu"), (4,), 2, seed=0)
     assert all("GPU" in v.value.device for v in learner.variables), [
         v.value.device for v in learner.variables
     ]

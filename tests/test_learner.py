@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from dqnlab.config import load_preset
+from dqnlab.kinds import make_learner
 from dqnlab.learner import Batch, Learner, global_norm_parts
 
 OBS = np.array([[1, 2], [0.5, 0.5], [1, 1], [2, 0]], np.float32)
@@ -35,7 +36,7 @@ def tiny_learner(loss_kind: str, **extra) -> Learner:
         "train.batch_size": B,
         **extra,
     }
-    learner = Learner(load_preset("huber_relu", overrides), obs_dim=2, num_actions=2, seed=0)
+    learner = make_learner(load_preset("huber_relu", overrides), (2,), 2, seed=0)
     eye, zero = np.eye(2, dtype=np.float32), np.zeros(2, np.float32)
     learner.online.set_weights([eye, zero, eye, zero])
     learner.target.set_weights([eye, zero, eye, zero])
@@ -260,13 +261,10 @@ def test_double_dqn_bootstraps_with_the_online_argmax():
 
 
 def test_same_seed_gives_identical_initial_weights_across_arms():
-    arms = [
-        Learner(load_preset(n), obs_dim=4, num_actions=2, seed=3)
-        for n in ("huber_relu", "clipped_delta_relu")
-    ]
+    arms = [make_learner(load_preset(n), (4,), 2, seed=3) for n in ("huber_relu", "clipped_delta_relu")]
     for a, b in zip(arms[0].online_weights(), arms[1].online_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    other = Learner(load_preset("huber_relu"), obs_dim=4, num_actions=2, seed=4)
+    other = make_learner(load_preset("huber_relu"), (4,), 2, seed=4)
     assert not np.array_equal(arms[0].online_weights()[0], other.online_weights()[0])
 
 
@@ -332,11 +330,8 @@ def test_update_health_metrics_match_the_sgd_step_by_hand():
 
 
 def test_depth_ratio_is_first_over_last_hidden_kernel_gradient():
-    learner = Learner(
-        load_preset("huber_relu", {"network.hidden": [8, 8, 8], "train.batch_size": B}),
-        obs_dim=2,
-        num_actions=2,
-        seed=0,
+    learner = make_learner(
+        load_preset("huber_relu", {"network.hidden": [8, 8, 8], "train.batch_size": B}), (2,), 2, seed=0
     )
     m = {k: float(v) for k, v in learner.update(batch(), with_diagnostics=True).metrics.items()}
     assert m["grad/depth_ratio"] == pytest.approx(

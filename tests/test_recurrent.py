@@ -14,10 +14,10 @@ import dqnlab
 from dqnlab._tf import tf
 from dqnlab.config import ConfigError, load_preset
 from dqnlab.events import read_series
+from dqnlab.kinds import make_learner
 from dqnlab.networks import variable_tag
-from dqnlab.recurrent_learner import RecurrentLearner
 from dqnlab.recurrent_net import NumpyRecurrentPolicy, RecurrentQNetwork
-from dqnlab.sequence_replay import SequenceBatch
+from dqnlab.sequence_replay import SequenceBatch, pack_sequences
 
 
 def rnn_cfg(cell="simple", **overrides):
@@ -69,7 +69,7 @@ W_HAND = np.array([[0.5, -0.3, 0.2], [0.1, 0.4, -0.6]], np.float32)  # input ker
 B_HAND = np.array([0.05, -0.1, 0.02], np.float32)
 
 
-def hand_learner() -> RecurrentLearner:
+def hand_learner():
     cfg = load_preset(
         "rnn_exploding",
         {
@@ -82,7 +82,7 @@ def hand_learner() -> RecurrentLearner:
             "diagnostics.histograms": False,
         },
     )
-    learner = RecurrentLearner(cfg, obs_dim=2, num_actions=2, seed=0)
+    learner = make_learner(cfg, (2,), 2, seed=0)
     learner.online.cell.kernel.assign(W_HAND)
     learner.online.cell.recurrent_kernel.assign(U_HAND)
     learner.online.cell.bias.assign(B_HAND)
@@ -110,7 +110,7 @@ def numpy_jacobian_norm(obs: np.ndarray) -> float:
 def test_jacobian_norm_and_spectral_radius_match_numpy():
     learner = hand_learner()
     probe = windows(5, 4)
-    metrics = learner.probe(learner.probe_inputs(probe), windows(2, 4, seed=1))
+    metrics = learner.probe(pack_sequences(probe), windows(2, 4, seed=1))
     expected = np.mean([numpy_jacobian_norm(o) for o in probe.obs])
     assert float(metrics["bptt/jacobian_norm"]) == pytest.approx(expected, rel=1e-4)
     stats = {k: float(v) for k, v in learner._recurrent_matrix_stats().items()}
@@ -119,7 +119,7 @@ def test_jacobian_norm_and_spectral_radius_match_numpy():
         np.linalg.svd(U_HAND, compute_uv=False)[0], rel=1e-5
     )
     # The measured update reports them too, for the weights it started from.
-    out = learner.update(learner._stack([windows(4, 4, seed=2)]), with_diagnostics=True)
+    out = learner.update(SequenceBatch(*(x[None] for x in windows(4, 4, seed=2))), with_diagnostics=True)
     assert out.metrics["rnn/spectral_radius"] == pytest.approx(stats["rnn/spectral_radius"], rel=1e-5)
 
 
@@ -131,12 +131,13 @@ def test_acting_resets_the_state_at_each_episode_start(tmp_path):
     res = dqnlab.train(cfg, steps=300, logdir=tmp_path, name="act")
     assert res.status == "done"
     from dqnlab.envs import make_env
-    from dqnlab.loop import run_loop
-    from dqnlab.trainer import _learner_and_replay
+    from dqnlab.kinds import learner_and_replay, make_sampler
+    from dqnlab.loop import Schedule, run_loop
 
     env, eval_env = make_env(cfg.env, seed=0), make_env(cfg.env)
-    learner, replay = _learner_and_replay(cfg, env, seed=0)
-    for _ in run_loop(env, eval_env, learner, replay, cfg.train, steps=300, seed=0, diagnostics_every=None):
+    learner, replay = learner_and_replay(cfg, env, seed=0)
+    sampler = make_sampler(cfg, replay)
+    for _ in run_loop(env, eval_env, learner, sampler, cfg.train, Schedule(), steps=300, seed=0):
         pass
     steps = replay.is_step.astype(bool)
     first = replay.first.astype(bool) & steps

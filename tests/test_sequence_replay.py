@@ -45,8 +45,8 @@ def assert_consistent(batch: SequenceBatch) -> None:
     # The mask is 1 then 0: once a window ends it stays ended.
     np.testing.assert_array_equal(batch.mask, np.cumprod(batch.mask, axis=1))
     g, e = batch.obs[..., 0], batch.obs[..., 1]  # [B, T]
-    np.testing.assert_array_equal(np.where(valid, batch.reward, 0), np.where(valid, g, 0))
-    np.testing.assert_array_equal(batch.action, np.where(valid, g.astype(np.int64) % 3, 0))
+    np.testing.assert_array_equal(np.where(valid, batch.rewards, 0), np.where(valid, g, 0))
+    np.testing.assert_array_equal(batch.actions, np.where(valid, g.astype(np.int64) % 3, 0))
     same_episode = np.where(valid, e, e[:, :1]) == e[:, :1]
     assert same_episode.all(), "a window mixes two episodes"
     step = np.diff(g, axis=1)[valid[:, 1:]]
@@ -59,7 +59,7 @@ def assert_consistent(batch: SequenceBatch) -> None:
     assert ok_next[valid].all()
     for x in (batch.obs, batch.next_obs):
         assert (x[~valid] == 0).all(), "padding is not zero"
-    assert (batch.terminated[~valid] == 0).all() and (batch.reward[~valid] == 0).all()
+    assert (batch.discounts[~valid] == 1).all() and (batch.rewards[~valid] == 0).all()
 
 
 def test_bytes_per_step_by_hand():
@@ -93,8 +93,8 @@ def test_window_near_episode_end_is_padded_and_masked():
     assert w.mask.tolist() == [1, 1, 0, 0]
     assert w.obs[:, 0].tolist() == [3, 4, 0, 0]  # never continues into episode 1 (step 5)
     assert w.next_obs.tolist() == [[4, 0], final_obs(0), [0, 0], [0, 0]]  # the true terminal obs
-    assert w.reward.tolist() == [3, 4, 0, 0] and w.action.tolist() == [0, 1, 0, 0]
-    assert w.terminated.tolist() == [0, 1, 0, 0]
+    assert w.rewards.tolist() == [3, 4, 0, 0] and w.actions.tolist() == [0, 1, 0, 0]
+    assert w.discounts.tolist() == [1, 0, 1, 1]
     w = window_from(batch, 5)  # episode 1 from its start: 4 valid steps, no padding
     assert w.mask.tolist() == [1, 1, 1, 1] and w.obs[:, 0].tolist() == [5, 6, 7, 8]
 
@@ -106,7 +106,7 @@ def test_truncated_episode_ends_the_window_without_termination():
     w = window_from(buf.sample(300, length=3), 1)
     assert w.mask.tolist() == [1, 1, 0]
     assert w.next_obs[1].tolist() == final_obs(0)
-    assert w.terminated.tolist() == [0, 0, 0]  # bootstrap from the final obs: a time limit is not terminal
+    assert w.discounts.tolist() == [1, 1, 1]  # bootstrap from the final obs: a time limit is not terminal
 
 
 def test_burn_in_zeroes_train_mask_not_mask():
@@ -152,7 +152,7 @@ def test_ring_wrap_partially_overwritten_episode_keeps_its_surviving_steps():
     assert_consistent(batch)
     # Steps 1 and 2 of episode 0 survive and still start windows (documented choice); step 0 never appears.
     assert set(batch.obs[:, 0, 0][batch.mask[:, 0] > 0].tolist()) == {1, 2, 3, 4, 5, 6}
-    assert 0 not in batch.reward[batch.mask > 0]
+    assert 0 not in batch.rewards[batch.mask > 0]
     w = window_from(batch, 1)
     assert w.mask.tolist() == [1, 1, 0] and w.next_obs[1].tolist() == final_obs(0)
     w = window_from(batch, 5)  # reads across the ring's end into row 0: episode 1's final obs
@@ -166,7 +166,7 @@ def test_ring_wrap_partially_overwritten_episode_keeps_its_surviving_steps():
     batch = buf.sample(300, length=3)
     assert_consistent(batch)
     assert set(batch.obs[:, 0, 0][batch.mask[:, 0] > 0].tolist()) == {5, 6, 7, 8, 9}
-    assert not np.isin(batch.reward[batch.mask > 0], [0, 1, 2, 3, 4]).any()  # no overwritten step
+    assert not np.isin(batch.rewards[batch.mask > 0], [0, 1, 2, 3, 4]).any()  # no overwritten step
     w = window_from(batch, 9)
     assert w.mask.tolist() == [1, 0, 0] and w.next_obs[0].tolist() == [10, 3]
 
@@ -192,7 +192,7 @@ def test_random_ring_never_returns_stale_or_overwritten_steps():
         assert len(buf) == len(present)
         batch = buf.sample(64, length=5, burn_in=2)
         assert_consistent(batch)
-        assert set(batch.reward[batch.mask > 0].astype(int).tolist()) <= present
+        assert set(batch.rewards[batch.mask > 0].astype(int).tolist()) <= present
         np.testing.assert_array_equal(batch.initial_state[:, 0], batch.obs[:, 0, 0])
         starts_seen |= set(batch.obs[:, 0, 0].astype(int).tolist())
     assert starts_seen >= set(range(10, 290))  # every step was a start while it was present
@@ -232,14 +232,14 @@ def test_shapes_dtypes_and_copies():
     batch = buf.sample(8, length=4, burn_in=2)
     assert isinstance(batch, SequenceBatch)
     assert SequenceBatch._fields == (
-        "obs", "action", "reward", "next_obs", "terminated", "mask", "train_mask", "initial_state"
+        "obs", "actions", "rewards", "next_obs", "discounts", "mask", "train_mask", "initial_state"
     )  # fmt: skip
     assert batch.obs.shape == batch.next_obs.shape == (8, 6, 2)
-    for x in (batch.action, batch.reward, batch.terminated, batch.mask, batch.train_mask):
+    for x in (batch.actions, batch.rewards, batch.discounts, batch.mask, batch.train_mask):
         assert x.shape == (8, 6)
     assert batch.initial_state.shape == (8, 3)
-    assert batch.action.dtype == np.int32
-    for x in (batch.obs, batch.next_obs, batch.reward, batch.terminated, batch.mask, batch.train_mask):
+    assert batch.actions.dtype == np.int32
+    for x in (batch.obs, batch.next_obs, batch.rewards, batch.discounts, batch.mask, batch.train_mask):
         assert x.dtype == np.float32
     batch.obs[:] = -1
     assert buf.obs[0].tolist() == [0, 0]
