@@ -142,7 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("presets", nargs="+", metavar="PRESET", help="two or more presets (the arms)")
     _runs_options(a)
 
-    w = sub.add_parser("sweep", help="train a grid of cells (preset fields x seeds) and map the verdicts")
+    _add_sweep(
+        sub.add_parser("sweep", help="train a grid of cells (preset fields x seeds) and map the verdicts")
+    )
+    _add_compare(
+        sub.add_parser(
+            "compare", help="compare the arms of an experiment: returns, CIs, paired tests, diagnostics"
+        )
+    )
+    _add_reading_commands(sub)
+    return parser
+
+
+def _add_sweep(w: argparse.ArgumentParser) -> None:
     w.add_argument(
         "presets", nargs="+", metavar="PRESET", help="one or more presets (several: one more axis)"
     )
@@ -176,9 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _runs_options(w)
 
-    c = sub.add_parser(
-        "compare", help="compare the arms of an experiment: returns, CIs, paired tests, diagnostics"
-    )
+
+def _add_compare(c: argparse.ArgumentParser) -> None:
     c.add_argument("directory", type=directory, help="an experiment directory (or one run)")
     c.add_argument("--json", action="store_true", help="print the comparison as JSON")
     c.add_argument(
@@ -202,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="return counted as solved (default: the env's gymnasium reward_threshold)",
     )
 
+
+def _add_reading_commands(sub) -> None:
+    """doctor and board: they read runs, train nothing."""
     d = sub.add_parser(
         "doctor",
         help="diagnose a run or experiment: exit 0 healthy, 1 findings, 2 bad input, 3 not enough evidence",
@@ -213,7 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("directory", type=directory, help="a run directory or an experiment directory")
     b.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     b.add_argument("--port", type=int_at_least(0), default=6006, help="port (default: 6006; 0: any free)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,7 +284,8 @@ def _train(args) -> int:
         check_run_dir_free(run_dir)
     from tqdm import tqdm
 
-    from dqnlab.trainer import train  # imports TensorFlow: only after the input is known good
+    from dqnlab.runspec import RunSpec
+    from dqnlab.trainer import train_run  # imports TensorFlow: only after the input is known good
 
     steps = args.steps or cfg.train.steps
     with tqdm(total=steps, unit="step", disable=args.quiet, dynamic_ncols=True, desc=cfg.name) as bar:
@@ -281,21 +295,21 @@ def _train(args) -> int:
             if episode_return is not None:
                 bar.set_postfix_str(f"return {episode_return:.1f}", refresh=False)
 
-        res = train(
-            cfg,
-            env=env_id,
-            seed=args.seed,
-            steps=steps,
-            logdir=args.logdir,
-            name=name,
+        spec = RunSpec(
+            args.preset,
+            tuple(args.overrides),
+            env_id,
+            args.seed,
+            steps,
+            args.logdir,
+            name,
             device=args.device,
             deterministic=args.deterministic,
+            resume=args.resume,
             checkpoint_every=args.checkpoint_every,
             checkpoint_replay=args.checkpoint_replay,
-            resume=args.resume,
-            progress=progress,
-            warn=lambda line: bar.write(line, file=sys.stderr),
         )
+        res = train_run(spec, progress=progress, warn=lambda line: bar.write(line, file=sys.stderr))
     eval_return = res.final.get("eval_return")
     shown = "-" if eval_return is None else f"{eval_return:.1f}"
     print(f"{res.status}: {res.run_dir}  final eval return {shown}", end="")

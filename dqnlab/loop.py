@@ -1,8 +1,9 @@
 """The acting/learning loop: a generator of events that knows nothing about logging.
 
 One environment, epsilon-greedy through the learner's policy (the numpy twin of the online network; a
-compiled TF function for the CNN), a uniform replay, and a burst of `gradient_steps` updates every
-`train_every` environment steps once `learning_starts` have passed.
+compiled TF function for the CNN), a replay drawn by its sampler (`dqnlab.sampling`), and a burst of
+`gradient_steps` updates every `train_every` environment steps once `learning_starts` have passed. What it
+needs of the learner and the sampler is written down as `Protocol`s below: any network kind's parts fit.
 Transitions store `terminated` (not `truncated`) as the terminal flag: a time limit is not a terminal
 state, so its next state is still bootstrapped. The caller (dqnlab.trainer) turns events into summaries,
 progress and run.json.
@@ -15,14 +16,74 @@ definition, truncation included, is in docs/metrics.md under `eval/q_estimate`).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
 
-from dqnlab.config import TrainConfig, is_atari_env
-from dqnlab.learner import Learner
-from dqnlab.replay import ReplayBuffer
+from dqnlab.config import DiagnosticsConfig, TrainConfig, is_atari_env
+
+
+class Policy(Protocol):
+    """The acting side of a learner: Q-values of one observation, and a state for recurrent networks."""
+
+    def initial_state(self) -> Any: ...
+    def step(self, obs: np.ndarray, state: Any) -> tuple[np.ndarray, Any]: ...
+    def set_weights(self, weights: list[np.ndarray]) -> None: ...
+
+
+class Trainable(Protocol):
+    """What the loop needs of a learner (`dqnlab.learner.Learner` and its subclasses)."""
+
+    def policy(self) -> Policy: ...
+    def update(self, batch: Any, with_diagnostics: bool) -> Any: ...  # -> learner.UpdateOutput
+    def update_target(self) -> None: ...
+    def probe(self, states: Any, batch: Any) -> dict: ...
+
+
+class Replay(Protocol):
+    def add(self, obs, action, reward, next_obs, terminated, truncated, state=None) -> None: ...
+    def end_episode(self) -> None: ...
+    def drawing_from(self, rng: np.random.Generator) -> AbstractContextManager[None]: ...
+
+
+class Sampler(Protocol):
+    """How bursts, batches and probe states are drawn from `replay` (`dqnlab.sampling`)."""
+
+    replay: Replay
+
+    def burst(self, num_updates: int, batch_size: int) -> Any: ...
+    def batch(self, batch_size: int) -> Any: ...
+    def probe_states(self, sample: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the loop measures a burst, probes and checkpoints; None is off (the one spelling of it)."""
+
+    measure_every: int | None = None  # a burst is measured when it crosses a multiple of this many updates
+    probe_every: int | None = None  # ... probed when it crosses a multiple of this many updates
+    probe_size: int = 256  # states the probe measures, drawn once
+    probe_floor: int | None = None  # with probes on: at most this many env steps between two probes
+    checkpoint_every: int | None = None  # env steps
+
+    @classmethod
+    def of(cls, diag: DiagnosticsConfig, train: TrainConfig, steps: int, checkpoint_every: int) -> Schedule:
+        """A run's schedule from its config: `diagnostics.enabled = false` turns measuring and probing off,
+        `probe_every = 0` probing only, `checkpoint_every = 0` checkpoints. The probe floor gives
+        `diagnostics.min_probes` probes over the learning part of a run of `steps` (0: no floor)."""
+        floor = None
+        if diag.min_probes > 0:
+            floor = max(train.train_every, (steps - train.learning_starts) // diag.min_probes)
+        return cls(
+            measure_every=diag.every if diag.enabled else None,
+            probe_every=diag.probe_every if diag.enabled and diag.probe_every > 0 else None,
+            probe_size=diag.probe_size,
+            probe_floor=floor,
+            checkpoint_every=checkpoint_every or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -93,7 +154,7 @@ class LoopState:
     last_probe: int = 0  # env step of the last probe
 
     @classmethod
-    def start(cls, env: gym.Env, learner: Learner, seed: int) -> LoopState:
+    def start(cls, env: gym.Env, learner: Trainable, seed: int) -> LoopState:
         obs, _ = env.reset(seed=seed)
         initial = learner.policy().initial_state()
         probe_rng = np.random.default_rng((seed, 1))
@@ -199,33 +260,30 @@ def _value_gamma(eval_env: gym.Env, cfg: TrainConfig) -> float | None:
 def run_loop(
     env: gym.Env,
     eval_env: gym.Env,
-    learner: Learner,
-    replay: ReplayBuffer,
+    learner: Trainable,
+    sampler: Sampler,
     cfg: TrainConfig,
+    schedule: Schedule,
     *,
     steps: int,
     seed: int,
-    diagnostics_every: int | None,
-    probe_every: int | None = None,
-    probe_size: int = 256,
-    probe_floor: int | None = None,
-    checkpoint_every: int | None = None,
     state_from: LoopState | None = None,
 ) -> Iterator[Event]:
     """Train for `steps` env steps, yielding events.
 
-    A burst is measured when it crosses a multiple of `diagnostics_every` updates, probed when it crosses a
-    multiple of `probe_every`; None turns either off. With probes on, a burst is also probed when
-    `probe_floor` env steps have passed since the last probe, and the run's last burst always is: so a
-    short run still gets the probes the doctor needs. Probe states are drawn once, at the first probe; the
-    probes draw from replay with their own generator, so they never change which batches training draws.
-    Every `checkpoint_every` steps a `CheckpointDue` carries the loop's state, consistent between two steps;
-    `state_from` (such a state, restored with the env, learner and replay it belongs to) continues a run."""
+    A burst is measured when it crosses a multiple of `schedule.measure_every` updates, probed when it
+    crosses a multiple of `probe_every`. With probes on, a burst is also probed when `probe_floor` env steps
+    have passed since the last probe, and the run's last burst always is: so a short run still gets the
+    probes the doctor needs. Probe states are drawn once, at the first probe; the probes draw from replay
+    with their own generator, so they never change which batches training draws. Every `checkpoint_every`
+    steps a `CheckpointDue` carries the loop's state, consistent between two steps; `state_from` (such a
+    state, restored with the env, learner and replay it belongs to) continues a run."""
     st = state_from or LoopState.start(env, learner, seed)
     num_actions = int(env.action_space.n)
     policy = learner.policy()  # numpy copy of the online network; recurrent ones carry a state
     value_gamma = _value_gamma(eval_env, cfg)
     rng = st.rng
+    replay = sampler.replay
     for step in range(st.step + 1, steps + 1):
         epsilon = epsilon_at(step, cfg)
         explore = rng.random() < epsilon
@@ -250,13 +308,13 @@ def run_loop(
 
         if step >= cfg.learning_starts and step > st.refill_until and step % cfg.train_every == 0:
             k = cfg.gradient_steps
-            measure = _crosses(st.updates, k, diagnostics_every)
-            probe = probe_every is not None and (
-                _crosses(st.updates, k, probe_every)
-                or (probe_floor is not None and step - st.last_probe >= probe_floor)
+            measure = _crosses(st.updates, k, schedule.measure_every)
+            probe = schedule.probe_every is not None and (
+                _crosses(st.updates, k, schedule.probe_every)
+                or (schedule.probe_floor is not None and step - st.last_probe >= schedule.probe_floor)
                 or step + cfg.train_every > steps  # the run's last burst
             )
-            out = learner.update(learner.sample_burst(replay, k, cfg.batch_size), measure)
+            out = learner.update(sampler.burst(k, cfg.batch_size), measure)
             st.updates += k
             policy.set_weights([w.numpy() for w in out.weights])
             finite = bool(out.finite)
@@ -266,8 +324,8 @@ def run_loop(
             if probe:
                 with replay.drawing_from(st.probe_rng):
                     if st.probe_inputs is None:
-                        st.probe_inputs = learner.probe_inputs(learner.sample_one(replay, probe_size))
-                    batch = learner.sample_one(replay, cfg.batch_size)
+                        st.probe_inputs = sampler.probe_states(sampler.batch(schedule.probe_size))
+                    batch = sampler.batch(cfg.batch_size)
                 st.last_probe = step
                 yield Probed(step, learner.probe(st.probe_inputs, batch))
         if step % cfg.target_update_every == 0 and (st.updates > st.synced_at or cfg.target_tau < 1.0):
@@ -277,7 +335,7 @@ def run_loop(
             greedy = greedy_episodes(eval_env, policy, cfg.eval_episodes, seed + 10_000 + step, value_gamma)
             yield greedy.evaluated(step)
         st.step = step  # every effect of this step is done: a checkpoint now resumes at the next one
-        if checkpoint_every and step % checkpoint_every == 0 and step < steps:
+        if schedule.checkpoint_every and step % schedule.checkpoint_every == 0 and step < steps:
             yield CheckpointDue(step, st)
 
 

@@ -8,7 +8,6 @@ report progress through a queue; the parent draws one progress bar over all runs
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -29,8 +28,6 @@ from dqnlab.config import (
     ConfigError,
     check_env_fits,
     check_fits_memory,
-    load_preset,
-    resolve_preset_path,
 )
 from dqnlab.envs import env_dirname, make_env
 from dqnlab.rundir import (
@@ -44,6 +41,7 @@ from dqnlab.rundir import (
     run_dir_for,
     write_json_atomic,
 )
+from dqnlab.runspec import RunSpec, arm_config
 from dqnlab.signals import stop_on_signals, stop_reason, stop_with_parent
 
 _SINGLE_THREAD_ENV = {
@@ -57,40 +55,6 @@ _SINGLE_THREAD_ENV = {
 
 
 @dataclass(frozen=True)
-class RunSpec:
-    """One run of an experiment: a preset (name or path) with overrides, on one env, one seed.
-
-    A sweep's cell (`dqnlab.sweep`) adds its own overrides (`cell`, applied after `overrides`) and its name
-    (`name`: the arm's directory, run.json's `preset` and HParams' `preset`, instead of the preset's own)."""
-
-    preset: str
-    overrides: tuple[str, ...]
-    env: str
-    seed: int
-    steps: int
-    logdir: str
-    experiment: str
-    device: str = "auto"
-    deterministic: bool = False
-    resume: bool = False
-    checkpoint_every: int = 10_000
-    checkpoint_replay: bool = False
-    name: str = ""
-    cell: tuple[str, ...] = ()
-    stop_on_fatal: bool = False
-    pause_at: int = 0  # successive halving's rung: pause at the first episode end past it (0: never)
-
-    @property
-    def arm(self) -> str:
-        """The arm's directory name below the experiment: the cell's name, or the preset's."""
-        return self.name or resolve_preset_path(self.preset).stem
-
-    def config(self) -> Config:
-        """The run's config: the preset with its overrides (and the cell's), named after its arm."""
-        return arm_config(self.preset, [*self.overrides, *self.cell], self.name)
-
-
-@dataclass(frozen=True)
 class ArmPlan:
     """An arm to plan: a preset with its cell's overrides and name (both empty for `dqnlab ab`'s arms),
     on the envs given (None: `plan_arms`' default)."""
@@ -99,12 +63,6 @@ class ArmPlan:
     cell: tuple[str, ...] = ()
     name: str = ""
     envs: tuple[str, ...] | None = None
-
-
-def arm_config(preset: str, overrides: list[str], name: str = "") -> Config:
-    """The preset with `overrides`, renamed to `name` when one is given (a sweep's cell)."""
-    cfg = load_preset(preset, overrides)
-    return dataclasses.replace(cfg, name=name) if name else cfg
 
 
 @dataclass(frozen=True)
@@ -308,7 +266,7 @@ def _process_main(index: int, spec: RunSpec, progress_queue, stop_event, parent_
 
 
 def _run_in_worker(spec: RunSpec) -> RunOutcome:
-    from dqnlab.trainer import train
+    from dqnlab.trainer import train_run
 
     last_sent = [0.0, 0]
     spec_key = (spec.name or spec.preset, spec.env, spec.seed)  # ArmReturns' key
@@ -338,21 +296,7 @@ def _run_in_worker(spec: RunSpec) -> RunOutcome:
     if (settled := settled_outcome(spec)) is not None:
         return settled
     try:
-        res = train(
-            cfg,
-            env=spec.env,
-            seed=spec.seed,
-            steps=spec.steps,
-            logdir=spec.logdir,
-            name=spec.experiment,
-            device=spec.device,
-            deterministic=spec.deterministic,
-            checkpoint_every=spec.checkpoint_every,
-            checkpoint_replay=spec.checkpoint_replay,
-            resume=spec.resume,
-            progress=report,
-            warn=warn,
-        )
+        res = train_run(spec, progress=report, warn=warn)
         return RunOutcome(spec, str(res.run_dir), res.status, res.error, res.final.get("eval_return"))
     except early_stop.FatalPathology as exc:  # run.json says 'interrupted'; say why, so it stays a result
         stopped = early_stop.record(run_dir, exc)

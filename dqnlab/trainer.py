@@ -1,8 +1,11 @@
 """One training run end to end: config -> learner + replay + loop -> summaries and run.json.
 
-`train()` is the `dqnlab.train` of the public API. It records the run's fate in run.json whatever happens:
-`done`, `diverged` (first non-finite loss: the run stops, everything logged before it is kept), `failed`
-(an exception, re-raised after recording) or `interrupted` (Ctrl-C, re-raised after recording).
+`train()` is the `dqnlab.train` of the public API, in two steps: resolve where the run starts (`Start`:
+fresh, or resumed from its checkpoint; the only place the two differ), then run from there (`_run`). It
+records the run's fate in run.json (`RunJson`, its one writer) whatever happens: `done`, `diverged` (first
+non-finite loss: the run stops, everything logged before it is kept), `failed` (an exception, re-raised after
+recording) or `interrupted` (Ctrl-C, re-raised after recording). `train_run` starts the run a `RunSpec`
+describes: the one way `dqnlab train`, the local runner and the Ray backend call it.
 """
 
 from __future__ import annotations
@@ -14,10 +17,9 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-
-import numpy as np
 
 from dqnlab import checkpoint, snapshot
 from dqnlab._tf import tf
@@ -27,9 +29,19 @@ from dqnlab.doctor import LiveDoctor, warning_line
 from dqnlab.doctor_rules import Finding
 from dqnlab.envs import make_env
 from dqnlab.events import read_series
-from dqnlab.learner import Learner
-from dqnlab.loop import CheckpointDue, EpisodeEnd, Evaluated, LoopState, Probed, Updated, run_loop
-from dqnlab.replay import ReplayBuffer
+from dqnlab.kinds import make_learner, make_replay, make_sampler
+from dqnlab.loop import (
+    CheckpointDue,
+    EpisodeEnd,
+    Evaluated,
+    LoopState,
+    Probed,
+    Sampler,
+    Schedule,
+    Trainable,
+    Updated,
+    run_loop,
+)
 from dqnlab.rundir import (
     EXPERIMENT_JSON,
     RUN_JSON,
@@ -45,6 +57,7 @@ from dqnlab.rundir import (
     set_aside_earlier_life,
     write_json_atomic,
 )
+from dqnlab.runspec import RunSpec
 from dqnlab.signals import stop_reason
 from dqnlab.summaries import Summaries
 
@@ -131,6 +144,57 @@ def make_deterministic() -> None:
             ) from None
 
 
+@dataclass
+class Start:
+    """Where a run begins, fresh or resumed: its built parts, the loop state it continues from, run.json as
+    it (re)starts, and what the earlier lives leave to the summaries and the live doctor. Resolving it is
+    the only place a fresh start and a resume differ."""
+
+    run_json: RunJson
+    learner: Trainable
+    sampler: Sampler
+    loop_state: LoopState
+    history: dict | None  # the scalars the earlier lives logged up to the checkpoint (None: fresh)
+    open_summaries: Callable[[Summaries], None]  # a fresh run writes its HParams; a resumed one its restart
+    doctor_state: dict | None  # the live doctor's memory (None: fresh)
+
+
+class RunJson:
+    """run.json of a run in progress, and its one writer: the counters, `final` and the run's fate."""
+
+    def __init__(self, run_dir: Path, info: dict, elapsed_before: float = 0.0):
+        self.path = run_dir / RUN_JSON
+        self.info = info
+        self.final: dict = info["final"]
+        self._clock = time.perf_counter() - elapsed_before  # wall time counts the earlier lives too
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._clock
+
+    def counters(self) -> dict:
+        """What a checkpoint keeps of run.json, for the resumed run to go on counting from."""
+        return {"final": self.final, "updates": self.info["updates"], "wall_time_s": self.elapsed()}
+
+    def write(self, status: str, error: str | None = None, **extra) -> None:
+        self.info.update(status=status, error=error, final=self.final, wall_time_s=round(self.elapsed(), 3))
+        self.info.update(extra)
+        write_json_atomic(self.path, self.info)
+
+    def last_words(self, status: str, error: str) -> None:
+        """Say in run.json why the run failed, even on a full disk: atomically if a new file still fits,
+        else over the old one in place (no new blocks needed for a file of about the same size)."""
+        self.info.update(status=status, error=error, final=self.final)
+        try:
+            write_json_atomic(self.path, self.info)
+        except OSError:
+            try:
+                with open(self.path, "r+") as f:
+                    f.write(json.dumps(self.info, indent=2, default=str))
+                    f.truncate()
+            except OSError as exc:  # nothing more can be written here: the console is all that is left
+                _log.error(f"{self.path}: could not record the failure ({_os_error(exc)}): {error}")
+
+
 def train(
     cfg: Config,
     env: str | None = None,
@@ -175,45 +239,102 @@ def train(
     train_env = make_env(env_id, seed=seed, atari=cfg.atari)
     eval_env = make_env(env_id, atari=cfg.atari, evaluation=True)  # Atari: the real score, unclipped
     run_dir = run_dir_for(logdir, name, cfg.name, env_id, seed)
-    # Everything is built, and a checkpoint verified and restored, before anything is written.
-    replay = make_replay(cfg, train_env, seed)  # it may not fit in memory
-    learner = make_learner(cfg, train_env, seed)
+    say = warn or _log.warning
+    try:
+        start = _resolve_start(cfg, env_id, seed, steps, run_dir, train_env, resume, deterministic, say)
+        if isinstance(start, RunResult):  # resumed a finished run: its result is what it logged
+            return start
+        keep_replay = start.sampler.replay if checkpoint_replay else None
+        _run(start, cfg, (train_env, eval_env), seed, steps, checkpoint_every, keep_replay, progress, say)
+    finally:
+        train_env.close()
+        eval_env.close()
+    return read_run(run_dir)
+
+
+def train_run(spec: RunSpec, progress: ProgressFn | None = None, warn=None) -> RunResult:
+    """`train` of a `RunSpec`: how `dqnlab train`, the local runner and the Ray backend start a run."""
+    return train(
+        spec.config(),
+        env=spec.env,
+        seed=spec.seed,
+        steps=spec.steps,
+        logdir=spec.logdir,
+        name=spec.experiment,
+        device=spec.device,
+        deterministic=spec.deterministic,
+        checkpoint_every=spec.checkpoint_every,
+        checkpoint_replay=spec.checkpoint_replay,
+        resume=spec.resume,
+        progress=progress,
+        warn=warn,
+    )
+
+
+def _resolve_start(
+    cfg: Config, env_id: str, seed: int, steps: int, run_dir: Path, env, resume: bool, deterministic, say
+) -> Start | RunResult:
+    """Build the run's parts and decide where it begins: a fresh start (the run directory claimed), or a
+    resume from its verified checkpoint (restored into the fresh parts), or, for a run that already ended,
+    its result. Everything is built and checked before anything is written."""
+    replay = make_replay(cfg, env.observation_space.shape, seed)  # it may not fit in memory
+    learner = make_learner(cfg, env.observation_space.shape, int(env.action_space.n), seed)
+    sampler = make_sampler(cfg, replay)
+    info = _new_run_info(cfg, env_id, seed, deterministic)
     ckpt, restored, previous = None, None, {}
     if resume and (run_dir / RUN_JSON).is_file():
         previous = _previous_run_json(run_dir)
-        if previous.get("status") in ("done", "diverged"):  # finished: its result is what it logged
+        if previous.get("status") in ("done", "diverged"):
             return read_run(run_dir)
         if process_is_alive(previous):  # two processes must never write one run directory
             raise ConfigError(f"--resume: {run_dir} is still training (process {previous['pid']})")
         if previous:  # not the bare claim of a process that died at once: it must go on as it started
             _check_same_config(previous, cfg, run_dir)
-            ckpt, restored = _resume_from_checkpoint(run_dir, cfg, learner, train_env, replay, seed)
+            ckpt, restored = _resume_from_checkpoint(run_dir, cfg, learner, env, replay, seed)
         if ckpt is None:  # it never reached a checkpoint: start over, keeping what it logged
             kept = set_aside_earlier_life(run_dir)
-            say = warn or _log.warning
             say(f"{run_dir} had no checkpoint: started over, its earlier files kept in {kept}")
         elif not restored.exact_env:
-            say = warn or _log.warning
             say(f"{env_id} keeps state dqnlab cannot store as data: resumed at step {ckpt.step:,} with a "
                 "fresh episode (docs/resume.md)")  # fmt: skip
     if ckpt is None:
         claim_run_dir(run_dir)
     else:
         checkpoint.remove_staging(run_dir)  # what a killed save left behind
-    experiment_json = run_dir.parents[2] / EXPERIMENT_JSON
-    if not experiment_json.exists():
-        write_json_atomic(
-            experiment_json,
-            {
-                "presets": [cfg.name],
-                "envs": [env_id],
-                "seeds": [seed],
-                "steps": steps,
-                "backend": "in-process",
-            },
+    _write_experiment_json(run_dir, cfg, env_id, seed, steps)
+    if ckpt is None:
+        hparams = {**hparams_of(cfg, env_id, seed), "train.steps": steps}
+        return Start(
+            RunJson(run_dir, info),
+            learner,
+            sampler,
+            LoopState.start(env, learner, seed),
+            history=None,
+            open_summaries=lambda summaries: summaries.hparams(hparams),
+            doctor_state=None,
         )
+    saved = ckpt.state["run"]
+    info.update(env_steps=ckpt.step, updates=saved["updates"], final=saved["final"])
+    info["started_at"] = previous.get("started_at", info["started_at"])
+    # From run.json, not the checkpoint: two resumes from one checkpoint are two entries.
+    info["resumed_from"] = [*previous.get("resumed_from", []), ckpt.step]
+    how = "exact" if restored.exact_env else "fresh episode"
+    info["resumed_env"] = [*previous.get("resumed_env", []), how]
+    return Start(
+        RunJson(run_dir, info, elapsed_before=saved["wall_time_s"]),
+        learner,
+        sampler,
+        restored.loop_state,
+        # TensorBoard (and dqnlab.events) drop what the earlier life logged after the checkpoint.
+        history=_history_until(run_dir, ckpt.step),
+        open_summaries=lambda summaries: summaries.restart_after(ckpt.step),
+        doctor_state=ckpt.state["doctor"],
+    )
 
-    info = {
+
+def _new_run_info(cfg: Config, env_id: str, seed: int, deterministic: bool) -> dict:
+    """run.json of a run starting now."""
+    return {
         "preset": cfg.name,
         "env": env_id,
         "seed": seed,
@@ -230,103 +351,98 @@ def train(
         "config": cfg.to_dict(),
         "versions": package_versions(),
     }
-    final: dict = {}
-    elapsed_before = 0.0  # wall time of the run's earlier lives (resumed runs)
-    if ckpt is not None:
-        saved = ckpt.state["run"]
-        final, elapsed_before = saved["final"], saved["wall_time_s"]
-        info.update(env_steps=ckpt.step, updates=saved["updates"], final=final)
-        info["started_at"] = previous.get("started_at", info["started_at"])
-        # From run.json, not the checkpoint: two resumes from one checkpoint are two entries.
-        info["resumed_from"] = [*previous.get("resumed_from", []), ckpt.step]
-        how = "exact" if restored.exact_env else "fresh episode"
-        info["resumed_env"] = [*previous.get("resumed_env", []), how]
-    write_json_atomic(run_dir / RUN_JSON, info)
-    start = time.perf_counter() - elapsed_before
 
-    def record(status: str, error: str | None = None, **extra) -> None:
-        info.update(
-            status=status, error=error, final=final, wall_time_s=round(time.perf_counter() - start, 3)
+
+def _write_experiment_json(run_dir: Path, cfg: Config, env_id: str, seed: int, steps: int) -> None:
+    """The experiment's description, for a run trained on its own (the runner writes its own first)."""
+    experiment_json = run_dir.parents[2] / EXPERIMENT_JSON
+    if not experiment_json.exists():
+        write_json_atomic(
+            experiment_json,
+            {
+                "presets": [cfg.name],
+                "envs": [env_id],
+                "seeds": [seed],
+                "steps": steps,
+                "backend": "in-process",
+            },
         )
-        info.update(extra)
-        write_json_atomic(run_dir / RUN_JSON, info)
 
+
+def _run(
+    start: Start,
+    cfg: Config,
+    envs: tuple,
+    seed: int,
+    steps: int,
+    checkpoint_every: int,
+    keep_replay,
+    progress: ProgressFn | None,
+    say: Callable[[str], None],
+) -> None:
+    """Train from `start` to `steps` and record the run's fate in run.json whatever happens: `done`,
+    `diverged` (first non-finite loss: the run stops, everything logged before it is kept), `failed` (an
+    exception, re-raised after recording; an OSError such as a full disk is recorded and not raised) or
+    `interrupted` (Ctrl-C, re-raised after recording)."""
+    run_json, learner = start.run_json, start.learner
+    run_json.write("running")
     try:
-        loop_state = restored.loop_state if restored else LoopState.start(train_env, learner, seed)
-        diag = cfg.diagnostics
-        every = diag.every if diag.enabled else None
-        probe_every = diag.probe_every if diag.enabled and diag.probe_every > 0 else None
-        events = run_loop(
-            train_env,
-            eval_env,
-            learner,
-            replay,
-            cfg.train,
-            steps=steps,
-            seed=seed,
-            diagnostics_every=every,
-            probe_every=probe_every,
-            probe_size=diag.probe_size,
-            probe_floor=_probe_floor(cfg, steps),
-            checkpoint_every=checkpoint_every or None,
-            state_from=loop_state,
-        )
-        history = _history_until(run_dir, ckpt.step) if ckpt is not None else None
-        with Summaries(run_dir, history=history) as summaries:
-            if ckpt is None:
-                summaries.hparams({**hparams_of(cfg, env_id, seed), "train.steps": steps})
-            else:  # TensorBoard (and dqnlab.events) drop what the earlier life logged after the checkpoint
-                summaries.restart_after(ckpt.step)
-            say = warn or _log.warning
-            live = LiveDoctor(info, lambda f, grew: _report_finding(f, grew, summaries, final, say))
-            if ckpt is not None:
-                live.restore(ckpt.state["doctor"])
-
-            def save_checkpoint(state) -> None:
-                summaries.flush()
-                run = {"final": final, "updates": info["updates"], "wall_time_s": time.perf_counter() - start}
-                kept_replay = replay if checkpoint_replay else None
-                bundle = snapshot.capture(state, train_env, kept_replay, run, live.state())
-                checkpoint.save(run_dir, state.step, learner.state_arrays(), bundle)
-                record("running")  # run.json's counters as of this checkpoint: how far a killed run got
-
-            status = _consume(events, summaries, info, final, progress, live, save_checkpoint)
-            if status == "diverged":
-                info["divergence"] = _divergence(learner, info["env_steps"])
-            info["status"] = status  # the verdict judges the run as it ended, as `dqnlab doctor` will
-            verdict, gaps = live.verdict(summaries.history)
-            final["doctor"] = [f.to_dict() for f in verdict]
-            final["doctor_not_enough_evidence"] = gaps
-            summaries.text(info["env_steps"], "doctor/verdict", _verdict_markdown(verdict, gaps))
-            summaries.flush()
-            if status == "done" and checkpoint_every:
-                save_checkpoint(loop_state)  # the end state: what the final weights are compared against
-        if status == "diverged":
-            divergence = info["divergence"]
-            origin = divergence["origin"] or {}
-            first = f"; began in the raw gradient of {origin['variable']}" if origin.get("variable") else ""
-            bad = divergence["nonfinite_weights"]
-            where = f"{first}; non-finite weights: {', '.join(bad)}" if bad else first
-            record(
-                "diverged",
-                f"non-finite TD loss or gradient in the burst ending at env step {info['env_steps']}{where}",
+        schedule = Schedule.of(cfg.diagnostics, cfg.train, steps, checkpoint_every)
+        loop = run_loop(*envs, learner, start.sampler, cfg.train, schedule, steps=steps, seed=seed,
+                        state_from=start.loop_state)  # fmt: skip
+        with Summaries(run_json.path.parent, history=start.history) as summaries:
+            start.open_summaries(summaries)
+            live = LiveDoctor(
+                run_json.info, lambda f, grew: _report_finding(f, grew, summaries, run_json, say)
             )
-        else:
-            record("done")
+            if start.doctor_state is not None:
+                live.restore(start.doctor_state)
+
+            def save_checkpoint(loop_state: LoopState) -> None:
+                summaries.flush()
+                bundle = snapshot.capture(loop_state, envs[0], keep_replay, run_json.counters(), live.state())
+                checkpoint.save(run_json.path.parent, loop_state.step, learner.state_arrays(), bundle)
+                run_json.write("running")  # its counters as of this checkpoint: how far a killed run got
+
+            status = _consume(loop, summaries, run_json, progress, live, save_checkpoint)
+            _judge(status, learner, summaries, run_json, live)
+            if status == "done" and checkpoint_every:
+                save_checkpoint(
+                    start.loop_state
+                )  # the end state: what the final weights are compared against
+        run_json.write(status, _divergence_line(run_json.info) if status == "diverged" else None)
     except KeyboardInterrupt as exc:
-        record("interrupted", stop_reason(exc))
+        run_json.write("interrupted", stop_reason(exc))
         raise
     except OSError as exc:  # the disk filled up, went read-only or failed: the run ends saying why
-        info.update(status="failed", error=_os_error(exc, info["env_steps"]), final=final)
-        _record_last_words(run_dir / RUN_JSON, info)
-        return read_run(run_dir)
+        run_json.last_words("failed", _os_error(exc, run_json.info["env_steps"]))
     except Exception as exc:
-        record("failed", f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        run_json.write("failed", f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         raise
-    finally:
-        train_env.close()
-        eval_env.close()
-    return read_run(run_dir)
+
+
+def _judge(status: str, learner, summaries: Summaries, run_json: RunJson, live: LiveDoctor) -> None:
+    """The run's end: where a divergence began, and the doctor's verdict on the whole run (run.json's
+    `final.doctor` and `final.doctor_not_enough_evidence`, and the Text dashboard's `doctor/verdict`)."""
+    info = run_json.info
+    if status == "diverged":
+        info["divergence"] = _divergence(learner, info["env_steps"])
+    info["status"] = status  # the verdict judges the run as it ended, as `dqnlab doctor` will
+    verdict, gaps = live.verdict(summaries.history)
+    run_json.final["doctor"] = [f.to_dict() for f in verdict]
+    run_json.final["doctor_not_enough_evidence"] = gaps
+    summaries.text(info["env_steps"], "doctor/verdict", _verdict_markdown(verdict, gaps))
+    summaries.flush()
+
+
+def _divergence_line(info: dict) -> str:
+    """run.json's `error` for a diverged run: where it stopped, and where the non-finite values began."""
+    divergence = info["divergence"]
+    origin = divergence["origin"] or {}
+    first = f"; began in the raw gradient of {origin['variable']}" if origin.get("variable") else ""
+    bad = divergence["nonfinite_weights"]
+    where = f"{first}; non-finite weights: {', '.join(bad)}" if bad else first
+    return f"non-finite TD loss or gradient in the burst ending at env step {info['env_steps']}{where}"
 
 
 def _os_error(exc: OSError, step: int | None = None) -> str:
@@ -334,70 +450,6 @@ def _os_error(exc: OSError, step: int | None = None) -> str:
     what = exc.strerror[:1].lower() + exc.strerror[1:] if exc.strerror else f"{type(exc).__name__}: {exc}"
     when = "" if step is None else f" at env step {step:,}"
     return f"{what}{when} (writing {exc.filename})" if exc.filename else f"{what}{when}"
-
-
-def _record_last_words(path: Path, info: dict) -> None:
-    """Say in run.json why the run failed, even on a full disk: atomically if a new file still fits, else
-    over the old one in place (no new blocks needed for a file of about the same size)."""
-    try:
-        write_json_atomic(path, info)
-    except OSError:
-        try:
-            with open(path, "r+") as f:
-                f.write(json.dumps(info, indent=2, default=str))
-                f.truncate()
-        except OSError as exc:  # nothing more can be written here: the console is all that is left
-            _log.error(f"{path}: could not record the failure ({_os_error(exc)}): {info['error']}")
-
-
-def _learner_and_replay(cfg: Config, env, seed: int):
-    """The learner and replay of the config's network kind (see `make_learner`, `make_replay`)."""
-    return make_learner(cfg, env, seed), make_replay(cfg, env, seed)
-
-
-def make_learner(cfg: Config, env, seed: int):
-    """The learner of the config's network kind: an MLP, an RNN or the Nature CNN."""
-    num_actions = int(env.action_space.n)
-    if cfg.network.kind == "cnn":
-        from dqnlab.cnn_learner import CNNLearner
-
-        return CNNLearner(cfg, obs_shape=env.observation_space.shape, num_actions=num_actions, seed=seed)
-    obs_dim = int(env.observation_space.shape[0])
-    if cfg.network.kind == "rnn":
-        from dqnlab.recurrent_learner import RecurrentLearner
-
-        return RecurrentLearner(cfg, obs_dim=obs_dim, num_actions=num_actions, seed=seed)
-    return Learner(cfg, obs_dim=obs_dim, num_actions=num_actions, seed=seed)
-
-
-def make_replay(cfg: Config, env, seed: int):
-    """The replay of the config's network kind: transitions for an MLP, sequences for an RNN, frames stored
-    once for the CNN. One that cannot be allocated, or would outgrow this machine's memory once full (numpy
-    zeroes arrays lazily: the run would die hours in), is a ConfigError."""
-    try:
-        if cfg.network.kind == "cnn":
-            from dqnlab.frame_replay import FrameReplay
-
-            replay = FrameReplay(cfg.replay.capacity, env.observation_space.shape, seed=seed)
-        elif cfg.network.kind == "rnn":
-            from dqnlab.recurrent_net import state_size
-            from dqnlab.sequence_replay import SequenceReplay
-
-            stored = state_size(cfg.recurrent) if cfg.recurrent.initial_state == "stored" else 0
-            obs_dim = int(env.observation_space.shape[0])
-            replay = SequenceReplay(cfg.replay.capacity, obs_dim, state_dim=stored, seed=seed)
-        else:
-            replay = ReplayBuffer(cfg.replay.capacity, env.observation_space.shape, seed=seed)
-    except MemoryError as exc:  # numpy could not even reserve the arrays
-        raise ConfigError(f"replay.capacity {cfg.replay.capacity:,}: {exc}") from None
-    need = sum(a.nbytes for a in vars(replay).values() if isinstance(a, np.ndarray))
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > have:
-        raise ConfigError(
-            f"replay.capacity {cfg.replay.capacity:,}: the replay's arrays need {need / 2**30:.1f} GiB, "
-            f"more than this machine's {have / 2**30:.1f} GiB of memory"
-        )
-    return replay
 
 
 def hparams_of(cfg: Config, env_id: str, seed: int) -> dict[str, bool | int | float | str]:
@@ -416,15 +468,6 @@ def _history_until(run_dir: Path, step: int) -> dict[str, tuple[list[int], list[
     return history
 
 
-def _probe_floor(cfg: Config, steps: int) -> int | None:
-    """Env steps between probes that give `diagnostics.min_probes` probes over the learning part of a run of
-    `steps` (None: no floor, only `probe_every`)."""
-    wanted = cfg.diagnostics.min_probes
-    if wanted <= 0:
-        return None
-    return max(cfg.train.train_every, (steps - cfg.train.learning_starts) // wanted)
-
-
 def _divergence(learner, step: int) -> dict:
     """run.json's `divergence`: the step; where it began (`origin`: the first update of the burst whose loss
     or raw gradient went non-finite, and the variables whose raw gradient did, in model order: with
@@ -436,12 +479,12 @@ def _divergence(learner, step: int) -> dict:
     }
 
 
-def _report_finding(finding: Finding, grew: bool, summaries: Summaries, final: dict, warn) -> None:
+def _report_finding(finding: Finding, grew: bool, summaries: Summaries, run_json: RunJson, warn) -> None:
     """A live finding, new or grown: run.json keeps its latest state (one entry per rule and subject), the
     Text dashboard and the console get a note each time."""
     key = (finding.rule, finding.subject)
-    kept = [f for f in final.get("doctor", []) if (f["rule"], f["subject"]) != key]
-    final["doctor"] = [*kept, finding.to_dict()]
+    kept = [f for f in run_json.final.get("doctor", []) if (f["rule"], f["subject"]) != key]
+    run_json.final["doctor"] = [*kept, finding.to_dict()]
     summaries.text(finding.last_step, "doctor/findings", _finding_markdown(finding, grew))
     warn(warning_line(finding, grew))
 
@@ -464,13 +507,13 @@ def _verdict_markdown(findings: list[Finding], gaps: list[str]) -> str:
 def _consume(
     events,
     summaries: Summaries,
-    info: dict,
-    final: dict,
+    run_json: RunJson,
     progress: ProgressFn | None,
     live: LiveDoctor,
     save_checkpoint: Callable[[LoopState], None],
 ) -> str:
     """Write every event; keep run.json's counters current. Returns 'done' or 'diverged'."""
+    info, final = run_json.info, run_json.final
     last_return: float | None = None
     # perf/* spans two measured bursts: the first only sets the marks (from the start it would count the
     # build, the tracing and the acting before learning_starts, and after --resume the earlier lives' steps).

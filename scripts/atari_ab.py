@@ -54,20 +54,20 @@ def throughput(steps: int, learning_starts: int = THROUGHPUT_LEARNING_STARTS) ->
         os.environ.setdefault(key, "1")
     from dqnlab.config import load_preset
     from dqnlab.envs import make_env
-    from dqnlab.loop import EpisodeEnd, Updated, run_loop
-    from dqnlab.trainer import _learner_and_replay
+    from dqnlab.kinds import learner_and_replay, make_sampler
+    from dqnlab.loop import EpisodeEnd, Schedule, Updated, run_loop
 
     cfg = load_preset(
         "pong_huber",
         {"train.learning_starts": learning_starts, "train.epsilon_decay_steps": learning_starts},
     )
     env = make_env(cfg.env, seed=0, atari=cfg.atari)
-    learner, replay = _learner_and_replay(cfg, env, seed=0)
+    learner, replay = learner_and_replay(cfg, env, seed=0)
     d = cfg.diagnostics
-    events = run_loop(
-        env, make_env(cfg.env, atari=cfg.atari, evaluation=True), learner, replay, cfg.train,
-        steps=steps, seed=0, diagnostics_every=d.every, probe_every=d.probe_every, probe_size=d.probe_size,
-    )  # fmt: skip
+    eval_env = make_env(cfg.env, atari=cfg.atari, evaluation=True)
+    schedule = Schedule(measure_every=d.every, probe_every=d.probe_every, probe_size=d.probe_size)
+    sampler = make_sampler(cfg, replay)
+    events = run_loop(env, eval_env, learner, sampler, cfg.train, schedule, steps=steps, seed=0)
     start = (0, time.perf_counter(), time.process_time())
     acted = learned = None  # the last episode end before learning; the second burst (graphs traced)
     bursts = 0

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from dqnlab.config import load_preset
-from dqnlab.learner import Learner
-from dqnlab.loop import EpisodeEnd, Evaluated, Updated, epsilon_at, run_loop
+from dqnlab.kinds import make_learner
+from dqnlab.loop import EpisodeEnd, Evaluated, Schedule, Updated, epsilon_at, run_loop
 from dqnlab.replay import ReplayBuffer
+from dqnlab.sampling import TransitionSampler
 
 
 class ScriptedEnv(gym.Env):
@@ -51,10 +52,19 @@ def make(steps, **overrides):
     }
     cfg = load_preset("huber_relu", {**base, **overrides})
     env = ScriptedEnv()
-    learner = Learner(cfg, obs_dim=2, num_actions=2, seed=0)
+    learner = make_learner(cfg, (2,), 2, seed=0)
     replay = ReplayBuffer(100, (2,), seed=0)
     events = list(
-        run_loop(env, ScriptedEnv(), learner, replay, cfg.train, steps=steps, seed=0, diagnostics_every=6)
+        run_loop(
+            env,
+            ScriptedEnv(),
+            learner,
+            TransitionSampler(replay),
+            cfg.train,
+            Schedule(measure_every=6),
+            steps=steps,
+            seed=0,
+        )  # fmt: skip
     )
     return env, replay, events
 
