@@ -22,6 +22,7 @@ import numpy as np
 
 from dqnlab.config import TrainConfig, is_atari_env
 from dqnlab.learner import Learner
+from dqnlab.optimizers import learning_rate_feed
 from dqnlab.replay import ReplayBuffer
 
 
@@ -110,10 +111,14 @@ Event = EpisodeEnd | Updated | Probed | Evaluated | CheckpointDue
 
 
 def epsilon_at(step: int, cfg: TrainConfig) -> float:
-    """Linear decay from epsilon_start to epsilon_end over epsilon_decay_steps env steps."""
-    frac = min(step / cfg.epsilon_decay_steps, 1.0)
+    """Linear decay from epsilon_start to epsilon_end over epsilon_decay_steps env steps, starting after
+    epsilon_decay_start (0 in every preset but the devsisters ones)."""
+    frac = min(max(step - cfg.epsilon_decay_start, 0) / cfg.epsilon_decay_steps, 1.0)
     return cfg.epsilon_start + frac * (cfg.epsilon_end - cfg.epsilon_start)
 
+
+# The learning rate of a measured burst, logged with its metrics when optimizer.schedule is not constant.
+LR_TAG = "charts/learning_rate"
 
 # A truncated episode's state is compared only when the bootstrapped tail of its return weighs at most
 # this much: at least 95% of the return it is compared with is reward actually received.
@@ -226,6 +231,8 @@ def run_loop(
     policy = learner.policy()  # numpy copy of the online network; recurrent ones carry a state
     value_gamma = _value_gamma(eval_env, cfg)
     rng = st.rng
+    # A scheduled learning rate is set before each burst to its env step's value (None: a constant rate).
+    learning_rate = learning_rate_feed(learner.optimizer, learner.cfg.optimizer)
     for step in range(st.step + 1, steps + 1):
         epsilon = epsilon_at(step, cfg)
         explore = rng.random() < epsilon
@@ -256,11 +263,13 @@ def run_loop(
                 or (probe_floor is not None and step - st.last_probe >= probe_floor)
                 or step + cfg.train_every > steps  # the run's last burst
             )
+            lr = learning_rate(step) if learning_rate is not None else None
             out = learner.update(learner.sample_burst(replay, k, cfg.batch_size), measure)
             st.updates += k
             policy.set_weights([w.numpy() for w in out.weights])
             finite = bool(out.finite)
-            yield Updated(step, st.updates, out.metrics, finite)
+            metrics = out.metrics if lr is None or not out.metrics else {**out.metrics, LR_TAG: lr}
+            yield Updated(step, st.updates, metrics, finite)
             if not finite:
                 return
             if probe:
