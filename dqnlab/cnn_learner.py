@@ -20,11 +20,12 @@ import numpy as np
 
 from dqnlab import probes
 from dqnlab._tf import keras, tf
-from dqnlab.cnn_net import build_cnn_q_network, forward
+from dqnlab.cnn_net import build_cnn_q_network, depth_path_layers, forward
 from dqnlab.compiled import Compiled
 from dqnlab.config import Config
 from dqnlab.frame_replay import FrameBatch
 from dqnlab.learner import Learner
+from dqnlab.networks import penultimate_features
 from dqnlab.replay import Batch
 
 
@@ -76,9 +77,7 @@ class CNNLearner(Learner):
         self._obs_shape = tuple(int(d) for d in obs_shape)  # (stack, H, W)
         super().__init__(cfg, obs_dim=int(np.prod(self._obs_shape)), num_actions=num_actions, seed=seed)
         # Every layer with an activation, input side first: probed, and the ends of grad/depth_ratio.
-        self._hidden_layers = [
-            layer for layer in self.online.layers if layer.name.startswith(("conv_", "hidden_"))
-        ]
+        self._hidden_layers = depth_path_layers(self.online)
         self._policy: GreedyTFPolicy | None = None
         self._frames_out: np.ndarray | None = None  # the burst's frames, gathered into one reused array
 
@@ -135,6 +134,6 @@ class CNNLearner(Learner):
             m.update(stats(t.name, t.x, t.z, activation, d))
             if d.histograms:
                 m[f"hist/activation/{t.name}"] = t.z
-        m["features/srank"] = tf.cast(probes.srank(traces[-1].z, d.srank_delta), tf.float32)
+        m["features/srank"] = tf.cast(probes.srank(penultimate_features(traces), d.srank_delta), tf.float32)
         m.update(self._probe_weights_and_gradient(unpack_frames(frames, scalars)))
         return m

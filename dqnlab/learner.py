@@ -26,7 +26,14 @@ from dqnlab._tf import keras, tf
 from dqnlab.compiled import Compiled
 from dqnlab.config import Config
 from dqnlab.losses import get_loss
-from dqnlab.networks import NumpyMLP, build_q_network, variable_tag
+from dqnlab.networks import (
+    NumpyMLP,
+    build_q_network,
+    depth_path_layers,
+    hidden_activations,
+    penultimate_features,
+    variable_tag,
+)
 from dqnlab.optimizers import make_optimizer
 from dqnlab.replay import Batch  # one transition structure, numpy in replay, tensors in the graph
 
@@ -269,7 +276,7 @@ class Learner:
         self._reader: MetricReader | None = None
         self._record_capacity = 0
         self._last: LastBurst | None = None
-        self._hidden_layers = [layer for layer in self.online.layers if layer.name.startswith("hidden_")]
+        self._hidden_layers = depth_path_layers(self.online)
         self._obs_dim = obs_dim
         self.variable_tags = [variable_tag(v) for v in self.variables]
         self._family_tags = {fam: [f"{fam}/{tag}" for tag in self.variable_tags] for fam in PER_VARIABLE}
@@ -349,7 +356,7 @@ class Learner:
 
     def policy(self) -> NumpyMLP:
         """The acting policy: a numpy copy of the online network (refresh with `set_weights`)."""
-        policy = NumpyMLP(self.cfg.network.activation)
+        policy = NumpyMLP(self.cfg.network.activation, self.cfg.network.dueling)
         policy.set_weights(self.online_weights())
         return policy
 
@@ -777,15 +784,12 @@ class Learner:
     def _probe_impl(self, states: tf.Tensor, packed: tf.Tensor) -> dict[str, tf.Tensor]:
         d, activation = self._diag, self.cfg.network.activation
         m: dict[str, tf.Tensor] = {}
-        h = states  # [N, D]
-        for layer in self._hidden_layers:
-            x = tf.matmul(h, layer.kernel) + layer.bias  # [N, U] pre-activations
-            z = layer.activation(x)  # [N, U]
-            m.update(probes.layer_stats(layer.name, x, z, activation, d))
+        traces = hidden_activations(self.online, states)  # (name, pre-activations, outputs), input side first
+        for name, x, z in traces:
+            m.update(probes.layer_stats(name, x, z, activation, d))
             if d.histograms:
-                m[f"hist/activation/{layer.name}"] = z
-            h = z
-        m["features/srank"] = tf.cast(probes.srank(h, d.srank_delta), tf.float32)
+                m[f"hist/activation/{name}"] = z
+        m["features/srank"] = tf.cast(probes.srank(penultimate_features(traces), d.srank_delta), tf.float32)
         m.update(self._probe_weights_and_gradient(unpack(packed, self._obs_dim)))
         return m
 
