@@ -20,11 +20,12 @@ import numpy as np
 
 from dqnlab import probes
 from dqnlab._tf import keras, tf
-from dqnlab.cnn_net import forward
+from dqnlab.cnn_net import depth_path_layers, forward
 from dqnlab.compiled import Compiled
 from dqnlab.config import Config
 from dqnlab.frame_replay import FrameBatch
 from dqnlab.learner import Learner
+from dqnlab.networks import penultimate_features
 from dqnlab.replay import Batch
 
 
@@ -72,10 +73,10 @@ class GreedyTFPolicy:
 class CNNLearner(Learner):
     """`Learner` for `network.kind = "cnn"`: `update` takes FrameBatches [K, B, stack + 1, H, W]."""
 
-    _probed_prefixes = ("conv_", "hidden_")  # every layer with an activation, input side first
-
     def __init__(self, cfg: Config, online: keras.Model, target: keras.Model, optimizer, obs_shape):
         super().__init__(cfg, online, target, optimizer, obs_shape)  # obs_shape: (stack, H, W)
+        # Every layer with an activation, input side first: probed, and the ends of grad/depth_ratio.
+        self._hidden_layers = depth_path_layers(self.online)
         self._policy: GreedyTFPolicy | None = None
 
     def _q_values(self, network: keras.Model, obs: tf.Tensor) -> tf.Tensor:
@@ -113,6 +114,6 @@ class CNNLearner(Learner):
             m.update(stats(t.name, t.x, t.z, activation, d))
             if d.histograms:
                 m[f"hist/activation/{t.name}"] = t.z
-        m["features/srank"] = tf.cast(probes.srank(traces[-1].z, d.srank_delta), tf.float32)
+        m["features/srank"] = tf.cast(probes.srank(penultimate_features(traces), d.srank_delta), tf.float32)
         m.update(self._probe_weights_and_gradient(self._unpack(*packed)))
         return m

@@ -5,6 +5,11 @@
       -> conv_0 32 8x8 stride 4 -> conv_1 64 4x4 stride 2 -> conv_2 64 3x3 stride 1 (no padding)
       -> flatten -> hidden_0 512 (`network.hidden`) -> q_head
 
+With `network.dueling` the last hidden layer and q_head become the two streams of `dqnlab.networks`
+(`value_hidden` -> `value`, `advantage_hidden` -> `advantage`, combined by `dueling_q`); with
+`network.hidden = [512]` that is devsisters/DQN-tensorflow's dueling network: both 512-unit streams read the
+flattened conv output.
+
 Layers are named for the tags (`conv_0/kernel`, ..., `hidden_0/kernel`, `q_head/bias`). `forward` applies
 the same variables with the raw TF ops the Keras layers use, and can return every layer's pre-activations
 and outputs: the compiled update and the probe need those, and skipping Keras's per-call machinery keeps
@@ -17,7 +22,7 @@ from typing import NamedTuple
 
 from dqnlab._tf import keras, tf
 from dqnlab.config import NetworkConfig
-from dqnlab.networks import _scaled
+from dqnlab.networks import DUELING_STREAMS, dueling_head, is_dueling, scaled_initializer
 
 # (filters, kernel size, stride) of conv_0, conv_1, conv_2: the Nature DQN.
 NATURE_CONVS: tuple[tuple[int, int, int], ...] = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
@@ -45,7 +50,7 @@ def build_cnn_q_network(
     def hidden_kwargs(i: str) -> dict:
         return {
             "activation": cfg.activation,
-            "kernel_initializer": _scaled(cfg.kernel_init, cfg.init_scale),
+            "kernel_initializer": scaled_initializer(cfg.kernel_init, cfg.init_scale),
             "bias_initializer": keras.initializers.Constant(cfg.bias_init),
             "name": i,
         }
@@ -58,11 +63,18 @@ def build_cnn_q_network(
     for i, (filters, size, stride) in enumerate(NATURE_CONVS):
         layers.append(keras.layers.Conv2D(filters, size, strides=stride, **hidden_kwargs(f"conv_{i}")))
     layers.append(keras.layers.Flatten(name="flatten"))
+    if cfg.dueling:
+        trunk = layers[0]
+        for layer in layers[1:]:
+            trunk = layer(trunk)
+        for i, width in enumerate(cfg.hidden[:-1]):
+            trunk = keras.layers.Dense(width, **hidden_kwargs(f"hidden_{i}"))(trunk)
+        return keras.Model(layers[0], dueling_head(cfg, trunk, num_actions), name=name)
     for i, width in enumerate(cfg.hidden):
         layers.append(keras.layers.Dense(width, **hidden_kwargs(f"hidden_{i}")))
     layers.append(
         keras.layers.Dense(
-            num_actions, kernel_initializer=_scaled(cfg.kernel_init, cfg.init_scale), name="q_head"
+            num_actions, kernel_initializer=scaled_initializer(cfg.kernel_init, cfg.init_scale), name="q_head"
         )
     )
     return keras.Sequential(layers, name=name)
@@ -71,7 +83,8 @@ def build_cnn_q_network(
 def forward(network: keras.Model, frames: tf.Tensor, trace: bool = False):
     """Q-values [B, A] of uint8 (or float 0..255) frames [B, stack, H, W], with the model's variables.
 
-    With `trace`, also returns a LayerTrace for each hidden layer (convs, then dense), input side first.
+    With `trace`, also returns a LayerTrace for each hidden layer (convs, then dense, then a dueling network's
+    value_hidden and advantage_hidden), input side first.
     """
     scale = network.get_layer("scale")
     h = tf.cast(frames, tf.float32) * tf.cast(scale.scale, tf.float32)  # what Rescaling computes
@@ -91,8 +104,28 @@ def forward(network: keras.Model, frames: tf.Tensor, trace: bool = False):
             continue  # scale, to_nhwc, flatten: done above
         h = layer.activation(x)
         traces.append(LayerTrace(layer.name, x, h))
-    raise ValueError("the network has no q_head layer")  # pragma: no cover
+    if not is_dueling(network):
+        raise ValueError("the network has no q_head layer")  # pragma: no cover
+    if h.shape.rank > 2:
+        h = tf.reshape(h, [tf.shape(h)[0], -1])
+    streams = []
+    for name, head in zip(DUELING_STREAMS, ("value", "advantage"), strict=True):
+        hidden, out = network.get_layer(name), network.get_layer(head)
+        x = tf.matmul(h, hidden.kernel) + hidden.bias
+        z = hidden.activation(x)
+        traces.append(LayerTrace(name, x, z))
+        streams.append(tf.matmul(z, out.kernel) + out.bias)
+    value, advantage = streams  # [B, 1], [B, A]
+    q = value + (advantage - tf.reduce_mean(advantage, axis=1, keepdims=True))
+    return (q, traces) if trace else q
 
 
 def hidden_layer_names(network: keras.Model) -> list[str]:
     return [layer.name for layer in network.layers if layer.name.startswith(("conv_", "hidden_"))]
+
+
+def depth_path_layers(network: keras.Model) -> list:
+    """The layers with an activation from the frames to the head, input side first: convs, hidden_i, and a
+    dueling network's advantage_hidden (the ends of `grad/depth_ratio`; probed, with value_hidden too)."""
+    layers = [layer for layer in network.layers if layer.name.startswith(("conv_", "hidden_"))]
+    return layers + ([network.get_layer("advantage_hidden")] if is_dueling(network) else [])

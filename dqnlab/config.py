@@ -1,7 +1,9 @@
 """Agent presets: TOML files in `agents/` parsed into a frozen, validated `Config`.
 
-A preset is complete: every section and every key below must be present (no inheritance, no hidden
-defaults), and an unknown key is an error. Each field carries a one-line `doc` (rendered into
+A preset is complete: every section and every key below must be present (no inheritance), and an unknown
+key is an error. The only exceptions are the few keys added after the shipped presets were written, each
+with a stated default that keeps the old behaviour (`default=` below; docs/presets.md lists them), so that
+older presets and run directories still load. Each field carries a one-line `doc` (rendered into
 docs/presets.md by `field_reference_rows`) and, where it applies, the valid `choices` or bounds `min`/`max`.
 
 This module is pure Python (no TensorFlow) so the CLI can reject bad input before paying for an import.
@@ -35,8 +37,16 @@ NETWORK_KINDS = KINDS.keys()  # the kind table's: a kind added there is valid he
 CELLS = ("simple", "lstm", "gru")
 INITIAL_STATES = ("stored", "zero")
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
-KERNEL_INITS = ("he_uniform", "he_normal", "glorot_uniform", "glorot_normal", "lecun_normal")
-OPTIMIZERS = ("adam", "rmsprop", "sgd")
+KERNEL_INITS = (
+    "he_uniform",
+    "he_normal",
+    "glorot_uniform",
+    "glorot_normal",
+    "lecun_normal",
+    "truncated_normal_0.02",
+)
+OPTIMIZERS = ("adam", "rmsprop", "rmsprop_tf1", "sgd")
+LR_SCHEDULES = ("constant", "staircase", "linear")
 # The smallest screen the Nature CNN's convs (8x8 s4, 4x4 s2, 3x3 s1, no padding) leave a pixel of.
 MIN_ATARI_SCREEN = 36
 # The largest integer any value may take: what numpy's, TensorFlow's and TensorBoard's int64 counters hold.
@@ -48,6 +58,11 @@ class ConfigError(ValueError):
 
 
 def _f(doc: str, **meta: Any):
+    """A preset field. With `default=`, the key may be left out of a preset: only keys added after the shipped
+    presets were written have one (so older presets and run directories still load); every other key is
+    required."""
+    if "default" in meta:
+        return field(default=meta["default"], metadata={"doc": doc, **meta})
     return field(metadata={"doc": doc, **meta})
 
 
@@ -84,6 +99,11 @@ class NetworkConfig:
     bias_init: float = _f(
         "initial value of every hidden dense and conv bias (very negative values kill ReLUs); q_head's "
         "starts at 0"
+    )
+    dueling: bool = _f(
+        "dueling head (Wang et al. 2016): the last `hidden` width becomes two streams, value_hidden -> value "
+        "and advantage_hidden -> advantage, and Q = value + advantage - mean(advantage); mlp and cnn only",
+        default=False,
     )
 
 
@@ -134,9 +154,28 @@ class AtariConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    kind: str = _f("optimizer", choices=OPTIMIZERS)
-    learning_rate: float = _f("step size", min=0.0)
+    """The optimizer and its learning-rate schedule, a function of the env step (dqnlab.optimizers)."""
+
+    kind: str = _f(
+        "optimizer; rmsprop is Keras's (mean square starts at 0), rmsprop_tf1 TensorFlow 1's "
+        "tf.train.RMSPropOptimizer (decay 0.9, mean square starts at 1, epsilon inside the sqrt)",
+        choices=OPTIMIZERS,
+    )
+    learning_rate: float = _f("step size (with a schedule: at env step 0)", min=0.0)
     epsilon: float = _f("Adam/RMSProp denominator epsilon (ignored by SGD)", min=0.0)
+    momentum: float = _f("RMSProp/SGD momentum (Adam takes none)", min=0.0, max=1.0, default=0.0)
+    schedule: str = _f(
+        "learning rate per env step: constant; staircase, max(learning_rate_end, learning_rate * "
+        "decay_rate^floor(step / decay_steps)); linear, from learning_rate to learning_rate_end over "
+        "decay_steps",
+        choices=LR_SCHEDULES,
+        default="constant",
+    )
+    decay_steps: int = _f("env steps per staircase step, or of the linear decay", min=1, default=1)
+    decay_rate: float = _f("staircase factor per decay_steps", min=0.0, max=1.0, default=1.0)
+    learning_rate_end: float = _f(
+        "the staircase's floor, the linear decay's final value", min=0.0, default=0.0
+    )
 
 
 @dataclass(frozen=True)
@@ -168,6 +207,11 @@ class TrainConfig:
     grad_clip_norm: float = _f("global-norm gradient clipping threshold; 0 turns it off", min=0.0)
     eval_every: int = _f("environment steps between greedy evaluations; 0 evaluates only at the end", min=0)
     eval_episodes: int = _f("episodes per greedy evaluation", min=1)
+    epsilon_decay_start: int = _f(
+        "environment steps at epsilon_start before the decay begins (devsisters: learn_start)",
+        min=0,
+        default=0,
+    )
 
 
 @dataclass(frozen=True)
@@ -231,6 +275,10 @@ def field_reference_rows() -> list[str]:
             bounds += [f"<= {meta['max']:g}"] if "max" in meta else []
             if bounds:
                 text += "; " + ", ".join(bounds)
+            if "default" in meta:
+                default = meta["default"]
+                shown = str(default).lower() if isinstance(default, bool) else repr(default).replace("'", '"')
+                text += f"; default `{shown}`"
             rows.append(f"| `{section}.{f.name}` | {typ} | {text.replace('|', chr(92) + '|')} |")
     return rows
 
@@ -327,10 +375,13 @@ def _build_section(source: str, section: str, table: Any) -> Any:
     for key in table:
         if key not in fields:
             raise _unknown(f"{source} [{section}]", key, list(fields))
-    missing = [k for k in fields if k not in table]
+    missing = [k for k in fields if k not in table and "default" not in fields[k].metadata]
     if missing:
         raise ConfigError(f"{source} [{section}]: missing key(s) {', '.join(missing)} (presets are complete)")
-    values = {k: _check_value(f"{source} {section}.{k}", fields[k], table[k]) for k in fields}
+    values = {
+        k: _check_value(f"{source} {section}.{k}", f, table[k]) if k in table else f.metadata["default"]
+        for k, f in fields.items()
+    }
     return cls(**values)
 
 
@@ -344,9 +395,33 @@ def _cross_check(cfg: Config, source: str) -> None:
     if r is not None and r.burn_in + r.sequence_length > cfg.replay.capacity:
         raise ConfigError(f"{source}: recurrent.burn_in + sequence_length exceeds replay.capacity")
     check_network_fits_env(cfg, cfg.env, source)
+    _check_optimizer(cfg.optimizer, source)
+    if cfg.network.dueling and cfg.network.kind == "rnn":
+        raise ConfigError(f"{source} network.dueling: only for network.kind 'mlp' or 'cnn', not 'rnn'")
     if t.batch_size > cfg.replay.capacity:
         raise ConfigError(
             f"{source}: train.batch_size {t.batch_size} exceeds replay.capacity {cfg.replay.capacity}"
+        )
+
+
+def _check_optimizer(o: OptimizerConfig, source: str) -> None:
+    """The schedule's keys mean something only for its kind, and momentum only for RMSProp and SGD."""
+    if o.momentum > 0 and o.kind == "adam":
+        raise ConfigError(f"{source} optimizer.momentum: adam takes no momentum, got {o.momentum!r}")
+    if o.momentum >= 1:
+        raise ConfigError(f"{source} optimizer.momentum: must be < 1, got {o.momentum!r}")
+    unused = {"constant": ("decay_steps", "decay_rate", "learning_rate_end"), "linear": ("decay_rate",)}
+    defaults = {f.name: f.metadata.get("default") for f in dataclasses.fields(OptimizerConfig)}
+    for key in unused.get(o.schedule, ()):
+        if getattr(o, key) != defaults[key]:
+            raise ConfigError(
+                f"{source} optimizer.{key}: set to {getattr(o, key)!r}, but the {o.schedule!r} schedule "
+                f"does not use it (set optimizer.schedule)"
+            )
+    if o.schedule == "staircase" and o.learning_rate_end > o.learning_rate:
+        raise ConfigError(
+            f"{source} optimizer.learning_rate_end: the staircase's floor {o.learning_rate_end!r} is above "
+            f"learning_rate {o.learning_rate!r}"
         )
 
 

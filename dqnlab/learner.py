@@ -26,7 +26,13 @@ from dqnlab._tf import keras, tf
 from dqnlab.compiled import Compiled
 from dqnlab.config import Config
 from dqnlab.losses import get_loss, td_target
-from dqnlab.networks import NumpyMLP, variable_tag
+from dqnlab.networks import (
+    NumpyMLP,
+    depth_path_layers,
+    hidden_activations,
+    penultimate_features,
+    variable_tag,
+)
 from dqnlab.replay import Batch  # one transition structure, numpy in replay, tensors in the graph
 
 
@@ -250,9 +256,6 @@ class Learner:
     # the panel needs another gradient in the update's tape (the RNN's dL/dh through time).
     _panel_shares_trace = True
 
-    # Layers the probe measures (and grad/depth_ratio's ends), by name prefix, input side first.
-    _probed_prefixes: tuple[str, ...] = ("hidden_",)
-
     def __init__(self, cfg: Config, online: keras.Model, target: keras.Model, optimizer, obs_shape):
         """A learner of built parts (`dqnlab.kinds.make_learner` builds them for a config): the online and
         target networks (target a copy of online), the optimizer built for online's trainable variables, and
@@ -268,8 +271,7 @@ class Learner:
         self._reader: MetricReader | None = None
         self._record_capacity = 0
         self._last: LastBurst | None = None
-        layers = self.online.layers
-        self._hidden_layers = [layer for layer in layers if layer.name.startswith(self._probed_prefixes)]
+        self._hidden_layers = depth_path_layers(self.online)  # probed, and the ends of grad/depth_ratio
         self._obs_shape = tuple(int(d) for d in obs_shape)
         self._obs_dim = int(np.prod(self._obs_shape))
         self.variable_tags = [variable_tag(v) for v in self.variables]
@@ -347,7 +349,7 @@ class Learner:
 
     def policy(self) -> NumpyMLP:
         """The acting policy: a numpy copy of the online network (refresh with `set_weights`)."""
-        policy = NumpyMLP(self.cfg.network.activation)
+        policy = NumpyMLP(self.cfg.network.activation, self.cfg.network.dueling)
         policy.set_weights(self.online_weights())
         return policy
 
@@ -765,15 +767,13 @@ class Learner:
     def _probe_impl(self, states: tf.Tensor, *packed: tf.Tensor) -> dict[str, tf.Tensor]:
         d, activation = self._diag, self.cfg.network.activation
         m: dict[str, tf.Tensor] = {}
-        h = states  # [N, D]
-        for layer in self._hidden_layers:
-            x = tf.matmul(h, layer.kernel) + layer.bias  # [N, U] pre-activations
-            z = layer.activation(x)  # [N, U]
-            m.update(probes.layer_stats(layer.name, x, z, activation, d))
+        traces = hidden_activations(self.online, states)  # (name, pre-activations, outputs), input side first
+        for name, x, z in traces:
+            m.update(probes.layer_stats(name, x, z, activation, d))
             if d.histograms:
-                m[f"hist/activation/{layer.name}"] = z
-            h = z
-        m["features/srank"] = tf.cast(probes.srank(h, d.srank_delta), tf.float32)
+                m[f"hist/activation/{name}"] = z
+        features = penultimate_features(traces) if traces else states  # a linear network's are its inputs
+        m["features/srank"] = tf.cast(probes.srank(features, d.srank_delta), tf.float32)
         m.update(self._probe_weights_and_gradient(self._unpack(*packed)))
         return m
 

@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 
 from dqnlab.config import DiagnosticsConfig, TrainConfig, is_atari_env
+from dqnlab.optimizers import learning_rate_feed
 
 
 class Policy(Protocol):
@@ -36,6 +37,9 @@ class Policy(Protocol):
 
 class Trainable(Protocol):
     """What the loop needs of a learner (`dqnlab.learner.Learner` and its subclasses)."""
+
+    cfg: Any  # its Config: the loop reads the optimizer's learning-rate schedule from it
+    optimizer: Any
 
     def policy(self) -> Policy: ...
     def update(self, batch: Any, with_diagnostics: bool) -> Any: ...  # -> learner.UpdateOutput
@@ -171,10 +175,14 @@ Event = EpisodeEnd | Updated | Probed | Evaluated | CheckpointDue
 
 
 def epsilon_at(step: int, cfg: TrainConfig) -> float:
-    """Linear decay from epsilon_start to epsilon_end over epsilon_decay_steps env steps."""
-    frac = min(step / cfg.epsilon_decay_steps, 1.0)
+    """Linear decay from epsilon_start to epsilon_end over epsilon_decay_steps env steps, starting after
+    epsilon_decay_start (0 in every preset but the devsisters ones)."""
+    frac = min(max(step - cfg.epsilon_decay_start, 0) / cfg.epsilon_decay_steps, 1.0)
     return cfg.epsilon_start + frac * (cfg.epsilon_end - cfg.epsilon_start)
 
+
+# The learning rate of a measured burst, logged with its metrics when optimizer.schedule is not constant.
+LR_TAG = "charts/learning_rate"
 
 # A truncated episode's state is compared only when the bootstrapped tail of its return weighs at most
 # this much: at least 95% of the return it is compared with is reward actually received.
@@ -284,6 +292,8 @@ def run_loop(
     value_gamma = _value_gamma(eval_env, cfg)
     rng = st.rng
     replay = sampler.replay
+    # A scheduled learning rate is set before each burst to its env step's value (None: a constant rate).
+    learning_rate = learning_rate_feed(learner.optimizer, learner.cfg.optimizer)
     for step in range(st.step + 1, steps + 1):
         epsilon = epsilon_at(step, cfg)
         explore = rng.random() < epsilon
@@ -314,11 +324,13 @@ def run_loop(
                 or (schedule.probe_floor is not None and step - st.last_probe >= schedule.probe_floor)
                 or step + cfg.train_every > steps  # the run's last burst
             )
+            lr = learning_rate(step) if learning_rate is not None else None
             out = learner.update(sampler.burst(k, cfg.batch_size), measure)
             st.updates += k
             policy.set_weights([w.numpy() for w in out.weights])
             finite = bool(out.finite)
-            yield Updated(step, st.updates, out.metrics, finite)
+            metrics = out.metrics if lr is None or not out.metrics else {**out.metrics, LR_TAG: lr}
+            yield Updated(step, st.updates, metrics, finite)
             if not finite:
                 return
             if probe:

@@ -18,11 +18,11 @@ import numpy as np
 
 from dqnlab._tf import keras, tf
 from dqnlab.config import NetworkConfig, RecurrentConfig
-from dqnlab.networks import _NUMPY_ACTIVATIONS, _scaled
+from dqnlab.networks import NUMPY_ACTIVATIONS, scaled_initializer
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return _NUMPY_ACTIVATIONS["sigmoid"](x)
+    return NUMPY_ACTIVATIONS["sigmoid"](x)
 
 
 def state_size(rec) -> int:
@@ -37,7 +37,7 @@ class RecurrentQNetwork(keras.Model):
         super().__init__(name=name)
         self.cell_kind = rec.cell
         self.units = rec.units
-        kernel_init = lambda: _scaled(net.kernel_init, net.init_scale)  # noqa: E731 - a fresh one per layer
+        kernel_init = lambda: scaled_initializer(net.kernel_init, net.init_scale)  # noqa: E731 - a fresh one per layer
         dense = lambda width, i: keras.layers.Dense(  # noqa: E731
             width,
             activation=net.activation,
@@ -47,7 +47,7 @@ class RecurrentQNetwork(keras.Model):
         )
         # Assigned in forward order: Keras lists the variables in that order (the numpy twin relies on it).
         self.pre = [dense(w, i) for i, w in enumerate(rec.pre_hidden)]
-        recurrent_init = _scaled("orthogonal", rec.recurrent_init_scale)
+        recurrent_init = scaled_initializer("orthogonal", rec.recurrent_init_scale)
         if rec.cell == "simple":
             self.cell = keras.layers.SimpleRNNCell(
                 rec.units, activation=rec.activation, recurrent_initializer=recurrent_init, name="rnn"
@@ -98,8 +98,8 @@ class NumpyRecurrentPolicy:
     """The recurrent Q-network's one-step forward pass in numpy, for acting (see networks.NumpyMLP)."""
 
     def __init__(self, net: NetworkConfig, rec: RecurrentConfig):
-        self._act = _NUMPY_ACTIVATIONS[net.activation]
-        self._core = _NUMPY_ACTIVATIONS[rec.activation]
+        self._act = NUMPY_ACTIVATIONS[net.activation]
+        self._core = NUMPY_ACTIVATIONS[rec.activation]
         self._cell, self._units = rec.cell, rec.units
         self._n_pre, self._n_post = len(rec.pre_hidden), len(net.hidden)
         self.state_size = state_size(rec)

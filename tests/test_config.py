@@ -169,12 +169,12 @@ def test_docs_presets_holds_every_field_row_verbatim():
 
 def test_config_choices_match_the_registries():
     from dqnlab import config, losses
-    from dqnlab.networks import _NUMPY_ACTIVATIONS
-    from dqnlab.optimizers import _OPTIMIZERS
+    from dqnlab.networks import NUMPY_ACTIVATIONS
+    from dqnlab.optimizers import OPTIMIZER_BUILDERS
 
     assert set(config.LOSS_KINDS) == set(losses.LOSSES)
-    assert set(config.OPTIMIZERS) == set(_OPTIMIZERS)
-    assert set(config.ACTIVATIONS) == set(_NUMPY_ACTIVATIONS)
+    assert set(config.OPTIMIZERS) == set(OPTIMIZER_BUILDERS)
+    assert set(config.ACTIVATIONS) == set(NUMPY_ACTIVATIONS)
 
 
 def _differing_keys(a: str, b: str) -> set[str]:

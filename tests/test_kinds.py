@@ -18,7 +18,7 @@ from dqnlab.events import read_series
 
 # A linear Q-function Q(s) = s W + b: the smallest kind there is. It reuses the MLP's learner, replay and
 # sampler; its one layer is named `q_head`, so its tags are `grad_norm/q_head/kernel` and so on.
-TOY_MODULE = '''
+TOY_MODULE = """
 from dqnlab._tf import keras
 
 
@@ -26,10 +26,10 @@ def build(cfg, obs_shape, num_actions, name):
     return keras.Sequential(
         [keras.Input(shape=obs_shape, name="obs"), keras.layers.Dense(num_actions, name="q_head")], name=name
     )
-'''
+"""
 
 # The one entry a developer adds to dqnlab.kinds.KINDS, here from outside (a subprocess runs `dqnlab train`).
-REGISTER_AND_TRAIN = '''
+REGISTER_AND_TRAIN = """
 import sys
 
 from dqnlab import kinds
@@ -45,7 +45,7 @@ def linear():
 
 kinds.KINDS["linear"] = linear
 sys.exit(main(sys.argv[1:]))
-'''
+"""
 
 
 def test_every_config_kind_has_an_entry_and_an_unknown_one_is_refused():
