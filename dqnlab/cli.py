@@ -262,6 +262,7 @@ def _presets(args) -> int:
 
 def _train(args) -> int:
     _check_common(args)
+    from dqnlab.components import check_components
     from dqnlab.rundir import (
         check_experiment_path,
         check_resumable,
@@ -275,6 +276,7 @@ def _train(args) -> int:
     env_id = args.env or cfg.env
     check_env_fits(cfg, env_id)  # before the progress bar and TensorFlow: one line, exit 2
     validate_env(env_id)
+    check_components(cfg, env_id)  # your own loss or network, if the preset names one: its contract
     name = args.name or default_experiment_name()
     check_experiment_path(args.logdir, name)
     run_dir = run_dir_for(args.logdir, name, cfg.name, env_id, args.seed)

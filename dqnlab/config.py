@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +71,12 @@ def _f(doc: str, **meta: Any):
 class LossConfig:
     """The TD loss: the one thing the headline A/B varies."""
 
-    kind: str = _f("TD loss on delta = target - Q(s,a); see dqnlab/losses.py", choices=LOSS_KINDS)
+    kind: str = _f(
+        "TD loss on delta = target - Q(s,a); see dqnlab/losses.py; or your own as package.module:fn "
+        "(docs/your_agent.md)",
+        choices=LOSS_KINDS,
+        import_path=True,
+    )
     bound: float = _f("clip bound for the clipped losses, kappa for Huber (ignored by squared)", min=0.0)
 
 
@@ -81,8 +87,9 @@ class NetworkConfig:
 
     kind: str = _f(
         "network family: mlp; rnn (needs a [recurrent] section); cnn, the Nature DQN on Atari frames (needs "
-        "an [atari] section)",
+        "an [atari] section); or your own builder as package.module:build (docs/your_agent.md)",
         choices=NETWORK_KINDS,
+        import_path=True,
     )
     activation: str = _f("hidden-layer nonlinearity", choices=ACTIVATIONS)
     hidden: tuple[int, ...] = _f(
@@ -310,6 +317,15 @@ class Config:
 # Parsing and validation
 
 
+_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_][\w.]*$")
+
+
+def check_import_path(where: str, text: str) -> None:
+    """`package.module:name`, checked for form only: importing it is `dqnlab.components`' job."""
+    if not _IMPORT_PATH.match(text):
+        raise ConfigError(f"{where}: {text!r} is not an import path of the form package.module:name")
+
+
 def _check_value(where: str, f: dataclasses.Field, value: Any) -> Any:
     """Type-check one value against its field; return it normalized (ints accepted as floats)."""
     typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
@@ -344,7 +360,9 @@ def _check_value(where: str, f: dataclasses.Field, value: Any) -> Any:
     else:  # pragma: no cover - a new field type must be taught here
         raise TypeError(f"unsupported config field type {typ}")
     choices = meta.get("choices")
-    if choices is not None and value not in choices:
+    if meta.get("import_path") and isinstance(value, str) and ":" in value:
+        check_import_path(where, value)  # the user's own component: imported and checked before a run
+    elif choices is not None and value not in choices:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
     values = value if isinstance(value, tuple) else (value,)
     low, high = meta.get("min"), meta.get("max")

@@ -25,6 +25,7 @@ import dataclasses
 import gymnasium as gym
 import numpy as np
 
+from dqnlab.components import import_module
 from dqnlab.config import AtariConfig, is_atari_env
 
 NAMESPACE = "dqnlab"
@@ -131,6 +132,8 @@ def make_env(
                 options.update(clip_rewards=False, terminal_on_life_loss=False)
             env = make_atari_env(env_id, **options, **kwargs)
         else:
+            if ":" in env_id:  # gymnasium's "module:id": the module registers the id when imported
+                import_module(env_id.split(":")[0])
             env = gym.make(env_id, **kwargs)
     except (gym.error.DependencyNotInstalled, ImportError) as exc:
         if is_atari_env(env_id):
@@ -315,8 +318,9 @@ def make_atari_env(
 
 
 def env_dirname(env_id: str) -> str:
-    """The run-directory name of an env id: '/' replaced by '-' (`dqnlab/X-v1` -> `dqnlab-X-v1`)."""
-    return env_id.replace("/", "-")
+    """The run-directory name of an env id: '/' and ':' replaced by '-' (`dqnlab/X-v1` -> `dqnlab-X-v1`,
+    `mypkg.envs:X-v0` -> `mypkg.envs-X-v0`)."""
+    return env_id.replace("/", "-").replace(":", "-")
 
 
 def _line(exc: BaseException) -> str:

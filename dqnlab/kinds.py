@@ -100,7 +100,27 @@ def _cnn() -> KindParts:
 KINDS: dict[str, Callable[[], KindParts]] = {"mlp": _mlp, "rnn": _rnn, "cnn": _cnn}
 
 
+def _user_network(path: str) -> KindParts:
+    """A network given by import path (dqnlab.components): the user's builder, learned from transitions."""
+    from dqnlab.components import resolve
+    from dqnlab.custom_learner import CustomLearner
+
+    build = resolve("network.kind", path)
+    mlp = _mlp()
+    return KindParts(
+        build_network=lambda cfg, obs_shape, num_actions, name: build(
+            cfg.network, obs_shape, num_actions, name
+        ),
+        learner=CustomLearner,
+        make_replay=mlp.make_replay,
+        make_sampler=mlp.make_sampler,
+    )
+
+
 def parts(kind: str) -> KindParts:
+    """The parts of a kind in the table, or of a network given by import path (`package.module:build`)."""
+    if ":" in kind:
+        return _user_network(kind)
     try:
         load = KINDS[kind]
     except KeyError:

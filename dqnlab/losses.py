@@ -104,7 +104,12 @@ LOSSES: dict[str, LossFn] = {
 
 
 def get_loss(name: str) -> LossFn:
-    """The per-sample loss registered under `name`; ValueError listing the valid names otherwise."""
+    """The per-sample loss registered under `name`, or the user's function an import path names
+    (`package.module:fn`, dqnlab.components); ValueError listing the valid names otherwise."""
+    if ":" in name:
+        from dqnlab.components import resolve
+
+        return resolve("loss.kind", name)
     try:
         return LOSSES[name]
     except KeyError:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from dqnlab import early_stop
 from dqnlab.aggregate import update_aggregates
+from dqnlab.components import check_components
 from dqnlab.config import (
     Config,
     ConfigError,
@@ -149,6 +150,9 @@ def plan_arms(
                 raise ConfigError(f"{exc}{how}") from None
     for env_id in env_ids:
         validate_env(env_id)
+    for arm, cfg in configs.items():  # your own components: imported and checked before any run starts
+        for env_id in arm_envs[arm]:
+            check_components(cfg, env_id)
     if steps is not None and steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     check_experiment_path(logdir, experiment)

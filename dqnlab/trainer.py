@@ -24,6 +24,7 @@ from pathlib import Path
 from dqnlab import checkpoint, snapshot
 from dqnlab._tf import tf
 from dqnlab.checkpoint import CheckpointError
+from dqnlab.components import describe
 from dqnlab.config import Config, ConfigError, check_env_fits
 from dqnlab.doctor import LiveDoctor, warning_line
 from dqnlab.doctor_rules import Finding
@@ -350,6 +351,7 @@ def _new_run_info(cfg: Config, env_id: str, seed: int, deterministic: bool) -> d
         "error": None,
         "config": cfg.to_dict(),
         "versions": package_versions(),
+        "components": describe(cfg, env_id),  # your own loss, network or env: import path and source hash
     }
 
 
@@ -456,6 +458,8 @@ def hparams_of(cfg: Config, env_id: str, seed: int) -> dict[str, bool | int | fl
     """Every config value, flattened to `section.key` (lists as text), plus preset, env and seed."""
     values: dict[str, bool | int | float | str] = {"preset": cfg.name, "env": env_id, "seed": seed}
     values.update({k: str(v) if isinstance(v, list) else v for k, v in flat_config(cfg).items()})
+    for role, component in describe(cfg, env_id).items():  # the code a result came from
+        values[f"components.{role}.sha256"] = component["sha256"] or "unknown"
     return values
 
 

@@ -1,0 +1,98 @@
+"""The learner of a network given by import path (`network.kind = "mypkg.nets:build"`, dqnlab.components).
+
+Same compiled burst, losses, optimizer and per-variable panel as `dqnlab.learner.Learner`: the panel needs
+nothing but the model's trainable variables, named by their layers. What a model of unknown structure
+changes:
+
+- Acting cannot use the MLP's numpy twin (it knows only a chain of Dense layers), so the policy is one
+  concrete TF function of the online network on one observation, reading the live variables (as the CNN's).
+- The activation probe measures every Dense layer whose activation the probes know (relu, sigmoid, tanh),
+  from the layer's own input in the model's graph; a subclassed model has no such graph, and is probed for
+  weights and gradients only (docs/your_agent.md). `grad/depth_ratio` runs from the first such layer to the
+  last.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dqnlab import probes
+from dqnlab._tf import keras, tf
+from dqnlab.compiled import Compiled
+from dqnlab.config import Config
+from dqnlab.learner import Learner
+
+PROBED_ACTIVATIONS = ("relu", "sigmoid", "tanh")  # those `dqnlab.probes` has derivatives and bounds for
+
+
+def probed_layers(model: keras.Model) -> list[keras.layers.Dense]:
+    """The model's Dense layers with an activation the probes know, in the model's layer order; none for a
+    subclassed model (no graph to read a layer's input from)."""
+    if not getattr(model, "inputs", None):  # a subclassed model: no graph to read a layer's input from
+        return []
+    return [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Dense) and activation_name(layer) in PROBED_ACTIVATIONS
+    ]
+
+
+def activation_name(layer: keras.layers.Layer) -> str:
+    return keras.activations.serialize(layer.activation) if hasattr(layer, "activation") else "linear"
+
+
+class GreedyPolicy:
+    """Q-values of one float observation through one concrete TF function of the live online network."""
+
+    def __init__(self, network: keras.Model, obs_shape: tuple[int, ...]):
+        self._fn = Compiled(lambda obs: network(obs), [tf.TensorSpec([1, *obs_shape], tf.float32)])
+
+    def initial_state(self) -> None:
+        return None
+
+    def set_weights(self, weights) -> None:
+        pass  # it reads the variables themselves
+
+    def step(self, obs: np.ndarray, state: None) -> tuple[np.ndarray, None]:
+        return self(obs), None
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self._fn(np.asarray(obs, np.float32)[None])[0].numpy()
+
+
+class CustomLearner(Learner):
+    """`Learner` of a user's Keras Q-network: transitions as for the MLP, a compiled greedy policy."""
+
+    def __init__(self, cfg: Config, online: keras.Model, target: keras.Model, optimizer, obs_shape):
+        super().__init__(cfg, online, target, optimizer, obs_shape)
+        self._hidden_layers = probed_layers(online)  # the ends of grad/depth_ratio
+        self._inputs_of = None
+        if self._hidden_layers:  # each probed layer's input, from the observations, in one call
+            inputs = [layer.input for layer in self._hidden_layers]
+            self._inputs_of = keras.Model(online.inputs, inputs, name="probed_inputs")
+        self._policy: GreedyPolicy | None = None
+
+    def policy(self) -> GreedyPolicy:
+        if self._policy is None:
+            self._policy = GreedyPolicy(self.online, self._obs_shape)
+        return self._policy
+
+    def _burst_impl(self, *args):
+        finite, values, _ = super()._burst_impl(*args)
+        return finite, values, []  # the policy reads the variables: no weight copy per burst
+
+    def _probe_impl(self, states: tf.Tensor, *packed: tf.Tensor) -> dict[str, tf.Tensor]:
+        d = self._diag
+        m: dict[str, tf.Tensor] = {}
+        if self._inputs_of is not None:
+            inputs = self._inputs_of(states)
+            inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+            for layer, h in zip(self._hidden_layers, inputs, strict=True):
+                x = tf.matmul(h, layer.kernel) + layer.bias  # [N, U] pre-activations
+                z = layer.activation(x)
+                m.update(probes.layer_stats(layer.name, x, z, activation_name(layer), d))
+                if d.histograms:
+                    m[f"hist/activation/{layer.name}"] = z
+            m["features/srank"] = tf.cast(probes.srank(z, d.srank_delta), tf.float32)
+        m.update(self._probe_weights_and_gradient(self._unpack(*packed)))
+        return m
