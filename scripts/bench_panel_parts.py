@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import sys
 
+import bench
 import numpy as np
 
-from dqnlab import bench
 from dqnlab._tf import tf
 from dqnlab.cliargs import OneLineParser, int_at_least
 from dqnlab.learner import Learner, MetricReader

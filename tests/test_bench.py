@@ -5,9 +5,9 @@ produces and the keyword arguments SB3's DQN gets, and checks they say the same 
 needed (the kwargs are plain data).
 """
 
+import bench
 import pytest
 
-from dqnlab import bench
 from dqnlab.config import is_atari_env, load_preset
 
 STEPS = 20_000
@@ -69,15 +69,9 @@ def test_unknown_setting_is_refused_before_a_process_starts():
 def test_panel_parts_script_times_every_variant_against_one_bare_call(capsys, monkeypatch):
     """scripts/bench_panel_parts.py runs end to end (a few calls; its timings are not checked here) and its
     partial panels compute the shipped values for what they keep."""
-    import importlib.util
-    from pathlib import Path
-
+    import bench_panel_parts as script
     import numpy as np
 
-    path = Path(__file__).parents[1] / "scripts" / "bench_panel_parts.py"
-    spec = importlib.util.spec_from_file_location("bench_panel_parts", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     monkeypatch.setattr(bench, "limit_tf_to_one_thread", lambda: None)  # TF already runs in this process
     assert script.main(["--hidden", "8,8", "--calls", "2", "--rounds", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -1,4 +1,8 @@
-"""Shared pieces of the throughput benchmarks (scripts/bench_*.py stay thin).
+"""Shared pieces of the throughput benchmarks (scripts/bench_*.py stay thin); not a command of its own.
+
+Imported by the scripts next to it as `import bench` (Python puts a script's own folder first on
+`sys.path`; the tests get this folder from pytest's `pythonpath` setting in pyproject.toml). Run as a file
+it is the child process of `measure_in_subprocess`.
 
 Public DQN settings, written once in neutral terms so dqnlab and a peer library are configured identically:
 - `cleanrl` (CartPole-v1): CleanRL dqn.py's network and cadence (120-84 ReLU MLP, batch 128, one update
@@ -41,6 +45,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import NamedTuple
 
 
@@ -308,14 +313,13 @@ def measure_in_subprocess(
     seed: int = 0,
     timeout: float | None = None,
 ) -> dict:
-    """One measurement in a fresh `python -c` child with THREAD_ENV; returns its result dict."""
+    """One measurement in a fresh child process (this file run with THREAD_ENV); returns its result dict."""
     if setting_name not in SETTINGS:
         raise ValueError(f"unknown setting {setting_name!r}; valid: {', '.join(SETTINGS)}")
     spec = {"framework": framework, "setting": setting_name, "steps": steps, "seed": seed}
     spec["diagnostics"] = bool(diagnostics)
-    code = "import sys; from dqnlab.bench import _child_main; _child_main(sys.argv[1])"
     proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(spec)],
+        [sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
         env={**os.environ, **THREAD_ENV},
         capture_output=True,
         text=True,
@@ -572,3 +576,7 @@ def finish_report(results: list[dict], wall: float, args, info: dict, summary: d
             payload.update(machine=info, medians=summary, measurements=results)
             json.dump(payload, f, indent=2)
         print(f"saved {args.json}")
+
+
+if __name__ == "__main__":  # the child of measure_in_subprocess: one measurement, its result on stdout
+    _child_main(sys.argv[1])
