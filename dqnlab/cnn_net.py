@@ -92,7 +92,3 @@ def forward(network: keras.Model, frames: tf.Tensor, trace: bool = False):
         h = layer.activation(x)
         traces.append(LayerTrace(layer.name, x, h))
     raise ValueError("the network has no q_head layer")  # pragma: no cover
-
-
-def hidden_layer_names(network: keras.Model) -> list[str]:
-    return [layer.name for layer in network.layers if layer.name.startswith(("conv_", "hidden_"))]

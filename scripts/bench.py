@@ -228,11 +228,6 @@ def _sb3_run(setting_name: str, steps: int, seed: int) -> dict[str, float]:
     return {"steps_per_s": done / elapsed, "seconds": elapsed, "setup_s": setup_s, "env_steps": done}
 
 
-def sb3_steps_per_s(setting_name: str, steps: int, seed: int = 0) -> float:
-    """Env steps per second of SB3's `model.learn(steps)` at `setting_name` (construction not timed)."""
-    return _sb3_run(setting_name, steps, seed)["steps_per_s"]
-
-
 # -- one measurement per fresh, single-threaded subprocess ---------------------------------------------
 
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
