@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_cli import dqnlab_cmd
+from helpers import dqnlab_cmd
 
 import dqnlab
 from dqnlab import checkpoint

@@ -10,7 +10,7 @@ import json
 import logging
 
 import pytest
-from test_cli import dqnlab_cmd
+from helpers import dqnlab_cmd
 
 import dqnlab
 from dqnlab.doctor import examine, format_report

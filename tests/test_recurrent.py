@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from helpers import dqnlab_cmd, rnn_cfg, windows
 from metrics_doc import undocumented
-from test_cli import dqnlab_cmd
 
 import dqnlab
 from dqnlab._tf import tf
@@ -17,14 +17,6 @@ from dqnlab.events import read_series
 from dqnlab.networks import variable_tag
 from dqnlab.recurrent_learner import RecurrentLearner
 from dqnlab.recurrent_net import NumpyRecurrentPolicy, RecurrentQNetwork
-from dqnlab.sequence_replay import SequenceBatch
-
-
-def rnn_cfg(cell="simple", **overrides):
-    base = {"recurrent.cell": cell, "recurrent.units": 5, "recurrent.pre_hidden": [6], "network.hidden": [8]}
-    if cell != "simple":
-        base["recurrent.activation"] = "tanh"
-    return load_preset("rnn_exploding", {**base, **overrides})
 
 
 @pytest.mark.parametrize("cell", ["simple", "lstm", "gru"])
@@ -87,15 +79,6 @@ def hand_learner() -> RecurrentLearner:
     learner.online.cell.recurrent_kernel.assign(U_HAND)
     learner.online.cell.bias.assign(B_HAND)
     return learner
-
-
-def windows(n: int, t: int, seed: int = 0) -> SequenceBatch:
-    rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(n, t, 2)).astype(np.float32)
-    ones = np.ones((n, t), np.float32)
-    actions = rng.integers(0, 2, (n, t)).astype(np.int32)
-    no_state = np.zeros((n, 0), np.float32)
-    return SequenceBatch(obs, actions, ones, np.roll(obs, -1, axis=1), 0 * ones, ones, ones, no_state)
 
 
 def numpy_jacobian_norm(obs: np.ndarray) -> float:
