@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 from helpers import dqnlab_cmd
 
@@ -55,10 +56,23 @@ def test_doctor_command_exit_status_and_json(experiment):
 
 
 def test_findings_carry_numbers_from_the_run(experiment):
+    """Each dead_relu finding's numbers are the run's own, recomputed here from its event files: the median
+    of the late half of the layer's dead fraction, and its first probe."""
+    from dqnlab.doctor_rules import THRESHOLDS
+    from dqnlab.events import read_series
+
     report = examine(experiment / "relu_dead")
-    finding = next(f for r in report.runs for f in r.findings)
-    assert finding.subject.startswith("hidden_") and finding.evidence
-    assert any(ch.isdigit() for ch in finding.summary) and len(finding.why) < 400 and finding.fix
+    assert report.runs and all(run.findings for run in report.runs)
+    for run_dir, finding in ((run.run_dir, f) for run in report.runs for f in run.findings):
+        steps, dead = read_series(run_dir)[f"act_dead_frac/{finding.subject}"]
+        late = dead[int(len(dead) * (1 - THRESHOLDS.late_frac)) :]
+        assert finding.evidence["late_median"] == float(np.median(late))
+        assert finding.evidence["first_probe"] == float(dead[0])
+        assert finding.summary.startswith(
+            f"{finding.subject}: {100 * np.median(late):.0f}% of units output exactly 0 on every probe state"
+        )
+        assert f"{100 * dead[0]:.0f}% at the first probe, step {int(steps[0])})" in finding.summary
+        assert len(finding.why) < 400 and finding.fix
 
 
 def texts(run_dir, tag: str) -> list[str]:

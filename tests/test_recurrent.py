@@ -112,15 +112,17 @@ def test_jacobian_norm_and_spectral_radius_match_numpy():
 def test_acting_resets_the_state_at_each_episode_start(tmp_path):
     cfg = load_preset("lstm", {"train.learning_starts": 400, "diagnostics.enabled": False})
     res = dqnlab.train(cfg, steps=300, logdir=tmp_path, name="act")
-    assert res.status == "done"
     from dqnlab.envs import make_env
-    from dqnlab.loop import run_loop
+    from dqnlab.loop import EpisodeEnd, run_loop
     from dqnlab.trainer import _learner_and_replay
 
     env, eval_env = make_env(cfg.env, seed=0), make_env(cfg.env)
     learner, replay = _learner_and_replay(cfg, env, seed=0)
-    for _ in run_loop(env, eval_env, learner, replay, cfg.train, steps=300, seed=0, diagnostics_every=None):
-        pass
+    loop = run_loop(env, eval_env, learner, replay, cfg.train, steps=300, seed=0, diagnostics_every=None)
+    episodes = [event for event in loop if isinstance(event, EpisodeEnd)]
+    # The run (same preset, seed 0) logged these very episodes: the loop here is the one training runs.
+    assert res.scalars("episode/length") == [(e.step, e.length) for e in episodes]
+    assert res.scalars("episode/return") == [(e.step, e.episode_return) for e in episodes]
     steps = replay.is_step.astype(bool)
     first = replay.first.astype(bool) & steps
     assert first.sum() >= 5  # several episodes in 300 random steps
