@@ -28,7 +28,7 @@ from dqnlab.doctor_rules import ERROR, Finding, diagnose, evidence_gaps
 from dqnlab.events import Damage, Series, read_series_checked
 from dqnlab.rundir import RUN_JSON
 
-LIVE_EVERY_STEPS = 5_000  # live checks: the problem shows at step 5k, and costs ~1 ms per check
+LIVE_EVERY_STEPS = 5_000  # live checks: the problem shows at step 5k; a check's cost: docs/performance.md
 
 
 @dataclass
