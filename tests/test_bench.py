@@ -96,7 +96,7 @@ def test_panel_parts_script_times_every_variant_against_one_bare_call(capsys, mo
     assert next(line for line in lines if line.startswith("bare")).split()[-3:] == ["+0", "us", "1.000"]
 
     # Same seed, same batch: the counts variant's gradient columns equal the shipped learner's.
-    burst = script._probe_burst(16)
+    burst = script.probe_burst(16)
     shipped = bench.bench_learner(script.Learner, (8, 8), 16).update(burst, True).metrics
     partial = bench.bench_learner(script.TDNormsAndCounts, (8, 8), 16).update(burst, True).metrics
     for family in ("grad_norm", "grad_zero_frac", "grad_nonfinite"):

@@ -109,17 +109,17 @@ def test_live_doctor_warns_early_upgrades_and_ends_with_the_doctors_own_verdict(
 
 
 def test_a_grown_finding_is_reported_again_and_a_steady_one_is_not():
-    from dqnlab.doctor import LiveDoctor, _grew
+    from dqnlab.doctor import LiveDoctor, grew
     from dqnlab.doctor_rules import Finding
 
     def blocked(severity: str, share: float, last: int) -> Finding:
         return Finding("blocked_td_gradient", severity, "", 1024, last, {"share": share}, "s", "w", "f")
 
     warned = blocked("warning", 0.06, 5120)
-    assert _grew(warned, blocked("error", 0.06, 9000))  # more severe
-    assert _grew(warned, blocked("warning", 0.09, 9000))  # half again as large
-    assert not _grew(warned, blocked("warning", 0.08, 9000))
-    assert not _grew(blocked("error", 0.9, 5120), blocked("warning", 0.9, 9000))  # less severe: no news
+    assert grew(warned, blocked("error", 0.06, 9000))  # more severe
+    assert grew(warned, blocked("warning", 0.09, 9000))  # half again as large
+    assert not grew(warned, blocked("warning", 0.08, 9000))
+    assert not grew(blocked("error", 0.9, 5120), blocked("warning", 0.9, 9000))  # less severe: no news
     reports = []
     live = LiveDoctor({}, lambda f, grew: reports.append((f.severity, grew)))
     live._reported[("blocked_td_gradient", "")] = warned
