@@ -90,7 +90,7 @@ def write_aggregate_run(target: Path, aggregated: dict, layout_tags: Sequence[st
     (`<experiment>/_aggregate/<preset>/<env>`). On any failure the staging directory is removed and the old
     aggregate, if any, stays."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = _new_staging_dir(target.parents[1])
+    staging = new_staging_dir(target.parents[1])
     try:
         write_event_file(staging, _aggregate_events(aggregated, layout_tags))
         _swap_in(staging, target)
@@ -116,7 +116,7 @@ def _aggregate_events(aggregated: dict, layout_tags: Sequence[str]) -> Iterator[
         yield event_pb2.Event(wall_time=wall_time, step=step, summary=by_step[step])
 
 
-def _new_staging_dir(aggregate_root: Path) -> Path:
+def new_staging_dir(aggregate_root: Path) -> Path:
     """An empty directory in `aggregate_root` whose name says which process on which host made it."""
     prefix = f"{STAGING_PREFIX}{os.getpid()}@{socket.gethostname()}-"
     staging = Path(tempfile.mkdtemp(prefix=prefix, dir=aggregate_root))
@@ -134,7 +134,7 @@ def _swap_in(staging: Path, target: Path) -> None:
     if not target.exists():
         staging.rename(target)
         return
-    retired = _new_staging_dir(target.parents[1])
+    retired = new_staging_dir(target.parents[1])
     target.rename(retired)  # onto the empty directory: replaces it
     try:
         staging.rename(target)

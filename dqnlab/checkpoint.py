@@ -76,12 +76,12 @@ def save(run_dir: Path, step: int, arrays: dict[str, np.ndarray], state: dict[st
     tree = plainstate.encode(state, state_arrays)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
     try:
-        _write(staging / ARRAYS, lambda f: np.savez(f, **arrays))
-        _write(staging / STATE_ARRAYS, lambda f: np.savez(f, **state_arrays))
-        _write(staging / STATE_JSON, lambda f: f.write(json.dumps(tree).encode()))
-        files = {p.name: _digest(p) for p in sorted(staging.iterdir())}
+        write_file(staging / ARRAYS, lambda f: np.savez(f, **arrays))
+        write_file(staging / STATE_ARRAYS, lambda f: np.savez(f, **state_arrays))
+        write_file(staging / STATE_JSON, lambda f: f.write(json.dumps(tree).encode()))
+        files = {p.name: file_digest(p) for p in sorted(staging.iterdir())}
         manifest = {"format": FORMAT, "dqnlab": _version(), "step": int(step), "files": files}
-        _write(staging / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+        write_file(staging / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
         target = root / f"step-{int(step):012d}"
         if target.exists():  # the same step saved again: set the older copy aside first
             os.rename(target, Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root)) / "old")
@@ -189,7 +189,7 @@ def _verified_manifest(path: Path) -> dict:
     if not isinstance(files, dict) or set(files) != present or present != {ARRAYS, STATE_JSON, STATE_ARRAYS}:
         raise CheckpointError(f"{path}: the files there are not the ones its manifest lists")
     for name, expected in files.items():
-        if _digest(path / name) != expected:
+        if file_digest(path / name) != expected:
             raise CheckpointError(
                 f"{path / name} does not match its SHA-256 in {MANIFEST}: damaged or changed"
             )
@@ -199,7 +199,8 @@ def _verified_manifest(path: Path) -> dict:
     return manifest
 
 
-def _digest(path: Path) -> dict[str, Any]:
+def file_digest(path: Path) -> dict[str, Any]:
+    """A file's manifest entry: its SHA-256 and size."""
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -207,7 +208,7 @@ def _digest(path: Path) -> dict[str, Any]:
     return {"sha256": sha.hexdigest(), "bytes": path.stat().st_size}
 
 
-def _write(path: Path, fill) -> None:
+def write_file(path: Path, fill) -> None:
     """Create `path`, fill it, and flush it to the disk before anything names it."""
     with open(path, "xb") as f:
         fill(f)

@@ -120,10 +120,6 @@ def forward(network: keras.Model, frames: tf.Tensor, trace: bool = False):
     return (q, traces) if trace else q
 
 
-def hidden_layer_names(network: keras.Model) -> list[str]:
-    return [layer.name for layer in network.layers if layer.name.startswith(("conv_", "hidden_"))]
-
-
 def depth_path_layers(network: keras.Model) -> list:
     """The layers with an activation from the frames to the head, input side first: convs, hidden_i, and a
     dueling network's advantage_hidden (the ends of `grad/depth_ratio`; probed, with value_hidden too)."""

@@ -7,7 +7,7 @@ differences with a paired t-test (`dqnlab.stats`). Broken or partial runs are li
 `done` run whose event files are damaged or end before its last step (`events_end_early`): their curves are
 not whole, so they are not counted as finished.
 
-Only the tags used here are kept while reading (`dqnlab.events`, about 0.1 s per 50k-step run).
+Only the tags used here are kept while reading (`dqnlab.events`; docs/performance.md has what it costs).
 """
 
 from __future__ import annotations

@@ -1,20 +1,31 @@
 """A TF function traced once for fixed input shapes, called with as little Python per call as TF allows.
 
 A small DQN pays per call, not per FLOP. `ConcreteFunction.__call__` binds its arguments against the traced
-signature on every call (signature binding, nest flattening, numpy conversion): about 0.06 ms of a 0.5 ms
-update call at the `cleanrl` benchmark setting (scripts/bench_peers.py). `Compiled` checks each call's
-arrays against the traced shapes itself (a tuple compare, so a wrong shape is still one clear error) and
-enters through `ConcreteFunction._call_flat`, the entry point TF's own `__call__` ends in once arguments
-are bound. That method is private: where a TensorFlow lacks it, the public call is used.
+signature on every call (signature binding, nest flattening, numpy conversion); docs/performance.md has
+what that costs an update call. `Compiled` checks each call's arrays against the traced shapes itself (a
+tuple compare, so a wrong shape is still one clear error) and enters through `ConcreteFunction._call_flat`,
+the entry point TF's own `__call__` ends in once arguments are bound.
+
+That method is private, so `Compiled` checks it once, when it traces, before any call (see
+`fast_path_problem`), and on any mismatch calls the public `ConcreteFunction.__call__` for good, with one
+warning. The check never calls the traced function itself, whose calls have side effects (an optimizer
+update): it reads the function's signature and graph inputs, and compares the two entry points on a probe
+function without side effects, once per process.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from dqnlab._tf import tf
+
+FAST_ENTRY = "_call_flat"  # the private ConcreteFunction method the fast path calls (spelled out there)
+FAST_ENTRY_PARAMETERS = ["tensor_inputs", "captured_inputs"]  # what it takes, as the fast path passes them
 
 
 class Compiled:
@@ -23,7 +34,15 @@ class Compiled:
     def __init__(self, fn: Callable, specs: Sequence[tf.TensorSpec]):
         self.concrete = tf.function(fn, autograph=False).get_concrete_function(*specs)
         self._specs = [(tuple(spec.shape), np.dtype(spec.dtype.as_numpy_dtype)) for spec in specs]
-        self._fast = callable(getattr(self.concrete, "_call_flat", None))
+        problem = fast_path_problem(self.concrete, specs)
+        self._fast = problem is None
+        if problem is not None:
+            warnings.warn(
+                f"dqnlab.compiled: {problem}; calling through ConcreteFunction.__call__ instead "
+                "(same results, slower per call)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def __call__(self, *arrays: np.ndarray):
         if len(arrays) != len(self._specs):
@@ -37,3 +56,65 @@ class Compiled:
         if not self._fast:
             return self.concrete(*arrays)
         return self.concrete._call_flat([tf.constant(a) for a in arrays], self.concrete.captured_inputs)
+
+
+def fast_path_problem(concrete, specs: Sequence[tf.TensorSpec]) -> str | None:
+    """Why `concrete` cannot be called as `Compiled` calls it, or None. Calls nothing of `concrete`'s.
+
+    - The entry point exists and takes `(tensor_inputs, captured_inputs)`.
+    - The traced graph's inputs are the arrays, in `specs`' order, then one per captured input, of the same
+      dtypes: what `concrete.captured_inputs` holds (the public property `__call__` passes along too).
+    - The entry point, called that way, returns what `__call__` returns: checked on a probe with a
+      captured variable and nested outputs, once per process and implementation of the entry point.
+    """
+    entry = getattr(concrete, FAST_ENTRY, None)
+    if not callable(entry):
+        return f"this TensorFlow's ConcreteFunction has no {FAST_ENTRY}"
+    try:
+        parameters = list(inspect.signature(entry).parameters)
+    except (TypeError, ValueError):
+        return f"ConcreteFunction.{FAST_ENTRY}'s signature cannot be read"
+    if parameters != FAST_ENTRY_PARAMETERS:
+        return (
+            f"ConcreteFunction.{FAST_ENTRY} takes ({', '.join(parameters)}), not "
+            f"({', '.join(FAST_ENTRY_PARAMETERS)})"
+        )
+    inputs, captured = list(concrete.inputs), list(concrete.captured_inputs)
+    if len(inputs) != len(specs) + len(captured):
+        return (
+            f"the traced graph takes {len(inputs)} inputs, not {len(specs)} arrays and "
+            f"{len(captured)} captured inputs"
+        )
+    for i, (graph_input, spec) in enumerate(zip(inputs, specs, strict=False)):
+        if graph_input.dtype != spec.dtype or graph_input.shape != spec.shape:
+            return f"the traced graph's input {i} is {graph_input.dtype.name}{graph_input.shape}, not {spec}"
+    for graph_input, outside in zip(inputs[len(specs) :], captured, strict=True):
+        if graph_input.dtype != outside.dtype:
+            return f"a captured input is {outside.dtype.name} where the graph takes {graph_input.dtype.name}"
+    implementation = getattr(type(concrete), FAST_ENTRY, None)
+    if not callable(implementation):
+        return f"{FAST_ENTRY} is not a method of {type(concrete).__name__}"
+    return entry_point_problem(implementation)
+
+
+@functools.cache
+def entry_point_problem(implementation: Callable) -> str | None:
+    """Whether `implementation(concrete, tensor_inputs, captured_inputs)` (the unbound entry point) returns
+    what `concrete(*args)` returns, on a probe that only reads: a captured variable, two arguments, a tuple
+    holding a dict. Cached per implementation: a probe is traced once per process."""
+    weights = tf.Variable([[1.0, 2.0], [3.0, 4.0]])
+    probe = tf.function(
+        lambda x, k: (tf.matmul(x, weights) * tf.cast(k, tf.float32), {"k": k + 1}), autograph=False
+    ).get_concrete_function(tf.TensorSpec([2, 2], tf.float32), tf.TensorSpec([], tf.int32))
+    x, k = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32), np.array(3, np.int32)
+    public = probe(x, k)
+    try:
+        fast = implementation(probe, [tf.constant(x), tf.constant(k)], probe.captured_inputs)
+        tf.nest.assert_same_structure(public, fast)
+    except Exception as err:  # any failure of a private API is a reason to leave it
+        first_line = next(iter(str(err).splitlines()), "")
+        return f"ConcreteFunction.{FAST_ENTRY} on a probe: {type(err).__name__}: {first_line}"
+    pairs = zip(tf.nest.flatten(public), tf.nest.flatten(fast), strict=True)
+    if not all(np.array_equal(a.numpy(), b.numpy()) for a, b in pairs):
+        return f"ConcreteFunction.{FAST_ENTRY} on a probe returned other values than __call__"
+    return None

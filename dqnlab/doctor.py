@@ -28,7 +28,7 @@ from dqnlab.doctor_rules import ERROR, Finding, diagnose, evidence_gaps
 from dqnlab.events import Damage, Series, read_series_checked
 from dqnlab.rundir import RUN_JSON
 
-LIVE_EVERY_STEPS = 5_000  # live checks: the problem shows at step 5k, and costs ~1 ms per check
+LIVE_EVERY_STEPS = 5_000  # live checks: the problem shows at step 5k; a check's cost: docs/performance.md
 
 
 @dataclass
@@ -229,7 +229,7 @@ class LiveDoctor:
     """The doctor's rules during training, on the scalars logged so far, every `LIVE_EVERY_STEPS` env steps.
 
     A finding is reported through `report(finding, upgraded)` when it first appears, and again whenever it
-    grows: a warning that becomes an error, or evidence that grows by half again (`_grew`). `verdict`
+    grows: a warning that becomes an error, or evidence that grows by half again (`grew`). `verdict`
     runs the rules once more at the end: that list is what run.json's `final.doctor` records, and it is
     what `dqnlab doctor` finds on the same run."""
 
@@ -266,7 +266,7 @@ class LiveDoctor:
         for finding in findings:
             key = (finding.rule, finding.subject)
             before = self._reported.get(key)
-            if before is None or _grew(before, finding):
+            if before is None or grew(before, finding):
                 self._reported[key] = finding
                 self._report(finding, before is not None)
         return findings
@@ -286,7 +286,7 @@ def _as_series(history: Mapping[str, tuple[list[int], list[float]]]) -> Series:
 _RANK = {ERROR: 2, "warning": 1}
 
 
-def _grew(before: Finding, now: Finding) -> bool:
+def grew(before: Finding, now: Finding) -> bool:
     """A finding worth reporting again: more severe, or its leading evidence (the first number of its
     evidence, e.g. the blocked share) half again as large."""
     if _RANK.get(now.severity, 0) != _RANK.get(before.severity, 0):

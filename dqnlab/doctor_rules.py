@@ -61,7 +61,7 @@ class Thresholds:
     blocked_error: float = 0.05
     blocked_far: float = 10.0
 
-    # dead_relu: healthy huber_relu/squared_relu have hidden_1 40-50% dead on CartPole (runs/20261127-030618),
+    # dead_relu: healthy huber_relu/squared_relu have hidden_1 40-50% dead on CartPole at 50k steps,
     # clipped_delta_relu ~0.70-0.74 from its first probe on; relu_dead (bias -3) 100%.
     dead_abs: float = 0.9  # "almost all units dead" on its own
     dead_rising: float = 0.7  # ... or this much dead, if it also rose since the first probe by

@@ -5,9 +5,9 @@ The format is TensorFlow's: a sequence of TFRecords (length, masked CRC32C of th
 `events.out.tfevents.<time>.<host>.<pid>.<n>`, as TensorBoard's `EventFileWriter` writes it.
 
 Why not `EventFileWriter` itself: it computes CRC32C in pure Python, a byte at a time, in a background thread
-that holds the GIL. At the panel's ~60 scalars per written update that cost 83 us a scalar, about 6% of a
-whole CartPole run. Here the checksum is `google_crc32c` (C), the record is written in the calling thread
-(about 2 us), and a timer thread only flushes.
+that holds the GIL; at the panel's ~60 scalars per written update that was a few percent of a whole CartPole
+run (docs/performance.md, "The whole loop"). Here the checksum is `google_crc32c` (C), the record is written
+in the calling thread, and a timer thread only flushes.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name=None, des
 
 
 def scalar_value(tag: str, value: float, with_metadata: bool = True) -> summary_pb2.Summary.Value:
-    """What TensorBoard's `scalar_pb` builds (a float32 scalar tensor), ~10x faster: no numpy conversion."""
+    """What TensorBoard's `scalar_pb` builds (a float32 scalar tensor), without its numpy conversion."""
     tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[value], tensor_shape={})
     if with_metadata:
         return summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=SCALAR_METADATA)

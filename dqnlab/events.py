@@ -1,13 +1,13 @@
 """Read scalar series out of TensorBoard event files, fast.
 
 An event file is a sequence of TFRecords (`u64 length, u32 crc, data, u32 crc`) holding `Event` protos.
-TensorBoard's own loaders check both CRCs in pure Python and build every event into its multiplexer: about
-1 s for the 2 MB file of a 50k-step CartPole run. Here the framing is walked with `struct` over the file's
-bytes and each event is parsed by the C (upb) protobuf: about 0.08 s for the same file. This is what lets
-`dqnlab compare` and `dqnlab doctor` read an experiment of 15 runs x 100k steps in a couple of seconds.
+TensorBoard's own loaders check both CRCs in pure Python and build every event into its multiplexer. Here
+the framing is walked with `struct` over the file's bytes and each event is parsed by the C (upb) protobuf,
+an order of magnitude faster (docs/performance.md). This is what lets `dqnlab compare` and `dqnlab doctor`
+read an experiment of many runs in seconds.
 
 Damaged files are read up to the damage, never past it, and never fail the read. Each whole record's two
-CRCs are checked (google_crc32c, in C: ~13% of the read time), and a file's read stops at its first record
+CRCs are checked (google_crc32c, in C), and a file's read stops at its first record
 that is not whole and good:
 - a **torn tail** ends the read silently: a last record cut short (a process killed mid-write), or zero
   bytes from some point to the end of the file (a power loss: the file grew, its last blocks never reached

@@ -128,9 +128,10 @@ def parts(kind: str) -> KindParts:
     return load()
 
 
-def make_learner(cfg: Config, obs_shape: tuple[int, ...], num_actions: int, seed: int):
+def make_learner(cfg: Config, obs_shape: tuple[int, ...], num_actions: int, seed: int, learner_class=None):
     """The config's learner, with freshly initialised networks: the same seed gives the same initial
-    weights, so the arms of an A/B start from identical networks."""
+    weights, so the arms of an A/B start from identical networks. `learner_class` replaces the kind's own
+    (a subclass that measures something else: the benchmarks' variants)."""
     from dqnlab._tf import keras
     from dqnlab.optimizers import make_optimizer
 
@@ -142,7 +143,7 @@ def make_learner(cfg: Config, obs_shape: tuple[int, ...], num_actions: int, seed
     target.set_weights(online.get_weights())
     optimizer = make_optimizer(cfg.optimizer)
     optimizer.build(online.trainable_variables)
-    return kind.learner(cfg, online, target, optimizer, obs_shape)
+    return (learner_class or kind.learner)(cfg, online, target, optimizer, obs_shape)
 
 
 def make_replay(cfg: Config, obs_shape: tuple[int, ...], seed: int):

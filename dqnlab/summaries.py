@@ -3,10 +3,10 @@
 Tag names are exactly the metric keys the learner returns (see docs/metrics.md). Values are pulled from the
 device here, once per written burst, never inside the compiled step.
 
-Events are TensorBoard protobufs, all the scalars of one step in one `Event`, written by `dqnlab.eventfile`:
-about 4 us a scalar, against 83 us through TensorBoard's pure-Python `EventFileWriter` and about 600 us for
-an eager `tf.summary.scalar` call. The files are the standard TF2 format, read by TensorBoard and by
-`tf.data`/`summary_iterator` alike.
+Events are TensorBoard protobufs, all the scalars of one step in one `Event`, written by `dqnlab.eventfile`,
+which costs a scalar a small fraction of what TensorBoard's pure-Python `EventFileWriter` or an eager
+`tf.summary.scalar` call does (docs/performance.md has the figures). The files are the standard TF2
+format, read by TensorBoard and by `tf.data`/`summary_iterator` alike.
 """
 
 from __future__ import annotations
@@ -114,8 +114,8 @@ class Summaries:
 def histogram_pb(tag: str, data: np.ndarray, buckets: int = 30) -> summary_pb2.Summary:
     """A TensorBoard histogram summary, as TensorBoard's own `histogram_pb` writes it: `buckets`
     equal-width buckets over [min, max] as a [buckets, 3] tensor of (left edge, right edge, count).
-    Counted with `np.histogram` (about 0.5 ms for 65k values against 6 ms for TensorBoard's one-hot
-    version); tests/test_summaries.py checks the two agree."""
+    Counted with `np.histogram`, an order of magnitude faster than TensorBoard's one-hot version
+    (docs/performance.md); tests/test_summaries.py checks the two agree."""
     data = np.asarray(data, np.float64).ravel()
     if data.size == 0:
         table = np.zeros((buckets, 3))

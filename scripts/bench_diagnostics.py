@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import sys
 
-from dqnlab import bench
+import bench
+
 from dqnlab.cliargs import OneLineParser, int_at_least
 
 

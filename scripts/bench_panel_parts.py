@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import sys
 
+import bench
 import numpy as np
 
-from dqnlab import bench
 from dqnlab._tf import tf
 from dqnlab.cliargs import OneLineParser, int_at_least
 from dqnlab.learner import Learner, MetricReader
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.limit_tf_to_one_thread()
     learners = {label: bench.bench_learner(cls, hidden, args.batch) for label, cls in VARIANTS.items()}
     shipped = learners[SHIPPED]
-    shipped.update(_probe_burst(args.batch), True)  # traces it: the metrics vector's length is known
+    shipped.update(probe_burst(args.batch), True)  # traces it: the metrics vector's length is known
     HostPullOnly.vector_length = len(shipped._last.values)
     arms = {"bare (no diagnostics)": (shipped, False)}
     arms.update({label: (learner, True) for label, learner in learners.items()})
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _probe_burst(batch_size: int):
+def probe_burst(batch_size: int):
     """One burst of random transitions, to trace the shipped learner and learn its metrics vector's length."""
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(1, batch_size, 4)).astype(np.float32)

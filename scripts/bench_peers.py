@@ -1,8 +1,8 @@
-"""dqnlab vs Stable-Baselines3 DQN: env steps per second at public DQN settings (dqnlab/bench.py), same run.
+"""dqnlab vs Stable-Baselines3 DQN: env steps per second at public DQN settings (scripts/bench.py), same run.
 
     python scripts/bench_peers.py [--steps 50000] [--repeats 2] [--settings NAMES] [--json FILE]
 
-Settings (dqnlab/bench.py): `cleanrl` (120-84 ReLU MLP, batch 128, one update every 10 env steps, target
+Settings (scripts/bench.py): `cleanrl` (120-84 ReLU MLP, batch 128, one update every 10 env steps, target
 sync every 500) and `sb3_zoo` (256-256, batch 64, 128 gradient steps every 256 env steps, target every
 10) on CartPole by default; `--settings lunar_zoo` (LunarLander, box2d extra) and `--settings pong_zoo`
 (Pong on the Nature CNN, atari extra) add the others. Every measurement runs in its own fresh subprocess
@@ -25,7 +25,8 @@ from __future__ import annotations
 import sys
 import time
 
-from dqnlab import bench
+import bench
+
 from dqnlab.cliargs import OneLineParser
 
 JOBS = [("dqnlab", True), ("sb3", None), ("dqnlab", False)]

@@ -22,9 +22,9 @@ import statistics
 import sys
 import time
 
+import bench
 import numpy as np
 
-from dqnlab import bench
 from dqnlab.cliargs import SEED, OneLineParser, int_at_least, output_file_problem
 from dqnlab.frame_replay import FrameReplay
 from dqnlab.replay import ReplayBuffer

@@ -1,4 +1,4 @@
-"""dqnlab's env steps per second with diagnostics on and off, at public DQN settings (dqnlab/bench.py).
+"""dqnlab's env steps per second with diagnostics on and off, at public DQN settings (scripts/bench.py).
 
     python scripts/bench_throughput.py [--steps 50000] [--repeats 2] [--settings NAMES] [--json FILE]
 
@@ -6,7 +6,7 @@ Measures the full loop (acting, replay, update bursts, TensorBoard summaries) wi
 diagnostics on, and the same with them off, in the same run: each measurement in its own fresh
 subprocess with one TensorFlow thread (intra-op = inter-op = 1, OMP/OPENBLAS/MKL_NUM_THREADS=1), the
 order alternating between repeats, medians reported. The ratio diag-off / diag-on is what diagnostics
-cost (target <= 1.15). Settings (dqnlab/bench.py): `cleanrl` (120-84 ReLU MLP, batch 128, one update
+cost (target <= 1.15). Settings (scripts/bench.py): `cleanrl` (120-84 ReLU MLP, batch 128, one update
 every 10 env steps, target sync every 500) and `sb3_zoo` (256-256, batch 64, 128 gradient steps every
 256 env steps, target every 10). The comparison with Stable-Baselines3 is scripts/bench_peers.py.
 """
@@ -16,7 +16,8 @@ from __future__ import annotations
 import sys
 import time
 
-from dqnlab import bench
+import bench
+
 from dqnlab.cliargs import OneLineParser
 
 JOBS = [("dqnlab", True), ("dqnlab", False)]

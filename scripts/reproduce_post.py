@@ -4,7 +4,7 @@
     python scripts/reproduce_post.py --full          # 3 seeds x 50k env steps each (about an hour)
     python scripts/reproduce_post.py --out runs/post --seeds 3
 
-Studies (dqnlab/reproduce.py): clipped-delta vs Huber; saturated sigmoid vs Glorot sigmoid vs ReLU; killed
+Studies (scripts/reproduce.py): clipped-delta vs Huber; saturated sigmoid vs Glorot sigmoid vs ReLU; killed
 ReLU vs healthy; vanilla RNN at spectral radius 3 vs the same clipped vs LSTM. Writes OUT/<study>/ (one
 experiment each, readable by dqnlab compare/doctor/board), OUT/report.md and a self-contained
 OUT/report.html. Exit status 0 when the doctor's verdict on every arm is the expected one, 1 otherwise.
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem := new_directory_problem(out, "--out"):
         ap.error(problem)
     seeds = args.seeds or (3 if args.full else 2)
-    from dqnlab.reproduce import collect, run_studies, write_report  # matplotlib and more: after the checks
+    from reproduce import collect, run_studies, write_report  # matplotlib and more: after the checks
 
     out.mkdir(parents=True)
     run_studies(out, seeds, args.full, args.workers, args.quiet, args.scale)

@@ -410,8 +410,7 @@ def test_sigkilled_pong_run_resumes_exactly_like_an_uninterrupted_one(tmp_path):
     weights as one that was never killed."""
     import json
 
-    from test_cli import dqnlab_cmd
-    from test_resume import assert_same_run, kill_after_first_checkpoint, start
+    from helpers import assert_same_run, dqnlab_cmd, kill_after_first_checkpoint, start
 
     args = ["train", "pong_huber", "--steps", "2000", "--deterministic", "--checkpoint-every", "1000"]
     args += ["--checkpoint-replay", "--quiet", "--logdir", str(tmp_path)]

@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import FAST, dqnlab_cmd
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_cli import FAST, dqnlab_cmd
 
 from dqnlab import cli
 from dqnlab.config import AGENTS_DIR, SECTIONS, Config, ConfigError, load_preset, tomllib  # tomli on 3.10

@@ -5,9 +5,9 @@ produces and the keyword arguments SB3's DQN gets, and checks they say the same 
 needed (the kwargs are plain data).
 """
 
+import bench
 import pytest
 
-from dqnlab import bench
 from dqnlab.config import is_atari_env, load_preset
 
 STEPS = 20_000
@@ -67,26 +67,36 @@ def test_unknown_setting_is_refused_before_a_process_starts():
 
 
 def test_panel_parts_script_times_every_variant_against_one_bare_call(capsys, monkeypatch):
-    """scripts/bench_panel_parts.py runs end to end (a few calls; its timings are not checked here) and its
-    partial panels compute the shipped values for what they keep."""
-    import importlib.util
-    from pathlib import Path
-
+    """scripts/bench_panel_parts.py runs end to end (a few calls; what they take is not checked here, but
+    the table must show what was measured) and its partial panels compute the shipped values for what they
+    keep."""
+    import bench_panel_parts as script
     import numpy as np
 
-    path = Path(__file__).parents[1] / "scripts" / "bench_panel_parts.py"
-    spec = importlib.util.spec_from_file_location("bench_panel_parts", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     monkeypatch.setattr(bench, "limit_tf_to_one_thread", lambda: None)  # TF already runs in this process
+    measured, measure = [], bench.interleaved_call_costs
+
+    def measure_and_keep(*args, **kwargs):
+        measured.append(measure(*args, **kwargs))
+        return measured[-1]
+
+    monkeypatch.setattr(bench, "interleaved_call_costs", measure_and_keep)
     assert script.main(["--hidden", "8,8", "--calls", "2", "--rounds", "1"]) == 0
+    (costs,) = measured
     lines = capsys.readouterr().out.splitlines()
-    for label in ["bare (no diagnostics)", *script.VARIANTS]:
+    bare = costs.seconds["bare (no diagnostics)"]
+    assert list(costs.seconds) == ["bare (no diagnostics)", *script.VARIANTS]  # every arm, bare first
+    for label, seconds in costs.seconds.items():
+        # One round: each ratio is that round's own, the arm's time over the bare call's; the bare row's is 1.
+        assert costs.ratio[label] == pytest.approx(seconds / bare, rel=1e-12)
         row = next(line for line in lines if line.startswith(label))
-        assert float(row.split()[-1]) > 0  # the ratio column
+        per_call, vs_bare, ratio = row[len(label) :].replace(" ms", "").replace(" us", "").split()
+        assert per_call == f"{seconds * 1e3:.3f}" and vs_bare == f"{(seconds - bare) * 1e6:+.0f}"
+        assert ratio == f"{costs.ratio[label]:.3f}"
+    assert next(line for line in lines if line.startswith("bare")).split()[-3:] == ["+0", "us", "1.000"]
 
     # Same seed, same batch: the counts variant's gradient columns equal the shipped learner's.
-    burst = script._probe_burst(16)
+    burst = script.probe_burst(16)
     shipped = bench.bench_learner(script.Learner, (8, 8), 16).update(burst, True).metrics
     partial = bench.bench_learner(script.TDNormsAndCounts, (8, 8), 16).update(burst, True).metrics
     for family in ("grad_norm", "grad_zero_frac", "grad_nonfinite"):

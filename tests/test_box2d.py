@@ -70,7 +70,7 @@ def test_a_lunarlander_run_resumes_with_a_fresh_episode_and_says_so(tmp_path):
     pytest.importorskip("pygame", reason="gymnasium's box2d envs import pygame: pip install -e '.[box2d]'")
     import json
 
-    from test_cli import dqnlab_cmd
+    from helpers import dqnlab_cmd
 
     from dqnlab import checkpoint
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_learner import ACTIONS, OBS, REWARDS, tiny_learner
-from test_learner import batch as tiny_batch
-from test_recurrent import rnn_cfg, windows
+from helpers import ACTIONS, OBS, REWARDS, rnn_cfg, tiny_learner, windows
+from helpers import batch as tiny_batch
 
 from dqnlab.config import load_preset
 from dqnlab.frame_replay import FrameBatch

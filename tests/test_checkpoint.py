@@ -76,7 +76,9 @@ class Payload:
 def rewrite_manifest(path: Path) -> None:
     """Make the manifest match the files again, as an attacker who can write the run directory would."""
     manifest = json.loads((path / "MANIFEST.json").read_text())
-    manifest["files"] = {p.name: checkpoint._digest(p) for p in path.iterdir() if p.name != "MANIFEST.json"}
+    manifest["files"] = {
+        p.name: checkpoint.file_digest(p) for p in path.iterdir() if p.name != "MANIFEST.json"
+    }
     (path / "MANIFEST.json").write_text(json.dumps(manifest))
 
 

@@ -7,30 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import FAST, dqnlab_cmd
 
 from dqnlab.config import preset_names
 from dqnlab.runner import ArmReturns, RunSpec
-
-FAST = [
-    "--set",
-    "train.learning_starts=100",
-    "--set",
-    "train.train_every=50",
-    "--set",
-    "train.gradient_steps=2",
-    "--set",
-    "train.eval_every=0",
-    "--set",
-    "train.eval_episodes=1",
-    "--set",
-    "diagnostics.every=2",
-]
-
-
-def dqnlab_cmd(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dqnlab.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
-    )
 
 
 def test_presets_lists_every_preset_with_its_description():

@@ -290,7 +290,7 @@ def test_a_writer_killed_between_staging_and_swap_is_cleaned_up_by_the_next_comp
 def test_the_staging_of_a_live_writer_is_left_alone(two_arms):
     root = two_arms / AGGREGATE_DIR
     root.mkdir()
-    live = aggregate._new_staging_dir(root)  # this process: alive
+    live = aggregate.new_staging_dir(root)  # this process: alive
     assert aggregate.remove_stale_staging(root) == [] and live.is_dir()
     other_host = root / f"{STAGING_PREFIX}123@elsewhere.example-abc"
     other_host.mkdir()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import FAST, dqnlab_cmd
+from helpers import FAST, dqnlab_cmd
 
 ARMS = ("clipped_delta_relu", "huber_relu")
 CHROMIUM = "/usr/bin/chromium"

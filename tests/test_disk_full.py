@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_cli import dqnlab_cmd
+from helpers import dqnlab_cmd
 
 import dqnlab
 from dqnlab import checkpoint
@@ -68,7 +68,7 @@ def enospc(path) -> OSError:
 
 
 def test_enospc_inside_a_checkpoint_save_fails_the_run_and_leaves_no_staging(tmp_path, monkeypatch):
-    real_write, calls = checkpoint._write, []
+    real_write, calls = checkpoint.write_file, []
 
     def write_until_full(path, fill):
         calls.append(path)
@@ -77,7 +77,7 @@ def test_enospc_inside_a_checkpoint_save_fails_the_run_and_leaves_no_staging(tmp
             raise enospc(path)
         real_write(path, fill)
 
-    monkeypatch.setattr(checkpoint, "_write", write_until_full)
+    monkeypatch.setattr(checkpoint, "write_file", write_until_full)
     cfg = dqnlab.load_preset("huber_relu", ["train.learning_starts=500", "train.eval_every=0"])
     res = dqnlab.train(cfg, steps=3000, logdir=tmp_path, name="x", checkpoint_every=1000)
     assert res.status == "failed"

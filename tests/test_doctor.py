@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
-from test_cli import dqnlab_cmd
+from helpers import dqnlab_cmd
 
 import dqnlab
 from dqnlab.doctor import examine, format_report
@@ -55,10 +56,23 @@ def test_doctor_command_exit_status_and_json(experiment):
 
 
 def test_findings_carry_numbers_from_the_run(experiment):
+    """Each dead_relu finding's numbers are the run's own, recomputed here from its event files: the median
+    of the late half of the layer's dead fraction, and its first probe."""
+    from dqnlab.doctor_rules import THRESHOLDS
+    from dqnlab.events import read_series
+
     report = examine(experiment / "relu_dead")
-    finding = next(f for r in report.runs for f in r.findings)
-    assert finding.subject.startswith("hidden_") and finding.evidence
-    assert any(ch.isdigit() for ch in finding.summary) and len(finding.why) < 400 and finding.fix
+    assert report.runs and all(run.findings for run in report.runs)
+    for run_dir, finding in ((run.run_dir, f) for run in report.runs for f in run.findings):
+        steps, dead = read_series(run_dir)[f"act_dead_frac/{finding.subject}"]
+        late = dead[int(len(dead) * (1 - THRESHOLDS.late_frac)) :]
+        assert finding.evidence["late_median"] == float(np.median(late))
+        assert finding.evidence["first_probe"] == float(dead[0])
+        assert finding.summary.startswith(
+            f"{finding.subject}: {100 * np.median(late):.0f}% of units output exactly 0 on every probe state"
+        )
+        assert f"{100 * dead[0]:.0f}% at the first probe, step {int(steps[0])})" in finding.summary
+        assert len(finding.why) < 400 and finding.fix
 
 
 def texts(run_dir, tag: str) -> list[str]:
@@ -95,17 +109,17 @@ def test_live_doctor_warns_early_upgrades_and_ends_with_the_doctors_own_verdict(
 
 
 def test_a_grown_finding_is_reported_again_and_a_steady_one_is_not():
-    from dqnlab.doctor import LiveDoctor, _grew
+    from dqnlab.doctor import LiveDoctor, grew
     from dqnlab.doctor_rules import Finding
 
     def blocked(severity: str, share: float, last: int) -> Finding:
         return Finding("blocked_td_gradient", severity, "", 1024, last, {"share": share}, "s", "w", "f")
 
     warned = blocked("warning", 0.06, 5120)
-    assert _grew(warned, blocked("error", 0.06, 9000))  # more severe
-    assert _grew(warned, blocked("warning", 0.09, 9000))  # half again as large
-    assert not _grew(warned, blocked("warning", 0.08, 9000))
-    assert not _grew(blocked("error", 0.9, 5120), blocked("warning", 0.9, 9000))  # less severe: no news
+    assert grew(warned, blocked("error", 0.06, 9000))  # more severe
+    assert grew(warned, blocked("warning", 0.09, 9000))  # half again as large
+    assert not grew(warned, blocked("warning", 0.08, 9000))
+    assert not grew(blocked("error", 0.9, 5120), blocked("warning", 0.9, 9000))  # less severe: no news
     reports = []
     live = LiveDoctor({}, lambda f, grew: reports.append((f.severity, grew)))
     live._reported[("blocked_td_gradient", "")] = warned

@@ -68,5 +68,5 @@ def test_a_short_gpu_run_logs_the_panel_like_a_cpu_run(tmp_path):
     cfg = dqnlab.load_preset("huber_relu")
     res = dqnlab.train(cfg, steps=3_000, logdir=tmp_path, name="gpu", device="gpu")
     assert res.status == "done"
-    steps, values = res.scalars("grad_norm/hidden_0/kernel")
-    assert len(steps) > 0 and np.all(np.isfinite(values)) and np.all(values > 0)
+    values = np.array([value for _, value in res.scalars("grad_norm/hidden_0/kernel")])  # (step, value) pairs
+    assert len(values) > 0 and np.all(np.isfinite(values)) and np.all(values > 0)

@@ -8,6 +8,8 @@ non-negative observations Q(s, .) = s. Batch (every transition terminal, so targ
     [.5, .5]   1   0.5      1      0.5
     [1, 1]     0   1       -1     -2.0
     [2, 0]     0   2        2      0.0
+
+The batch and `tiny_learner` are in tests/helpers.py (tests/test_burst_stats.py uses them too).
 """
 
 from __future__ import annotations
@@ -15,38 +17,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import ACTIONS, OBS, REWARDS, B, batch, tiny_learner
 
 from dqnlab.config import load_preset
 from dqnlab.kinds import make_learner
 from dqnlab.learner import Batch, Learner, global_norm_parts
-
-OBS = np.array([[1, 2], [0.5, 0.5], [1, 1], [2, 0]], np.float32)
-ACTIONS = np.array([0, 1, 0, 0], np.int32)
-REWARDS = np.array([4, 1, -1, 2], np.float32)
-B = 4
-
-
-def tiny_learner(loss_kind: str, **extra) -> Learner:
-    overrides = {
-        "loss.kind": loss_kind,
-        "network.hidden": [2],
-        "optimizer.kind": "sgd",
-        "optimizer.learning_rate": 0.1,
-        "train.grad_clip_norm": 0.0,
-        "train.batch_size": B,
-        **extra,
-    }
-    learner = make_learner(load_preset("huber_relu", overrides), (2,), 2, seed=0)
-    eye, zero = np.eye(2, dtype=np.float32), np.zeros(2, np.float32)
-    learner.online.set_weights([eye, zero, eye, zero])
-    learner.target.set_weights([eye, zero, eye, zero])
-    return learner
-
-
-def batch(k: int = 1) -> Batch:
-    stack = lambda x: np.repeat(x[None], k, axis=0)  # noqa: E731
-    return Batch(stack(OBS), stack(ACTIONS), stack(REWARDS), stack(OBS), stack(np.zeros(B, np.float32)))
-
 
 # Per-sample dL/dQ(s,a) (before the 1/B of the mean): Huber -clip(delta) = [-1, -.5, 1, 0];
 # clipped-delta -2*delta inside |delta| <= 1 and exactly 0 beyond = [0, -1, 0, 0]; squared -delta.

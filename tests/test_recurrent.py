@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from helpers import dqnlab_cmd, rnn_cfg, windows
 from metrics_doc import undocumented
-from test_cli import dqnlab_cmd
 
 import dqnlab
 from dqnlab._tf import tf
@@ -18,13 +18,6 @@ from dqnlab.kinds import make_learner
 from dqnlab.networks import variable_tag
 from dqnlab.recurrent_net import NumpyRecurrentPolicy, RecurrentQNetwork
 from dqnlab.sequence_replay import SequenceBatch, pack_sequences
-
-
-def rnn_cfg(cell="simple", **overrides):
-    base = {"recurrent.cell": cell, "recurrent.units": 5, "recurrent.pre_hidden": [6], "network.hidden": [8]}
-    if cell != "simple":
-        base["recurrent.activation"] = "tanh"
-    return load_preset("rnn_exploding", {**base, **overrides})
 
 
 @pytest.mark.parametrize("cell", ["simple", "lstm", "gru"])
@@ -89,15 +82,6 @@ def hand_learner():
     return learner
 
 
-def windows(n: int, t: int, seed: int = 0) -> SequenceBatch:
-    rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(n, t, 2)).astype(np.float32)
-    ones = np.ones((n, t), np.float32)
-    actions = rng.integers(0, 2, (n, t)).astype(np.int32)
-    no_state = np.zeros((n, 0), np.float32)
-    return SequenceBatch(obs, actions, ones, np.roll(obs, -1, axis=1), 0 * ones, ones, ones, no_state)
-
-
 def numpy_jacobian_norm(obs: np.ndarray) -> float:
     """Largest singular value of d h_T / d h_0 for h_t = tanh(x_t W + h_t-1 U + b), from h_0 = 0."""
     h, jac = np.zeros(3), np.eye(3)
@@ -129,16 +113,19 @@ def test_jacobian_norm_and_spectral_radius_match_numpy():
 def test_acting_resets_the_state_at_each_episode_start(tmp_path):
     cfg = load_preset("lstm", {"train.learning_starts": 400, "diagnostics.enabled": False})
     res = dqnlab.train(cfg, steps=300, logdir=tmp_path, name="act")
-    assert res.status == "done"
     from dqnlab.envs import make_env
     from dqnlab.kinds import learner_and_replay, make_sampler
-    from dqnlab.loop import Schedule, run_loop
+    from dqnlab.loop import EpisodeEnd, Schedule, run_loop
 
     env, eval_env = make_env(cfg.env, seed=0), make_env(cfg.env)
     learner, replay = learner_and_replay(cfg, env, seed=0)
-    sampler = make_sampler(cfg, replay)
-    for _ in run_loop(env, eval_env, learner, sampler, cfg.train, Schedule(), steps=300, seed=0):
-        pass
+    loop = run_loop(
+        env, eval_env, learner, make_sampler(cfg, replay), cfg.train, Schedule(), steps=300, seed=0
+    )
+    episodes = [event for event in loop if isinstance(event, EpisodeEnd)]
+    # The run (same preset, seed 0) logged these very episodes: the loop here is the one training runs.
+    assert res.scalars("episode/length") == [(e.step, e.length) for e in episodes]
+    assert res.scalars("episode/return") == [(e.step, e.episode_return) for e in episodes]
     steps = replay.is_step.astype(bool)
     first = replay.first.astype(bool) & steps
     assert first.sum() >= 5  # several episodes in 300 random steps

@@ -7,10 +7,9 @@ import re
 
 import numpy as np
 import pytest
+from reproduce import STUDIES, collect, run_studies, write_report
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
-
-from dqnlab.reproduce import STUDIES, collect, run_studies, write_report
 
 
 @pytest.fixture(scope="module")

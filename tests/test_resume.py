@@ -7,48 +7,15 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from test_cli import dqnlab_cmd
+from helpers import assert_same_run, dqnlab_cmd, kill_after_first_checkpoint, points_after_purge, start
 
 from dqnlab import checkpoint
-from dqnlab.events import event_files, iter_events, read_series
 
 TRAIN = ["train", "huber_relu", "--steps", "20000", "--deterministic", "--checkpoint-every", "4000"]
 TRAIN += ["--checkpoint-replay", "--quiet", "--set", "diagnostics.probe_every=256"]
-
-
-def start(args: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "dqnlab.cli", *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def kill_after_first_checkpoint(run: Path, proc: subprocess.Popen) -> int:
-    deadline = time.monotonic() + 300
-    while checkpoint.latest(run) is None:
-        assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint was written"
-        time.sleep(0.05)
-    os.kill(json.loads((run / "run.json").read_text())["pid"], signal.SIGKILL)
-    proc.communicate(timeout=60)
-    return checkpoint.latest_step(run)
-
-
-def points_after_purge(run: Path) -> dict[str, list[int]]:
-    """Steps of every scalar, applying TensorBoard's restart rule by hand: a SessionLog START at step s
-    voids the points logged before it at steps >= s. Independent of dqnlab.events' own handling."""
-    steps: dict[str, list[int]] = {}
-    for path in event_files(run):
-        for event in iter_events(path):
-            if event.session_log.status == 1:  # START
-                steps = {tag: [s for s in ss if s < event.step] for tag, ss in steps.items()}
-            for value in event.summary.value:
-                if value.tensor.dtype and not value.tensor.tensor_shape.dim:
-                    steps.setdefault(value.tag, []).append(event.step)
-    return steps
 
 
 def test_sigkill_then_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
@@ -71,22 +38,6 @@ def test_sigkill_then_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
     points = points_after_purge(cut)
     measured = [s for s in points["loss/td"] if s > at]
     assert measured[1:] == [s for s in points["perf/updates_per_s"] if s > at]
-
-
-def assert_same_run(whole: Path, cut: Path) -> dict[str, list]:
-    """The resumed run `cut` logged the same numbers as the uninterrupted `whole`, every tag but the
-    wall-clock rates, and ended with the same weights, target and optimizer state, bit for bit. Returns
-    the series compared."""
-    same = {t: v.tolist() for t, (_, v) in read_series(whole).items() if not t.startswith("perf/")}
-    again = {t: v.tolist() for t, (_, v) in read_series(cut).items() if not t.startswith("perf/")}
-    assert same.keys() == again.keys() and same == again
-    assert points_after_purge(cut)["loss/td"] == points_after_purge(whole)["loss/td"]
-    with (
-        np.load(checkpoint.latest(whole) / "arrays.npz") as a,
-        np.load(checkpoint.latest(cut) / "arrays.npz") as b,
-    ):
-        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
-    return same
 
 
 def test_resume_completes_an_experiment_with_a_killed_run(tmp_path):

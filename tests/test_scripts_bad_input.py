@@ -42,7 +42,7 @@ CASES = [
     ("bench_diagnostics", ["--calls", "-5"]),
     ("bench_diagnostics", ["--steps", "0"]),
     ("bench_diagnostics", ["--repeats", "0"]),
-    # bench_throughput.py, bench_peers.py (dqnlab.bench.parse_bench_args)
+    # bench_throughput.py, bench_peers.py (scripts/bench.py's parse_bench_args)
     ("bench_throughput", ["--steps", "0"]),
     ("bench_throughput", ["--seed", "-1"]),
     ("bench_throughput", ["--settings", "nosuch"]),

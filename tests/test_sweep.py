@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import dqnlab_cmd
+from helpers import dqnlab_cmd
 
 from dqnlab import checkpoint, cli, halving
 from dqnlab.config import ConfigError

@@ -1,4 +1,8 @@
-"""Shared pieces of the throughput benchmarks (scripts/bench_*.py stay thin).
+"""Shared pieces of the throughput benchmarks (scripts/bench_*.py stay thin); not a command of its own.
+
+Imported by the scripts next to it as `import bench` (Python puts a script's own folder first on
+`sys.path`; the tests get this folder from pytest's `pythonpath` setting in pyproject.toml). Run as a file
+it is the child process of `measure_in_subprocess`.
 
 Public DQN settings, written once in neutral terms so dqnlab and a peer library are configured identically:
 - `cleanrl` (CartPole-v1): CleanRL dqn.py's network and cadence (120-84 ReLU MLP, batch 128, one update
@@ -41,6 +45,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import NamedTuple
 
 
@@ -223,11 +228,6 @@ def _sb3_run(setting_name: str, steps: int, seed: int) -> dict[str, float]:
     return {"steps_per_s": done / elapsed, "seconds": elapsed, "setup_s": setup_s, "env_steps": done}
 
 
-def sb3_steps_per_s(setting_name: str, steps: int, seed: int = 0) -> float:
-    """Env steps per second of SB3's `model.learn(steps)` at `setting_name` (construction not timed)."""
-    return _sb3_run(setting_name, steps, seed)["steps_per_s"]
-
-
 # -- one measurement per fresh, single-threaded subprocess ---------------------------------------------
 
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -308,14 +308,13 @@ def measure_in_subprocess(
     seed: int = 0,
     timeout: float | None = None,
 ) -> dict:
-    """One measurement in a fresh `python -c` child with THREAD_ENV; returns its result dict."""
+    """One measurement in a fresh child process (this file run with THREAD_ENV); returns its result dict."""
     if setting_name not in SETTINGS:
         raise ValueError(f"unknown setting {setting_name!r}; valid: {', '.join(SETTINGS)}")
     spec = {"framework": framework, "setting": setting_name, "steps": steps, "seed": seed}
     spec["diagnostics"] = bool(diagnostics)
-    code = "import sys; from dqnlab.bench import _child_main; _child_main(sys.argv[1])"
     proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(spec)],
+        [sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
         env={**os.environ, **THREAD_ENV},
         capture_output=True,
         text=True,
@@ -483,9 +482,10 @@ def limit_tf_to_one_thread() -> None:
 def bench_learner(learner_class, hidden: tuple[int, ...], batch_size: int, seed: int = 0):
     """A `learner_class` (Learner or a subclass) for `huber_relu` on CartPole's shapes with `hidden` units."""
     from dqnlab.config import load_preset
+    from dqnlab.kinds import make_learner
 
     cfg = load_preset("huber_relu", {"network.hidden": list(hidden), "train.batch_size": batch_size})
-    return learner_class(cfg, obs_dim=4, num_actions=2, seed=seed)
+    return make_learner(cfg, (4,), 2, seed, learner_class=learner_class)
 
 
 class CallCosts(NamedTuple):
@@ -572,3 +572,7 @@ def finish_report(results: list[dict], wall: float, args, info: dict, summary: d
             payload.update(machine=info, medians=summary, measurements=results)
             json.dump(payload, f, indent=2)
         print(f"saved {args.json}")
+
+
+if __name__ == "__main__":  # the child of measure_in_subprocess: one measurement, its result on stdout
+    _child_main(sys.argv[1])

@@ -3,7 +3,8 @@
 Four studies, each an A/B experiment of shipped presets (`STUDIES`). `run_studies` trains them one after the
 other (each in parallel local processes), `measure` reads every claimed number back from the event files,
 `dqnlab.doctor` gives its verdict on every arm, and `write_report` writes `report.md` and a self-contained
-`report.html` (figures embedded) into the output folder. `scripts/reproduce_post.py` is the command.
+`report.html` (figures embedded) into the output folder. `scripts/reproduce_post.py`, next to it, is the
+command; this module is not one (the script imports it as `import reproduce`).
 """
 
 from __future__ import annotations
