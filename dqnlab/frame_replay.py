@@ -278,7 +278,8 @@ class FrameReplay(SeededSampling):
     def _gather(self, slots: np.ndarray) -> Batch:
         starts = self.starts.take(slots.ravel())  # [N]
         # obs and next_obs in one allocation, [2, N, stack, ...]: two separate ~1 MB arrays can make glibc
-        # return their memory and page-fault it back in on every call, 10x slower.
+        # return their memory and page-fault it back in on every call, many times slower
+        # (docs/performance.md).
         pair = self.frames.take(starts[:, None] + self._pair, axis=0, mode="wrap")
         pair = pair.reshape(2, *slots.shape, *self._obs_shape)
         return Batch(

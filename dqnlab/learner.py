@@ -1,14 +1,15 @@
 """The DQN learner: online and target Q-networks, the optimizer, and one compiled update burst.
 
-`Learner.update(batch, with_diagnostics)` runs K = batch.actions.shape[0] gradient updates inside ONE
-`tf.function` call (a `tf.range` loop), because per-call dispatch (0.15-0.2 ms for an empty call) and not
-arithmetic is what a small DQN spends its time on. A burst with diagnostics is *measured*: every one of its
-updates adds a few scalars (TD loss and statistics, gradient norms, Q max) to a running sum and a running
-max, and one update of it, the *panel update* at `panel_position(burst, K)`, computes the whole panel (per-
-variable gradient norms, zero counts, update ratios...). The panel and the burst's sums and maxes come back as
-one vector, pulled to the host once and read as tag -> float (`MetricValues`; the tags are docs/metrics.md's).
-A plain burst's updates return nothing but a finiteness flag and their raw gradient's half sums of squares
-(where a divergence started: `nonfinite_origin`). Nothing in the graph writes summaries.
+`Learner.update(batch, with_diagnostics)` runs K = batch.actions.shape[0] gradient updates inside ONE compiled
+call (a `tf.while_loop` written with autograph off), because per-call dispatch and not arithmetic is what a
+small DQN spends its time on (docs/performance.md, "Where the time goes"). A burst with diagnostics is
+*measured*: every one of its updates adds a few scalars (TD loss and statistics, gradient norms, Q max) to a
+running sum and a running max, and one update of it, the *panel update* at `panel_position(burst, K)`,
+computes the whole panel (per-variable gradient norms, zero counts, update ratios...). The panel and the
+burst's sums and maxes come back as one vector, pulled to the host once and read as tag -> float
+(`MetricValues`; the tags are docs/metrics.md's). A plain burst's updates return nothing but a finiteness flag
+and their raw gradient's half sums of squares (where a divergence started: `nonfinite_origin`). Nothing in the
+graph writes summaries.
 
 Set DQNLAB_EAGER=1 to run the step eagerly (debuggable with print and pdb).
 """
@@ -380,7 +381,8 @@ class Learner:
         for tag, size in zip(self.variable_tags, self._sizes, strict=True):
             m[f"grad_near_zero_frac/{tag}"] = float(m.pop(f"~near_zero/{tag}")) / size
         # On the host: selecting the nonzero entries in the graph takes a dozen ops per variable, and tracing
-        # them cost a run ~0.1 s once, for a histogram written a few times per run.
+        # them cost a run a tenth of a second once (docs/performance.md), for a histogram written a few times
+        # per run.
         for tag in [t for t in m if t.startswith("hist/grad/")]:
             g = np.asarray(m[tag])
             m["hist/log10_abs_grad/" + tag.removeprefix("hist/grad/")] = np.log10(np.abs(g[g != 0]))
@@ -425,9 +427,9 @@ class Learner:
         specs of `_pack`'s arrays: float32 here, uint8 frames for the CNN).
 
         Per-call dispatch is what a small DQN pays for: the traced function is called without TF's
-        per-call argument matching (`Compiled`: ~0.5 ms a call saved against a polymorphic `tf.function`,
-        ~0.06 ms against a concrete function's own call) and autograph is off (it spends ~1 s per trace
-        transpiling Keras internals that have no data-dependent Python control flow).
+        per-call argument matching (`Compiled`) and autograph is off (it spends most of a trace transpiling
+        Keras internals that have no data-dependent Python control flow); docs/performance.md has the
+        figures of both.
         """
         compiled = Compiled(lambda *packed: self._burst_impl(*packed, with_diagnostics), specs)
         self._compiled[with_diagnostics] = compiled
@@ -730,12 +732,12 @@ class Learner:
         (clipped to the global `norm` from the raw one's `preclip_norm` and `half_squares`); the zero
         fractions as half the count of nonzero entries (`~half_nonzero`), which the host divides exactly.
 
-        A small network's update pays per op (~0.5-1 us) more than per element, so each variable gets only
-        the reductions nothing else gives: half sums of squares (`l2_loss`, one fused pass) of w_before and
-        w_after - w_before, and the count of nonzero entries of g as half the sum of sign(g)^2 (no bool tensor
-        and cast). Roots and ratios then take one op per family for all variables. No flat parameter vector is
-        built: copying into one is fewer ops but many more passes over memory, 3x the cost at 256-256
-        (docs/performance.md).
+        A small network's update pays per op (docs/performance.md) more than per element, so each variable
+        gets only the reductions nothing else gives: half sums of squares (`l2_loss`, one fused pass) of
+        w_before and w_after - w_before, and the count of nonzero entries of g as half the sum of sign(g)^2
+        (no bool tensor and cast). Roots and ratios then take one op per family for all variables. No flat
+        parameter vector is built: copying into one is fewer ops but many more passes over memory, 3x the
+        cost at 256-256 (docs/performance.md).
         """
         squares, nonzero = [], []
         for g, w0, var in zip(grads, before, self.variables, strict=True):

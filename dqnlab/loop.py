@@ -257,7 +257,7 @@ def greedy_episodes(
     return GreedyEpisodes(tuple(returns), *joined)
 
 
-def _value_gamma(eval_env: gym.Env, cfg: TrainConfig) -> float | None:
+def value_gamma_of(eval_env: gym.Env, cfg: TrainConfig) -> float | None:
     """The discount of the value check, or None to skip it. Atari skips it: Q is learned on sign-clipped
     rewards (and life-loss terminals, when on) while the eval env plays whole games for the real score, so
     its returns are not what Q estimates."""
@@ -289,7 +289,7 @@ def run_loop(
     st = state_from or LoopState.start(env, learner, seed)
     num_actions = int(env.action_space.n)
     policy = learner.policy()  # numpy copy of the online network; recurrent ones carry a state
-    value_gamma = _value_gamma(eval_env, cfg)
+    value_gamma = value_gamma_of(eval_env, cfg)
     rng = st.rng
     replay = sampler.replay
     # A scheduled learning rate is set before each burst to its env step's value (None: a constant rate).
@@ -317,29 +317,10 @@ def run_loop(
             st.obs, st.state = next_obs, next_state
 
         if step >= cfg.learning_starts and step > st.refill_until and step % cfg.train_every == 0:
-            k = cfg.gradient_steps
-            measure = _crosses(st.updates, k, schedule.measure_every)
-            probe = schedule.probe_every is not None and (
-                _crosses(st.updates, k, schedule.probe_every)
-                or (schedule.probe_floor is not None and step - st.last_probe >= schedule.probe_floor)
-                or step + cfg.train_every > steps  # the run's last burst
-            )
             lr = learning_rate(step) if learning_rate is not None else None
-            out = learner.update(sampler.burst(k, cfg.batch_size), measure)
-            st.updates += k
-            policy.set_weights([w.numpy() for w in out.weights])
-            finite = bool(out.finite)
-            metrics = out.metrics if lr is None or not out.metrics else {**out.metrics, LR_TAG: lr}
-            yield Updated(step, st.updates, metrics, finite)
+            finite = yield from _burst(st, step, steps, learner, sampler, policy, cfg, schedule, lr)
             if not finite:
                 return
-            if probe:
-                with replay.drawing_from(st.probe_rng):
-                    if st.probe_inputs is None:
-                        st.probe_inputs = sampler.probe_states(sampler.batch(schedule.probe_size))
-                    batch = sampler.batch(cfg.batch_size)
-                st.last_probe = step
-                yield Probed(step, learner.probe(st.probe_inputs, batch))
         if step % cfg.target_update_every == 0 and (st.updates > st.synced_at or cfg.target_tau < 1.0):
             learner.update_target()
             st.synced_at = st.updates
@@ -349,6 +330,43 @@ def run_loop(
         st.step = step  # every effect of this step is done: a checkpoint now resumes at the next one
         if schedule.checkpoint_every and step % schedule.checkpoint_every == 0 and step < steps:
             yield CheckpointDue(step, st)
+
+
+def _burst(
+    st: LoopState,
+    step: int,
+    steps: int,
+    learner: Trainable,
+    sampler: Sampler,
+    policy: Policy,
+    cfg: TrainConfig,
+    schedule: Schedule,
+    lr: float | None,
+) -> Iterator[Event]:
+    """The burst of `cfg.gradient_steps` updates at env step `step`, measured and probed when due (see
+    `run_loop`); returns whether it stayed finite. `lr`: the scheduled learning rate, logged with a
+    measured burst (None: a constant rate, not logged)."""
+    k = cfg.gradient_steps
+    measure = _crosses(st.updates, k, schedule.measure_every)
+    probe = schedule.probe_every is not None and (
+        _crosses(st.updates, k, schedule.probe_every)
+        or (schedule.probe_floor is not None and step - st.last_probe >= schedule.probe_floor)
+        or step + cfg.train_every > steps  # the run's last burst
+    )
+    out = learner.update(sampler.burst(k, cfg.batch_size), measure)
+    st.updates += k
+    policy.set_weights([w.numpy() for w in out.weights])
+    finite = bool(out.finite)
+    metrics = out.metrics if lr is None or not out.metrics else {**out.metrics, LR_TAG: lr}
+    yield Updated(step, st.updates, metrics, finite)
+    if finite and probe:
+        with sampler.replay.drawing_from(st.probe_rng):
+            if st.probe_inputs is None:
+                st.probe_inputs = sampler.probe_states(sampler.batch(schedule.probe_size))
+            batch = sampler.batch(cfg.batch_size)
+        st.last_probe = step
+        yield Probed(step, learner.probe(st.probe_inputs, batch))
+    return finite
 
 
 def _crosses(updates: int, k: int, every: int | None) -> bool:

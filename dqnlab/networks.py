@@ -7,9 +7,9 @@ streams, `value_hidden` -> `value` [B, 1] and `advantage_hidden` -> `advantage` 
 variable-free `dueling_q` layer: Q = value + (advantage - mean_a advantage), as devsisters/DQN-tensorflow
 writes it (`dqn/agent.py`, "Average Dueling").
 
-Acting calls the network once per environment step. A `tf.function` call costs 0.4-0.55 ms against about
-12 us for the same MLP in numpy, so the loop acts through `NumpyMLP`, a copy of the online weights that the
-learner refreshes after every burst of updates. `tests/test_networks.py` checks it equals the Keras model.
+Acting calls the network once per environment step. A TensorFlow call costs tens of times what the same MLP
+costs in numpy (docs/performance.md), so the loop acts through `NumpyMLP`, a copy of the online weights that
+the learner refreshes after every burst of updates. `tests/test_networks.py` checks it equals the Keras model.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
 Adam, the optimizer of every shipped preset, is `FusedAdam`: the same update as `keras.optimizers.Adam`
 (tests/test_optimizers.py checks them against each other) done by TensorFlow's fused `ResourceApplyAdam`
 kernel, one op per variable instead of about a dozen. At one small update per call, op dispatch and not
-arithmetic is the cost, and this saves about 0.3 ms per update. RMSProp and SGD are Keras's own;
-`rmsprop_tf1` is TensorFlow 1's `tf.train.RMSPropOptimizer` (`FusedRMSPropTF1`), the optimizer of
+arithmetic is the cost, and this saves a large share of an update (docs/performance.md). RMSProp and SGD are
+Keras's own; `rmsprop_tf1` is TensorFlow 1's `tf.train.RMSPropOptimizer` (`FusedRMSPropTF1`), the optimizer of
 devsisters/DQN-tensorflow.
 
 The learning rate is a function of the env step (`learning_rate_at`: constant, staircase or linear). With a

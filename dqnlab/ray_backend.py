@@ -18,11 +18,11 @@ from tqdm import tqdm
 from dqnlab.config import ConfigError
 from dqnlab.rundir import claim_experiment_dir
 from dqnlab.runner import (
-    _SINGLE_THREAD_ENV,
+    SINGLE_THREAD_ENV,
     RunOutcome,
     RunSpec,
-    _run_in_worker,
-    _update_arm_aggregate,
+    run_in_worker,
+    update_arm_aggregate,
     write_experiment_json,
 )
 
@@ -74,7 +74,7 @@ def _task(spec: RunSpec) -> RunOutcome:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    return _run_in_worker(spec)
+    return run_in_worker(spec)
 
 
 def run_experiment_ray(
@@ -92,7 +92,7 @@ def run_experiment_ray(
     try:
         _check_logdir(ray, Path(specs[0].logdir))
         write_experiment_json(specs, backend="ray", workers=int(ray.cluster_resources().get("CPU", 0)))
-        runtime_env = {"env_vars": dict(_SINGLE_THREAD_ENV)}
+        runtime_env = {"env_vars": dict(SINGLE_THREAD_ENV)}
         remote = ray.remote(_task)
         pending = {}
         for index, spec in enumerate(specs):
@@ -118,7 +118,7 @@ def run_experiment_ray(
                         outcomes[index] = RunOutcome(
                             specs[index], "", "failed", f"{type(exc).__name__}: {exc}", None
                         )
-                    _update_arm_aggregate(exp_dir, specs[index], bar)
+                    update_arm_aggregate(exp_dir, specs[index], bar)
                     bar.update(1)
                 time.sleep(0.05)
         return [outcomes[i] for i in range(len(specs))]

@@ -45,7 +45,7 @@ from dqnlab.rundir import (
 from dqnlab.runspec import RunSpec, arm_config
 from dqnlab.signals import stop_on_signals, stop_reason, stop_with_parent
 
-_SINGLE_THREAD_ENV = {
+SINGLE_THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
@@ -137,22 +137,7 @@ def plan_arms(
     everywhere = envs or sorted({c.env for c in configs.values()})
     arm_envs = {a: list(a.envs) if a.envs is not None else everywhere for a in arms}
     env_ids = sorted({e for ids in arm_envs.values() for e in ids}, key=_first_seen(everywhere))
-    for env_id in env_ids:  # every arm runs on its envs: each must be able to read it
-        for arm, cfg in configs.items():
-            if env_id not in arm_envs[arm]:
-                continue
-            check_fits_memory(cfg, env_id)  # first: its refusal owes nothing to the choice of envs
-            every = not envs and arm.envs is None
-            how = " (without --env, every preset runs on every preset's env)" if every else ""
-            try:
-                check_env_fits(cfg, env_id, source=f"{arm.name or arm.preset} on {env_id}")
-            except ConfigError as exc:
-                raise ConfigError(f"{exc}{how}") from None
-    for env_id in env_ids:
-        validate_env(env_id)
-    for arm, cfg in configs.items():  # your own components: imported and checked before any run starts
-        for env_id in arm_envs[arm]:
-            check_components(cfg, env_id)
+    _check_arms_fit(configs, arm_envs, env_ids, given_envs=bool(envs))
     if steps is not None and steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     check_experiment_path(logdir, experiment)
@@ -195,6 +180,27 @@ def plan_arms(
     return specs, configs
 
 
+def _check_arms_fit(configs: dict, arm_envs: dict, env_ids: list[str], given_envs: bool) -> None:
+    """Every arm can run on each of its envs (memory, observations), every env exists, and every component
+    an arm names by import path meets its contract: one ConfigError line before any run starts."""
+    for env_id in env_ids:  # every arm runs on its envs: each must be able to read it
+        for arm, cfg in configs.items():
+            if env_id not in arm_envs[arm]:
+                continue
+            check_fits_memory(cfg, env_id)  # first: its refusal owes nothing to the choice of envs
+            every = not given_envs and arm.envs is None
+            how = " (without --env, every preset runs on every preset's env)" if every else ""
+            try:
+                check_env_fits(cfg, env_id, source=f"{arm.name or arm.preset} on {env_id}")
+            except ConfigError as exc:
+                raise ConfigError(f"{exc}{how}") from None
+    for env_id in env_ids:
+        validate_env(env_id)
+    for arm, cfg in configs.items():  # your own components: imported and checked before any run starts
+        for env_id in arm_envs[arm]:
+            check_components(cfg, env_id)
+
+
 def _first_seen(order: list[str]):
     """A sort key: the envs of `order` in that order, any other after them, alphabetically."""
     return lambda env_id: (order.index(env_id), "") if env_id in order else (len(order), env_id)
@@ -234,8 +240,8 @@ def validate_env(env_id: str) -> None:
 @contextmanager
 def _single_threaded_children():
     """Children inherit the environment at spawn: give them one thread each, restore ours after."""
-    saved = {k: os.environ.get(k) for k in _SINGLE_THREAD_ENV}
-    os.environ.update(_SINGLE_THREAD_ENV)
+    saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
+    os.environ.update(SINGLE_THREAD_ENV)
     try:
         yield
     finally:
@@ -263,13 +269,13 @@ def _process_main(index: int, spec: RunSpec, progress_queue, stop_event, parent_
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     try:
-        outcome = _run_in_worker(spec)
+        outcome = run_in_worker(spec)
     except KeyboardInterrupt as exc:  # run.json already says 'interrupted'
         outcome = RunOutcome(spec, "", "interrupted", stop_reason(exc), None)
     progress_queue.put(("outcome", index, outcome))
 
 
-def _run_in_worker(spec: RunSpec) -> RunOutcome:
+def run_in_worker(spec: RunSpec) -> RunOutcome:
     from dqnlab.trainer import train_run
 
     last_sent = [0.0, 0]
@@ -363,7 +369,7 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
     )
 
     def finish(index: int) -> None:
-        _update_arm_aggregate(exp_dir, specs[index], bar)
+        update_arm_aggregate(exp_dir, specs[index], bar)
         bar.set_postfix_str(returns.postfix(len(outcomes)))
 
     try:
@@ -476,7 +482,7 @@ class ArmReturns:
         return f"return {shown} | {finished}" if shown else finished
 
 
-def _update_arm_aggregate(exp_dir: Path, spec: RunSpec, bar) -> None:
+def update_arm_aggregate(exp_dir: Path, spec: RunSpec, bar) -> None:
     """Refresh the finished run's arm in `_aggregate/` so TensorBoard's seed bands grow as runs end."""
     try:
         update_aggregates(exp_dir, only=(spec.arm, env_dirname(spec.env)))

@@ -92,7 +92,7 @@ class Summaries:
 
     def evaluation(self, event: Evaluated) -> None:
         values = {"eval/return": event.mean_return}
-        if event.q_estimate is not None:  # no value check on Atari (dqnlab.loop._value_gamma)
+        if event.q_estimate is not None:  # no value check on Atari (dqnlab.loop.value_gamma_of)
             values["eval/q_estimate"] = event.q_estimate
             values["eval/discounted_return"] = event.discounted_return
             values["eval/q_overestimation"] = event.q_overestimation

@@ -10,7 +10,7 @@ from metrics_doc import undocumented
 
 from dqnlab.config import load_preset
 from dqnlab.events import read_series
-from dqnlab.loop import TAIL_WEIGHT, Evaluated, _value_gamma, compared_steps, greedy_episodes
+from dqnlab.loop import TAIL_WEIGHT, Evaluated, compared_steps, greedy_episodes, value_gamma_of
 from dqnlab.summaries import Summaries
 
 
@@ -135,11 +135,11 @@ def test_a_recurrent_policy_acts_and_bootstraps_from_the_state_it_carried():
 def test_atari_skips_the_value_check():
     cfg = load_preset("huber_relu").train
     env = TapeEnv(TAPES)
-    assert _value_gamma(env, cfg) == cfg.gamma  # no spec: not Atari
+    assert value_gamma_of(env, cfg) == cfg.gamma  # no spec: not Atari
     env.spec = gym.envs.registration.EnvSpec("ALE/Pong-v5")
-    assert _value_gamma(env, cfg) is None
+    assert value_gamma_of(env, cfg) is None
     env.spec = gym.envs.registration.EnvSpec("CartPole-v1")
-    assert _value_gamma(env, cfg) == cfg.gamma
+    assert value_gamma_of(env, cfg) == cfg.gamma
 
 
 def test_the_value_check_is_written_and_documented(tmp_path):
