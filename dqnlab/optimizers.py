@@ -22,6 +22,13 @@ from dqnlab._tf import keras, tf
 from dqnlab.config import OptimizerConfig
 
 
+def resource_handle(var) -> tf.Tensor:
+    """The resource handle TensorFlow's fused `ResourceApply*` kernels update in place: a `tf.Variable`'s
+    own, or the one inside a Keras 3 variable (`.value` is the tf.Variable it wraps: a Keras internal, so it
+    is read here only; tests/test_optimizers.py checks it is the variable's storage)."""
+    return var.handle if isinstance(var, tf.Variable) else var.value.handle
+
+
 class FusedAdam:
     """Adam (Kingma & Ba 2015) with Keras's defaults beta_1 = 0.9, beta_2 = 0.999, epsilon outside the sqrt:
     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
@@ -70,7 +77,7 @@ class FusedAdam:
         self.iterations.assign_add(1)
         for g, var, (m, v) in zip(grads, variables, self._slots, strict=True):
             tf.raw_ops.ResourceApplyAdam(
-                var=var.value.handle,
+                var=resource_handle(var),
                 m=m.handle,
                 v=v.handle,
                 beta1_power=b1_power,
@@ -130,7 +137,7 @@ class FusedRMSPropTF1:
         self.iterations.assign_add(1)
         for g, var, (ms, mom) in zip(grads, variables, self._slots, strict=True):
             tf.raw_ops.ResourceApplyRMSProp(
-                var=var.handle if isinstance(var, tf.Variable) else var.value.handle,  # Keras's wraps one
+                var=resource_handle(var),
                 ms=ms.handle,
                 mom=mom.handle,
                 lr=self._lr,

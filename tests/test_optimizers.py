@@ -31,3 +31,13 @@ def test_fused_adam_equals_keras_adam(compiled, lr, eps):
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
     assert int(fused.iterations.numpy()) == 20
+
+
+def test_resource_handle_is_the_storage_of_a_keras_variable_and_of_a_tf_variable():
+    """The one use of Keras internals (`var.value.handle`): a write through the handle changes the variable."""
+    from dqnlab._tf import keras, tf
+    from dqnlab.optimizers import resource_handle
+
+    for var in (keras.Variable(np.zeros(3, np.float32)), tf.Variable(np.zeros(3, np.float32))):
+        tf.raw_ops.AssignVariableOp(resource=resource_handle(var), value=np.arange(3, dtype=np.float32))
+        np.testing.assert_array_equal(np.asarray(var), [0.0, 1.0, 2.0])
