@@ -34,7 +34,7 @@ def test_fused_adam_equals_keras_adam(compiled, lr, eps):
 
 
 def test_resource_handle_is_the_storage_of_a_keras_variable_and_of_a_tf_variable():
-    """The one use of Keras internals (`var.value.handle`): a write through the handle changes the variable."""
+    """The one Keras internal used (`var.value.handle`): a write through the handle changes the variable."""
     from dqnlab._tf import keras, tf
     from dqnlab.optimizers import resource_handle
 
