@@ -10,7 +10,7 @@ a tiny input before any run starts, so a component that breaks its contract is o
 wrong (exit 2), not a stack trace an hour in. `describe` gives run.json and HParams the import path and the
 SHA-256 of the module's source file, so a result can be traced to the code that made it.
 
-The contracts are written out in docs/your_agent.md. A module is looked up on `sys.path` and then in the
+The contracts are written out in docs/components.md. A module is looked up on `sys.path` and then in the
 working directory (as `python -m` and most "module:attr" tools do), so a package beside the experiment works
 from the `dqnlab` command too.
 """

@@ -73,7 +73,7 @@ class LossConfig:
 
     kind: str = _f(
         "TD loss on delta = target - Q(s,a); see dqnlab/losses.py; or your own as package.module:fn "
-        "(docs/your_agent.md)",
+        "(docs/components.md)",
         choices=LOSS_KINDS,
         import_path=True,
     )
@@ -87,7 +87,7 @@ class NetworkConfig:
 
     kind: str = _f(
         "network family: mlp; rnn (needs a [recurrent] section); cnn, the Nature DQN on Atari frames (needs "
-        "an [atari] section); or your own builder as package.module:build (docs/your_agent.md)",
+        "an [atari] section); or your own builder as package.module:build (docs/components.md)",
         choices=NETWORK_KINDS,
         import_path=True,
     )

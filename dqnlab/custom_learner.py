@@ -8,7 +8,7 @@ changes:
   concrete TF function of the online network on one observation, reading the live variables (as the CNN's).
 - The activation probe measures every Dense layer whose activation the probes know (relu, sigmoid, tanh),
   from the layer's own input in the model's graph; a subclassed model has no such graph, and is probed for
-  weights and gradients only (docs/your_agent.md). `grad/depth_ratio` runs from the first such layer to the
+  weights and gradients only (docs/components.md). `grad/depth_ratio` runs from the first such layer to the
   last.
 """
 
