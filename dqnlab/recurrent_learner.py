@@ -29,7 +29,7 @@ from dqnlab._tf import keras, tf
 from dqnlab.config import Config
 from dqnlab.learner import Learner, TDTerms
 from dqnlab.losses import td_target
-from dqnlab.recurrent_net import NumpyRecurrentPolicy
+from dqnlab.recurrent_net import NumpyRecurrentPolicy, Trace
 from dqnlab.sequence_replay import pack_sequences
 
 
@@ -175,36 +175,11 @@ class RecurrentLearner(Learner):
         valid = seq.mask > 0  # [N, T]
         state = self._start_state(seq)
         layers = self.online.pre + self.online.post
-        outputs: dict[str, list] = {layer.name: [] for layer in [*layers, self.online.cell]}
-        pre_acts: dict[str, list] = {layer.name: [] for layer in layers}
-        cell_pre: list = []
-        states = self.online.split_state(state)
         with tf.GradientTape(persistent=True) as tape:
-            start, h = None, None
-            for t in range(seq.obs.shape[1]):
-                if t == self._burn_in:  # the trained window starts here: differentiate from this state
-                    start = tf.concat(states, axis=-1)
-                    tape.watch(start)
-                    states = self.online.split_state(start)
-                x = seq.obs[:, t]
-                for layer in self.online.pre:
-                    a = tf.matmul(x, layer.kernel) + layer.bias
-                    pre_acts[layer.name].append(a)
-                    x = layer.activation(a)
-                    outputs[layer.name].append(x)
-                if self.rec.cell == "simple":
-                    cell = self.online.cell
-                    recurrent = tf.matmul(states[0], cell.recurrent_kernel)
-                    cell_pre.append(tf.matmul(x, cell.kernel) + recurrent + cell.bias)
-                h, states = self.online.cell(x, states)
-                states = list(states) if isinstance(states, (list, tuple)) else [states]
-                outputs[self.online.cell.name].append(h)
-                y = h
-                for layer in self.online.post:
-                    a = tf.matmul(y, layer.kernel) + layer.bias
-                    pre_acts[layer.name].append(a)
-                    y = layer.activation(a)
-                    outputs[layer.name].append(y)
+            trace = Trace(tape, watch_at=self._burn_in)  # the trained window starts at the burn-in's end
+            self.online.unroll(seq.obs, state, trace=trace)
+        outputs, pre_acts, cell_pre = trace.outputs, trace.pre_activations, trace.cell_pre
+        h, start = outputs[self.online.cell.name][-1], trace.start
         m: dict[str, tf.Tensor] = {}
         jac = tape.batch_jacobian(h, start)  # [N, U, S]: d h_end / d state at the trained window's start
         full = tf.reduce_all(valid, axis=1)  # only windows with every step real

@@ -30,6 +30,35 @@ def state_size(rec) -> int:
     return 2 * rec.units if rec.cell == "lstm" else rec.units
 
 
+class Trace:
+    """What an unroll records for the probe: per layer name, the pre-activations and outputs of every step
+    (lists of [B, U]); the simple cell's pre-activations; the state entering step `watch_at`, watched on
+    `tape` (`start`), to differentiate the window's end state with respect to it."""
+
+    def __init__(self, tape: tf.GradientTape, watch_at: int):
+        self.tape, self.watch_at = tape, watch_at
+        self.pre_activations: dict[str, list[tf.Tensor]] = {}
+        self.outputs: dict[str, list[tf.Tensor]] = {}
+        self.cell_pre: list[tf.Tensor] = []
+        self.start: tf.Tensor | None = None
+
+    def watch(self, state: tf.Tensor) -> tf.Tensor:
+        self.tape.watch(state)
+        self.start = state
+        return state
+
+
+def _dense(layer: keras.layers.Dense, x: tf.Tensor, trace: Trace | None) -> tf.Tensor:
+    """The layer on `x`: its Keras call, or with a trace its ops written out, recording both ends."""
+    if trace is None:
+        return layer(x)
+    a = tf.matmul(x, layer.kernel) + layer.bias
+    z = layer.activation(a)
+    trace.pre_activations.setdefault(layer.name, []).append(a)
+    trace.outputs.setdefault(layer.name, []).append(z)
+    return z
+
+
 class RecurrentQNetwork(keras.Model):
     """Q-values of a sequence of observations from an initial recurrent state."""
 
@@ -69,24 +98,38 @@ class RecurrentQNetwork(keras.Model):
         """The flat state [B, S] as the cell takes it: [h], or [h, c] for the LSTM."""
         return [state[:, : self.units], state[:, self.units :]] if self.cell_kind == "lstm" else [state]
 
-    def unroll(self, obs: tf.Tensor, state: tf.Tensor, stop_gradient_after: int = 0):
+    def unroll(
+        self, obs: tf.Tensor, state: tf.Tensor, stop_gradient_after: int = 0, trace: Trace | None = None
+    ):
         """obs [B, T, D], state [B, S] -> (q [B, T, A], [h_0 .. h_T-1] each [B, U], final state [B, S]).
 
-        The state entering step `stop_gradient_after` is cut from the graph (R2D2's burn-in)."""
+        The state entering step `stop_gradient_after` is cut from the graph (R2D2's burn-in). With `trace`
+        (the probe's), every layer's pre-activations and outputs are recorded on the way (the dense layers
+        then run as their ops written out, so that the pre-activations exist) and the state entering step
+        `trace.watch_at` is watched on `trace.tape`."""
         states = self.split_state(state)
         hs, qs = [], []
         for t in range(obs.shape[1]):
             if t == stop_gradient_after and t > 0:
                 states = [tf.stop_gradient(s) for s in states]
+            if trace is not None and t == trace.watch_at:
+                states = self.split_state(trace.watch(tf.concat(states, axis=-1)))
             x = obs[:, t]
             for layer in self.pre:
-                x = layer(x)
+                x = _dense(layer, x, trace)
+            if trace is not None and self.cell_kind == "simple":  # the simple cell's pre-activation
+                cell = self.cell
+                trace.cell_pre.append(
+                    tf.matmul(x, cell.kernel) + tf.matmul(states[0], cell.recurrent_kernel) + cell.bias
+                )
             h, states = self.cell(x, states)
             states = list(states) if isinstance(states, (list, tuple)) else [states]
             hs.append(h)
+            if trace is not None:
+                trace.outputs.setdefault(self.cell.name, []).append(h)
             y = h
             for layer in self.post:
-                y = layer(y)
+                y = _dense(layer, y, trace)
             qs.append(self.head(y))
         return tf.stack(qs, axis=1), hs, tf.concat(states, axis=-1)
 
