@@ -21,10 +21,9 @@ import numpy as np
 from dqnlab import probes
 from dqnlab._tf import keras, tf
 from dqnlab.cnn_net import depth_path_layers, forward
-from dqnlab.compiled import Compiled
 from dqnlab.config import Config
 from dqnlab.frame_replay import FrameBatch
-from dqnlab.learner import Learner
+from dqnlab.learner import CompiledPolicy, Learner
 from dqnlab.networks import penultimate_features
 from dqnlab.replay import Batch
 
@@ -47,29 +46,6 @@ def unpack_frames(frames: tf.Tensor, scalars: tf.Tensor) -> Batch:
     )
 
 
-class GreedyTFPolicy:
-    """Q-values of one observation from the online network, through one concrete TF function.
-
-    The acting interface of `NumpyMLP` (`initial_state`, `step`, `set_weights`); epsilon-greedy stays in
-    the loop. The function reads the live online variables, so `set_weights` has nothing to do."""
-
-    def __init__(self, network: keras.Model, obs_shape: tuple[int, ...]):
-        self._fn = Compiled(lambda obs: forward(network, obs), [tf.TensorSpec([1, *obs_shape], tf.uint8)])
-
-    def initial_state(self) -> None:
-        return None
-
-    def set_weights(self, weights) -> None:
-        pass
-
-    def step(self, obs: np.ndarray, state: None) -> tuple[np.ndarray, None]:
-        return self(obs), None
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        """obs uint8 [stack, H, W] -> Q-values [num_actions] (float32)."""
-        return self._fn(np.asarray(obs, np.uint8)[None])[0].numpy()
-
-
 class CNNLearner(Learner):
     """`Learner` for `network.kind = "cnn"`: `update` takes FrameBatches [K, B, stack + 1, H, W]."""
 
@@ -77,7 +53,7 @@ class CNNLearner(Learner):
         super().__init__(cfg, online, target, optimizer, obs_shape)  # obs_shape: (stack, H, W)
         # Every layer with an activation, input side first: probed, and the ends of grad/depth_ratio.
         self._hidden_layers = depth_path_layers(self.online)
-        self._policy: GreedyTFPolicy | None = None
+        self._policy: CompiledPolicy | None = None
 
     def _q_values(self, network: keras.Model, obs: tf.Tensor) -> tf.Tensor:
         return forward(network, obs)
@@ -88,15 +64,15 @@ class CNNLearner(Learner):
     def _unpack(self, *packed: tf.Tensor) -> Batch:
         return unpack_frames(*packed)
 
-    def _burst_impl(self, *args):
-        health, values, _ = super()._burst_impl(*args)
-        return health, values, []  # the policy reads the variables: no 6.7 MB weight copy per burst
-
     # -- acting and the probe --------------------------------------------------------------------
 
-    def policy(self) -> GreedyTFPolicy:
+    _returns_weights = False  # the policy reads the variables
+
+    def policy(self) -> CompiledPolicy:
+        """Acting through one compiled call of the online network on one uint8 [stack, H, W] observation."""
         if self._policy is None:
-            self._policy = GreedyTFPolicy(self.online, self._obs_shape)
+            network = self.online
+            self._policy = CompiledPolicy(lambda obs: forward(network, obs), self._obs_shape, np.uint8)
         return self._policy
 
     def _probe_states(self, states) -> tuple[np.ndarray, ...]:

@@ -18,9 +18,8 @@ import numpy as np
 
 from dqnlab import probes
 from dqnlab._tf import keras, tf
-from dqnlab.compiled import Compiled
 from dqnlab.config import Config
-from dqnlab.learner import Learner
+from dqnlab.learner import CompiledPolicy, Learner
 
 PROBED_ACTIVATIONS = ("relu", "sigmoid", "tanh")  # those `dqnlab.probes` has derivatives and bounds for
 
@@ -41,25 +40,6 @@ def activation_name(layer: keras.layers.Layer) -> str:
     return keras.activations.serialize(layer.activation) if hasattr(layer, "activation") else "linear"
 
 
-class GreedyPolicy:
-    """Q-values of one float observation through one concrete TF function of the live online network."""
-
-    def __init__(self, network: keras.Model, obs_shape: tuple[int, ...]):
-        self._fn = Compiled(lambda obs: network(obs), [tf.TensorSpec([1, *obs_shape], tf.float32)])
-
-    def initial_state(self) -> None:
-        return None
-
-    def set_weights(self, weights) -> None:
-        pass  # it reads the variables themselves
-
-    def step(self, obs: np.ndarray, state: None) -> tuple[np.ndarray, None]:
-        return self(obs), None
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        return self._fn(np.asarray(obs, np.float32)[None])[0].numpy()
-
-
 class CustomLearner(Learner):
     """`Learner` of a user's Keras Q-network: transitions as for the MLP, a compiled greedy policy."""
 
@@ -70,16 +50,15 @@ class CustomLearner(Learner):
         if self._hidden_layers:  # each probed layer's input, from the observations, in one call
             inputs = [layer.input for layer in self._hidden_layers]
             self._inputs_of = keras.Model(online.inputs, inputs, name="probed_inputs")
-        self._policy: GreedyPolicy | None = None
+        self._policy: CompiledPolicy | None = None
 
-    def policy(self) -> GreedyPolicy:
+    _returns_weights = False  # the policy reads the variables
+
+    def policy(self) -> CompiledPolicy:
         if self._policy is None:
-            self._policy = GreedyPolicy(self.online, self._obs_shape)
+            network = self.online
+            self._policy = CompiledPolicy(lambda obs: network(obs), self._obs_shape, np.float32)
         return self._policy
-
-    def _burst_impl(self, *args):
-        finite, values, _ = super()._burst_impl(*args)
-        return finite, values, []  # the policy reads the variables: no weight copy per burst
 
     def _probe_impl(self, states: tf.Tensor, *packed: tf.Tensor) -> dict[str, tf.Tensor]:
         d = self._diag

@@ -250,12 +250,39 @@ def _at(batch, i):
     return tf.nest.map_structure(lambda x: x[i], batch)
 
 
+class CompiledPolicy:
+    """Q-values of one observation through one concrete TF function of the live online network: the acting
+    policy of a network with no numpy twin (the CNN, a user's own). The `NumpyMLP` interface
+    (`initial_state`, `step`, `set_weights`); epsilon-greedy stays in the loop. The function reads the
+    variables themselves, so `set_weights` has nothing to do."""
+
+    def __init__(self, forward: Callable[[tf.Tensor], tf.Tensor], obs_shape: tuple[int, ...], dtype):
+        self._dtype = np.dtype(dtype)
+        self._fn = Compiled(forward, [tf.TensorSpec([1, *obs_shape], tf.as_dtype(self._dtype))])
+
+    def initial_state(self) -> None:
+        return None
+
+    def set_weights(self, weights) -> None:
+        pass
+
+    def step(self, obs: np.ndarray, state: None) -> tuple[np.ndarray, None]:
+        return self(obs), None
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """obs [*obs_shape] -> Q-values [num_actions] (float32)."""
+        return self._fn(np.asarray(obs, self._dtype)[None])[0].numpy()
+
+
 class Learner:
     """Owns the networks and optimizer; `update` is the only thing the loop calls per burst."""
 
     # Whether a measured burst's panel update can be its recorded update plus the panel's own ops: not when
     # the panel needs another gradient in the update's tape (the RNN's dL/dh through time).
     _panel_shares_trace = True
+    # Whether a burst hands the online weights back (for a numpy acting twin). A compiled policy reads the
+    # variables themselves: no copy per burst (6.7 MB for the Nature CNN).
+    _returns_weights = True
 
     def __init__(self, cfg: Config, online: keras.Model, target: keras.Model, optimizer, obs_shape):
         """A learner of built parts (`dqnlab.kinds.make_learner` builds them for a config): the online and
@@ -444,7 +471,7 @@ class Learner:
         num_updates = packed[0].shape[0]  # static: part of the signature
         burst = self._measured_burst if with_diagnostics else self._plain_burst
         finite, values = burst(batch, num_updates)
-        weights = [tf.identity(v.value) for v in self.variables]
+        weights = [tf.identity(v.value) for v in self.variables] if self._returns_weights else []
         return finite, values, weights
 
     @staticmethod
