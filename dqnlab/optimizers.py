@@ -29,6 +29,14 @@ def resource_handle(var) -> tf.Tensor:
     return var.handle if isinstance(var, tf.Variable) else var.value.handle
 
 
+def slot_pairs(variables: Sequence, first: tuple, second: tuple) -> list[tuple[tf.Variable, tf.Variable]]:
+    """Two state variables per trained variable, each (name, initial-value function of the variable)."""
+    return [
+        tuple(tf.Variable(init(v), trainable=False, name=name) for name, init in (first, second))
+        for v in variables
+    ]
+
+
 class FusedAdam:
     """Adam (Kingma & Ba 2015) with Keras's defaults beta_1 = 0.9, beta_2 = 0.999, epsilon outside the sqrt:
     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
@@ -53,13 +61,7 @@ class FusedAdam:
         self._slots: list[tuple[tf.Variable, tf.Variable]] = []
 
     def build(self, variables: Sequence) -> None:
-        self._slots = [
-            (
-                tf.Variable(tf.zeros_like(v), trainable=False, name="m"),
-                tf.Variable(tf.zeros_like(v), trainable=False, name="v"),
-            )
-            for v in variables
-        ]
+        self._slots = slot_pairs(variables, ("m", tf.zeros_like), ("v", tf.zeros_like))
 
     @property
     def variables(self) -> list[tf.Variable]:
@@ -121,13 +123,7 @@ class FusedRMSPropTF1:
         self._slots: list[tuple[tf.Variable, tf.Variable]] = []
 
     def build(self, variables: Sequence) -> None:
-        self._slots = [
-            (
-                tf.Variable(tf.ones_like(v), trainable=False, name="rms"),
-                tf.Variable(tf.zeros_like(v), trainable=False, name="momentum"),
-            )
-            for v in variables
-        ]
+        self._slots = slot_pairs(variables, ("rms", tf.ones_like), ("momentum", tf.zeros_like))
 
     @property
     def variables(self) -> list[tf.Variable]:
