@@ -1,0 +1,164 @@
+"""dqnlab.Panel on a hand-written TF2 step: the same tags and values as dqnlab's learner, run.json as
+`dqnlab train` writes it, missing inputs said, divergence recorded, bad arguments one clear error."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dqnlab
+from dqnlab.config import load_preset
+from dqnlab.doctor import examine
+from dqnlab.kinds import make_learner
+from dqnlab.losses import get_loss, td_target
+from dqnlab.panel import Diverged, Panel, PanelError
+from dqnlab.replay import Batch
+from tests.metrics_doc import undocumented
+
+OBS_DIM, ACTIONS, B = 4, 2, 64
+
+
+def _batch(seed: int = 0, scale: float = 3.0) -> Batch:
+    rng = np.random.default_rng(seed)
+    return Batch(
+        obs=rng.normal(size=(B, OBS_DIM)).astype(np.float32),
+        actions=rng.integers(0, ACTIONS, size=B).astype(np.int32),
+        rewards=(scale * rng.normal(size=B)).astype(np.float32),
+        next_obs=rng.normal(size=(B, OBS_DIM)).astype(np.float32),
+        discounts=(rng.random(B) > 0.1).astype(np.float32),  # some terminals
+    )
+
+
+def _user_step(panel, online, target, optimizer, batch, cfg, step, **given):
+    """A user's own DQN step (TD target as dqnlab computes it), with the panel's one call in it."""
+    y = td_target(batch.rewards, batch.discounts * np.float32(cfg.train.gamma), target(batch.next_obs))
+    with tf.GradientTape() as tape:
+        q = online(batch.obs)
+        qa = tf.gather(q, batch.actions, batch_dims=1)
+        loss = tf.reduce_mean(get_loss(cfg.loss.kind)(y - qa, cfg.loss.bound))
+    inputs = {"qa": qa, "target": y, "q": q, "obs": batch.obs}
+    inputs = {k: v for k, v in inputs.items() if k not in given or given[k] is not None}
+    grads = panel.gradients(tape, loss, online.trainable_variables, step=step, **inputs)
+    optimizer.apply(grads, online.trainable_variables)
+    return loss
+
+
+@pytest.mark.parametrize(
+    "preset, overrides",
+    [
+        ("clipped_delta_relu", {}),  # blocks the gradient beyond the bound; clipping on
+        ("huber_relu", {"train.grad_clip_norm": 0.0}),  # no clipping
+        ("sigmoid_glorot", {}),  # saturating activation probes
+    ],
+)
+def test_panel_logs_what_the_learner_logs_for_the_same_weights_and_batch(tmp_path, preset, overrides):
+    cfg = load_preset(preset, {"network.hidden": [64, 64], "train.gradient_steps": 1, **overrides})
+    learner = make_learner(cfg, (OBS_DIM,), ACTIONS, seed=0)
+    user = make_learner(cfg, (OBS_DIM,), ACTIONS, seed=0)  # the same initial weights: the user's copy
+    for a, b in zip(learner.online.get_weights(), user.online.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    batch = _batch()
+    probed = learner.probe(batch.obs, batch)  # before the update, as the panel probes the call's weights
+    burst = Batch(*(x[None] for x in batch))  # K = 1: the burst's stats are the update's
+    out = learner.update(burst, with_diagnostics=True)
+    want = dict(out.metrics.items())
+
+    panel = Panel(user.online, env="CartPole-v1", arm="user", experiment="eq", logdir=tmp_path,
+                  gamma=cfg.train.gamma, bound=cfg.loss.bound, loss=cfg.loss.kind,
+                  clip_norm=cfg.train.grad_clip_norm, every=1, probe_every=1, probe_size=B)  # fmt: skip
+    _user_step(panel, user.online, user.target, user.optimizer, batch, cfg, step=100)
+    panel.close()
+    got = {tag: series[-1][1] for tag, series in dqnlab.read_run(panel.run_dir).all_scalars().items()}
+
+    for a, b in zip(learner.online.get_weights(), user.online.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert set(want) <= set(got), sorted(set(want) - set(got))
+    for tag, value in want.items():
+        assert got[tag] == pytest.approx(value, rel=2e-6, abs=1e-7), tag
+    scalars = {t: float(v) for t, v in probed.items() if np.ndim(v) == 0}
+    assert set(scalars) <= set(got), sorted(set(scalars) - set(got))
+    for tag, value in scalars.items():
+        assert got[tag] == pytest.approx(value, rel=2e-6, abs=1e-7), tag
+    if preset == "clipped_delta_relu":
+        assert want["td/grad_blocked_frac"] > 0.1  # the batch's rewards reach past the bound
+    assert not undocumented(got)
+
+
+def test_run_json_and_missing_inputs(tmp_path):
+    cfg = load_preset("huber_relu", {"network.hidden": [16, 16]})
+    user = make_learner(cfg, (OBS_DIM,), ACTIONS, seed=0)
+    said = []
+    panel = Panel(user.online, env="CartPole-v1", arm="no_td", experiment="miss", logdir=tmp_path,
+                  every=2, probe_every=0, warn=said.append, config={"mine": {"lr": 1e-3}})  # fmt: skip
+    for step in range(1, 9):
+        _user_step(panel, user.online, user.target, user.optimizer, _batch(step), cfg, step, qa=None, q=None)
+        panel.episode(step, 10.0 * step, 10, 0.5)
+    panel.evaluate(8, [20.0, 30.0])
+    panel.close()
+    info = json.loads((panel.run_dir / "run.json").read_text())
+    assert info["status"] == "done" and info["source"] == "panel" and info["updates"] == 8
+    assert info["preset"] == "no_td" and info["env_steps"] == 8 and info["config"]["mine"] == {"lr": 1e-3}
+    assert info["final"]["eval_return"] == 25.0 and info["final"]["episodes"] == 8
+    missing = {m["what"]: m for m in info["panel"]["missing"]}
+    assert set(missing) == {"td", "q"} and "td/grad_blocked_frac" in missing["td"]["tags"]
+    assert any("td/grad_blocked_frac" in line and "no qa" in line for line in said)
+    run = dqnlab.read_run(panel.run_dir)
+    assert "loss/td" in run.tags() and "q/target_mean" in run.tags()
+    assert not any(t.startswith("td/") or t.startswith("q/max") for t in run.tags())  # no silent zeros
+    report = examine(panel.run_dir)
+    assert report.verdict == "not enough evidence"
+    assert any("blocked_td_gradient" in gap and "no qa" in gap for gap in report.runs[0].gaps)
+
+
+def test_divergence_is_recorded_and_stops_the_loop(tmp_path):
+    cfg = load_preset("huber_relu", {"network.hidden": [16, 16]})
+    user = make_learner(cfg, (OBS_DIM,), ACTIONS, seed=0)
+    panel = Panel(user.online, env="CartPole-v1", arm="nan", experiment="div", logdir=tmp_path, every=4,
+                  probe_every=0, warn=lambda _: None)  # fmt: skip
+    batch = _batch()
+    _user_step(panel, user.online, user.target, user.optimizer, batch, cfg, step=1)
+    bad = batch._replace(rewards=np.full(B, np.nan, np.float32))
+    with pytest.raises(Diverged, match="step 2"):
+        _user_step(panel, user.online, user.target, user.optimizer, bad, cfg, step=2)  # an unmeasured call
+    panel.close()
+    run = dqnlab.read_run(panel.run_dir)
+    assert run.status == "diverged" and run.info["divergence"]["step"] == 2
+    assert run.info["divergence"]["origin"]["variable"] == "hidden_0/kernel"
+    with pytest.raises(AssertionError, match="diverged"):
+        dqnlab.testing.assert_all_finite(run)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"env": ""}, "env: expected"),
+        ({"every": 0}, "every: expected an integer >= 1"),
+        ({"gamma": 1.5}, "gamma: expected a number in"),
+        ({"bound": -1}, "bound: expected a number > 0"),
+        ({"arm": "a/b"}, "arm: expected a name"),
+        ({"config": [1]}, "config: expected a dict"),
+    ],
+)
+def test_bad_arguments_are_one_clear_error(tmp_path, kwargs, message):
+    model = tf.keras.Sequential([tf.keras.Input((OBS_DIM,)), tf.keras.layers.Dense(ACTIONS)])
+    args = {"env": "CartPole-v1", "logdir": tmp_path, "experiment": "bad", **kwargs}
+    with pytest.raises(PanelError, match=message):
+        Panel(model, **args)
+    assert not (tmp_path / "bad").exists()  # nothing written
+
+
+def test_qa_not_on_the_loss_path_is_one_clear_error(tmp_path):
+    model = tf.keras.Sequential([tf.keras.Input((OBS_DIM,)), tf.keras.layers.Dense(ACTIONS)])
+    panel = Panel(model, env="CartPole-v1", logdir=tmp_path, experiment="qa", every=1, probe_every=0)
+    obs = _batch().obs
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(model(obs))
+    qa = tf.reduce_max(model(obs), axis=1)  # computed outside the tape
+    with pytest.raises(PanelError, match="qa: not on the path"):
+        panel.gradients(tape, loss, model.trainable_variables, qa=qa, target=qa, step=1)
+    with pytest.raises(PanelError, match="variables: expected the model's"):
+        panel.gradients(tape, loss, model.trainable_variables[:1], step=1)
+    panel.close()
