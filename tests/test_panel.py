@@ -162,3 +162,102 @@ def test_qa_not_on_the_loss_path_is_one_clear_error(tmp_path):
     with pytest.raises(PanelError, match="variables: expected the model's"):
         panel.gradients(tape, loss, model.trainable_variables[:1], step=1)
     panel.close()
+
+
+def _short_panel_run(tmp_path, **panel_kwargs):
+    """A few hundred user steps on random CartPole-shaped batches, with probes: a panel run to assert on."""
+    cfg = load_preset("huber_relu", {"network.hidden": [32, 32]})
+    user = make_learner(cfg, (OBS_DIM,), ACTIONS, seed=0)
+    kwargs = {"every": 10, "probe_every": 50, "probe_size": 128, "warn": lambda _: None, **panel_kwargs}
+    with Panel(
+        user.online, env="CartPole-v1", arm="short", logdir=tmp_path, experiment="plugin", **kwargs
+    ) as panel:
+        for step in range(1, 301):
+            _user_step(panel, user.online, user.target, user.optimizer, _batch(step, scale=0.3), cfg, step)
+            if step % 100 == 0:
+                panel.episode(step, 20.0, 20, 0.1)
+                panel.evaluate(step, [float(step)])
+    return dqnlab.read_run(panel.run_dir)
+
+
+def test_the_pytest_plugins_assertions_work_on_a_panel_run(tmp_path):
+    from dqnlab import testing
+
+    run = _short_panel_run(tmp_path)
+    assert run.status == "done" and run.info["source"] == "panel"
+    testing.assert_all_finite(run)
+    testing.assert_gradients_flow(run)
+    testing.assert_no_dead_units(run)
+    testing.assert_td_gradients_not_blocked(run)
+    testing.assert_learns(run, min_return=200, by_step=300)
+    with pytest.raises(AssertionError, match="does not learn"):
+        testing.assert_learns(run, min_return=1000)
+    golden = tmp_path / "golden.json"
+    testing.golden_trace(run, ["loss/td", "grad_norm/global"], golden, points=5)  # records
+    testing.golden_trace(run, ["loss/td", "grad_norm/global"], golden, points=5)  # compares
+    assert not undocumented(run.tags())
+
+
+def _load_example(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cartpole_experiment(tmp_path_factory):
+    """examples/tf2_dqn_panel.py, clipped and Huber, 5k CartPole steps each, beside `dqnlab train huber_relu`
+    in one experiment."""
+    import logging
+
+    logdir = tmp_path_factory.mktemp("user_loop")
+    example = _load_example("tf2_dqn_panel")
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("dqnlab").addHandler(handler)
+    try:
+        clipped = example.main(["--steps", "5000", "--logdir", str(logdir), "--name", "exp"])
+        huber = example.main(["--steps", "5000", "--logdir", str(logdir), "--name", "exp", "--huber"])
+    finally:
+        logging.getLogger("dqnlab").removeHandler(handler)
+    cfg = load_preset("huber_relu", {"diagnostics.probe_every": 256})
+    dqnlab.train(cfg, steps=5000, logdir=logdir, name="exp")
+    return logdir / "exp", clipped, huber, warnings
+
+
+@pytest.mark.slow
+def test_the_doctor_flags_the_clipped_user_loop_and_clears_its_huber_twin(cartpole_experiment):
+    exp, clipped, huber, warnings = cartpole_experiment
+    report = {r.preset: r for r in examine(exp).runs}
+    assert [f.rule for f in report["tf2_dqn_clipped"].findings] == ["blocked_td_gradient"]
+    assert report["tf2_dqn_huber"].findings == [] and report["tf2_dqn_huber"].gaps == []
+    assert any("blocked_td_gradient" in line for line in warnings)  # the live doctor, during the run
+    from dqnlab import testing
+
+    with pytest.raises(AssertionError, match="blocks the TD gradient"):
+        testing.assert_td_gradients_not_blocked(dqnlab.read_run(clipped))
+    run = dqnlab.read_run(huber)
+    testing.assert_td_gradients_not_blocked(run)
+    testing.assert_gradients_flow(run)
+    testing.assert_no_dead_units(run)
+    testing.assert_all_finite(run)
+
+
+@pytest.mark.slow
+def test_compare_reads_user_loops_beside_a_preset(cartpole_experiment):
+    import subprocess
+    import sys
+
+    exp = cartpole_experiment[0]
+    out = subprocess.run(
+        [sys.executable, "-m", "dqnlab.cli", "compare", str(exp)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    for arm in ("tf2_dqn_clipped", "tf2_dqn_huber", "huber_relu"):
+        assert arm in out.stdout
