@@ -172,6 +172,8 @@ class Panel:
         self._measure_fns: dict[tuple, Any] = {}
         self._readers: dict[tuple, MetricReader] = {}
         self._check_fn = None
+        self._counter: tf.Variable | None = None  # calls made inside a tf.function (`_graph_gradients`)
+        self.env_step = 0  # the last env step the panel was given: `gradients`' default step
         self._probe_fn = None
         self._probe_states: np.ndarray | None = None
         self._recent_obs: list[np.ndarray] = []
@@ -238,7 +240,7 @@ class Panel:
         loss: tf.Tensor,
         variables: Sequence[tf.Variable],
         *,
-        step: int,
+        step: int | tf.Tensor | None = None,
         qa: tf.Tensor | None = None,
         target: tf.Tensor | None = None,
         q: tf.Tensor | None = None,
@@ -247,10 +249,14 @@ class Panel:
         """`tape.gradient(loss, variables)`, as applied (clipped to `clip_norm` when set), measuring on the
         way: `qa` the Q(s, a) [B] the loss was computed from (inside the tape), `target` the TD target [B]
         (delta = target - qa), `q` the Q-values [B, A], `obs` the batch's observations (probe states),
-        `step` the env step the call is logged at. Raises `Diverged` when the loss or gradient norm is not
-        finite (run.json: `diverged`)."""
+        `step` the env step the call is logged at (default `env_step`: the last step given to the panel).
+        Raises `Diverged` when the loss or gradient norm is not finite (run.json: `diverged`).
+
+        Inside a `tf.function` the same call works: the schedule then runs in the graph (a counter, a
+        `tf.cond`) and only the measured, probed and diverged calls (and the call after a measured one,
+        whose weights are the measured step's result) go to the host through `tf.py_function`; `step` is
+        then a tensor, or None for `env_step` as the host sees it when the call runs."""
         _check(not self._closed, "gradients: the panel is closed")
-        _check(tf.executing_eagerly(), "gradients: call it eagerly, outside tf.function (docs/your_agent.md)")
         variables = list(variables)
         _check(
             len(variables) == len(self.variables)
@@ -258,15 +264,18 @@ class Panel:
             "variables: expected the model's trainable_variables, in order",
         )
         _check(
-            isinstance(step, (int, np.integer)) and step >= 0,
-            f"step: expected an env step >= 0, got {step!r}",
-        )
-        _check(
             tf.convert_to_tensor(loss).shape.rank == 0,
             f"loss: expected a scalar, got shape {list(loss.shape)}",
         )
+        if not tf.executing_eagerly():
+            return self._graph_gradients(tape, loss, step, qa, target, q, obs)
+        step = self.env_step if step is None else step
+        _check(
+            isinstance(step, (int, np.integer)) and step >= 0,
+            f"step: expected an env step >= 0, got {step!r}",
+        )
         step = int(step)
-        self._last_step = max(self._last_step, step)
+        self._last_step = self.env_step = max(self._last_step, step)
         self._calls += 1
         if self._pending is not None:
             self._flush()
@@ -305,6 +314,82 @@ class Panel:
             return [None if g is None else c for g, c in zip(given, grads, strict=True)]
         return given
 
+    def _graph_gradients(self, tape, loss, step, qa, target, q, obs) -> list[tf.Tensor]:
+        """`gradients` inside a tf.function (its docstring): one `tape.gradient`, the finiteness check and
+        the schedule in the graph; the host gets a call's tensors only when it has something to do."""
+        with_td = qa is not None and target is not None
+        self._note_inputs(qa, target, q, obs)
+        raw = tape.gradient(loss, self.variables + ([qa] if with_td else []))
+        dqa = raw.pop() if with_td else None
+        _check(
+            not with_td or dqa is not None,
+            "qa: not on the path from the loss (pass the Q(s, a) the loss was computed from)",
+        )
+        given = list(raw)
+        raw = [tf.zeros_like(v) if g is None else g for g, v in zip(raw, self.variables, strict=True)]
+        out = self._check_impl(tf.cast(loss, tf.float32), raw)
+        grads, vector = out[:-1], out[-1]
+        finite = vector[-1] > 0
+        if self._counter is None:
+            with tf.init_scope():
+                self._counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="panel_calls")
+        n = self._counter.assign_add(1)
+        wanted = tf.logical_or(tf.equal(n % self._every, 0), tf.equal((n - 1) % self._every, 0) & (n > 1))
+        if self._probe_every:
+            wanted = tf.logical_or(wanted, tf.equal(n % self._probe_every, 0))
+        wanted = tf.logical_or(wanted, tf.logical_not(finite))
+        step_t = tf.constant(-1, tf.int64) if step is None else tf.cast(step, tf.int64)
+        parts = {"loss": tf.cast(loss, tf.float32), "vector": vector}
+        if with_td:
+            parts.update(dqa=dqa, qa=tf.reshape(qa, [-1]), target=tf.reshape(target, [-1]))
+        elif target is not None:
+            parts["target"] = tf.reshape(target, [-1])
+        if q is not None:
+            parts["q"] = q
+        if obs is not None:
+            parts["obs"] = tf.cast(obs, tf.float32)
+        names = list(parts)
+
+        def host_call():
+            weights = [tf.convert_to_tensor(v.value) for v in self.variables]  # read before the step
+            flat = [n, step_t, *(parts[k] for k in names), *raw, *weights]
+            return tf.py_function(lambda *a: self._host_call(names, *a), flat, Tout=tf.int64)
+
+        tf.cond(wanted, host_call, lambda: tf.constant(0, tf.int64))
+        if self._clip_norm > 0:
+            return [None if g is None else c for g, c in zip(given, grads, strict=True)]
+        return given
+
+    def _host_call(self, names: list[str], n, step, *args) -> int:
+        """On the host, from a graph call: flush the pending measured call with these weights (its step's
+        result), keep a measured call's tensors, probe, or record a divergence."""
+        if self._closed:  # diverged (or closed) while the loop's graph still runs
+            return 0
+        v = len(self.variables)
+        parts = dict(zip(names, args[: len(names)], strict=True))
+        raw, weights = list(args[len(names) : len(names) + v]), list(args[len(names) + v :])
+        n, step = int(n), int(step)
+        step = self.env_step if step < 0 else step
+        self._calls = n
+        self._last_step = self.env_step = max(self._last_step, step)
+        if self._pending is not None:
+            self._flush(after=weights)
+        if n % self._every == 0:
+            with_td = "dqa" in parts
+            td = [parts["dqa"], parts["qa"], parts["target"]] if with_td else []
+            target_part = [parts["target"]] if "target" in parts and not with_td else []
+            q_part = [parts["q"]] if "q" in parts else []
+            inputs = [parts["loss"], *td, *target_part, *q_part, *raw, *weights]
+            self._pending = _Pending(step, inputs, (with_td, bool(target_part), bool(q_part)))
+        if "obs" in parts and self._probe_every:
+            self._keep_obs(parts["obs"].numpy())
+        if self._probe_every and n % self._probe_every == 0:
+            self.probe(step, raw)
+        vector = parts["vector"].numpy()
+        if not vector[-1]:
+            self._diverged(step, vector)
+        return 0
+
     def applied(self) -> None:
         """Optional, after `optimizer.apply_gradients`: write the measured call's panel now (otherwise the
         next `gradients` call or `close` does, from the weights then: the same unless something else
@@ -322,7 +407,7 @@ class Panel:
             values["episode/length"] = float(length)
         if epsilon is not None:
             values["charts/epsilon"] = float(epsilon)
-        self._last_step = max(self._last_step, int(step))
+        self._last_step = self.env_step = max(self._last_step, int(step))
         self.summaries.scalars(int(step), values)
         self.final["episodes"] = self.final.get("episodes", 0) + 1
 
@@ -332,7 +417,7 @@ class Panel:
         values = [float(returns)] if _number(returns) else [float(r) for r in returns]
         _check(bool(values), "returns: expected at least one evaluation return")
         mean = float(np.mean(values))
-        self._last_step = max(self._last_step, int(step))
+        self._last_step = self.env_step = max(self._last_step, int(step))
         self.summaries.scalars(int(step), {"eval/return": mean})
         self.final["eval_return"] = mean
         self.final["best_eval_return"] = max(self.final.get("best_eval_return", float("-inf")), mean)
@@ -362,7 +447,7 @@ class Panel:
         elif self._hidden:
             why = "no obs= given to gradients() yet: the probes need states"
             self._note_missing("probe states", PROBE_TAGS, why, PROBE_RULES)
-        self._last_step = max(self._last_step, int(step))
+        self._last_step = self.env_step = max(self._last_step, int(step))
         self.final["probe"] = self.summaries.metrics(int(step), m)
         self._live.maybe_check(int(step), self.summaries.history)
         return m
@@ -471,14 +556,14 @@ class Panel:
         vector = tf.concat([loss[None], half_squares, tf.cast(finite, tf.float32)[None]], 0)
         return [*grads, vector]
 
-    def _flush(self) -> None:
-        """The pending measured call's panel, from its inputs and the weights now."""
+    def _flush(self, after: list[tf.Tensor] | None = None) -> None:
+        """The pending measured call's panel, from its inputs and the weights `after` its step (now)."""
         pending, self._pending = self._pending, None
         key = pending.key
         fn = self._measure_fns.get(key)
         if fn is None:
             fn = self._measure_fns[key] = tf.function(lambda *a: self._measure_impl(key, *a), autograph=False)
-        after = [tf.convert_to_tensor(v.value) for v in self.variables]
+        after = after or [tf.convert_to_tensor(v.value) for v in self.variables]
         vector = fn(*pending.inputs, *after)
         metrics = dict(self._readers[key].read(vector.numpy().tolist()).items())
         step = pending.step

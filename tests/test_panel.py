@@ -261,3 +261,49 @@ def test_compare_reads_user_loops_beside_a_preset(cartpole_experiment):
     assert out.returncode == 0, out.stderr
     for arm in ("tf2_dqn_clipped", "tf2_dqn_huber", "huber_relu"):
         assert arm in out.stdout
+
+
+@pytest.mark.parametrize(
+    "raised, status", [(RuntimeError("boom"), "failed"), (KeyboardInterrupt(), "interrupted")]
+)
+def test_the_context_manager_records_how_the_loop_ended(tmp_path, raised, status):
+    model = tf.keras.Sequential([tf.keras.Input((OBS_DIM,)), tf.keras.layers.Dense(ACTIONS)])
+    panel = Panel(model, env="CartPole-v1", logdir=tmp_path, experiment="end", probe_every=0)
+    with pytest.raises(type(raised)), panel:
+        raise raised
+    info = json.loads((panel.run_dir / "run.json").read_text())
+    assert info["status"] == status and info["error"].startswith(type(raised).__name__)
+
+
+def test_inside_tf_function_it_logs_what_it_logs_eagerly(tmp_path):
+    cfg = load_preset("clipped_delta_relu", {"network.hidden": [32, 32]})
+    runs = {}
+    for mode in ("eager", "graph"):
+        user = make_learner(cfg, (OBS_DIM,), ACTIONS, seed=0)
+        panel = Panel(user.online, env="CartPole-v1", arm=mode, experiment="modes", logdir=tmp_path, every=2,
+                      probe_every=3, probe_size=B, clip_norm=10.0, warn=lambda _: None)  # fmt: skip
+
+        def step_fn(obs, actions, rewards, next_obs, discounts, step, user=user, panel=panel):
+            y = td_target(rewards, discounts * np.float32(cfg.train.gamma), user.target(next_obs))
+            with tf.GradientTape() as tape:
+                q = user.online(obs)
+                qa = tf.gather(q, actions, batch_dims=1)
+                loss = tf.reduce_mean(get_loss(cfg.loss.kind)(y - qa, cfg.loss.bound))
+            variables = user.online.trainable_variables
+            grads = panel.gradients(tape, loss, variables, qa=qa, target=y, q=q, obs=obs, step=step)
+            user.optimizer.apply(grads, variables)
+            return loss
+
+        fn = tf.function(step_fn) if mode == "graph" else step_fn
+        for i in range(1, 8):
+            batch = _batch(i)
+            fn(*batch, tf.constant(100 * i, tf.int64) if mode == "graph" else 100 * i)
+        panel.close()
+        runs[mode] = dqnlab.read_run(panel.run_dir).all_scalars()
+    eager, graph = runs["eager"], runs["graph"]
+    assert set(eager) == set(graph) and "td/grad_blocked_frac" in eager and "act_dead_frac/hidden_0" in eager
+    for tag, series in eager.items():
+        if tag.startswith("perf/"):
+            continue
+        assert [s for s, _ in graph[tag]] == [s for s, _ in series], tag
+        np.testing.assert_allclose([v for _, v in graph[tag]], [v for _, v in series], rtol=1e-5, atol=1e-7)
