@@ -7,7 +7,8 @@
    CartPole's shapes, bare (`tape.gradient`) against the same step with `panel.gradients` (default
    schedule: one measured call in 128, probes every 2,560 calls). The arms alternate in rounds of `calls`
    calls each, one TF thread; the ratio is the median of the rounds' own ratios (target <= 1.2x). For
-   information, the same per call with every call measured (`every=1`).
+   information, the same per call with every call measured (`every=1`). Then the same step compiled with
+   `tf.function` (sampling outside it), bare against the panel (its graph path; target <= 1.2x).
 2. The whole loop: examples/tf2_dqn.py against examples/tf2_dqn_panel.py for `steps` env steps, each in a
    fresh single-threaded process, order alternated, medians of `repeats`.
 """
@@ -28,11 +29,20 @@ from dqnlab import bench
 from dqnlab.cliargs import OneLineParser, int_at_least
 
 ROOT = Path(__file__).resolve().parent.parent
+# Each arm's bare twin: its cost ratio is to that arm's.
+BARE_OF = {
+    "bare": "bare",
+    "panel": "bare",
+    "panel, every call measured": "bare",
+    "bare, tf.function step": "bare, tf.function step",
+    "panel, tf.function step": "bare, tf.function step",
+}
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def _arm(panel_kwargs: dict | None, logdir: str, name: str):
-    """One user step as a closure: its own network, target, optimizer and (with `panel_kwargs`) panel."""
+def _arm(panel_kwargs: dict | None, logdir: str, name: str, compiled: bool = False):
+    """One user step as a closure: its own network, target, optimizer and (with `panel_kwargs`) panel; with
+    `compiled`, the step after sampling is a `tf.function` (the panel's graph path)."""
     from dqnlab._tf import keras, tf
     from dqnlab.panel import Panel
 
@@ -62,10 +72,7 @@ def _arm(panel_kwargs: dict | None, logdir: str, name: str):
                       warn=lambda _: None, **panel_kwargs)  # fmt: skip
     step_count = [0]
 
-    def step():
-        step_count[0] += 1
-        o, a, r, o2, d = map(np.array, zip(*rng.sample(replay, 64), strict=True))
-        o, o2, r, d = (x.astype(np.float32) for x in (o, o2, r, d))
+    def learn(o, a, r, o2, d, env_step):
         target = r + 0.99 * (1.0 - d) * tf.reduce_max(target_net(o2), axis=1)
         with tf.GradientTape() as tape:
             q = q_net(o)
@@ -75,9 +82,17 @@ def _arm(panel_kwargs: dict | None, logdir: str, name: str):
             grads = tape.gradient(loss, q_net.trainable_variables)
         else:
             grads = panel.gradients(
-                tape, loss, q_net.trainable_variables, qa=qa, target=target, q=q, obs=o, step=step_count[0]
+                tape, loss, q_net.trainable_variables, qa=qa, target=target, q=q, obs=o, step=env_step
             )
         optimizer.apply_gradients(zip(grads, q_net.trainable_variables, strict=True))
+
+    learn_fn = tf.function(learn) if compiled else learn
+
+    def step():
+        step_count[0] += 1
+        o, a, r, o2, d = map(np.array, zip(*rng.sample(replay, 64), strict=True))
+        o, o2, r, d = (x.astype(np.float32) for x in (o, o2, r, d))
+        learn_fn(o, a, r, o2, d, tf.constant(step_count[0], tf.int64) if compiled else step_count[0])
 
     return step, panel
 
@@ -90,6 +105,8 @@ def per_call(rounds: int, calls: int) -> dict[str, dict[str, float]]:
         "bare": _arm(None, logdir, "bare"),
         "panel": _arm({}, logdir, "panel"),
         "panel, every call measured": _arm({"every": 1, "probe_every": 0}, logdir, "every_call"),
+        "bare, tf.function step": _arm(None, logdir, "bare_graph", compiled=True),
+        "panel, tf.function step": _arm({}, logdir, "panel_graph", compiled=True),
     }
     for step, _ in arms.values():  # warm up: traces, first probes
         for _ in range(calls):
@@ -106,15 +123,15 @@ def per_call(rounds: int, calls: int) -> dict[str, dict[str, float]]:
     for _, panel in arms.values():
         if panel is not None:
             panel.close()
-    bare = np.array(seconds["bare"])
-    return {
-        label: {
+    costs = {}
+    for label, s in seconds.items():
+        bare = np.array(seconds[BARE_OF[label]])
+        costs[label] = {
             "s": float(np.median(s)),
             "ratio": float(np.median(np.array(s) / bare)),
             "ratio_iqr": tuple(float(x) for x in np.percentile(np.array(s) / bare, [25, 75])),
         }
-        for label, s in seconds.items()
-    }
+    return costs
 
 
 def whole_loop(steps: int, repeats: int, log) -> dict[str, float]:
@@ -147,13 +164,20 @@ def main(argv: list[str] | None = None) -> int:
     costs = per_call(args.rounds, args.calls)
     rows = []
     for label, c in costs.items():
-        if label == "bare":
+        if BARE_OF[label] == label:
             continue
-        target = "<= 1.2" if label == "panel" else "-"
-        met = ("yes" if c["ratio"] <= 1.2 else "NO") if label == "panel" else "-"
+        bar = label in ("panel", "panel, tf.function step")
+        target = "<= 1.2" if bar else "-"
+        met = ("yes" if c["ratio"] <= 1.2 else "NO") if bar else "-"
         iqr = f"{c['ratio_iqr'][0]:.3f}-{c['ratio_iqr'][1]:.3f}"
-        rows.append([f"per call, {label}", f"{c['s'] * 1e3:.3f} ms", f"{costs['bare']['s'] * 1e3:.3f} ms",
-                     f"{c['ratio']:.3f} (IQR {iqr})", target, met])  # fmt: skip
+        bare_ms = costs[BARE_OF[label]]["s"] * 1e3
+        row = [
+            f"per call, {label}",
+            f"{c['s'] * 1e3:.3f} ms",
+            f"{bare_ms:.3f} ms",
+            f"{c['ratio']:.3f} (IQR {iqr})",
+        ]
+        rows.append([*row, target, met])
     if args.steps:
         loop = whole_loop(args.steps, args.repeats, log)
         ratio = loop["panel"] / loop["bare"]
