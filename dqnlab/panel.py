@@ -28,6 +28,7 @@ given. What the loop did not pass (no `qa`/`target`, no `q`, no `obs`) is not lo
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -172,6 +173,7 @@ class Panel:
         self._measure_fns: dict[tuple, Any] = {}
         self._readers: dict[tuple, MetricReader] = {}
         self._check_fn = None
+        self._in_host_call = False
         self._counter: tf.Variable | None = None  # calls made inside a tf.function (`_graph_gradients`)
         self.env_step = 0  # the last env step the panel was given: `gradients`' default step
         self._probe_fn = None
@@ -300,10 +302,10 @@ class Panel:
         finite = bool(vector[-1])
         if measured:
             before = [tf.convert_to_tensor(v.value) for v in self.variables]
-            td = [dqa, tf.reshape(qa, [-1]), tf.reshape(target, [-1])] if with_td else []
-            q_part = [q] if q is not None else []
-            target_part = [tf.reshape(target, [-1])] if target is not None and not with_td else []
-            inputs = [tf.convert_to_tensor(loss), *td, *target_part, *q_part, *raw, *before]
+            td = [_flat(dqa), _flat(qa), _flat(target)] if with_td else []
+            q_part = [_float(q)] if q is not None else []
+            target_part = [_flat(target)] if target is not None and not with_td else []
+            inputs = [_float(loss), *td, *target_part, *q_part, *raw, *before]
             key = (with_td, bool(target_part), bool(q_part))
             self._pending = _Pending(step, inputs, key)
         if self._probe_every and self._calls % self._probe_every == 0:
@@ -341,11 +343,11 @@ class Panel:
         step_t = tf.constant(-1, tf.int64) if step is None else tf.cast(step, tf.int64)
         parts = {"loss": tf.cast(loss, tf.float32), "vector": vector}
         if with_td:
-            parts.update(dqa=dqa, qa=tf.reshape(qa, [-1]), target=tf.reshape(target, [-1]))
+            parts.update(dqa=_flat(dqa), qa=_flat(qa), target=_flat(target))
         elif target is not None:
-            parts["target"] = tf.reshape(target, [-1])
+            parts["target"] = _flat(target)
         if q is not None:
-            parts["q"] = q
+            parts["q"] = _float(q)
         if obs is not None:
             parts["obs"] = tf.cast(obs, tf.float32)
         names = list(parts)
@@ -360,9 +362,20 @@ class Panel:
             return [None if g is None else c for g, c in zip(given, grads, strict=True)]
         return given
 
-    def _host_call(self, names: list[str], n, step, *args) -> int:
-        """On the host, from a graph call: flush the pending measured call with these weights (its step's
-        result), keep a measured call's tensors, probe, or record a divergence."""
+    def _host_call(self, names: list[str], *args) -> int:
+        """On the host, from a graph call (`tf.py_function`). The panel's math runs op by op here, not as a
+        compiled call: a compiled call would wait for an inter-op thread that the loop's own graph holds,
+        a deadlock with one inter-op thread (`TF_NUM_INTEROP_THREADS=1`, `--deterministic`); eager ops run
+        on this thread. Every 128 calls, that costs about a millisecond."""
+        self._in_host_call = True
+        try:
+            return self._host_work(names, *args)
+        finally:
+            self._in_host_call = False
+
+    def _host_work(self, names: list[str], n, step, *args) -> int:
+        """Flush the pending measured call with these weights (its step's result), keep a measured call's
+        tensors, probe, or record a divergence."""
         if self._closed:  # diverged (or closed) while the loop's graph still runs
             return 0
         v = len(self.variables)
@@ -443,7 +456,8 @@ class Panel:
         if states is not None and self._hidden:
             if self._probe_fn is None:
                 self._probe_fn = tf.function(self._probe_impl, autograph=False)
-            m.update({k: float(v) for k, v in self._probe_fn(tf.constant(states)).items()})
+            probe_fn = self._probe_impl if self._in_host_call else self._probe_fn
+            m.update({k: float(v) for k, v in probe_fn(tf.constant(states)).items()})
         elif self._hidden:
             why = "no obs= given to gradients() yet: the probes need states"
             self._note_missing("probe states", PROBE_TAGS, why, PROBE_RULES)
@@ -545,7 +559,7 @@ class Panel:
         [V], finite], finite when the loss and the raw global norm are."""
         if self._check_fn is None:
             self._check_fn = tf.function(self._check_impl, autograph=False)
-        return self._check_fn(tf.convert_to_tensor(loss, tf.float32), raw)
+        return self._check_fn(_float(loss), raw)
 
     def _check_impl(self, loss, raw):
         preclip_norm, half_squares = global_norm_parts(raw)
@@ -564,6 +578,8 @@ class Panel:
         if fn is None:
             fn = self._measure_fns[key] = tf.function(lambda *a: self._measure_impl(key, *a), autograph=False)
         after = after or [tf.convert_to_tensor(v.value) for v in self.variables]
+        if self._in_host_call:  # inside the loop's graph: op by op (see `_host_call`)
+            fn = functools.partial(self._measure_impl, key)
         vector = fn(*pending.inputs, *after)
         metrics = dict(self._readers[key].read(vector.numpy().tolist()).items())
         step = pending.step
@@ -724,6 +740,16 @@ class _Diag(NamedTuple):
     dormant_tau: float
     saturation_margin: float
     srank_delta: float
+
+
+def _float(x) -> tf.Tensor:
+    """A loop's tensor (or array) as float32: a float64 target or loss is measured as the learner's are."""
+    return tf.cast(x, tf.float32)
+
+
+def _flat(x) -> tf.Tensor:
+    """A per-sample tensor ([B] or [B, 1]) as float32 [B]."""
+    return tf.reshape(_float(x), [-1])
 
 
 def _number(x) -> bool:

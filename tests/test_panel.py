@@ -307,3 +307,30 @@ def test_inside_tf_function_it_logs_what_it_logs_eagerly(tmp_path):
             continue
         assert [s for s, _ in graph[tag]] == [s for s, _ in series], tag
         np.testing.assert_allclose([v for _, v in graph[tag]], [v for _, v in series], rtol=1e-5, atol=1e-7)
+
+
+def test_float64_targets_and_column_shaped_q_values_are_measured(tmp_path):
+    """An external loop's shapes and dtypes: qa [B, 1], a float64 target from numpy rewards."""
+    cfg = load_preset("clipped_delta_relu", {"network.hidden": [16, 16]})
+    user = make_learner(cfg, (OBS_DIM,), ACTIONS, seed=0)
+    panel = Panel(
+        user.online, env="CartPole-v1", logdir=tmp_path, experiment="shapes", every=1, probe_every=0
+    )
+    batch = _batch()
+    target = (
+        batch.rewards.astype(np.float64)[:, None]
+        + 0.99 * np.max(user.target(batch.next_obs), axis=1)[:, None]
+    )
+    with tf.GradientTape() as tape:
+        q = user.online(batch.obs)
+        qa = tf.reduce_sum(q * tf.one_hot(batch.actions, ACTIONS), axis=1, keepdims=True)  # [B, 1]
+        loss = tf.reduce_mean(tf.square(tf.clip_by_value(tf.cast(target, tf.float32) - qa, -1.0, 1.0)))
+    grads = panel.gradients(
+        tape, loss, user.online.trainable_variables, qa=qa, target=tf.constant(target), q=q, step=5
+    )
+    user.optimizer.apply(grads, user.online.trainable_variables)
+    panel.close()
+    run = dqnlab.read_run(panel.run_dir)
+    blocked = run.scalars("td/grad_blocked_frac")[-1][1]
+    beyond = run.scalars("td/beyond_bound_frac")[-1][1]
+    assert blocked == beyond > 0  # the forward clip blocks exactly the samples beyond the bound
