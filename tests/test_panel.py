@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -334,3 +335,53 @@ def test_float64_targets_and_column_shaped_q_values_are_measured(tmp_path):
     blocked = run.scalars("td/grad_blocked_frac")[-1][1]
     beyond = run.scalars("td/beyond_bound_frac")[-1][1]
     assert blocked == beyond > 0  # the forward clip blocks exactly the samples beyond the bound
+
+
+GRAPH_LOOP_ONE_THREAD = """
+import sys, tempfile
+import numpy as np
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+from dqnlab.panel import Panel
+layers = [tf.keras.Input((4,)), tf.keras.layers.Dense(8, activation="relu"), tf.keras.layers.Dense(2)]
+model = tf.keras.Sequential(layers)
+optimizer = tf.keras.optimizers.Adam()
+panel = Panel(model, env="CartPole-v1", logdir=sys.argv[1], every=2, probe_every=3, warn=lambda _: None)
+
+@tf.function
+def step(obs, rewards, env_step):
+    with tf.GradientTape() as tape:
+        q = model(obs)
+        qa = q[:, 0]
+        loss = tf.reduce_mean(tf.square(rewards - qa))
+    variables = model.trainable_variables
+    grads = panel.gradients(tape, loss, variables, qa=qa, target=rewards, q=q, obs=obs, step=env_step)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+obs = np.random.normal(size=(64, 4)).astype(np.float32)
+for i in range(1, 8):
+    step(obs, np.ones(64, np.float32), tf.constant(i, tf.int64))
+try:
+    step(obs, np.full(64, np.nan, np.float32), tf.constant(8, tf.int64))
+except Exception as exc:
+    print("raised", type(exc).__name__, "Diverged" in str(exc) or "non-finite" in str(exc))
+print(panel.run_dir)
+"""
+
+
+def test_a_graph_loop_with_one_inter_op_thread_runs_and_records_its_divergence(tmp_path):
+    """The host callback of a graph-mode call must not wait for the inter-op thread its caller holds."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cmd = [sys.executable, "-c", GRAPH_LOOP_ONE_THREAD, str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-2].startswith("raised") and lines[-2].endswith("True"), lines
+    run = dqnlab.read_run(lines[-1])
+    assert run.status == "diverged" and run.info["divergence"]["step"] == 8
+    assert "act_dead_frac/dense" in " ".join(run.tags()) and "update_ratio/dense/kernel" in run.tags()
