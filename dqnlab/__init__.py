@@ -30,6 +30,7 @@ _LAZY = {
     "train": "dqnlab.trainer",
     "RunResult": "dqnlab.rundir",
     "read_run": "dqnlab.rundir",
+    "Panel": "dqnlab.panel",
 }
 
 __all__ = [*_LAZY, "__version__"]

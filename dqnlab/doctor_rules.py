@@ -799,6 +799,14 @@ def evidence_gaps(series: Series, run: Mapping) -> list[str]:
                 "the activation rules (dead_relu, saturated_activation, dormant_growth): "
                 f"{probes or 0} probes in the last half of the run, need {T.min_points}"
             )
+    # A user's loop (dqnlab.panel): what it could not log, and the rules that needed it.
+    panel = run.get("panel")
+    for entry in panel.get("missing", []) if isinstance(panel, Mapping) else []:
+        if isinstance(entry, Mapping) and entry.get("rules"):
+            tags = ", ".join(map(str, entry.get("tags", [])))
+            gaps.append(
+                f"the rules {', '.join(map(str, entry['rules']))}: {tags} not logged ({entry.get('why')})"
+            )
     return gaps
 
 

@@ -245,6 +245,73 @@ def global_norm_parts(grads: list[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.sqrt(tf.reduce_sum(half_squares) * 2.0), half_squares
 
 
+def td_counts(
+    delta: tf.Tensor, dloss_dqa: tf.Tensor, abs_delta: tf.Tensor, bound: float
+) -> dict[str, tf.Tensor]:
+    """The panel's raw TD counts, for the host to divide exactly: halves of the samples nonzero in delta
+    and blocked, those beyond the bound, and all trained samples."""
+    sign_delta = tf.sign(delta)  # [N]
+    # sign(x)^2 is 1 on a nonzero entry and 0 on a zero, so l2_loss(sign(x)) is half the count of nonzero
+    # entries: a count with no bool tensor and cast. The samples whose dL/dQ(s,a) is blocked are those
+    # nonzero in delta less those nonzero in both.
+    half_nonzero = tf.nn.l2_loss(sign_delta)
+    return {
+        "~half_blocked": half_nonzero - tf.nn.l2_loss(sign_delta * tf.sign(dloss_dqa)),
+        "~half_nonzero_delta": half_nonzero,
+        "~beyond_bound": tf.reduce_sum(tf.cast(abs_delta > bound, tf.float32)),
+        "~samples": tf.cast(tf.size(delta), tf.float32),  # a constant but for the RNN's trained steps
+    }
+
+
+def per_variable_families(
+    grads: list[tf.Tensor],
+    before: list[tf.Tensor],
+    after: list[tf.Tensor],
+    half_squares: tf.Tensor,
+    preclip_norm: tf.Tensor,
+    norm: tf.Tensor,
+    clip_norm: float,
+    size: tf.Tensor,
+) -> dict[str, tf.Tensor]:
+    """The `PER_VARIABLE` families, each a [V] vector over the variables, for the applied gradient `grads`
+    (clipped to the global `norm` from the raw one's `preclip_norm` and `half_squares` when `clip_norm` > 0)
+    that took the weights from `before` to `after`; `size` [V] the variables' sizes. The zero fractions come
+    as half the count of nonzero entries (`~half_nonzero`), which the host divides exactly.
+
+    A small network's update pays per op (~0.5-1 us) more than per element, so each variable gets only
+    the reductions nothing else gives: half sums of squares (`l2_loss`, one fused pass) of w_before and
+    w_after - w_before, and the count of nonzero entries of g as half the sum of sign(g)^2 (no bool tensor
+    and cast). Roots and ratios then take one op per family for all variables. No flat parameter vector is
+    built: copying into one is fewer ops but many more passes over memory, 3x the cost at 256-256
+    (docs/performance.md).
+    """
+    squares, nonzero = [], []
+    for g, w0, w1 in zip(grads, before, after, strict=True):
+        squares += [tf.nn.l2_loss(w0), tf.nn.l2_loss(w1 - w0)]
+        nonzero.append(tf.nn.l2_loss(tf.sign(g)))  # NaN if g holds a NaN
+    if clip_norm > 0:
+        # clip_by_global_norm scales every entry by NaN when the norm is not finite, and a finite norm
+        # means every raw entry is finite: the applied gradient is all finite or all NaN, so its count is
+        # 0 or the variable's size (tests/test_learner.py checks this against a count).
+        nonfinite = tf.where(tf.math.is_finite(preclip_norm), 0.0, size)
+    else:
+        finite = [tf.reduce_sum(tf.cast(tf.math.is_finite(g), tf.float32)) for g in grads]
+        nonfinite = size - tf.stack(finite)
+    weight_norm, step_norm = tf.unstack(tf.reshape(tf.sqrt(2.0 * tf.stack(squares)), [-1, 2]), axis=1)
+    # The raw half sums of squares the global norm was made of give each variable's norm without another
+    # pass; the clip scales all of them by one factor, norm / preclip_norm.
+    grad_norm = tf.sqrt(2.0 * half_squares)
+    if clip_norm > 0:
+        grad_norm *= tf.math.divide_no_nan(norm, preclip_norm)
+    return {
+        "grad_norm": grad_norm,
+        "~half_nonzero": tf.stack(nonzero),
+        "grad_nonfinite": nonfinite,
+        "weight_norm": weight_norm,
+        "update_ratio": tf.math.divide_no_nan(step_norm, weight_norm),
+    }
+
+
 def _at(batch, i):
     """Update `i`'s batch of a burst's stacked batches [K, B, ...] (`i` a Python int or a scalar tensor)."""
     return tf.nest.map_structure(lambda x: x[i], batch)
@@ -659,19 +726,8 @@ class Learner:
         return [tf.convert_to_tensor(v.value) for v in self.variables]
 
     def _td_counts(self, td: TDTerms, abs_delta: tf.Tensor) -> dict[str, tf.Tensor]:
-        """The panel's raw TD counts, for the host to divide exactly: halves of the samples nonzero in delta
-        and blocked, those beyond the bound, and all trained samples."""
-        sign_delta = tf.sign(td.delta)  # [N]
-        # sign(x)^2 is 1 on a nonzero entry and 0 on a zero, so l2_loss(sign(x)) is half the count of nonzero
-        # entries: a count with no bool tensor and cast. The samples whose dL/dQ(s,a) is blocked are those
-        # nonzero in delta less those nonzero in both.
-        half_nonzero = tf.nn.l2_loss(sign_delta)
-        return {
-            "~half_blocked": half_nonzero - tf.nn.l2_loss(sign_delta * tf.sign(td.dloss_dqa)),
-            "~half_nonzero_delta": half_nonzero,
-            "~beyond_bound": tf.reduce_sum(tf.cast(abs_delta > self._bound, tf.float32)),
-            "~samples": tf.cast(tf.size(td.delta), tf.float32),  # a constant but for the RNN's trained steps
-        }
+        """`td_counts` of this update's TD terms."""
+        return td_counts(td.delta, td.dloss_dqa, abs_delta, self._bound)
 
     def _panel(self, applied: Applied, before: list[tf.Tensor]) -> dict[str, tf.Tensor]:
         """The panel update's pulled entries, name -> scalar, then the per-variable families ([V] each), from
@@ -755,43 +811,10 @@ class Learner:
         preclip_norm: tf.Tensor,
         norm: tf.Tensor,
     ) -> dict[str, tf.Tensor]:
-        """The `PER_VARIABLE` families, each a [V] vector over the variables, for the applied gradient `grads`
-        (clipped to the global `norm` from the raw one's `preclip_norm` and `half_squares`); the zero
-        fractions as half the count of nonzero entries (`~half_nonzero`), which the host divides exactly.
-
-        A small network's update pays per op (docs/performance.md) more than per element, so each variable
-        gets only the reductions nothing else gives: half sums of squares (`l2_loss`, one fused pass) of
-        w_before and w_after - w_before, and the count of nonzero entries of g as half the sum of sign(g)^2
-        (no bool tensor and cast). Roots and ratios then take one op per family for all variables. No flat
-        parameter vector is built: copying into one is fewer ops but many more passes over memory, 3x the
-        cost at 256-256 (docs/performance.md).
-        """
-        squares, nonzero = [], []
-        for g, w0, var in zip(grads, before, self.variables, strict=True):
-            w1 = tf.convert_to_tensor(var.value)
-            squares += [tf.nn.l2_loss(w0), tf.nn.l2_loss(w1 - w0)]
-            nonzero.append(tf.nn.l2_loss(tf.sign(g)))  # NaN if g holds a NaN
-        if self._clip_norm > 0:
-            # clip_by_global_norm scales every entry by NaN when the norm is not finite, and a finite norm
-            # means every raw entry is finite: the applied gradient is all finite or all NaN, so its count is
-            # 0 or the variable's size (tests/test_learner.py checks this against a count).
-            nonfinite = tf.where(tf.math.is_finite(preclip_norm), 0.0, self._size)
-        else:
-            finite = [tf.reduce_sum(tf.cast(tf.math.is_finite(g), tf.float32)) for g in grads]
-            nonfinite = self._size - tf.stack(finite)
-        weight_norm, step_norm = tf.unstack(tf.reshape(tf.sqrt(2.0 * tf.stack(squares)), [-1, 2]), axis=1)
-        # The raw half sums of squares the global norm was made of give each variable's norm without another
-        # pass; the clip scales all of them by one factor, norm / preclip_norm.
-        grad_norm = tf.sqrt(2.0 * half_squares)
-        if self._clip_norm > 0:
-            grad_norm *= tf.math.divide_no_nan(norm, preclip_norm)
-        return {
-            "grad_norm": grad_norm,
-            "~half_nonzero": tf.stack(nonzero),
-            "grad_nonfinite": nonfinite,
-            "weight_norm": weight_norm,
-            "update_ratio": tf.math.divide_no_nan(step_norm, weight_norm),
-        }
+        """`per_variable_families` of this update: the weights after it are read now (the step is applied)."""
+        after = [tf.convert_to_tensor(var.value) for var in self.variables]
+        clip = self._clip_norm
+        return per_variable_families(grads, before, after, half_squares, preclip_norm, norm, clip, self._size)
 
     def _probe_impl(self, states: tf.Tensor, *packed: tf.Tensor) -> dict[str, tf.Tensor]:
         d, activation = self._diag, self.cfg.network.activation

@@ -433,7 +433,7 @@ def _judge(status: str, learner, summaries: Summaries, run_json: RunJson, live: 
     verdict, gaps = live.verdict(summaries.history)
     run_json.final["doctor"] = [f.to_dict() for f in verdict]
     run_json.final["doctor_not_enough_evidence"] = gaps
-    summaries.text(info["env_steps"], "doctor/verdict", _verdict_markdown(verdict, gaps))
+    summaries.text(info["env_steps"], "doctor/verdict", verdict_markdown(verdict, gaps))
     summaries.flush()
 
 
@@ -489,16 +489,16 @@ def _report_finding(finding: Finding, grew: bool, summaries: Summaries, run_json
     key = (finding.rule, finding.subject)
     kept = [f for f in run_json.final.get("doctor", []) if (f["rule"], f["subject"]) != key]
     run_json.final["doctor"] = [*kept, finding.to_dict()]
-    summaries.text(finding.last_step, "doctor/findings", _finding_markdown(finding, grew))
+    summaries.text(finding.last_step, "doctor/findings", finding_markdown(finding, grew))
     warn(warning_line(finding, grew))
 
 
-def _finding_markdown(finding: Finding, grew: bool = False) -> str:
+def finding_markdown(finding: Finding, grew: bool = False) -> str:
     head = f"**{finding.rule}** {finding.subject}: {finding.summary}" + (" *(grown)*" if grew else "")
     return f"{head}\n\n*why:* {finding.why}\n\n*fix:* {finding.fix}"
 
 
-def _verdict_markdown(findings: list[Finding], gaps: list[str]) -> str:
+def verdict_markdown(findings: list[Finding], gaps: list[str]) -> str:
     """The doctor's verdict at the end of the run, for the Text dashboard: the same lists as run.json."""
     short = "".join(f"\n- not enough evidence: {gap}" for gap in gaps)
     if not findings:
