@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dqnlab.components import describe
 from dqnlab.config import load_preset, resolve_preset_path
 from dqnlab.rundir import RunResult, read_run
 
@@ -35,11 +36,15 @@ GOLDEN_OPTION = "--dqnlab-update-golden"
 # ---- the fixture ---------------------------------------------------------------------------------------
 
 
-def _run_key(preset: str, overrides: dict, env: str, seed: int, steps: int) -> str:
+def _run_key(preset: str, overrides: dict, env: str, seed: int, steps: int, components: dict) -> str:
+    """The cache key: everything the run depends on, the source of your own components included (a changed
+    loss or network must not reuse the run of the old one)."""
     from dqnlab import __version__
 
     text = resolve_preset_path(preset).read_text()
-    blob = json.dumps([text, sorted(overrides.items()), env, seed, steps, __version__], default=str)
+    blob = json.dumps(
+        [text, sorted(overrides.items()), env, seed, steps, __version__, components], default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -52,7 +57,7 @@ def train_cached(
     overrides = dict(overrides or {})
     cfg = load_preset(preset, overrides)  # bad input fails here, before any process starts
     env = env or cfg.env
-    key = _run_key(preset, overrides, env, seed, steps)
+    key = _run_key(preset, overrides, env, seed, steps, describe(cfg, env))
     found = [p for p in (cache / key).glob("*/*/seed_*") if (p / "run.json").is_file()]
     if found and read_run(found[0]).status in ("done", "diverged"):
         return read_run(found[0])

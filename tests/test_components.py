@@ -188,3 +188,26 @@ def test_numbers_of_a_user_loss_are_its_own():
 
 def _reference_pseudo_huber(delta, bound):
     return bound**2 * (np.sqrt(1.0 + (np.asarray(delta) / bound) ** 2) - 1.0)
+
+
+def test_the_pytest_plugin_retrains_when_a_component_changes(user_repo, tmp_path, monkeypatch):
+    """`short_run`'s cache is keyed on the components' source too: an edited loss is never judged by the run
+    of the code before the edit."""
+    monkeypatch.chdir(user_repo)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the import fallback may add the working directory
+    small = {"train.learning_starts": 200, "diagnostics.probe_every": 64}
+    first = testing.train_cached(tmp_path, "my_dqn.toml", steps=400, overrides=small)
+    again = testing.train_cached(tmp_path, "my_dqn.toml", steps=400, overrides=small)
+    assert again.run_dir == first.run_dir  # unchanged code: the cached run
+    losses = user_repo / "mypkg" / "losses.py"
+    original = losses.read_text()
+    try:
+        losses.write_text(original + "\n# an edit\n")
+        edited = testing.train_cached(tmp_path, "my_dqn.toml", steps=400, overrides=small)
+    finally:
+        losses.write_text(original)
+    assert edited.run_dir != first.run_dir
+    import hashlib
+
+    recorded = json.loads((Path(edited.run_dir) / "run.json").read_text())["components"]["loss"]["sha256"]
+    assert recorded == hashlib.sha256((original + "\n# an edit\n").encode()).hexdigest()
