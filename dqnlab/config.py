@@ -111,9 +111,9 @@ class NetworkConfig:
         "starts at 0"
     )
     bias_init_kind: str = _f(
-        "constant: hidden biases start at bias_init, q_head's at 0; torch_default: every dense and conv bias, "
-        "q_head's included, ~ U(-1/sqrt(fan_in), +1/sqrt(fan_in)) as PyTorch's nn.Linear/nn.Conv2d draw it "
-        "(bias_init is then ignored); mlp and cnn only",
+        "constant: hidden biases start at bias_init, q_head's at 0; torch_default: every dense and conv "
+        "bias, q_head's included, ~ U(-1/sqrt(fan_in), +1/sqrt(fan_in)) as PyTorch's nn.Linear/nn.Conv2d "
+        "draw it (bias_init is then ignored); mlp and cnn only",
         choices=BIAS_INIT_KINDS,
         default="constant",
     )
@@ -426,8 +426,8 @@ def _cross_check(cfg: Config, source: str) -> None:
     _check_optimizer(cfg.optimizer, source)
     if cfg.network.bias_init_kind != "constant" and cfg.network.kind == "rnn":
         raise ConfigError(
-            f"{source} network.bias_init_kind: {cfg.network.bias_init_kind!r} is only for network.kind 'mlp' or "
-            "'cnn', not 'rnn'"
+            f"{source} network.bias_init_kind: {cfg.network.bias_init_kind!r} is only for network.kind "
+            "'mlp' or 'cnn', not 'rnn'"
         )
     if cfg.network.dueling and cfg.network.kind == "rnn":
         raise ConfigError(f"{source} network.dueling: only for network.kind 'mlp' or 'cnn', not 'rnn'")

@@ -56,9 +56,10 @@ def uniform_fits(values: np.ndarray, bound: float) -> None:
 
 @pytest.mark.parametrize("dueling", [False, True])
 def test_torch_default_init_draws_every_kernel_and_bias_from_u_of_inverse_sqrt_fan_in(dueling):
-    """PyTorch's nn.Linear default: W and b ~ U(-1/sqrt(fan_in), +1/sqrt(fan_in)), the head's bias included."""
+    """PyTorch's nn.Linear default: W and b ~ U(-1/sqrt(fan_in), +1/sqrt(fan_in)), the head's bias too."""
     keras.utils.set_random_seed(3)
-    cfg = net_cfg(kernel_init="torch_default", bias_init_kind="torch_default", hidden=[120, 84], dueling=dueling)
+    torch_init = {"kernel_init": "torch_default", "bias_init_kind": "torch_default"}
+    cfg = net_cfg(**torch_init, hidden=[120, 84], dueling=dueling)
     model = build_q_network(cfg, obs_dim=64, num_actions=2)
     for layer in (layer for layer in model.layers if hasattr(layer, "kernel")):
         kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
@@ -83,3 +84,20 @@ def test_torch_default_bias_is_refused_for_rnn():
 
     with pytest.raises(ConfigError, match="bias_init_kind"):
         load_preset("gru", {"network.bias_init_kind": "torch_default"})
+
+
+def test_torch_default_init_of_the_nature_cnn_uses_each_conv_s_fan_in():
+    """nn.Conv2d's default: fan_in = in_channels * kernel height * kernel width (4 * 8 * 8 for conv_0)."""
+    from dqnlab.cnn_net import build_cnn_q_network
+
+    keras.utils.set_random_seed(4)
+    overrides = {"network.kernel_init": "torch_default", "network.bias_init_kind": "torch_default"}
+    cfg = load_preset("pong_huber", overrides).network
+    model = build_cnn_q_network(cfg, (4, 84, 84), num_actions=6)
+    weighted = [layer for layer in model.layers if hasattr(layer, "kernel")]
+    fans = {layer.name: int(np.prod(layer.kernel.shape[:-1])) for layer in weighted}
+    assert fans["conv_0"] == 4 * 8 * 8 and fans["conv_1"] == 32 * 4 * 4 and fans["q_head"] == 512
+    for layer in weighted:
+        bound = 1.0 / np.sqrt(fans[layer.name])
+        uniform_fits(layer.kernel.numpy().ravel(), bound)
+        assert np.all(np.abs(layer.bias.numpy()) <= bound) and np.abs(layer.bias.numpy()).max() > 0.5 * bound
