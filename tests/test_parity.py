@@ -118,3 +118,23 @@ def test_the_dqnlab_side_runs_without_sb3(tmp_path, capsys, monkeypatch):
     assert "no reference" in text and "dqnlab: reached 475 on" in text
     saved = json.loads(out.read_text())
     assert [c["steps"] for c in saved["curves"]["dqnlab"].values()] == [[300, 600], [300, 600]]
+
+
+def test_seed_curves_prints_a_row_per_seed_with_its_greedy_curve(tmp_path, capsys):
+    import seed_curves
+
+    import dqnlab
+
+    overrides = {"train.eval_every": 300, "train.eval_episodes": 1, "diagnostics.probe_every": 64}
+    cfg = load_preset("huber_relu", overrides)
+    for seed in (0, 1):
+        dqnlab.train(cfg, seed=seed, steps=1_300, logdir=tmp_path, name="tiny", checkpoint_every=0)
+    assert seed_curves.main([str(tmp_path / "tiny"), "--threshold", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "== huber_relu on CartPole-v1 (threshold 5)" and lines[1] == seed_curves.COLUMNS
+    rows = [line.split(" | ") for line in lines[2:4]]
+    assert [r[0] for r in rows] == ["0", "1"]
+    for r in rows:
+        assert len(r[1].split()) == 5 and r[2] == "300"  # evals at 300..1,200 and the end; any episode >= 5
+        assert r[6] != "-" and r[8] != "-"  # probes ran: dead fractions and srank
+    assert lines[4].startswith("reached 2/2; final mean ")

@@ -58,6 +58,11 @@ CASES = [
     ("parity", ["cartpole", "--seeds", "1"]),
     ("parity", ["cartpole", "--steps", "0"]),
     ("parity", ["cartpole", "--json", "exists.json"]),
+    # seed_curves.py
+    ("seed_curves", []),
+    ("seed_curves", ["/nonexistent"]),
+    ("seed_curves", ["exp"]),  # a directory, but no run.json
+    ("seed_curves", ["exp", "--threshold", "abc"]),
     # bench_replay.py
     ("bench_replay", ["--json", "/nonexistent/x.json"]),
     ("bench_replay", ["--json", "exists.json"]),
