@@ -13,10 +13,11 @@ episodes on a separate env with the online weights of that moment; the first res
 seeded seed + 10,000 + step. Runs are interleaved (seed k: dqnlab then SB3 for even k, SB3 then dqnlab for
 odd k), each in a fresh subprocess with one thread (scripts/bench.py's THREAD_ENV).
 
-Per seed it prints the final greedy return, the AUC (the mean of the greedy curve) and the env steps to the
-task's threshold; per metric, a Welch t-test and a two-sided Mann-Whitney U test, with Hedges' g and the
-common-language effect size (the chance a dqnlab seed beats a reference seed, ties half). "Indistinguishable"
-is #21's bar: p > 0.1 on both tests for both metrics, and threshold counts within 2 of each other.
+Per seed it prints the final greedy return, the AUC (`dqnlab compare`'s: the greedy curve's trapezoid area
+divided by its span) and the env steps to the task's threshold; per metric, a Welch t-test and a two-sided
+Mann-Whitney U test, with Hedges' g and the common-language effect size (the chance a dqnlab seed beats a
+reference seed, ties half). "Indistinguishable" is #21's bar: p > 0.1 on both tests for both metrics, and
+threshold counts within 2 of each other.
 
 SB3 and torch are benchmark-only: `pip install -e '.[bench]'` after a CPU torch (scripts/bench.py's hint).
 Exit status: 0 after printing, 2 on bad input or when the reference is not installed.
@@ -124,9 +125,16 @@ def two_sample(a: list[float], b: list[float]) -> dict[str, float]:
 
 
 def curve_metrics(steps: list[int], returns: list[float], threshold: float) -> dict[str, object]:
-    """Final greedy return, AUC (the mean of the greedy curve) and the first step at or past threshold."""
+    """Final greedy return, AUC (`dqnlab compare`'s: the curve's trapezoid area over its span) and the first
+    step at or past threshold."""
+    from dqnlab.stats import area_under_curve
+
     reached = next((int(s) for s, r in zip(steps, returns, strict=True) if r >= threshold), None)
-    return {"final": float(returns[-1]), "auc": float(np.mean(returns)), "steps_to_threshold": reached}
+    return {
+        "final": float(returns[-1]),
+        "auc": area_under_curve(steps, returns),
+        "steps_to_threshold": reached,
+    }
 
 
 def indistinguishable(tests: dict[str, dict[str, float]], reached: tuple[int, int]) -> bool:

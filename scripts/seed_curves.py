@@ -3,15 +3,15 @@
     python scripts/seed_curves.py runs/NAME                  # every arm (cell) of a dqnlab ab / sweep
     python scripts/seed_curves.py runs/NAME --threshold 475  # default: the env's gymnasium threshold
 
-For each arm, one row per seed: the greedy evaluation returns in order (`eval/return`), the first env step
-one reached the threshold, the final one, and what the instruments logged: the largest `q/max` of a measured
+For each arm, one row per seed: the greedy evaluation returns in order (`eval/return`), the first env step one
+reached the threshold, the final one, and what the instruments logged: the largest `q/max` of a measured
 update, the median over the run's second half of `eval/q_overestimation` (greedy Q of the actions taken minus
 the discounted return that followed), the largest and the last dead fraction of any hidden layer
 (`act_dead_frac/*`, probes), the first training episode at the env's maximum return, and `features/srank` at
 the first and last probe. Then the arm's count of seeds that reached the threshold, the mean final return, the
-mean AUC (mean of the greedy curve) and the seeds whose final evaluation is at the maximum. A tag a run did
-not log (diagnostics off) shows as `-`. Exit status 0, or 2 with one line for a directory without runs.
-"""
+mean AUC (`dqnlab compare`'s: the greedy curve's trapezoid area over its span) and the seeds whose final
+evaluation is at the maximum. A tag a run did not log (diagnostics off) shows as `-`. Exit status 0, or 2 with
+one line for a directory without runs."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from dqnlab.cliargs import OneLineParser
 from dqnlab.compare import load_run_dirs
 from dqnlab.events import read_series
 from dqnlab.rundir import read_run
+from dqnlab.stats import area_under_curve
 
 COLUMNS = (
     "seed | greedy returns | first >= thr | final | q/max max | q over | dead max/last | 1st max | srank"
@@ -47,6 +48,7 @@ def seed_row(run_dir: Path, threshold: float | None) -> dict:
     srank = s.get("features/srank")
     return {
         "returns": [float(r) for r in returns],
+        "auc": area_under_curve(steps, returns) if len(returns) else None,
         "reached": reached,
         "final": float(returns[-1]) if len(returns) else None,
         "q_max": float(s["q/max"][1].max()) if "q/max" in s else None,
@@ -70,14 +72,14 @@ def arm_lines(arm: str, rows: dict[int, dict]) -> list[str]:
             f"{_fmt(r['q_over_late'], 1)} | {dead} | {_fmt(r['first_max_episode'])} | {srank}"
         )
     finals = [r["final"] for r in rows.values() if r["final"] is not None]
-    aucs = [float(np.mean(r["returns"])) for r in rows.values() if r["returns"]]
+    aucs = [r["auc"] for r in rows.values() if r["returns"]]
     top = max(finals) if finals else None
     final_mean = _fmt(float(np.mean(finals)) if finals else None, 1)
     auc_mean = _fmt(float(np.mean(aucs)) if aucs else None, 1)
     lines.append(
         f"reached {sum(r['reached'] is not None for r in rows.values())}/{len(rows)}; "
         f"final mean {final_mean}; "
-        f"AUC (mean of the greedy curve) mean {auc_mean}; final at the best final ({_fmt(top)}) on "
+        f"AUC mean {auc_mean}; final at the best final ({_fmt(top)}) on "
         f"{sum(f == top for f in finals)}"
     )
     return lines

@@ -34,7 +34,8 @@ def test_two_sample_of_constant_samples():
 
 def test_curve_metrics_and_the_bar():
     m = parity.curve_metrics([5000, 10000, 15000], [100.0, 480.0, 300.0], 475.0)
-    assert m == {"final": 300.0, "auc": pytest.approx(880 / 3), "steps_to_threshold": 10000}
+    # AUC: trapezoids (100 + 480) / 2 and (480 + 300) / 2 over two equal steps
+    assert m == {"final": 300.0, "auc": pytest.approx((290 + 390) / 2), "steps_to_threshold": 10000}
     assert parity.curve_metrics([5000], [474.9], 475.0)["steps_to_threshold"] is None
     loose = {"final": {"welch_p": 0.5, "mwu_p": 0.2}, "auc": {"welch_p": 0.11, "mwu_p": 0.9}}
     assert parity.indistinguishable(loose, (8, 10)) and not parity.indistinguishable(loose, (7, 10))
