@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from dqnlab._tf import keras, tf
 from dqnlab.config import NetworkConfig
-from dqnlab.networks import DUELING_STREAMS, dueling_head, is_dueling, scaled_initializer
+from dqnlab.networks import DUELING_STREAMS, dueling_head, init_biases, is_dueling, scaled_initializer
 
 # (filters, kernel size, stride) of conv_0, conv_1, conv_2: the Nature DQN.
 NATURE_CONVS: tuple[tuple[int, int, int], ...] = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
@@ -42,7 +42,7 @@ def build_cnn_q_network(
     """The Nature CNN: uint8 frames `obs_shape` = (stack, H, W) -> Q-values [B, num_actions].
 
     `activation`, `kernel_init`, `init_scale` and `bias_init` apply to every conv and hidden layer as they
-    do in the MLP; the head's bias starts at 0.
+    do in the MLP; the head's bias starts at 0 (`bias_init_kind = "torch_default"`: see `init_biases`).
     """
     if len(obs_shape) != 3:
         raise ValueError(f"the CNN needs (stack, height, width) observations, got shape {obs_shape}")
@@ -69,7 +69,7 @@ def build_cnn_q_network(
             trunk = layer(trunk)
         for i, width in enumerate(cfg.hidden[:-1]):
             trunk = keras.layers.Dense(width, **hidden_kwargs(f"hidden_{i}"))(trunk)
-        return keras.Model(layers[0], dueling_head(cfg, trunk, num_actions), name=name)
+        return init_biases(keras.Model(layers[0], dueling_head(cfg, trunk, num_actions), name=name), cfg)
     for i, width in enumerate(cfg.hidden):
         layers.append(keras.layers.Dense(width, **hidden_kwargs(f"hidden_{i}")))
     layers.append(
@@ -77,7 +77,7 @@ def build_cnn_q_network(
             num_actions, kernel_initializer=scaled_initializer(cfg.kernel_init, cfg.init_scale), name="q_head"
         )
     )
-    return keras.Sequential(layers, name=name)
+    return init_biases(keras.Sequential(layers, name=name), cfg)
 
 
 def forward(network: keras.Model, frames: tf.Tensor, trace: bool = False):

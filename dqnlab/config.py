@@ -45,7 +45,9 @@ KERNEL_INITS = (
     "glorot_normal",
     "lecun_normal",
     "truncated_normal_0.02",
+    "torch_default",
 )
+BIAS_INIT_KINDS = ("constant", "torch_default")
 OPTIMIZERS = ("adam", "rmsprop", "rmsprop_tf1", "sgd")
 LR_SCHEDULES = ("constant", "staircase", "linear")
 # The smallest screen the Nature CNN's convs (8x8 s4, 4x4 s2, 3x3 s1, no padding) leave a pixel of.
@@ -97,7 +99,8 @@ class NetworkConfig:
         min=1,
     )
     kernel_init: str = _f(
-        "Keras initializer of every dense and conv kernel (an rnn cell's own kernels: see [recurrent])",
+        "Keras initializer of every dense and conv kernel (an rnn cell's own kernels: see [recurrent]); "
+        "torch_default is PyTorch's nn.Linear/nn.Conv2d default, U(-1/sqrt(fan_in), +1/sqrt(fan_in))",
         choices=KERNEL_INITS,
     )
     init_scale: float = _f(
@@ -106,6 +109,13 @@ class NetworkConfig:
     bias_init: float = _f(
         "initial value of every hidden dense and conv bias (very negative values kill ReLUs); q_head's "
         "starts at 0"
+    )
+    bias_init_kind: str = _f(
+        "constant: hidden biases start at bias_init, q_head's at 0; torch_default: every dense and conv "
+        "bias, q_head's included, ~ U(-1/sqrt(fan_in), +1/sqrt(fan_in)) as PyTorch's nn.Linear/nn.Conv2d "
+        "draw it (bias_init is then ignored); mlp and cnn only",
+        choices=BIAS_INIT_KINDS,
+        default="constant",
     )
     dueling: bool = _f(
         "dueling head (Wang et al. 2016): the last `hidden` width becomes two streams, value_hidden -> value "
@@ -414,6 +424,11 @@ def _cross_check(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: recurrent.burn_in + sequence_length exceeds replay.capacity")
     check_network_fits_env(cfg, cfg.env, source)
     _check_optimizer(cfg.optimizer, source)
+    if cfg.network.bias_init_kind != "constant" and cfg.network.kind == "rnn":
+        raise ConfigError(
+            f"{source} network.bias_init_kind: {cfg.network.bias_init_kind!r} is only for network.kind "
+            "'mlp' or 'cnn', not 'rnn'"
+        )
     if cfg.network.dueling and cfg.network.kind == "rnn":
         raise ConfigError(f"{source} network.dueling: only for network.kind 'mlp' or 'cnn', not 'rnn'")
     if t.batch_size > cfg.replay.capacity:

@@ -42,7 +42,7 @@ def build_q_network(
         trunk = inputs
         for i, width in enumerate(cfg.hidden[:-1]):
             trunk = keras.layers.Dense(width, **hidden_kwargs(cfg, f"hidden_{i}"))(trunk)
-        return keras.Model(inputs, dueling_head(cfg, trunk, num_actions), name=name)
+        return init_biases(keras.Model(inputs, dueling_head(cfg, trunk, num_actions), name=name), cfg)
     layers: list[keras.layers.Layer] = [keras.Input(shape=(obs_dim,), name="obs")]
     for i, width in enumerate(cfg.hidden):
         layers.append(
@@ -59,7 +59,7 @@ def build_q_network(
             num_actions, kernel_initializer=scaled_initializer(cfg.kernel_init, cfg.init_scale), name="q_head"
         )
     )
-    return keras.Sequential(layers, name=name)
+    return init_biases(keras.Sequential(layers, name=name), cfg)
 
 
 DUELING_STREAMS = ("value_hidden", "advantage_hidden")  # the streams' hidden layers, probed like hidden_i
@@ -139,11 +139,32 @@ def penultimate_features(traces: list[tuple[str, tf.Tensor, tf.Tensor]]) -> tf.T
     return traces[-1][2]
 
 
+def init_biases(model: keras.Model, cfg: NetworkConfig) -> keras.Model:
+    """With `bias_init_kind = "torch_default"`, redraw every dense and conv bias (the head's included) from
+    U(-1/sqrt(fan_in), +1/sqrt(fan_in)), fan_in = the product of the kernel's shape but its last axis: what
+    PyTorch's nn.Linear and nn.Conv2d `reset_parameters` draw. "constant" leaves the model as built (no draw,
+    so the presets' initial weights are unchanged). Draws come from Keras's seeded global generator."""
+    if cfg.bias_init_kind == "constant":
+        return model
+    for layer in model.layers:
+        kernel, bias = getattr(layer, "kernel", None), getattr(layer, "bias", None)
+        if kernel is None or bias is None:
+            continue
+        bound = 1.0 / float(np.sqrt(np.prod(kernel.shape[:-1])))
+        bias.assign(keras.initializers.RandomUniform(-bound, bound)(bias.shape, dtype=bias.dtype))
+    return model
+
+
 def scaled_initializer(initializer: str, scale: float) -> keras.initializers.Initializer:
-    """The Keras initializer named `initializer` (or dqnlab's `truncated_normal_0.02`), times `scale`."""
+    """The Keras initializer named `initializer` (or dqnlab's `truncated_normal_0.02`, `torch_default`), times
+    `scale`."""
     # TF1's tf.truncated_normal_initializer(0, 0.02) of devsisters/DQN-tensorflow (Keras cuts at 2 stddev too)
     if initializer == "truncated_normal_0.02":
         base = keras.initializers.TruncatedNormal(stddev=0.02)
+    elif initializer == "torch_default":
+        # PyTorch's nn.Linear/nn.Conv2d: kaiming_uniform_(a=sqrt(5)), i.e. U(+-sqrt(6 / ((1 + 5) fan_in))) =
+        # U(+-1/sqrt(fan_in)); VarianceScaling's uniform limit is sqrt(3 scale / fan_in), so scale = 1/3.
+        base = keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
     else:
         base = keras.initializers.get(initializer)
     if scale == 1.0:

@@ -4,11 +4,20 @@ Imported by the scripts next to it as `import bench` (Python puts a script's own
 `sys.path`; the tests get this folder from pytest's `pythonpath` setting in pyproject.toml). Run as a file
 it is the child process of `measure_in_subprocess`.
 
-Public DQN settings, written once in neutral terms so dqnlab and a peer library are configured identically:
-- `cleanrl` (CartPole-v1): CleanRL dqn.py's network and cadence (120-84 ReLU MLP, batch 128, one update
-  every 10 env steps, target sync every 500).
-- `sb3_zoo` (CartPole-v1): SB3 rl-zoo's tuned CartPole DQN (256-256, batch 64, 128 gradient steps every 256
-  env steps, target every 10 env steps).
+Public DQN settings, written once in neutral terms so dqnlab and a peer library are configured identically.
+Each names the reference it mirrors (`reference`): the library whose users run it that way, and so the peer a
+learning-curve comparison (scripts/parity.py) or a speed ratio must be taken against.
+- `cleanrl` (CartPole-v1, reference CleanRL): CleanRL's `cleanrl/dqn.py` at its published defaults, field by
+  field (each value's source line is quoted beside it): 120-84 ReLU MLP, MSE loss, no gradient clipping, Adam
+  (epsilon 1e-8), batch 128, one update every 10 env steps, target sync every 500, learning from step 10,000,
+  epsilon 1 -> 0.05 over half the run, PyTorch's default nn.Linear init. SB3's DQN cannot run it (its loss is
+  always smooth L1), so it is not an SB3 setting: the peer is CleanRL's own script.
+- `sb3_cleanrl_like` (CartPole-v1, reference SB3): SB3's DQN given CleanRL's network and cadence (120-84,
+  batch 128, one update every 10 env steps, target every 500, lr 2.5e-4, buffer 10k) but SB3's own loss
+  (Huber), its global-norm clip at 10, learning from step 1,000 and epsilon over 5,000 steps. Not CleanRL:
+  the timing benchmark's former `cleanrl`, renamed for what it is (#21).
+- `sb3_zoo` (CartPole-v1, reference SB3): SB3 rl-zoo's tuned CartPole DQN (256-256, batch 64, 128 gradient
+  steps every 256 env steps, target every 10 env steps).
 - `lunar_zoo` (LunarLander-v3, needs the box2d extra): SB3 rl-zoo's tuned LunarLander DQN (256-256, batch
   128, 4 gradient steps every 4 env steps -- the zoo's train_freq 4 with gradient_steps -1 --, target every
   250, buffer 50k).
@@ -16,9 +25,13 @@ Public DQN settings, written once in neutral terms so dqnlab and a peer library 
   update every 4 env steps, target every 1,000, lr 1e-4, buffer 100k) on dqnlab's preprocessing
   (`pong_huber`'s [atari] section: sticky actions 0.25, frame skip 4, 84x84 grayscale, 4 frames stacked);
   SB3 is given the same env object and its `CnnPolicy` (NatureCNN, linear head).
-All start learning after 1,000 steps (CleanRL uses 10,000, the zoo's LunarLander 0, its Atari 100k), so
-that a short benchmark measures the learning phase; both peers get the same value. The scripts default to
-the two CartPole settings; `--settings lunar_zoo` or `pong_zoo` adds the others.
+The SB3 settings start learning after 1,000 steps (the zoo's LunarLander uses 0, its Atari 100k), so that a
+short benchmark measures the learning phase; both peers get the same value. Every setting gives dqnlab
+PyTorch's default initialisation (`network.kernel_init` and `network.bias_init_kind` = "torch_default":
+W and b ~ U(+-1/sqrt(fan_in)), what nn.Linear and nn.Conv2d draw, and what SB3's DQN policies keep) and
+Adam's epsilon 1e-8 (torch's default, which SB3 and CleanRL keep). The scripts default to `sb3_cleanrl_like`
+and `sb3_zoo`; `--settings lunar_zoo` or `pong_zoo` adds the others, and `cleanrl` runs in the dqnlab-only
+scripts (bench_throughput.py; bench_peers.py refuses it, having no CleanRL to run).
 
 Measurements for the scripts run one per fresh subprocess (`measure_in_subprocess`), so TensorFlow and
 torch never share a process, each limited to one thread: TF intra-op = inter-op = 1, torch
@@ -64,10 +77,56 @@ class Setting:
     epsilon_decay_steps: int = 5_000
     env: str = "CartPole-v1"
     preset: str = "huber_relu"  # dqnlab's preset the setting overrides (its network kind, [atari], loss)
+    reference: str = "sb3"  # the library whose users run this setting: "sb3" or "cleanrl"
+    loss: str = "huber"  # SB3's DQN: F.smooth_l1_loss, i.e. Huber with kappa 1, always
+    grad_clip_norm: float = 10.0  # SB3's DQN max_grad_norm default (0: no clipping)
+    adam_epsilon: float = 1e-8  # torch.optim.Adam's default eps, which SB3 and CleanRL keep
+    init: str = "torch_default"  # nn.Linear / nn.Conv2d's own init, which SB3's DQN and CleanRL keep
+    epsilon_decay_fraction: float | None = None  # the decay as a fraction of the run (ignores decay_steps)
 
+    def decay_steps(self, steps: int) -> int:
+        """Env steps of the linear epsilon decay in a run of `steps`."""
+        if self.epsilon_decay_fraction is None:
+            return self.epsilon_decay_steps
+        return max(1, round(self.epsilon_decay_fraction * steps))
+
+
+# CleanRL's published defaults: vwxyzjn/cleanrl, cleanrl/dqn.py at commit 020cf0e5 (its argparse defaults, the
+# QNetwork, the training loop); each value's line is quoted. Semantics checked against that loop: `dones`
+# there is terminated or truncated, but SB3's ReplayBuffer(handle_timeout_termination=True) that CleanRL
+# stores into bootstraps a time limit, as dqnlab does; it trains when `global_step > learning_starts` and
+# `global_step % train_frequency == 0` with global_step counted from 0 (dqnlab counts env steps from 1, so
+# its first update comes 10 env steps earlier: step 10,000 against CleanRL's global_step 10,010, i.e. 10,011
+# transitions stored), and syncs the target on `global_step % target_network_frequency == 0` inside the same
+# `> learning_starts` block (dqnlab: every 500 env steps once an update has happened).
+CLEANRL = Setting(
+    # `nn.Linear(np.array(env.single_observation_space.shape).prod(), 120)`, `nn.Linear(120, 84)`
+    hidden=(120, 84),
+    batch_size=128,  # `parser.add_argument("--batch-size", type=int, default=128,`
+    train_every=10,  # `parser.add_argument("--train-frequency", type=int, default=10,`
+    gradient_steps=1,  # one `optimizer.step()` per `global_step % args.train_frequency == 0`
+    target_update_every=500,  # `parser.add_argument("--target-network-frequency", type=int, default=500,`
+    learning_rate=2.5e-4,  # `parser.add_argument("--learning-rate", type=float, default=2.5e-4,`
+    buffer_size=10_000,  # `parser.add_argument("--buffer-size", type=int, default=10000,`
+    learning_starts=10_000,  # `parser.add_argument("--learning-starts", type=int, default=10000,`
+    gamma=0.99,  # `parser.add_argument("--gamma", type=float, default=0.99,`
+    epsilon_end=0.05,  # `parser.add_argument("--end-e", type=float, default=0.05,` (--start-e default=1)
+    epsilon_decay_fraction=0.5,  # `parser.add_argument("--exploration-fraction", type=float, default=0.5,`
+    env="CartPole-v1",  # `parser.add_argument("--env-id", type=str, default="CartPole-v1",`
+    reference="cleanrl",
+    # `loss = F.mse_loss(td_target, old_val)`: mean of delta^2. dqnlab's `squared` is 0.5 delta^2, half the
+    # gradient; Adam's step is invariant to a constant scale of the loss but for its epsilon (1e-8 here, far
+    # below sqrt(v) once training runs), so the two train alike.
+    loss="squared",
+    grad_clip_norm=0.0,  # no clipping: `loss.backward()` then `optimizer.step()`, no clip_grad_norm_
+    adam_epsilon=1e-8,  # `optim.Adam(q_network.parameters(), lr=args.learning_rate)`: torch's default eps
+    init="torch_default",  # the QNetwork's nn.Linear layers keep PyTorch's default init
+)
+# (--tau default=1.: hard target copies, dqnlab's target_tau 1.0; no Double DQN: `target_network(...).max`.)
 
 SETTINGS = {
-    "cleanrl": Setting(
+    "cleanrl": CLEANRL,
+    "sb3_cleanrl_like": Setting(
         hidden=(120, 84),
         batch_size=128,
         train_every=10,
@@ -116,13 +175,20 @@ SETTINGS = {
         preset="pong_huber",
     ),
 }
-DEFAULT_SETTINGS = ("cleanrl", "sb3_zoo")  # CartPole only: the others need the box2d or atari extra
+# CartPole only: the others need the box2d or atari extra; `cleanrl` has no SB3 peer (see above).
+DEFAULT_SETTINGS = ("sb3_cleanrl_like", "sb3_zoo")
 
 
-def dqnlab_overrides(setting: Setting, diagnostics: bool) -> dict[str, object]:
-    """The setting's preset (huber_relu, or pong_huber) with the setting's network and cadence."""
+def dqnlab_overrides(setting: Setting, diagnostics: bool, steps: int) -> dict[str, object]:
+    """The setting's preset (huber_relu, or pong_huber) with the setting's network, init, loss, optimizer and
+    cadence, for a run of `steps` env steps (a decay given as a fraction of the run needs them)."""
     return {
         "network.hidden": list(setting.hidden),
+        "network.kernel_init": setting.init,
+        "network.bias_init_kind": setting.init,
+        "loss.kind": setting.loss,
+        "optimizer.epsilon": setting.adam_epsilon,
+        "train.grad_clip_norm": setting.grad_clip_norm,
         "train.batch_size": setting.batch_size,
         "train.train_every": setting.train_every,
         "train.gradient_steps": setting.gradient_steps,
@@ -130,7 +196,7 @@ def dqnlab_overrides(setting: Setting, diagnostics: bool) -> dict[str, object]:
         "train.learning_starts": setting.learning_starts,
         "train.gamma": setting.gamma,
         "train.epsilon_end": setting.epsilon_end,
-        "train.epsilon_decay_steps": setting.epsilon_decay_steps,
+        "train.epsilon_decay_steps": setting.decay_steps(steps),
         "train.eval_every": 0,
         "train.eval_episodes": 1,
         "optimizer.learning_rate": setting.learning_rate,
@@ -145,7 +211,7 @@ def dqnlab_steps_per_s(setting_name: str, steps: int, diagnostics: bool, logdir:
     from dqnlab.config import load_preset
 
     setting = SETTINGS[setting_name]
-    cfg = load_preset(setting.preset, dqnlab_overrides(setting, diagnostics))
+    cfg = load_preset(setting.preset, dqnlab_overrides(setting, diagnostics, steps))
     train = dqnlab.train  # resolve the lazy import (TensorFlow, Keras) before the clock starts
     start = time.perf_counter()
     res = train(
@@ -177,9 +243,14 @@ def sb3_available() -> bool:
 
 def sb3_kwargs(setting: Setting, steps: int, seed: int) -> dict[str, object]:
     """DQN(...) keyword arguments mapping `setting` field by field (Huber = SB3's smooth_l1 loss). On Atari
-    SB3's CnnPolicy is NatureCNN (its 512-unit layer is `hidden`) with a linear head: no `net_arch`."""
+    SB3's CnnPolicy is NatureCNN (its 512-unit layer is `hidden`) with a linear head: no `net_arch`. A
+    setting whose reference is not SB3 (`cleanrl`: MSE, which SB3's DQN cannot do) is refused."""
     from dqnlab.config import is_atari_env
 
+    if setting.reference != "sb3" or setting.loss != "huber":
+        raise ValueError(f"setting for {setting.reference} ({setting.loss} loss) has no SB3 equivalent")
+    policy_kwargs: dict[str, object] = {} if is_atari_env(setting.env) else {"net_arch": list(setting.hidden)}
+    policy_kwargs["optimizer_kwargs"] = {"eps": setting.adam_epsilon}
     return {
         "learning_rate": setting.learning_rate,
         "buffer_size": setting.buffer_size,
@@ -189,11 +260,11 @@ def sb3_kwargs(setting: Setting, steps: int, seed: int) -> dict[str, object]:
         "train_freq": setting.train_every,
         "gradient_steps": setting.gradient_steps,
         "target_update_interval": setting.target_update_every,
-        "exploration_fraction": setting.epsilon_decay_steps / steps,
+        "exploration_fraction": setting.decay_steps(steps) / steps,
         "exploration_initial_eps": 1.0,
         "exploration_final_eps": setting.epsilon_end,
-        "policy_kwargs": {} if is_atari_env(setting.env) else {"net_arch": list(setting.hidden)},
-        "max_grad_norm": 10,  # dqnlab's huber_relu clips the global norm at 10 too
+        "policy_kwargs": policy_kwargs,
+        "max_grad_norm": setting.grad_clip_norm,  # SB3's default 10 in every SB3 setting
         "device": "cpu",
         "seed": seed,
         "verbose": 0,
@@ -533,9 +604,10 @@ def interleaved_call_costs(
     )
 
 
-def parse_bench_args(ap, argv: list[str] | None = None):
+def parse_bench_args(ap, argv: list[str] | None = None, sb3: bool = False):
     """The flags the benchmark scripts share; returns (args, setting names). Bad values (a --json file that
-    could not be written at the end included) exit 2 with one line when `ap` is a cliargs.OneLineParser."""
+    could not be written at the end included) exit 2 with one line when `ap` is a cliargs.OneLineParser.
+    `sb3`: the script runs SB3 too, so a setting SB3 cannot run (`cleanrl`) is refused."""
     from dqnlab.cliargs import SEED, int_at_least, output_file_problem
 
     ap.add_argument(
@@ -557,6 +629,13 @@ def parse_bench_args(ap, argv: list[str] | None = None):
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown or not settings:
         ap.error(f"--settings {args.settings!r}: expected comma-separated names from {', '.join(SETTINGS)}")
+    not_sb3 = [s for s in settings if sb3 and SETTINGS[s].reference != "sb3"]
+    if not_sb3:
+        ap.error(
+            f"--settings {','.join(not_sb3)}: its reference is {SETTINGS[not_sb3[0]].reference}, not SB3, "
+            "whose DQN cannot run it (always smooth L1); SB3 settings: "
+            + ", ".join(n for n, s in SETTINGS.items() if s.reference == "sb3")
+        )
     if problem := output_file_problem(args.json, args.force, "--json"):
         ap.error(problem)
     return args, settings

@@ -2,9 +2,10 @@
 
     python scripts/bench_peers.py [--steps 50000] [--repeats 2] [--settings NAMES] [--json FILE]
 
-Settings (scripts/bench.py): `cleanrl` (120-84 ReLU MLP, batch 128, one update every 10 env steps, target
-sync every 500) and `sb3_zoo` (256-256, batch 64, 128 gradient steps every 256 env steps, target every
-10) on CartPole by default; `--settings lunar_zoo` (LunarLander, box2d extra) and `--settings pong_zoo`
+Settings (scripts/bench.py): `sb3_cleanrl_like` (SB3 with CleanRL's 120-84 ReLU MLP, batch 128, one update
+every 10 env steps, target sync every 500; not CleanRL's own defaults, which SB3 cannot run) and `sb3_zoo`
+(256-256, batch 64, 128 gradient steps every 256 env steps, target every 10) on CartPole by default;
+`--settings lunar_zoo` (LunarLander, box2d extra) and `--settings pong_zoo`
 (Pong on the Nature CNN, atari extra) add the others. Every measurement runs in its own fresh subprocess
 (TensorFlow and torch never share a process) with one thread per framework; the order alternates between
 repeats and the median per framework is reported.
@@ -34,7 +35,7 @@ JOBS = [("dqnlab", True), ("sb3", None), ("dqnlab", False)]
 
 def main(argv: list[str] | None = None) -> int:
     ap = OneLineParser(description=__doc__.splitlines()[0])
-    args, settings = bench.parse_bench_args(ap, argv)
+    args, settings = bench.parse_bench_args(ap, argv, sb3=True)
     if not bench.sb3_available():
         print(f"bench_peers.py: {bench.SB3_INSTALL_HINT}", file=sys.stderr)
         return 2

@@ -6,9 +6,11 @@ Measures the full loop (acting, replay, update bursts, TensorBoard summaries) wi
 diagnostics on, and the same with them off, in the same run: each measurement in its own fresh
 subprocess with one TensorFlow thread (intra-op = inter-op = 1, OMP/OPENBLAS/MKL_NUM_THREADS=1), the
 order alternating between repeats, medians reported. The ratio diag-off / diag-on is what diagnostics
-cost (target <= 1.15). Settings (scripts/bench.py): `cleanrl` (120-84 ReLU MLP, batch 128, one update
-every 10 env steps, target sync every 500) and `sb3_zoo` (256-256, batch 64, 128 gradient steps every
-256 env steps, target every 10). The comparison with Stable-Baselines3 is scripts/bench_peers.py.
+cost (target <= 1.15). Settings (scripts/bench.py): `sb3_cleanrl_like` (120-84 ReLU MLP, batch 128, one
+update every 10 env steps, target sync every 500, learning from step 1,000) and `sb3_zoo` (256-256, batch 64,
+128 gradient steps every 256 env steps, target every 10) by default; `--settings cleanrl` is CleanRL
+dqn.py's own defaults (learning from step 10,000, MSE, no clipping). The comparison with Stable-Baselines3
+is scripts/bench_peers.py.
 """
 
 from __future__ import annotations

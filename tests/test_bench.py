@@ -13,10 +13,13 @@ from dqnlab.config import is_atari_env, load_preset
 STEPS = 20_000
 
 
-@pytest.mark.parametrize("name", sorted(bench.SETTINGS))
+SB3_SETTINGS = sorted(n for n, s in bench.SETTINGS.items() if s.reference == "sb3")
+
+
+@pytest.mark.parametrize("name", SB3_SETTINGS)
 def test_dqnlab_and_sb3_get_the_same_hyperparameters(name):
     setting = bench.SETTINGS[name]
-    cfg = load_preset(setting.preset, bench.dqnlab_overrides(setting, diagnostics=True))
+    cfg = load_preset(setting.preset, bench.dqnlab_overrides(setting, diagnostics=True, steps=STEPS))
     sb3 = bench.sb3_kwargs(setting, STEPS, seed=3)
     t = cfg.train
     assert cfg.optimizer.learning_rate == sb3["learning_rate"]
@@ -35,30 +38,152 @@ def test_dqnlab_and_sb3_get_the_same_hyperparameters(name):
     assert (cfg.loss.kind, cfg.loss.bound) == ("huber", 1.0)
     assert t.target_tau == 1.0 and not t.double_dqn
     assert cfg.optimizer.kind == "adam"
+    # torch.optim.Adam's eps, which SB3 keeps unless optimizer_kwargs say otherwise (they say it explicitly).
+    assert cfg.optimizer.epsilon == sb3["policy_kwargs"]["optimizer_kwargs"]["eps"] == 1e-8
+    # SB3's DQN policies keep nn.Linear / nn.Conv2d's default init (no orthogonal init, unlike its A2C/PPO).
+    assert (cfg.network.kernel_init, cfg.network.bias_init_kind) == ("torch_default", "torch_default")
     assert sb3["seed"] == 3 and sb3["device"] == "cpu"
 
 
-@pytest.mark.parametrize("name", sorted(bench.SETTINGS))
+@pytest.mark.parametrize("name", SB3_SETTINGS)
 def test_the_network_is_the_same_shape_on_both_sides(name):
     setting = bench.SETTINGS[name]
-    cfg = load_preset(setting.preset, bench.dqnlab_overrides(setting, diagnostics=False))
+    cfg = load_preset(setting.preset, bench.dqnlab_overrides(setting, diagnostics=False, steps=STEPS))
     sb3 = bench.sb3_kwargs(setting, STEPS, seed=0)
     assert tuple(cfg.network.hidden) == setting.hidden
     if is_atari_env(setting.env):
         # SB3's CnnPolicy is NatureCNN (3 convs, then a 512-unit ReLU layer) and a linear Q head: a net_arch
         # would add layers after the 512. dqnlab's cnn network is the same stack (docs/atari.md).
         assert cfg.network.kind == "cnn" and setting.hidden == (512,)
-        assert sb3["policy_kwargs"] == {}
+        assert "net_arch" not in sb3["policy_kwargs"]
     else:
         assert cfg.network.kind == "mlp" and cfg.network.activation == "relu"
-        assert sb3["policy_kwargs"] == {"net_arch": list(setting.hidden)}
+        assert sb3["policy_kwargs"]["net_arch"] == list(setting.hidden)
 
 
 def test_diagnostics_flag_is_the_only_difference_between_the_two_dqnlab_arms():
     for setting in bench.SETTINGS.values():
-        on = bench.dqnlab_overrides(setting, diagnostics=True)
-        off = bench.dqnlab_overrides(setting, diagnostics=False)
+        on = bench.dqnlab_overrides(setting, diagnostics=True, steps=STEPS)
+        off = bench.dqnlab_overrides(setting, diagnostics=False, steps=STEPS)
         assert {k for k in on if on[k] != off[k]} == {"diagnostics.enabled"}
+
+
+# -- `cleanrl` is CleanRL's cleanrl/dqn.py at its published defaults (vwxyzjn/cleanrl @ 020cf0e5), one test
+# per field; each comment quotes the line of dqn.py the value comes from. CLEANRL_RUN is CleanRL's own
+# --total-timesteps default, `parser.add_argument("--total-timesteps", type=int, default=500000,`.
+CLEANRL_RUN = 500_000
+
+
+@pytest.fixture(scope="module")
+def cleanrl_cfg():
+    setting = bench.SETTINGS["cleanrl"]
+    return load_preset(setting.preset, bench.dqnlab_overrides(setting, diagnostics=True, steps=CLEANRL_RUN))
+
+
+def test_cleanrl_env(cleanrl_cfg):
+    # `parser.add_argument("--env-id", type=str, default="CartPole-v1",`
+    assert bench.SETTINGS["cleanrl"].env == "CartPole-v1" and cleanrl_cfg.env == "CartPole-v1"
+
+
+def test_cleanrl_network_120_84_relu(cleanrl_cfg):
+    # `nn.Linear(np.array(env.single_observation_space.shape).prod(), 120), nn.ReLU(), nn.Linear(120, 84),
+    # nn.ReLU(), nn.Linear(84, env.single_action_space.n)`
+    net = cleanrl_cfg.network
+    assert (net.kind, net.activation, tuple(net.hidden), net.dueling) == ("mlp", "relu", (120, 84), False)
+
+
+def test_cleanrl_init_is_torch_default(cleanrl_cfg):
+    # The QNetwork's nn.Linear layers are never re-initialised: W and b ~ U(+-1/sqrt(fan_in)).
+    net = cleanrl_cfg.network
+    assert (net.kernel_init, net.bias_init_kind, net.init_scale) == ("torch_default", "torch_default", 1.0)
+
+
+def test_cleanrl_loss_is_mse(cleanrl_cfg):
+    # `loss = F.mse_loss(td_target, old_val)` (dqnlab's squared is 0.5 delta^2: Adam is blind to the factor)
+    assert cleanrl_cfg.loss.kind == "squared"
+
+
+def test_cleanrl_has_no_gradient_clipping(cleanrl_cfg):
+    # `optimizer.zero_grad(); loss.backward(); optimizer.step()`: no clip_grad_norm_ in dqn.py
+    assert cleanrl_cfg.train.grad_clip_norm == 0.0
+
+
+def test_cleanrl_optimizer_is_adam_at_torch_defaults(cleanrl_cfg):
+    # `optimizer = optim.Adam(q_network.parameters(), lr=args.learning_rate)`: eps 1e-8, betas (0.9, 0.999)
+    # `parser.add_argument("--learning-rate", type=float, default=2.5e-4,`
+    opt = cleanrl_cfg.optimizer
+    assert (opt.kind, opt.learning_rate, opt.epsilon, opt.schedule) == ("adam", 2.5e-4, 1e-8, "constant")
+
+
+def test_cleanrl_buffer_size(cleanrl_cfg):
+    # `parser.add_argument("--buffer-size", type=int, default=10000,`
+    assert cleanrl_cfg.replay.capacity == 10_000
+
+
+def test_cleanrl_gamma(cleanrl_cfg):
+    # `parser.add_argument("--gamma", type=float, default=0.99,`
+    assert cleanrl_cfg.train.gamma == 0.99
+
+
+def test_cleanrl_hard_target_copies_without_double_dqn(cleanrl_cfg):
+    # `parser.add_argument("--tau", type=float, default=1.,`; `target_max, _ = target_network(...).max(dim=1)`
+    assert cleanrl_cfg.train.target_tau == 1.0 and not cleanrl_cfg.train.double_dqn
+
+
+def test_cleanrl_target_network_frequency(cleanrl_cfg):
+    # `parser.add_argument("--target-network-frequency", type=int, default=500,`
+    assert cleanrl_cfg.train.target_update_every == 500
+
+
+def test_cleanrl_batch_size(cleanrl_cfg):
+    # `parser.add_argument("--batch-size", type=int, default=128,`
+    assert cleanrl_cfg.train.batch_size == 128
+
+
+def test_cleanrl_epsilon_start_and_end(cleanrl_cfg):
+    # `parser.add_argument("--start-e", type=float, default=1,`
+    # `parser.add_argument("--end-e", type=float, default=0.05,`
+    assert (cleanrl_cfg.train.epsilon_start, cleanrl_cfg.train.epsilon_end) == (1.0, 0.05)
+
+
+def test_cleanrl_epsilon_decays_over_half_the_run(cleanrl_cfg):
+    # `parser.add_argument("--exploration-fraction", type=float, default=0.5,`, used as
+    # `linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, ...)`
+    train = cleanrl_cfg.train
+    assert train.epsilon_decay_steps == CLEANRL_RUN // 2 and train.epsilon_decay_start == 0
+    setting = bench.SETTINGS["cleanrl"]
+    assert bench.dqnlab_overrides(setting, True, steps=50_000)["train.epsilon_decay_steps"] == 25_000
+
+
+def test_cleanrl_learning_starts(cleanrl_cfg):
+    # `parser.add_argument("--learning-starts", type=int, default=10000,`
+    assert cleanrl_cfg.train.learning_starts == 10_000
+
+
+def test_cleanrl_one_update_every_10_env_steps(cleanrl_cfg):
+    # `parser.add_argument("--train-frequency", type=int, default=10,`; one optimizer.step() each time
+    assert (cleanrl_cfg.train.train_every, cleanrl_cfg.train.gradient_steps) == (10, 1)
+
+
+def test_cleanrl_has_no_sb3_peer_and_the_peer_script_refuses_it(capsys):
+    import bench_peers
+
+    with pytest.raises(ValueError, match="no SB3 equivalent"):
+        bench.sb3_kwargs(bench.SETTINGS["cleanrl"], STEPS, seed=0)
+    with pytest.raises(SystemExit) as exit_info:
+        bench_peers.main(["--settings", "cleanrl"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "its reference is cleanrl, not SB3" in err[0]
+
+
+def test_sb3_cleanrl_like_is_sb3_with_cleanrls_network_and_cadence_only():
+    """The renamed former `cleanrl`: CleanRL's network and cadence, SB3's loss, clipping and start."""
+    like, real = bench.SETTINGS["sb3_cleanrl_like"], bench.SETTINGS["cleanrl"]
+    same = ("hidden", "batch_size", "train_every", "gradient_steps", "target_update_every", "learning_rate")
+    assert all(getattr(like, f) == getattr(real, f) for f in same + ("buffer_size", "gamma", "epsilon_end"))
+    assert (like.reference, like.loss, like.grad_clip_norm) == ("sb3", "huber", 10.0)
+    assert like.learning_starts == 1_000
 
 
 def test_unknown_setting_is_refused_before_a_process_starts():

@@ -45,3 +45,59 @@ def test_init_scale_multiplies_kernels_and_bias_init_sets_hidden_biases():
     np.testing.assert_allclose(scaled[2], 10.0 * base[2], rtol=1e-6)
     assert np.all(scaled[1] == -3.0) and np.all(scaled[3] == -3.0)
     assert np.all(scaled[-1] == 0.0)  # the head's bias is not a hidden bias
+
+
+def uniform_fits(values: np.ndarray, bound: float) -> None:
+    """Within [-bound, bound], filling it: the extremes near the edges and the variance bound^2 / 3."""
+    assert np.all(np.abs(values) <= bound)
+    assert np.abs(values).max() > 0.9 * bound
+    assert values.var() == pytest.approx(bound**2 / 3, rel=0.15)
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_torch_default_init_draws_every_kernel_and_bias_from_u_of_inverse_sqrt_fan_in(dueling):
+    """PyTorch's nn.Linear default: W and b ~ U(-1/sqrt(fan_in), +1/sqrt(fan_in)), the head's bias too."""
+    keras.utils.set_random_seed(3)
+    torch_init = {"kernel_init": "torch_default", "bias_init_kind": "torch_default"}
+    cfg = net_cfg(**torch_init, hidden=[120, 84], dueling=dueling)
+    model = build_q_network(cfg, obs_dim=64, num_actions=2)
+    for layer in (layer for layer in model.layers if hasattr(layer, "kernel")):
+        kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
+        bound = 1.0 / np.sqrt(kernel.shape[0])
+        uniform_fits(kernel.ravel(), bound)
+        assert np.all(np.abs(bias) <= bound) and np.unique(bias).size == bias.size  # drawn, not constant
+    biases = np.concatenate([layer.bias.numpy() for layer in model.layers if hasattr(layer, "bias")])
+    assert biases.size > 200 and np.abs(biases).max() > 0.5 / np.sqrt(120)
+
+
+def test_bias_init_kind_constant_is_the_default_and_leaves_weights_as_before():
+    assert net_cfg().bias_init_kind == "constant"
+    keras.utils.set_random_seed(5)
+    base = build_q_network(net_cfg(), obs_dim=4, num_actions=2).get_weights()
+    keras.utils.set_random_seed(5)
+    explicit = build_q_network(net_cfg(bias_init_kind="constant"), obs_dim=4, num_actions=2).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(base, explicit, strict=True))
+
+
+def test_torch_default_bias_is_refused_for_rnn():
+    from dqnlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="bias_init_kind"):
+        load_preset("gru", {"network.bias_init_kind": "torch_default"})
+
+
+def test_torch_default_init_of_the_nature_cnn_uses_each_conv_s_fan_in():
+    """nn.Conv2d's default: fan_in = in_channels * kernel height * kernel width (4 * 8 * 8 for conv_0)."""
+    from dqnlab.cnn_net import build_cnn_q_network
+
+    keras.utils.set_random_seed(4)
+    overrides = {"network.kernel_init": "torch_default", "network.bias_init_kind": "torch_default"}
+    cfg = load_preset("pong_huber", overrides).network
+    model = build_cnn_q_network(cfg, (4, 84, 84), num_actions=6)
+    weighted = [layer for layer in model.layers if hasattr(layer, "kernel")]
+    fans = {layer.name: int(np.prod(layer.kernel.shape[:-1])) for layer in weighted}
+    assert fans["conv_0"] == 4 * 8 * 8 and fans["conv_1"] == 32 * 4 * 4 and fans["q_head"] == 512
+    for layer in weighted:
+        bound = 1.0 / np.sqrt(fans[layer.name])
+        uniform_fits(layer.kernel.numpy().ravel(), bound)
+        assert np.all(np.abs(layer.bias.numpy()) <= bound) and np.abs(layer.bias.numpy()).max() > 0.5 * bound

@@ -52,6 +52,17 @@ CASES = [
     ("bench_peers", ["--repeats", "0"]),
     ("bench_peers", ["--json", "/nonexistent/x.json"]),
     ("bench_peers", ["--json", "exists.json"]),
+    ("bench_peers", ["--settings", "cleanrl"]),  # CleanRL's defaults: no SB3 peer (MSE)
+    # parity.py
+    ("parity", ["pong"]),
+    ("parity", ["cartpole", "--seeds", "1"]),
+    ("parity", ["cartpole", "--steps", "0"]),
+    ("parity", ["cartpole", "--json", "exists.json"]),
+    # seed_curves.py
+    ("seed_curves", []),
+    ("seed_curves", ["/nonexistent"]),
+    ("seed_curves", ["exp"]),  # a directory, but no run.json
+    ("seed_curves", ["exp", "--threshold", "abc"]),
     # bench_replay.py
     ("bench_replay", ["--json", "/nonexistent/x.json"]),
     ("bench_replay", ["--json", "exists.json"]),
@@ -119,7 +130,8 @@ def test_bad_input_is_one_line_and_exit_2_and_nothing_is_written(tmp_path, scrip
 
 
 @pytest.mark.parametrize(
-    "script", ["reproduce_post", "bench_compare", "bench_throughput", "bench_replay", "screenshot_board"]
+    "script",
+    ["reproduce_post", "bench_compare", "bench_throughput", "bench_replay", "screenshot_board", "parity"],
 )
 def test_help_still_works(script, tmp_path):
     done = subprocess.run(
