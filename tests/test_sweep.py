@@ -31,7 +31,7 @@ from dqnlab.sweep import Axis, cells, parse_grid, plan_sweep
 # 512 env steps, so a 3000-step run has the doctor's evidence.
 SWEEP = ["sweep", "huber_relu", "--grid", "network.bias_init=0,-3", "--seeds", "1", "--steps", "3000"]
 SWEEP += ["--set", "diagnostics.probe_every=256", "--deterministic", "--quiet"]
-SWEEP += ["--checkpoint-every", "1000", "--checkpoint-replay"]
+SWEEP += ["--checkpoint-every", "500", "--checkpoint-replay"]  # the first long before a run ends
 CELLS = ("huber_relu@bias_init=0", "huber_relu@bias_init=-3")
 
 
@@ -209,7 +209,7 @@ def test_a_killed_sweep_resumes_to_the_same_maps(whole):
     deadline = time.monotonic() + 120
     while not any(checkpoint.latest(run) is not None for run in runs):
         assert time.monotonic() < deadline and proc.poll() is None, "no checkpoint was written"
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)  # the sweep itself: its runs stop with it (SIGTERM from the kernel)
     proc.communicate(timeout=60)
     wait_for_runs_to_stop(runs)
