@@ -122,8 +122,10 @@ def test_a_real_browser_sees_the_arms_the_custom_scalars_and_the_hparams_table(b
             # The table shows one row per run: each arm's preset and loss kind, visible (the run selector
             # of the other dashboards keeps hidden copies of the run names in the page).
             page.get_by_text("clipped_delta_squared").filter(visible=True).first.wait_for(timeout=60_000)
-            for arm in ARMS:
-                assert page.get_by_text(arm, exact=True).filter(visible=True).count() >= 2, arm  # 2 seeds
+            for arm in ARMS:  # two rows each (2 seeds); the table fills in as TensorBoard reads the runs
+                rows = page.get_by_text(arm, exact=True).filter(visible=True)
+                rows.nth(1).wait_for(timeout=60_000)
+                assert rows.count() >= 2, arm
         finally:
             browser.close()
 
