@@ -113,7 +113,7 @@ class NetworkConfig:
     bias_init_kind: str = _f(
         "constant: hidden biases start at bias_init, q_head's at 0; torch_default: every dense and conv "
         "bias, q_head's included, ~ U(-1/sqrt(fan_in), +1/sqrt(fan_in)) as PyTorch's nn.Linear/nn.Conv2d "
-        "draw it (bias_init is then ignored); mlp and cnn only",
+        "draw it (bias_init must then be 0: set bias_init_kind = 'constant' to choose one); mlp and cnn only",
         choices=BIAS_INIT_KINDS,
         default="constant",
     )
@@ -428,6 +428,12 @@ def _cross_check(cfg: Config, source: str) -> None:
         raise ConfigError(
             f"{source} network.bias_init_kind: {cfg.network.bias_init_kind!r} is only for network.kind "
             "'mlp' or 'cnn', not 'rnn'"
+        )
+    if cfg.network.bias_init_kind == "torch_default" and cfg.network.bias_init != 0:
+        # A silent no-op would make a sweep over bias_init return identical cells.
+        raise ConfigError(
+            f"{source} network.bias_init: {cfg.network.bias_init:g} has no effect with bias_init_kind "
+            "'torch_default' (PyTorch's drawn biases); also set network.bias_init_kind=constant"
         )
     if cfg.network.dueling and cfg.network.kind == "rnn":
         raise ConfigError(f"{source} network.dueling: only for network.kind 'mlp' or 'cnn', not 'rnn'")

@@ -6,12 +6,12 @@
     python scripts/parity.py cartpole --seeds 10 --reference none  # the dqnlab side only (no SB3 needed)
 
 Each task is a dqnlab preset that maps rl-zoo's tuned hyperparameters (hyperparams/dqn.yml) field by field,
-run with the `MIRROR` overrides (what SB3's DQN does that the preset leaves at dqnlab's own choice: PyTorch's
-default init of W and b, Adam's epsilon 1e-8), against SB3's DQN given rl-zoo's values (`RL_ZOO`). Both sides
-are evaluated the same way: every `--eval-every` env steps (and at the end), `--eval-episodes` greedy
-episodes on a separate env with the online weights of that moment; the first reset of each evaluation is
-seeded seed + 10,000 + step. Runs are interleaved (seed k: dqnlab then SB3 for even k, SB3 then dqnlab for
-odd k), each in a fresh subprocess with one thread (scripts/bench.py's THREAD_ENV).
+and SB3's own choices where rl-zoo leaves a field at the library's default (PyTorch's default init of W and
+b, Adam's epsilon 1e-8, max_grad_norm 10), run as it ships, against SB3's DQN given rl-zoo's values
+(`RL_ZOO`). Both sides are evaluated the same way: every `--eval-every` env steps (and at the end), `--eval-
+episodes` greedy episodes on a separate env with the online weights of that moment; the first reset of each
+evaluation is seeded seed + 10,000 + step. Runs are interleaved (seed k: dqnlab then SB3 for even k, SB3
+then dqnlab for odd k), each in a fresh subprocess with one thread (scripts/bench.py's THREAD_ENV).
 
 Per seed it prints the final greedy return, the AUC (`dqnlab compare`'s: the greedy curve's trapezoid area
 divided by its span) and the env steps to the task's threshold; per metric, a Welch t-test and a two-sided
@@ -37,12 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-MIRROR = {
-    "network.kernel_init": "torch_default",  # SB3's QNetwork keeps nn.Linear's init: W ~ U(+-1/sqrt(fan_in))
-    "network.bias_init_kind": "torch_default",  # ... and b ~ U(+-1/sqrt(fan_in))
-    "optimizer.epsilon": 1e-8,  # torch.optim.Adam's default eps, which SB3 keeps
-}
 
 
 @dataclass(frozen=True)
@@ -146,14 +140,13 @@ def indistinguishable(tests: dict[str, dict[str, float]], reached: tuple[int, in
 # -- one run of each side --------------------------------------------------------------------------------
 
 
-def run_dqnlab(task: Task, seed: int, steps: int, eval_every: int, episodes: int, mirror: bool) -> dict:
-    """One dqnlab run of the task's preset (with MIRROR unless `mirror` is False), its greedy curve."""
+def run_dqnlab(task: Task, seed: int, steps: int, eval_every: int, episodes: int) -> dict:
+    """One dqnlab run of the task's preset as it ships, its greedy curve."""
     import dqnlab
     from dqnlab.config import load_preset
     from dqnlab.events import read_series
 
-    overrides = {**(MIRROR if mirror else {})}
-    overrides.update({"train.eval_every": eval_every, "train.eval_episodes": episodes})
+    overrides: dict[str, object] = {"train.eval_every": eval_every, "train.eval_episodes": episodes}
     overrides["diagnostics.enabled"] = False  # they do not change learning; they cost time
     cfg = load_preset(task.preset, overrides)
     with tempfile.TemporaryDirectory(prefix="dqnlab-parity-") as logdir:
@@ -209,9 +202,7 @@ def _child(spec: dict) -> None:
 
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        out = run_dqnlab(
-            task, spec["seed"], spec["steps"], spec["eval_every"], spec["episodes"], spec["mirror"]
-        )
+        out = run_dqnlab(task, spec["seed"], spec["steps"], spec["eval_every"], spec["episodes"])
     else:
         sys.modules["tensorflow"] = None  # SB3's TensorBoard import would otherwise pull TensorFlow in
         import torch
@@ -296,9 +287,6 @@ def main(argv: list[str] | None = None) -> int:
         "--eval-episodes", type=int_at_least(1), default=10, help="greedy episodes per evaluation"
     )
     ap.add_argument("--reference", choices=("sb3", "none"), default="sb3", help="none: the dqnlab side only")
-    ap.add_argument(
-        "--no-mirror", action="store_true", help="run the preset as it ships (no MIRROR overrides)"
-    )
     ap.add_argument("--json", metavar="FILE", help="also save every curve and test as JSON")
     ap.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     args = ap.parse_args(argv)
@@ -314,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(args.seeds):
         for side in sides if k % 2 == 0 else sides[::-1]:
             spec = {"task": args.task, "side": side, "seed": k, "steps": steps, "eval_every": args.eval_every}
-            spec.update(episodes=args.eval_episodes, mirror=not args.no_mirror)
+            spec["episodes"] = args.eval_episodes
             curves[side][k] = run_in_subprocess(spec)
             per_seed[side][k] = curve_metrics(
                 curves[side][k]["steps"], curves[side][k]["returns"], task.threshold
@@ -324,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"[{side} seed {k}] final {m['final']:.1f}, AUC {m['auc']:.1f}", file=sys.stderr, flush=True
             )
     print(
-        f"{task.env}: dqnlab `{task.preset}`{'' if args.no_mirror else ' + MIRROR'} vs "
+        f"{task.env}: dqnlab `{task.preset}` vs "
         + ("SB3 DQN at rl-zoo's values" if args.reference == "sb3" else "no reference")
         + f"; {args.seeds} seeds, {steps:,} env steps, "
         + f"{args.eval_episodes} greedy episodes every {args.eval_every:,}"

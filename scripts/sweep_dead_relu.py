@@ -14,6 +14,9 @@ from dqnlab.sweep import run_script
 
 GRID = ["huber_relu", "--grid", "optimizer.learning_rate=log:1e-4:1e-1:10"]
 GRID += ["--grid", "network.bias_init=0,-0.5,-1,-2,-3"]
+# The map in docs/sweeps.md was measured on He-uniform kernels and constant biases (huber_relu before #21);
+# a bias axis needs constant biases anyway.
+GRID += ["--set", "network.kernel_init=he_uniform", "--set", "network.bias_init_kind=constant"]
 
 if __name__ == "__main__":
     sys.exit(run_script(GRID, {"--seeds": "2", "--steps": "10000"}, sys.argv[1:], "sweep_dead_relu.py"))

@@ -190,9 +190,14 @@ def _differing_keys(a: str, b: str) -> set[str]:
 @pytest.mark.parametrize(
     "pathological, control, keys",
     [
-        ("relu_dead", "huber_relu", {"network.bias_init"}),
+        ("relu_dead", "huber_relu", {"network.bias_init", "network.bias_init_kind"}),
         ("sigmoid_saturated", "sigmoid_glorot", {"network.bias_init"}),
-        ("sigmoid_glorot", "huber_relu", {"network.activation", "network.kernel_init"}),
+        # huber_relu mirrors SB3 (PyTorch's init, Adam epsilon 1e-8); the sigmoid pair mirrors no library
+        (
+            "sigmoid_glorot",
+            "huber_relu",
+            {"network.activation", "network.kernel_init", "network.bias_init_kind", "optimizer.epsilon"},
+        ),
     ],
 )
 def test_panel_arms_differ_only_in_the_intended_keys(pathological, control, keys):

@@ -10,8 +10,10 @@ from dqnlab.config import load_preset
 from dqnlab.networks import NumpyMLP, build_q_network, variable_tag
 
 
-def net_cfg(**overrides):
-    return load_preset("huber_relu", {f"network.{k}": v for k, v in overrides.items()}).network
+def net_cfg(preset="huber_relu", **overrides):
+    # huber_relu draws its biases as PyTorch does; these tests choose them unless they say otherwise
+    overrides = {"bias_init_kind": "constant", **overrides}
+    return load_preset(preset, {f"network.{k}": v for k, v in overrides.items()}).network
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
@@ -71,11 +73,12 @@ def test_torch_default_init_draws_every_kernel_and_bias_from_u_of_inverse_sqrt_f
 
 
 def test_bias_init_kind_constant_is_the_default_and_leaves_weights_as_before():
-    assert net_cfg().bias_init_kind == "constant"
+    unset = load_preset("sigmoid_glorot").network  # a preset that does not name bias_init_kind
+    assert unset.bias_init_kind == "constant"
     keras.utils.set_random_seed(5)
-    base = build_q_network(net_cfg(), obs_dim=4, num_actions=2).get_weights()
+    base = build_q_network(unset, obs_dim=4, num_actions=2).get_weights()
     keras.utils.set_random_seed(5)
-    explicit = build_q_network(net_cfg(bias_init_kind="constant"), obs_dim=4, num_actions=2).get_weights()
+    explicit = build_q_network(net_cfg("sigmoid_glorot"), obs_dim=4, num_actions=2).get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(base, explicit, strict=True))
 
 
@@ -84,6 +87,17 @@ def test_torch_default_bias_is_refused_for_rnn():
 
     with pytest.raises(ConfigError, match="bias_init_kind"):
         load_preset("gru", {"network.bias_init_kind": "torch_default"})
+
+
+@pytest.mark.parametrize("preset", ["huber_relu", "acrobot_huber"])
+def test_a_bias_that_torch_default_would_ignore_is_refused(preset):
+    """A sweep over bias_init on a preset that draws its biases must not return identical cells."""
+    from dqnlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="bias_init_kind=constant"):
+        load_preset(preset, {"network.bias_init": -3})
+    chosen = load_preset(preset, {"network.bias_init": -3, "network.bias_init_kind": "constant"})
+    assert chosen.network.bias_init == -3
 
 
 def test_torch_default_init_of_the_nature_cnn_uses_each_conv_s_fan_in():

@@ -56,11 +56,12 @@ def test_report_prints_every_seed_and_both_tests():
 
 
 def test_the_presets_map_rl_zoo_field_by_field():
-    """The dqnlab side (preset + MIRROR) says what SB3 is given. CartPole's target: rl-zoo syncs every 10 env
-    steps while collecting and trains every 256, so the target is the weights of the previous burst at each
-    burst; dqnlab's 256 syncs right after each burst: the same target."""
+    """The preset as it ships says what SB3 is given, and does what SB3 does where rl-zoo is silent.
+    CartPole's target: rl-zoo syncs every 10 env steps while collecting and trains every 256, so the target
+    is the weights of the previous burst at each burst; dqnlab's 256 syncs right after each burst: the same
+    target."""
     for task in parity.RL_ZOO.values():
-        cfg, zoo = load_preset(task.preset, parity.MIRROR), task.zoo
+        cfg, zoo = load_preset(task.preset), task.zoo
         t = cfg.train
         assert cfg.optimizer.learning_rate == zoo["learning_rate"] and cfg.optimizer.epsilon == 1e-8
         assert (t.batch_size, t.learning_starts, t.gamma) == (
@@ -108,7 +109,7 @@ def test_a_missing_reference_is_one_line_and_exit_2(capsys, monkeypatch):
 def test_the_dqnlab_side_runs_without_sb3(tmp_path, capsys, monkeypatch):
     def in_process(spec):
         task = parity.RL_ZOO[spec["task"]]
-        args = (spec["seed"], spec["steps"], spec["eval_every"], spec["episodes"], spec["mirror"])
+        args = (spec["seed"], spec["steps"], spec["eval_every"], spec["episodes"])
         return parity.run_dqnlab(task, *args)
 
     monkeypatch.setattr(parity, "run_in_subprocess", in_process)

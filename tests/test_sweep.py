@@ -29,7 +29,18 @@ from dqnlab.sweep import Axis, cells, parse_grid, plan_sweep
 
 # huber_relu with every hidden bias at 0 (healthy) and at -3 (hidden_1 dead from the start); probes every
 # 512 env steps, so a 3000-step run has the doctor's evidence.
-SWEEP = ["sweep", "huber_relu", "--grid", "network.bias_init=0,-3", "--seeds", "1", "--steps", "3000"]
+SWEEP = [
+    "sweep",
+    "huber_relu",
+    "--set",
+    "network.bias_init_kind=constant",
+    "--grid",
+    "network.bias_init=0,-3",
+    "--seeds",
+    "1",
+    "--steps",
+    "3000",
+]
 SWEEP += ["--set", "diagnostics.probe_every=256", "--deterministic", "--quiet"]
 SWEEP += ["--checkpoint-every", "500", "--checkpoint-replay"]  # the first long before a run ends
 CELLS = ("huber_relu@bias_init=0", "huber_relu@bias_init=-3")
