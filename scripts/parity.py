@@ -7,11 +7,12 @@
 
 Each task is a dqnlab preset that maps rl-zoo's tuned hyperparameters (hyperparams/dqn.yml) field by field,
 and SB3's own choices where rl-zoo leaves a field at the library's default (PyTorch's default init of W and
-b, Adam's epsilon 1e-8, max_grad_norm 10), run as it ships, against SB3's DQN given rl-zoo's values
-(`RL_ZOO`). Both sides are evaluated the same way: every `--eval-every` env steps (and at the end), `--eval-
-episodes` greedy episodes on a separate env with the online weights of that moment; the first reset of each
-evaluation is seeded seed + 10,000 + step. Runs are interleaved (seed k: dqnlab then SB3 for even k, SB3
-then dqnlab for odd k), each in a fresh subprocess with one thread (scripts/bench.py's THREAD_ENV).
+b, Adam's epsilon 1e-8, max_grad_norm 10), run as it ships (LunarLander's with the task's `mirror`
+overrides, which make them), against SB3's DQN given rl-zoo's values (`RL_ZOO`). Both sides are evaluated
+the same way: every `--eval-every` env steps (and at the end), `--eval- episodes` greedy episodes on a
+separate env with the online weights of that moment; the first reset of each evaluation is seeded seed +
+10,000 + step. Runs are interleaved (seed k: dqnlab then SB3 for even k, SB3 then dqnlab for odd k), each in
+a fresh subprocess with one thread (scripts/bench.py's THREAD_ENV).
 
 Per seed it prints the final greedy return, the AUC (`dqnlab compare`'s: the greedy curve's trapezoid area
 divided by its span) and the env steps to the task's threshold; per metric, a Welch t-test and a two-sided
@@ -46,6 +47,8 @@ class Task:
     steps: int  # rl-zoo's n_timesteps
     threshold: float  # gymnasium's reward threshold (CartPole-v1: 475)
     zoo: dict = field(default_factory=dict)  # SB3 DQN(...) kwargs: rl-zoo's hyperparams/dqn.yml entry
+    # overrides that give the preset SB3's own choices, where the preset does not make them itself
+    mirror: dict = field(default_factory=dict)
 
 
 # rl-zoo (DLR-RM/rl-baselines3-zoo) hyperparams/dqn.yml; the presets' comments map each value.
@@ -82,6 +85,10 @@ RL_ZOO = {
             target_update_interval=250, train_freq=4, gradient_steps=-1, exploration_fraction=0.12,
             exploration_final_eps=0.1, policy_kwargs=dict(net_arch=[256, 256]),
         ),
+        # The LunarLander presets keep He-uniform kernels, zero biases and Keras' epsilon (their A/B in
+        # docs/results.md was measured so); parity gives the dqnlab side SB3's choices here.
+        mirror={"network.kernel_init": "torch_default", "network.bias_init_kind": "torch_default",
+                "optimizer.epsilon": 1e-8},
     ),
 }  # fmt: skip
 
@@ -141,12 +148,12 @@ def indistinguishable(tests: dict[str, dict[str, float]], reached: tuple[int, in
 
 
 def run_dqnlab(task: Task, seed: int, steps: int, eval_every: int, episodes: int) -> dict:
-    """One dqnlab run of the task's preset as it ships, its greedy curve."""
+    """One dqnlab run of the task's preset (with the task's `mirror` overrides), its greedy curve."""
     import dqnlab
     from dqnlab.config import load_preset
     from dqnlab.events import read_series
 
-    overrides: dict[str, object] = {"train.eval_every": eval_every, "train.eval_episodes": episodes}
+    overrides = {**task.mirror, "train.eval_every": eval_every, "train.eval_episodes": episodes}
     overrides["diagnostics.enabled"] = False  # they do not change learning; they cost time
     cfg = load_preset(task.preset, overrides)
     with tempfile.TemporaryDirectory(prefix="dqnlab-parity-") as logdir:

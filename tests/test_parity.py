@@ -61,7 +61,7 @@ def test_the_presets_map_rl_zoo_field_by_field():
     is the weights of the previous burst at each burst; dqnlab's 256 syncs right after each burst: the same
     target."""
     for task in parity.RL_ZOO.values():
-        cfg, zoo = load_preset(task.preset), task.zoo
+        cfg, zoo = load_preset(task.preset, task.mirror), task.zoo
         t = cfg.train
         assert cfg.optimizer.learning_rate == zoo["learning_rate"] and cfg.optimizer.epsilon == 1e-8
         assert (t.batch_size, t.learning_starts, t.gamma) == (

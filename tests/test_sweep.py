@@ -27,13 +27,15 @@ from dqnlab.events import read_series
 from dqnlab.halving import rung_steps, survivors
 from dqnlab.sweep import Axis, cells, parse_grid, plan_sweep
 
+# huber_relu draws its biases as PyTorch does; a bias axis needs them constant
+CONSTANT_BIASES = "network.bias_init_kind=constant"
 # huber_relu with every hidden bias at 0 (healthy) and at -3 (hidden_1 dead from the start); probes every
 # 512 env steps, so a 3000-step run has the doctor's evidence.
 SWEEP = [
     "sweep",
     "huber_relu",
     "--set",
-    "network.bias_init_kind=constant",
+    CONSTANT_BIASES,
     "--grid",
     "network.bias_init=0,-3",
     "--seeds",
@@ -142,7 +144,7 @@ def test_cells_are_named_readably_uniquely_and_safely_for_a_file_system():
 
 def test_a_one_value_axis_plans_one_cell_per_preset(tmp_path):
     specs, grid = plan_sweep(["huber_relu"], [parse_grid("network.bias_init=-1")], None, [0, 1], 100,
-                             tmp_path, "one")  # fmt: skip
+                             tmp_path, "one", overrides=[CONSTANT_BIASES])  # fmt: skip
     assert [c.name for c in grid] == ["huber_relu@bias_init=-1"]
     assert [(s.name, s.cell, s.seed) for s in specs] == [
         ("huber_relu@bias_init=-1", ("network.bias_init=-1",), seed) for seed in (0, 1)
@@ -264,6 +266,7 @@ def test_stop_on_fatal_reads_the_live_doctors_lines():
 
 def test_stop_on_fatal_stops_a_dead_cell_records_why_and_resume_leaves_it(tmp_path):
     args = ["sweep", "huber_relu", "--grid", "network.bias_init=-3", "--seeds", "1", "--steps", "8000"]
+    args += ["--set", CONSTANT_BIASES]
     args += ["--set", "diagnostics.probe_every=256", "--stop-on-fatal", "--quiet"]
     args += ["--logdir", str(tmp_path), "--name", "stop"]
     out = dqnlab_cmd(*args)
@@ -271,9 +274,10 @@ def test_stop_on_fatal_stops_a_dead_cell_records_why_and_resume_leaves_it(tmp_pa
     run = tmp_path / "stop" / "huber_relu@bias_init=-3" / "CartPole-v1" / "seed_0"
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted" and info["env_steps"] < 8000
-    assert info["stopped_early"] == {"by": "--stop-on-fatal", "rule": "dead_relu", "subject": "hidden_1",
+    # with PyTorch-width kernels and biases at -3 the first layer is the first all dead (He-width: hidden_1)
+    assert info["stopped_early"] == {"by": "--stop-on-fatal", "rule": "dead_relu", "subject": "hidden_0",
                                      "step": info["stopped_early"]["step"]}  # fmt: skip
-    assert "stopped by --stop-on-fatal: dead_relu [hidden_1]" in info["error"]
+    assert "stopped by --stop-on-fatal: dead_relu [hidden_0]" in info["error"]
     (cell,) = map_json(tmp_path / "stop")["groups"][0]["cells"]
     assert cell["verdict"]["stopped_early"] == 1 and cell["verdict"]["category"] == "dead_relu"
     assert cell["statuses"] == {"stopped early": 1}
@@ -293,6 +297,7 @@ def test_halving_rungs_and_survivors():
 
 def test_halving_cuts_the_worse_cells_at_the_rung_and_trains_the_best_to_the_end(tmp_path):
     args = ["sweep", "huber_relu", "--grid", "network.bias_init=0,-3", "--seeds", "1", "--steps", "2000"]
+    args += ["--set", CONSTANT_BIASES]
     args += ["--halving", "2", "--rungs", "2", "--quiet", "--logdir", str(tmp_path), "--name", "sh"]
     args += ["--set", "train.learning_starts=200", "--set", "train.epsilon_decay_steps=1000"]
     out = dqnlab_cmd(*args)
