@@ -16,6 +16,7 @@ ENVS = "env=CartPole-v1,dqnlab/CartPole-reward10-v1,dqnlab/CartPole-reward100-v1
 GRID = ["clipped_delta_relu", "huber_relu", "--grid", "loss.bound=log:0.1:1000:5", "--grid", ENVS]
 # The map in docs/sweeps.md was measured on He-uniform kernels and zero biases (the presets before #21).
 GRID += ["--set", "network.kernel_init=he_uniform", "--set", "network.bias_init_kind=constant"]
+GRID += ["--set", "optimizer.epsilon=1e-7"]
 
 if __name__ == "__main__":
     sys.exit(run_script(GRID, {"--seeds": "2", "--steps": "10000"}, sys.argv[1:], "sweep_clipped_delta.py"))

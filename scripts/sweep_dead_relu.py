@@ -17,6 +17,7 @@ GRID += ["--grid", "network.bias_init=0,-0.5,-1,-2,-3"]
 # The map in docs/sweeps.md was measured on He-uniform kernels and constant biases (huber_relu before #21);
 # a bias axis needs constant biases anyway.
 GRID += ["--set", "network.kernel_init=he_uniform", "--set", "network.bias_init_kind=constant"]
+GRID += ["--set", "optimizer.epsilon=1e-7"]
 
 if __name__ == "__main__":
     sys.exit(run_script(GRID, {"--seeds": "2", "--steps": "10000"}, sys.argv[1:], "sweep_dead_relu.py"))
