@@ -226,6 +226,12 @@ class BatchedLearner:
         """The runs' learning rates for the next bursts (a schedule's values at the burst's env step)."""
         self.learning_rates.assign(np.asarray(rates, np.float32))
 
+    def mask(self, runs: Sequence[int]) -> None:
+        """Mask `runs` out (their env failed): their weights and optimizer state freeze from now on."""
+        alive = self.alive.numpy()
+        alive[list(runs)] = False
+        self.alive.assign(alive)
+
     def update_target(self) -> None:
         """Every run's target from its online weights (a hard copy at tau 1, Polyak averaging below)."""
         self._sync()

@@ -151,7 +151,7 @@ def test_a_diverging_run_is_masked_and_the_others_equal_a_batch_without_it():
     for got, want in zip(out.weights, pair_out.weights, strict=True):
         np.testing.assert_array_equal(got.numpy()[[0, 2]], want.numpy())
     for got, want in zip([out.metrics[0], out.metrics[2]], pair_out.metrics, strict=True):
-        assert dict(got.items()) == dict(want.items())
+        compare_metrics(got, want)  # reductions may round differently with another number of runs
     # the masked run froze before its non-finite update: where two updates alone take it
     two = BatchedLearner([cfgs[1]], [w[[1]] for w in start], OBS_DIM)
     two.update([Batch(*(x[:2] for x in data[1]))], with_diagnostics=False)
