@@ -102,6 +102,8 @@ def run_batched(
     every = cfgs[0].diagnostics.every if cfgs[0].diagnostics.enabled else None
     synced_at = 0
     for step in range(1, steps + 1):
+        if not alive.any():  # every run diverged or lost its env: nothing left to train
+            break
         actions = choose_actions(runs, policy, [epsilon_at(step, cfg.train) for cfg in cfgs], alive)
         for i in np.flatnonzero(alive):
             if not step_run(runs, i, int(actions[i]), step, result):
@@ -112,7 +114,13 @@ def run_batched(
             if scheduled:
                 learner.set_learning_rates([learning_rate_at(step, cfg.optimizer) for cfg in cfgs])
             measure = every is not None and (result.updates + k) // every > result.updates // every
-            data = [sampler.burst(k, train.batch_size) for sampler in runs.samplers]
+            data = [
+                sampler.burst(k, train.batch_size) if alive[i] else None
+                for i, sampler in enumerate(runs.samplers)
+            ]
+            # A masked run's slot still takes a burst (its weights stay frozen): a live run's, as its own
+            # replay may be empty (its env raised on its first step).
+            data = [d if d is not None else next(x for x in data if x is not None) for d in data]
             out = learner.update(data, measure)
             result.updates += k
             alive &= out.alive
