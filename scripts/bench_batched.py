@@ -102,13 +102,23 @@ def main(argv: list[str] | None = None) -> int:
         print(_RESULT + json.dumps(measure_batched_here(spec["setting"], spec["runs"], spec["steps"])))
         return 0
     ap = OneLineParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=20_000, help="env steps per run (default 20000)")
-    ap.add_argument("--repeats", type=int, default=2)
+    from dqnlab.cliargs import int_at_least
+
+    ap.add_argument("--steps", type=int_at_least(1), default=20_000, help="env steps per run (default 20000)")
+    ap.add_argument("--repeats", type=int_at_least(1), default=2)
     ap.add_argument("--runs", default="1,2,4,8", help="batch sizes N (default 1,2,4,8)")
     ap.add_argument("--settings", default="cleanrl,sb3_zoo")
     args = ap.parse_args(argv)
-    counts = [int(n) for n in args.runs.split(",")]
+    try:
+        counts = [int(n) for n in args.runs.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        ap.error(f"--runs {args.runs!r}: expected comma-separated integers >= 1")
     settings = args.settings.split(",")
+    cartpole = [name for name, s in bench.SETTINGS.items() if s.env == "CartPole-v1"]
+    if any(name not in cartpole for name in settings):
+        ap.error(f"--settings {args.settings!r}: expected comma-separated names from {', '.join(cartpole)}")
     info = bench.machine_info(frameworks=("dqnlab",))
     start = time.perf_counter()
     rows = []
