@@ -1,0 +1,508 @@
+"""N runs of one MLP architecture trained as one: their weights stacked along a leading run axis.
+
+A small DQN's update call is mostly dispatch (docs/performance.md), so N seeds of one preset in N processes
+pay N times for op launches that each move a few kilobytes. Here every variable carries a leading run axis
+(kernels [N, in, out], biases [N, out], online and target, Adam's m and v), the forward pass is one batched
+matmul per layer on [N, B, in], and one compiled call runs the burst's K updates for all N runs at once.
+
+Runs may differ in values, not in shapes: the loss (kind among dqnlab's own, and bound), gamma, the
+learning rate (a vector the loop sets per burst), Adam's epsilon, the global-norm clip (0: off), the target's
+tau, and the initial weights (each run's are built exactly as `kinds.make_learner` builds them for its seed).
+`check_batchable` names the first field that would need another shape.
+
+Nothing is pooled across runs: each run's loss is its own mean over its batch, the tape differentiates the
+sum of the runs' losses (run i's weights receive run i's gradient only: the runs share no operation that
+mixes them), the gradient clip uses each run's own global norm, and every diagnostic reduces over all axes
+but the run axis. A measured burst returns the same tags as `Learner.update` for every run, as one [N, M]
+tensor pulled once and read per run by a `MetricReader` (tests/test_batched_learner.py compares them tag by
+tag with the unbatched learner's).
+
+A run whose loss or gradient norm goes non-finite is masked out: its weights and optimizer state freeze at
+their values before that update (the unbatched learner keeps the non-finite update instead, and stops),
+`alive` turns false for it, and the other runs continue as if it were not in the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from dqnlab._tf import tf
+from dqnlab.compiled import Compiled
+from dqnlab.config import Config
+from dqnlab.learner import (
+    BURST_COUNTS,
+    BURST_STATS,
+    MetricReader,
+    MetricValues,
+    pack,
+    panel_position,
+    unpack,
+)
+from dqnlab.losses import LOSSES, td_target
+from dqnlab.replay import Batch
+
+# Config fields every run of a batch must share: they fix shapes or the loop's cadence. Everything else a
+# run may set for itself (as a value in the graph, or on the host: epsilon and learning-rate schedules).
+SHARED_FIELDS = {
+    "network": ("kind", "activation", "hidden", "dueling"),
+    "train": (
+        "batch_size",
+        "gradient_steps",
+        "train_every",
+        "learning_starts",
+        "target_update_every",
+        "double_dqn",
+        "steps",
+    ),  # fmt: skip
+    "optimizer": ("kind",),
+    "diagnostics": ("enabled", "every"),
+}
+ACTIVATIONS = {"relu": tf.nn.relu, "tanh": tf.math.tanh, "sigmoid": tf.math.sigmoid}
+BETA_1, BETA_2 = 0.9, 0.999  # FusedAdam's (Keras's) defaults: no preset changes them
+
+# A measured update's per-run scalars, in the pulled vector's order (`~` entries are raw: the host finishes
+# them), then the per-variable families and the burst's sums and maxes.
+PANEL_SCALARS = (
+    "loss/td", "q/mean", "q/max", "q/target_mean", "td/abs_mean", "td/abs_max", "~half_blocked",
+    "~half_nonzero_delta", "~beyond_bound", "~samples", "grad_norm/global", "grad_norm/preclip_global",
+)  # fmt: skip
+PANEL_FAMILIES = ("grad_norm", "~half_nonzero", "grad_nonfinite", "weight_norm", "update_ratio")
+BURST_NAMES = (*BURST_STATS, *BURST_COUNTS)
+PRECLIP = "grad_norm/preclip_global"
+
+
+def check_batchable(cfgs: Sequence[Config]) -> None:
+    """ValueError naming the first reason these configs cannot train as one batch."""
+    if not cfgs:
+        raise ValueError("a batch needs at least one run")
+    first = cfgs[0]
+    for section, names in SHARED_FIELDS.items():
+        for name in names:
+            for i, cfg in enumerate(cfgs[1:], 1):
+                a, b = getattr(getattr(first, section), name), getattr(getattr(cfg, section), name)
+                if a != b:
+                    raise ValueError(f"run {i}: {section}.{name} is {b!r}, run 0's {a!r}: not batchable")
+    for i, cfg in enumerate(cfgs):
+        problem = None
+        if cfg.network.kind != "mlp" or cfg.network.dueling:
+            problem = "only plain (non-dueling) MLPs are batched"
+        elif cfg.loss.kind not in LOSSES:
+            problem = f"loss {cfg.loss.kind!r} is not one of dqnlab's own ({', '.join(LOSSES)})"
+        elif cfg.optimizer.kind != "adam":
+            problem = f"optimizer {cfg.optimizer.kind!r}: only adam is batched"
+        elif cfg.network.activation not in ACTIVATIONS:
+            problem = f"activation {cfg.network.activation!r} has no batched twin"
+        if problem:
+            raise ValueError(f"run {i}: {problem}")
+
+
+def make_batched_learner(
+    cfgs: Sequence[Config], seeds: Sequence[int], obs_shape: tuple[int, ...], num_actions: int
+) -> BatchedLearner:
+    """A batch whose run i starts exactly where the unbatched run of `cfgs[i]` and `seeds[i]` starts: its
+    weights are those `kinds.make_learner` builds (the same construction, then stacked)."""
+    from dqnlab.kinds import make_learner
+
+    check_batchable(cfgs)
+    weights = []
+    for cfg, seed in zip(cfgs, seeds, strict=True):
+        weights.append(make_learner(cfg, obs_shape, num_actions, seed).online_weights())
+    return BatchedLearner(cfgs, stack_runs(weights), int(np.prod(obs_shape)))
+
+
+def stack_runs(per_run: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """[run][variable] arrays -> [variable] arrays with a leading run axis."""
+    return [np.stack(arrays) for arrays in zip(*per_run, strict=True)]
+
+
+def run_slice(stacked: Sequence, i: int) -> list[np.ndarray]:
+    """Run i's arrays of stacked ones (tensors or arrays)."""
+    return [np.asarray(w)[i] for w in stacked]
+
+
+def per_run(x: tf.Tensor, rank: int) -> tf.Tensor:
+    """A [N] vector shaped [N, 1, ...] to broadcast against a tensor of `rank`."""
+    return tf.reshape(x, [-1] + [1] * (rank - 1))
+
+
+def half_squares(x: tf.Tensor) -> tf.Tensor:
+    """Each run's half sum of squares [N] (`tf.nn.l2_loss` of its slice)."""
+    return 0.5 * tf.reduce_sum(tf.square(x), axis=list(range(1, x.shape.rank)))
+
+
+def counts(x: tf.Tensor) -> tf.Tensor:
+    """Each run's sum [N] of a float tensor [N, ...]."""
+    return tf.reduce_sum(x, axis=list(range(1, x.shape.rank)))
+
+
+class BatchedUpdate(NamedTuple):
+    alive: np.ndarray  # [N] bool: the run has stayed finite so far (this burst included)
+    metrics: list[MetricValues]  # per run, the measured burst's tags; empty without diagnostics
+    weights: list[tf.Tensor]  # online weights after the burst, stacked [N, ...]
+
+
+class Optimizer(NamedTuple):
+    """Adam's state for the stacked variables, as loop-carried tensors: m and v per variable, beta powers."""
+
+    m: list[tf.Tensor]
+    v: list[tf.Tensor]
+    b1_power: tf.Tensor
+    b2_power: tf.Tensor
+
+
+class Applied(NamedTuple):
+    """One update of every run: what it computed, and the state after it (frozen for masked runs)."""
+
+    finite: tf.Tensor  # [N] bool: the run's loss and raw gradient norm are finite
+    loss: tf.Tensor  # [N]
+    q: tf.Tensor  # [N, B, A]
+    target: tf.Tensor  # [N, B]
+    delta: tf.Tensor  # [N, B]
+    dloss_dqa: tf.Tensor  # [N, B]
+    grads: list[tf.Tensor]  # as applied: clipped where clipping is on
+    preclip_norm: tf.Tensor  # [N]
+    weights: list[tf.Tensor]  # after the update
+    opt: Optimizer
+
+
+class BatchedLearner:
+    """Online and target weights of N runs stacked, Adam on them, and one compiled burst for all runs."""
+
+    def __init__(self, cfgs: Sequence[Config], weights: Sequence[np.ndarray], obs_dim: int):
+        """`weights`: the runs' online weights stacked ([N, ...] per variable, Keras's order: kernel, bias,
+        ...); the target starts as a copy, Adam's state at zero."""
+        check_batchable(cfgs)
+        self.cfgs, self.num_runs = list(cfgs), len(cfgs)
+        first = cfgs[0]
+        self._obs_dim, self._double = obs_dim, bool(first.train.double_dqn)
+        self._act = ACTIVATIONS[first.network.activation]
+        names = [f"hidden_{i}" for i in range(len(first.network.hidden))] + ["q_head"]
+        self.variable_tags = [f"{name}/{part}" for name in names for part in ("kernel", "bias")]
+        self.online = [tf.Variable(w, dtype=tf.float32, name="online") for w in weights]
+        self.target = [tf.Variable(w, dtype=tf.float32, name="target") for w in weights]
+        self._m = [tf.Variable(tf.zeros_like(w), name="m") for w in self.online]
+        self._v = [tf.Variable(tf.zeros_like(w), name="v") for w in self.online]
+        self._b1_power = tf.Variable(1.0, name="beta_1_power")
+        self._b2_power = tf.Variable(1.0, name="beta_2_power")
+        self.alive = tf.Variable(tf.ones([self.num_runs], tf.bool), name="alive")
+        self.iterations = 0  # updates so far (every run's: masked runs count too); sets the panel position
+        value = lambda f: tf.constant([f(c) for c in cfgs], tf.float32)  # noqa: E731
+        self.learning_rates = tf.Variable(value(lambda c: c.optimizer.learning_rate), name="learning_rate")
+        self._gamma = value(lambda c: c.train.gamma)
+        self._bound = value(lambda c: c.loss.bound)
+        self._clip = value(lambda c: c.train.grad_clip_norm)
+        self._epsilon = value(lambda c: c.optimizer.epsilon)
+        self._tau = value(lambda c: c.train.target_tau)
+        self._loss_kinds = sorted({c.loss.kind for c in cfgs})
+        self._loss_index = tf.constant([self._loss_kinds.index(c.loss.kind) for c in cfgs], tf.int32)
+        self._sizes = [float(np.prod(w.shape[1:])) for w in weights]
+        self._compiled: dict[bool, Compiled] = {}
+        self._readers: list[MetricReader] | None = None
+        self._sync = tf.function(self._sync_impl, autograph=False)
+
+    # -- public -------------------------------------------------------------------------------------
+
+    def update(self, bursts: Sequence[Batch], with_diagnostics: bool) -> BatchedUpdate:
+        """K updates of every run in one compiled call; `bursts[i]` is run i's [K, B, ...] batches."""
+        packed = np.stack([pack(Batch(*b)) for b in bursts])  # [N, K, B, F]
+        num_updates = packed.shape[1]
+        args = [packed]
+        if with_diagnostics:
+            position = panel_position(self.iterations // num_updates, num_updates)
+            args.append(np.asarray(position, np.int32))
+        fn = self._compiled.get(bool(with_diagnostics)) or self._compile(args, bool(with_diagnostics))
+        alive, values, weights = fn(*args)
+        self.iterations += num_updates
+        metrics = []
+        if with_diagnostics:
+            rows = values.numpy().tolist()
+            metrics = [reader.read(row) for reader, row in zip(self._readers, rows, strict=True)]
+        return BatchedUpdate(alive.numpy(), metrics, weights)
+
+    def set_learning_rates(self, rates: Sequence[float]) -> None:
+        """The runs' learning rates for the next bursts (a schedule's values at the burst's env step)."""
+        self.learning_rates.assign(np.asarray(rates, np.float32))
+
+    def mask(self, runs: Sequence[int]) -> None:
+        """Mask `runs` out (their env failed): their weights and optimizer state freeze from now on."""
+        alive = self.alive.numpy()
+        alive[list(runs)] = False
+        self.alive.assign(alive)
+
+    def update_target(self) -> None:
+        """Every run's target from its online weights (a hard copy at tau 1, Polyak averaging below)."""
+        self._sync()
+
+    def online_weights(self) -> list[np.ndarray]:
+        return [v.numpy() for v in self.online]
+
+    def run_weights(self, i: int) -> list[np.ndarray]:
+        """Run i's online weights, as the unbatched learner's `online_weights`."""
+        return run_slice(self.online, i)
+
+    # -- compiled -----------------------------------------------------------------------------------
+
+    def _compile(self, args: list[np.ndarray], with_diagnostics: bool) -> Compiled:
+        specs = [tf.TensorSpec(a.shape, a.dtype) for a in args]
+        burst = self._measured_burst if with_diagnostics else self._plain_burst
+        compiled = Compiled(burst, specs)
+        self._compiled[with_diagnostics] = compiled
+        if with_diagnostics:
+            self._readers = [self._metric_reader(i, args[0].shape[1]) for i in range(self.num_runs)]
+        return compiled
+
+    def _sync_impl(self) -> None:
+        for t, o in zip(self.target, self.online, strict=True):
+            tau = per_run(self._tau, o.shape.rank)
+            t.assign(tf.where(tau >= 1.0, o, tau * o + (1.0 - tau) * t))
+
+    def _state(self) -> tuple[list[tf.Tensor], Optimizer]:
+        read = lambda vs: [tf.convert_to_tensor(v) for v in vs]  # noqa: E731
+        opt = Optimizer(
+            read(self._m), read(self._v), self._b1_power.read_value(), self._b2_power.read_value()
+        )
+        return read(self.online), opt
+
+    def _store(self, weights: list[tf.Tensor], opt: Optimizer, alive: tf.Tensor) -> None:
+        for var, value in zip(self.online + self._m + self._v, weights + opt.m + opt.v, strict=True):
+            var.assign(value)
+        self._b1_power.assign(opt.b1_power)
+        self._b2_power.assign(opt.b2_power)
+        self.alive.assign(alive)
+
+    def _plain_burst(self, packed: tf.Tensor):
+        weights, opt = self._state()
+        alive = self.alive.read_value()
+        target = [tf.convert_to_tensor(v) for v in self.target]
+        num_updates, nv = packed.shape[1], len(weights)
+
+        def body(i, alive, *state):
+            w, o = unflat(state, nv)
+            applied = self._apply(packed[:, i], w, target, o, alive)
+            return (i + 1, tf.logical_and(alive, applied.finite), *applied.weights, *flat(applied.opt))
+
+        start = (tf.constant(0), alive, *weights, *flat(opt))
+        _, alive, *state = tf.while_loop(lambda i, *_: i < num_updates, body, start)
+        weights, opt = unflat(state, nv)
+        self._store(weights, opt, alive)
+        return alive, tf.zeros([0]), [tf.identity(w) for w in weights]
+
+    def _measured_burst(self, packed: tf.Tensor, position: tf.Tensor):
+        """Every update keeps a record [N, R] (TD errors, dL/dQ(s,a), loss, raw norm, max Q, samples); the
+        update at `position` also computes the panel [N, P]. Returns alive, [panel, burst sums, burst maxes]
+        per run [N, M], and the weights."""
+        weights, opt = self._state()
+        alive = self.alive.read_value()
+        target = [tf.convert_to_tensor(v) for v in self.target]
+        num_updates, nv = packed.shape[1], len(weights)
+        panel_size = len(PANEL_SCALARS) + len(PANEL_FAMILIES) * nv
+
+        def body(i, alive, panel, records, *state):
+            w, o = unflat(state, nv)
+            applied = self._apply(packed[:, i], w, target, o, alive)
+            panel = tf.cond(
+                tf.equal(i, position),
+                lambda: self._panel(applied, w),
+                lambda: panel,
+            )
+            records = records.write(i, self._record(applied))
+            alive = tf.logical_and(alive, applied.finite)
+            return (i + 1, alive, panel, records, *applied.weights, *flat(applied.opt))
+
+        records = tf.TensorArray(tf.float32, size=num_updates)
+        panel = tf.zeros([self.num_runs, panel_size])
+        start = (tf.constant(0), alive, panel, records, *weights, *flat(opt))
+        _, alive, panel, records, *state = tf.while_loop(lambda i, *_: i < num_updates, body, start)
+        weights, opt = unflat(state, nv)
+        self._store(weights, opt, alive)
+        table = self._burst_table(records.stack())  # [K, N, S]
+        values = tf.concat([panel, tf.reduce_sum(table, 0), tf.reduce_max(table, 0)], axis=1)
+        return alive, values, [tf.identity(w) for w in weights]
+
+    def _q_values(self, weights: list[tf.Tensor], obs: tf.Tensor) -> tf.Tensor:
+        """Q-values [N, B, A] of obs [N, B, D]: one batched matmul per layer for all runs."""
+        h = obs
+        for j in range(0, len(weights) - 2, 2):
+            h = self._act(tf.linalg.matmul(h, weights[j]) + weights[j + 1][:, None, :])
+        return tf.linalg.matmul(h, weights[-2]) + weights[-1][:, None, :]
+
+    def _per_sample_loss(self, delta: tf.Tensor) -> tf.Tensor:
+        """Each run's own loss kind and bound, per sample [N, B]. With several kinds in the batch, each is
+        computed for all runs and selected with `tf.where`, whose gradient gives the kinds not chosen exactly
+        zero (a product with a one-hot would turn an unselected infinite gradient into NaN)."""
+        bound = self._bound[:, None]
+        loss = LOSSES[self._loss_kinds[0]](delta, bound)
+        for k, kind in enumerate(self._loss_kinds[1:], 1):
+            loss = tf.where(tf.equal(self._loss_index, k)[:, None], LOSSES[kind](delta, bound), loss)
+        return loss
+
+    def _apply(self, packed: tf.Tensor, weights, target, opt: Optimizer, alive: tf.Tensor) -> Applied:
+        """One update of every run from packed [N, B, F]: TD loss, its gradient, the per-run clip, Adam,
+        and the mask (a run not alive, or not finite now, keeps its weights and optimizer state)."""
+        b = unpack(packed, self._obs_dim)
+        discounts = b.discounts * self._gamma[:, None]  # [N, B]
+        q_next = self._q_values(target, b.next_obs)  # [N, B, A]
+        selector = self._q_values(weights, b.next_obs) if self._double else None
+        target_tm1 = td_target(b.rewards, discounts, q_next, selector)  # [N, B]
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            q = self._q_values(weights, b.obs)
+            qa = tf.gather(q, b.actions, batch_dims=2)  # [N, B]
+            delta = target_tm1 - qa
+            loss = tf.reduce_mean(self._per_sample_loss(delta), axis=1)  # [N]: each run's own mean
+            total = tf.reduce_sum(loss)  # run i's weights get run i's gradient only
+        *grads, dloss_dqa = tape.gradient(total, [*weights, qa])
+        squares = tf.stack([half_squares(g) for g in grads], axis=1)  # [N, V]
+        preclip = tf.sqrt(tf.reduce_sum(squares, 1) * 2.0)  # [N]
+        # tf.clip_by_global_norm's own arithmetic, per run: NaN scale when the norm is not finite.
+        clipped = self._clip * tf.minimum(1.0 / preclip, 1.0 / self._clip) + (preclip - preclip)
+        scale = tf.where(self._clip > 0, clipped, 1.0)
+        grads = [g * per_run(scale, g.shape.rank) for g in grads]
+        finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(preclip))
+        new_weights, new_opt = self._adam(grads, weights, opt)
+        keep = tf.logical_and(alive, finite)
+        select = lambda new, old: [  # noqa: E731
+            tf.where(per_run(keep, n.shape.rank), n, o) for n, o in zip(new, old, strict=True)
+        ]
+        new_opt = Optimizer(select(new_opt.m, opt.m), select(new_opt.v, opt.v), *new_opt[2:])
+        weights_after = select(new_weights, weights)
+        return Applied(finite, loss, q, target_tm1, delta, dloss_dqa, grads, preclip, weights_after, new_opt)
+
+    def _adam(self, grads, weights, opt: Optimizer) -> tuple[list[tf.Tensor], Optimizer]:
+        """TensorFlow's ResourceApplyAdam (what `optimizers.FusedAdam` calls), written out so that the
+        learning rate and epsilon are per run: alpha = lr sqrt(1 - b2^t) / (1 - b1^t);
+        m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); w -= m alpha / (sqrt(v) + eps)."""
+        b1_power, b2_power = opt.b1_power * BETA_1, opt.b2_power * BETA_2
+        alpha = self.learning_rates * tf.sqrt(1.0 - b2_power) / (1.0 - b1_power)  # [N]
+        new_w, new_m, new_v = [], [], []
+        for g, w, m, v in zip(grads, weights, opt.m, opt.v, strict=True):
+            rank = w.shape.rank
+            m = m + (g - m) * (1.0 - BETA_1)
+            v = v + (tf.square(g) - v) * (1.0 - BETA_2)
+            new_w.append(w - (m * per_run(alpha, rank)) / (tf.sqrt(v) + per_run(self._epsilon, rank)))
+            new_m.append(m)
+            new_v.append(v)
+        return new_w, Optimizer(new_m, new_v, b1_power, b2_power)
+
+    def _norm(self, preclip: tf.Tensor) -> tf.Tensor:
+        """The applied gradient's global norm [N]: min(raw, clip) where clipping is on."""
+        return tf.where(self._clip > 0, tf.minimum(preclip, self._clip), preclip)
+
+    def _panel(self, applied: Applied, before: list[tf.Tensor]) -> tf.Tensor:
+        """The panel update's entries [N, P]: `PANEL_SCALARS`, then each of `PANEL_FAMILIES` over the
+        variables; the same quantities as `Learner._panel` and `learner.per_variable_families`, per run."""
+        norm = self._norm(applied.preclip_norm)
+        abs_delta = tf.abs(applied.delta)
+        sign_delta = tf.sign(applied.delta)
+        half_nonzero = half_squares(sign_delta)
+        samples = tf.cast(tf.shape(applied.delta)[1], tf.float32)
+        scalars = [
+            applied.loss,
+            tf.reduce_mean(applied.q, axis=[1, 2]),
+            tf.reduce_max(applied.q, axis=[1, 2]),
+            tf.reduce_mean(applied.target, axis=1),
+            tf.reduce_mean(abs_delta, axis=1),
+            tf.reduce_max(abs_delta, axis=1),
+            half_nonzero - half_squares(sign_delta * tf.sign(applied.dloss_dqa)),
+            half_nonzero,
+            tf.reduce_sum(tf.cast(abs_delta > self._bound[:, None], tf.float32), axis=1),
+            tf.fill([self.num_runs], samples),
+            norm,
+            applied.preclip_norm,
+        ]
+        grads, after = applied.grads, applied.weights
+        raw_squares = tf.stack([half_squares(g) for g in grads], axis=1)  # of the applied gradient
+        weight_norm = tf.sqrt(2.0 * tf.stack([half_squares(w) for w in before], axis=1))
+        step_norm = tf.sqrt(
+            2.0 * tf.stack([half_squares(a - w) for a, w in zip(after, before, strict=True)], 1)
+        )
+        finite = tf.stack([counts(tf.cast(tf.math.is_finite(g), tf.float32)) for g in grads], axis=1)
+        families = [
+            tf.sqrt(2.0 * raw_squares),
+            tf.stack([half_squares(tf.sign(g)) for g in grads], axis=1),
+            tf.constant(self._sizes) - finite,
+            weight_norm,
+            tf.math.divide_no_nan(step_norm, weight_norm),
+        ]
+        return tf.concat([tf.stack(scalars, axis=1), *families], axis=1)
+
+    def _record(self, applied: Applied) -> tf.Tensor:
+        """What a measured burst keeps of every update [N, 2B + 4]."""
+        samples = tf.cast(tf.shape(applied.delta)[1], tf.float32)
+        scalars = [applied.loss, applied.preclip_norm, tf.reduce_max(applied.q, axis=[1, 2])]
+        scalars.append(tf.fill([self.num_runs], samples))
+        return tf.concat([applied.delta, applied.dloss_dqa, tf.stack(scalars, axis=1)], axis=1)
+
+    def _burst_table(self, rows: tf.Tensor) -> tf.Tensor:
+        """`BURST_NAMES` statistics of every update and run [K, N, S] from the records [K, N, R]."""
+        c = (rows.shape[2] - 4) // 2
+        delta, dloss_dqa = rows[..., :c], rows[..., c : 2 * c]
+        loss, preclip, q_max, samples = tf.unstack(rows[..., 2 * c :], axis=2)  # [K, N] each
+        abs_delta, sign_delta = tf.abs(delta), tf.sign(delta)
+        nonzero = tf.reduce_sum(tf.square(sign_delta), 2)
+        blocked = nonzero - tf.reduce_sum(tf.square(sign_delta * tf.sign(dloss_dqa)), 2)
+        beyond = tf.reduce_sum(tf.cast(abs_delta > self._bound[None, :, None], tf.float32), 2)
+        stats = {
+            "loss/td": loss,
+            "td/grad_blocked_frac": tf.math.divide_no_nan(blocked, nonzero),
+            "td/beyond_bound_frac": tf.math.divide_no_nan(beyond, samples),
+            "td/abs_max": tf.reduce_max(abs_delta, 2),
+            "q/max": q_max,
+            "grad_norm/global": self._norm(preclip),
+            PRECLIP: preclip,
+            "td/grad_blocked_count": blocked,
+            "td/nonzero_delta_count": nonzero,
+        }
+        return tf.stack([stats[name] for name in BURST_NAMES], axis=2)
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def pulled_names(self) -> list[str]:
+        """The entries of a measured burst's row, in order."""
+        families = [f"{family}/{tag}" for family in PANEL_FAMILIES for tag in self.variable_tags]
+        sums = [f"~sum/{name}" for name in BURST_NAMES]
+        return [*PANEL_SCALARS, *families, *sums, *(f"~max/{name}" for name in BURST_NAMES)]
+
+    def _metric_reader(self, run: int, num_updates: int) -> MetricReader:
+        """Run `run`'s tags read off its row: the tags `Learner._metric_reader` gives the unbatched run of
+        the same config (the pre-clip norm and `grad/clipped` only where its clipping is on)."""
+        clip = float(self.cfgs[run].train.grad_clip_norm)
+        reader = MetricReader(self.pulled_names())
+        for name in self.pulled_names():
+            if not name.startswith("~") and (clip > 0 or name != PRECLIP):
+                reader.tag(name)
+        reader.ratio("td/grad_blocked_frac", "~half_blocked", "~half_nonzero_delta")
+        reader.ratio("td/beyond_bound_frac", "~beyond_bound", "~samples")
+        if clip > 0:
+            reader.above("grad/clipped", PRECLIP, clip)
+        reader.total("grad/nonfinite", [f"grad_nonfinite/{tag}" for tag in self.variable_tags])
+        hidden = [tag for tag in self.variable_tags if tag.startswith("hidden_") and tag.endswith("/kernel")]
+        if len(hidden) >= 2:
+            reader.ratio("grad/depth_ratio", f"grad_norm/{hidden[0]}", f"grad_norm/{hidden[-1]}")
+        for tag, size in zip(self.variable_tags, self._sizes, strict=True):
+            reader.zero_frac(f"grad_zero_frac/{tag}", f"~half_nonzero/{tag}", size)
+        stats = [name for name in BURST_STATS if clip > 0 or name != PRECLIP]
+        for tag in stats if num_updates > 1 else []:
+            reader.quotient(f"{tag}/burst_mean", f"~sum/{tag}", num_updates)
+            reader.tag(f"{tag}/burst_max", f"~max/{tag}")
+        for tag, half in BURST_COUNTS.items():
+            if num_updates == 1:
+                reader.quotient(f"{tag}/burst_sum", half, 0.5)
+            else:
+                reader.tag(f"{tag}/burst_sum", f"~sum/{tag}")
+        reader.finish()
+        return reader
+
+
+def flat(opt: Optimizer) -> list[tf.Tensor]:
+    """Adam's state as loop variables: m per variable, v per variable, the beta powers."""
+    return [*opt.m, *opt.v, opt.b1_power, opt.b2_power]
+
+
+def unflat(state: Sequence[tf.Tensor], num_variables: int) -> tuple[list[tf.Tensor], Optimizer]:
+    """Loop variables (weights, then `flat`'s Adam state) back as weights and an Optimizer."""
+    nv = num_variables
+    return list(state[:nv]), Optimizer(list(state[nv : 2 * nv]), list(state[2 * nv : 3 * nv]), *state[-2:])

@@ -1,0 +1,144 @@
+"""Env steps per second of N runs batched in one process against the same N runs unbatched (issue #24).
+
+    python scripts/bench_batched.py [--steps 20000] [--repeats 2] [--runs 1,2,4,8] [--settings S,..]
+
+Unbatched: each run is `dqnlab.train` of the setting (scripts/bench.py) with diagnostics on, seed s, in its
+own fresh one-thread process (`bench.measure_in_subprocess`), one after another on the same core; N runs'
+total env steps per second is N * steps over the sum of seeds 0..N-1's times. Batched: `run_batched` of the
+same N configs and seeds in one fresh one-thread process (THREAD_ENV, TF intra = inter = 1), timed from
+building the learners to the last burst. The ratio batched / unbatched is the issue's bar (>= 3x at
+`cleanrl` for N = 8, >= 0.95x at `sb3_zoo`). Medians over repeats; the order alternates between repeats.
+
+Not like for like in the batched engine's favour: `dqnlab.train` also writes event files and run.json and
+plays one greedy evaluation episode at the end, which `run_batched` does not do yet (docs/batched.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bench
+
+from dqnlab.cliargs import OneLineParser
+
+_RESULT = "BATCHED_BENCH_RESULT "
+BARS = {"cleanrl": (8, 3.0), "sb3_zoo": (None, 0.95)}  # setting -> (N the bar is for, None: every N; ratio)
+
+
+def measure_batched_here(setting_name: str, runs: int, steps: int) -> dict:
+    """One batched measurement in this process (one TF thread): N runs of the setting, seeds 0..N-1."""
+    bench.limit_tf_to_one_thread()
+    from dqnlab.batched_loop import run_batched
+    from dqnlab.config import load_preset
+
+    setting = bench.SETTINGS[setting_name]
+    cfg = load_preset(setting.preset, bench.dqnlab_overrides(setting, True, steps))
+    start = time.perf_counter()
+    result = run_batched([cfg] * runs, list(range(runs)), setting.env, steps)
+    seconds = time.perf_counter() - start
+    if not result.alive.all():
+        raise RuntimeError(f"batched runs masked out: {result.errors or 'diverged'}")
+    return {
+        "seconds": seconds,
+        "steps_per_s": runs * steps / seconds,
+        "measured_bursts": len(result.metric_rows),
+    }
+
+
+def measure_batched(setting_name: str, runs: int, steps: int) -> dict:
+    spec = json.dumps({"setting": setting_name, "runs": runs, "steps": steps})
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", spec],
+        env={**os.environ, **bench.THREAD_ENV},
+        capture_output=True,
+        text=True,
+    )
+    for line in proc.stdout.splitlines():
+        if proc.returncode == 0 and line.startswith(_RESULT):
+            return json.loads(line[len(_RESULT) :])
+    raise RuntimeError(
+        f"batched {setting_name} N={runs} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+    )
+
+
+def one_repeat(settings: list[str], counts: list[int], steps: int, repeat: int, log) -> list[dict]:
+    """Every setting's unbatched seeds and batched N, in alternating order between repeats."""
+    rows = []
+    for setting in settings:
+        jobs = [("unbatched", seed) for seed in range(max(counts))] + [("batched", n) for n in counts]
+        for kind, value in jobs if repeat % 2 == 0 else jobs[::-1]:
+            if kind == "unbatched":
+                res = bench.measure_in_subprocess("dqnlab", setting, steps, diagnostics=True, seed=value)
+                res = {"seconds": steps / res["steps_per_s"], "steps_per_s": res["steps_per_s"]}
+            else:
+                res = measure_batched(setting, value, steps)
+            rows.append({"setting": setting, "kind": kind, "value": value, "repeat": repeat, **res})
+            log(f"[r{repeat}] {setting:8s} {kind:9s} {value:3d}  {res['steps_per_s']:9,.0f} env steps/s")
+    return rows
+
+
+def ratios(rows: list[dict], setting: str, n: int, repeats: int, steps: int) -> tuple[float, float, float]:
+    """Median over repeats of (batched total env steps/s, unbatched total env steps/s, their ratio)."""
+    out = []
+    for r in range(repeats):
+        mine = [x for x in rows if x["setting"] == setting and x["repeat"] == r]
+        batched = next(x["steps_per_s"] for x in mine if x["kind"] == "batched" and x["value"] == n)
+        seconds = sum(x["seconds"] for x in mine if x["kind"] == "unbatched" and x["value"] < n)
+        unbatched = n * steps / seconds
+        out.append((batched, unbatched, batched / unbatched))
+    return tuple(statistics.median(column) for column in zip(*out, strict=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        spec = json.loads(argv[1])
+        print(_RESULT + json.dumps(measure_batched_here(spec["setting"], spec["runs"], spec["steps"])))
+        return 0
+    ap = OneLineParser(description=__doc__.splitlines()[0])
+    from dqnlab.cliargs import int_at_least
+
+    ap.add_argument("--steps", type=int_at_least(1), default=20_000, help="env steps per run (default 20000)")
+    ap.add_argument("--repeats", type=int_at_least(1), default=2)
+    ap.add_argument("--runs", default="1,2,4,8", help="batch sizes N (default 1,2,4,8)")
+    ap.add_argument("--settings", default="cleanrl,sb3_zoo")
+    args = ap.parse_args(argv)
+    try:
+        counts = [int(n) for n in args.runs.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        ap.error(f"--runs {args.runs!r}: expected comma-separated integers >= 1")
+    settings = args.settings.split(",")
+    cartpole = [name for name, s in bench.SETTINGS.items() if s.env == "CartPole-v1"]
+    if any(name not in cartpole for name in settings):
+        ap.error(f"--settings {args.settings!r}: expected comma-separated names from {', '.join(cartpole)}")
+    info = bench.machine_info(frameworks=("dqnlab",))
+    start = time.perf_counter()
+    rows = []
+    for r in range(args.repeats):
+        rows += one_repeat(settings, counts, args.steps, r, lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"batched vs unbatched: {args.steps:,} env steps per run, diagnostics on, median of {args.repeats}")
+    print(bench.machine_line(info))
+    print(f"pinned to cores {sorted(os.sched_getaffinity(0))}; wall {time.perf_counter() - start:.0f} s\n")
+    header = ["setting", "N", "batched env steps/s", "unbatched env steps/s", "batched/unbatched", "bar"]
+    table = []
+    for setting in settings:
+        bar_n, bar = BARS.get(setting, (None, None))
+        for n in counts:
+            b, u, ratio = ratios(rows, setting, n, args.repeats, args.steps)
+            applies = bar is not None and (bar_n is None or bar_n == n)
+            verdict = (f">= {bar}: {'met' if ratio >= bar else 'NOT met'}") if applies else ""
+            table.append([setting, str(n), f"{b:,.0f}", f"{u:,.0f}", f"{ratio:.2f}", verdict])
+    print(bench.format_table(header, table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
