@@ -193,12 +193,11 @@ def values(res, tag: str) -> list[float]:
 
 def test_killed_relus_are_counted_dead_and_the_healthy_preset_is_not(tmp_path):
     killed, healthy = probe_run(tmp_path, "relu_dead"), probe_run(tmp_path, "huber_relu")
-    for layer in ("hidden_0", "hidden_1"):
-        assert min(values(killed, f"act_dead_frac/{layer}")) >= 0.9
-        assert max(values(killed, f"act_dead_frac/{layer}")) >= 2 * max(
-            values(healthy, f"act_dead_frac/{layer}")
-        )
-    assert max(values(healthy, "act_dead_frac/hidden_0")) <= 0.05
+    # PyTorch's init (the presets') leaves ~70% of the healthy hidden_1 silent on CartPole's 4 inputs from
+    # the start (docs/doctor.md, dead_relu); biases at -3 silence every unit of both layers.
+    for layer, healthy_at_most in (("hidden_0", 0.3), ("hidden_1", 0.8)):
+        assert min(values(killed, f"act_dead_frac/{layer}")) >= 0.99
+        assert max(values(healthy, f"act_dead_frac/{layer}")) <= healthy_at_most
     # A dead unit's kernel column and bias get exactly zero gradient.
     assert min(values(killed, "grad_zero_frac/hidden_1/bias")) >= 0.9
 
