@@ -302,7 +302,7 @@ def _resolve_start(
         claim_run_dir(run_dir)
     else:
         checkpoint.remove_staging(run_dir)  # what a killed save left behind
-    _write_experiment_json(run_dir, cfg, env_id, seed, steps)
+    write_experiment_json_once(run_dir, cfg, env_id, seed, steps)
     if ckpt is None:
         hparams = {**hparams_of(cfg, env_id, seed), "train.steps": steps}
         return Start(
@@ -355,7 +355,7 @@ def new_run_info(cfg: Config, env_id: str, seed: int, deterministic: bool) -> di
     }
 
 
-def _write_experiment_json(run_dir: Path, cfg: Config, env_id: str, seed: int, steps: int) -> None:
+def write_experiment_json_once(run_dir: Path, cfg: Config, env_id: str, seed: int, steps: int) -> None:
     """The experiment's description, for a run trained on its own (the runner writes its own first)."""
     experiment_json = run_dir.parents[2] / EXPERIMENT_JSON
     if not experiment_json.exists():
