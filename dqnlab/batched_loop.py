@@ -18,22 +18,37 @@ acting is identical until the first update; the updates then round differently i
 and Adam written out, against Keras's Dense and the fused Adam kernel: equal to ~1e-6 per update,
 tests/test_batched_learner.py), so trajectories drift apart like two machines' would.
 
-Not here yet: evaluation episodes, probes, run directories and event files, checkpoints and resume.
+`batched_events` yields each run's events as `loop.run_loop` yields them (with greedy evaluations and probes
+when given each run's shadow learner); `dqnlab.batched_trainer` writes them to each run's own directory.
+Not here: checkpoints and resume.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
-from dqnlab.batched_learner import BatchedLearner, make_batched_learner
+from dqnlab.batched_learner import BatchedLearner, make_batched_learner, run_slice, stack_runs
 from dqnlab.config import Config
 from dqnlab.envs import make_env
-from dqnlab.kinds import make_replay, make_sampler
+from dqnlab.kinds import make_learner, make_replay, make_sampler
 from dqnlab.learner import MetricValues
-from dqnlab.loop import epsilon_at
+from dqnlab.loop import (
+    LR_TAG,
+    EpisodeEnd,
+    Evaluated,
+    Event,
+    Probed,
+    Schedule,
+    Updated,
+    epsilon_at,
+    greedy_episodes,
+    value_gamma_of,
+)
 from dqnlab.networks import NUMPY_ACTIVATIONS
 from dqnlab.optimizers import learning_rate_at
 
@@ -68,6 +83,23 @@ class BatchedResult:
     updates: int = 0
 
 
+@dataclass(frozen=True)
+class EnvFailed:
+    """A run's env raised at `step`: the run is masked out (the unbatched run would have failed there)."""
+
+    step: int
+    error: str  # "RuntimeError: the simulator crashed", as the trainer's run.json says it
+    traceback: str
+
+
+class RunEvent(NamedTuple):
+    """One run's event: `loop`'s EpisodeEnd, Updated, Probed or Evaluated, or EnvFailed. After an Updated
+    that is not finite, or an EnvFailed, the run has no more events."""
+
+    run: int
+    event: Event | EnvFailed
+
+
 class RunsState:
     """The per-run acting state: envs, replays, samplers, generators, current observations and returns."""
 
@@ -79,7 +111,77 @@ class RunsState:
         self.rngs = [np.random.default_rng(seed) for seed in seeds]
         self.obs = np.stack([env.reset(seed=seed)[0] for env, seed in zip(self.envs, seeds, strict=True)])
         self.returns = [0.0] * len(cfgs)
+        self.lengths = [0] * len(cfgs)
         self.num_actions = int(self.envs[0].action_space.n)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class Members:
+    """What the unbatched loop does beside acting and learning, per run: greedy evaluations (`loop`'s own
+    `greedy_episodes`, on each run's eval env with its numpy policy) and probes. A probe is the unbatched
+    learner's own (`Learner.probe`), on a shadow learner per run (the one its initial weights came from)
+    into which the run's online and target weights are copied first: the same tags, the same code."""
+
+    def __init__(
+        self, cfgs: Sequence[Config], seeds: Sequence[int], env_id: str, shadows: Sequence, steps: int
+    ):
+        self.cfgs, self.seeds, self.shadows, self.steps = list(cfgs), list(seeds), list(shadows), steps
+        self.eval_envs = [make_env(env_id, atari=cfg.atari, evaluation=True) for cfg in cfgs]
+        self.policies = [shadow.policy() for shadow in shadows]
+        self.schedules = [Schedule.of(cfg.diagnostics, cfg.train, steps, 0) for cfg in cfgs]
+        self.probe_rngs = [np.random.default_rng((seed, 1)) for seed in seeds]  # as `LoopState.start`
+        self.probe_inputs: list = [None] * len(cfgs)
+        self.last_probe = [0] * len(cfgs)
+
+    def probe_due(self, i: int, step: int, updates_before: int) -> bool:
+        """`loop._burst`'s rule for run i's burst at `step`."""
+        sch, train = self.schedules[i], self.cfgs[i].train
+        return sch.probe_every is not None and (
+            crosses(updates_before, train.gradient_steps, sch.probe_every)
+            or (sch.probe_floor is not None and step - self.last_probe[i] >= sch.probe_floor)
+            or step + train.train_every > self.steps
+        )
+
+    def probe(self, i: int, step: int, learner: BatchedLearner, sampler) -> Probed:
+        shadow, cfg = self.shadows[i], self.cfgs[i]
+        for variables, stacked in (
+            (shadow.variables, learner.online),
+            (shadow.target.weights, learner.target),
+        ):
+            for v, w in zip(variables, run_slice(stacked, i), strict=True):
+                v.assign(w)
+        with sampler.replay.drawing_from(self.probe_rngs[i]):
+            if self.probe_inputs[i] is None:
+                self.probe_inputs[i] = sampler.probe_states(sampler.batch(self.schedules[i].probe_size))
+            batch = sampler.batch(cfg.train.batch_size)
+        self.last_probe[i] = step
+        return Probed(step, shadow.probe(self.probe_inputs[i], batch))
+
+    def evaluation_due(self, i: int, step: int) -> bool:
+        every = self.cfgs[i].train.eval_every
+        return bool(every and step % every == 0) or step == self.steps
+
+    def evaluate(self, i: int, step: int, learner: BatchedLearner) -> Evaluated:
+        policy, env, train = self.policies[i], self.eval_envs[i], self.cfgs[i].train
+        policy.set_weights(learner.run_weights(i))
+        gamma = value_gamma_of(env, train)
+        episodes = greedy_episodes(env, policy, train.eval_episodes, self.seeds[i] + 10_000 + step, gamma)
+        return episodes.evaluated(step)
+
+    def close(self) -> None:
+        for env in self.eval_envs:
+            env.close()
+
+
+def make_members(cfgs: Sequence[Config], seeds: Sequence[int], obs_shape, num_actions: int):
+    """The batch's learner and each run's shadow learner (`Members`): `make_batched_learner`'s
+    construction, keeping the per-run learners it stacks."""
+    shadows = [make_learner(cfg, obs_shape, num_actions, seed) for cfg, seed in zip(cfgs, seeds, strict=True)]
+    weights = stack_runs([shadow.online_weights() for shadow in shadows])
+    return BatchedLearner(cfgs, weights, int(np.prod(obs_shape))), shadows
 
 
 def run_batched(
@@ -89,49 +191,119 @@ def run_batched(
     steps: int,
     learner: BatchedLearner | None = None,
 ) -> BatchedResult:
-    """Train N runs (`cfgs[i]` with `seeds[i]`) for `steps` env steps each; a measured burst's metrics are
-    kept per run whenever the burst crosses a multiple of `diagnostics.every` updates (diagnostics on)."""
-    runs = RunsState(cfgs, seeds, env_id)
-    n, train = len(cfgs), cfgs[0].train
-    learner = learner or make_batched_learner(cfgs, seeds, runs.obs.shape[1:], runs.num_actions)
-    policy = BatchedPolicy(cfgs[0].network.activation)
-    policy.set_weights(learner.online_weights())
+    """Train N runs (`cfgs[i]` with `seeds[i]`) for `steps` env steps each, without evaluations or probes;
+    a measured burst's metrics are kept per run whenever the burst crosses a multiple of
+    `diagnostics.every` updates (diagnostics on)."""
+    n = len(cfgs)
     result = BatchedResult([[] for _ in range(n)], [[] for _ in range(n)])
     alive = np.ones(n, bool)
-    scheduled = any(cfg.optimizer.schedule != "constant" for cfg in cfgs)
-    every = cfgs[0].diagnostics.every if cfgs[0].diagnostics.enabled else None
-    synced_at = 0
-    for step in range(1, steps + 1):
-        if not alive.any():  # every run diverged or lost its env: nothing left to train
-            break
-        actions = choose_actions(runs, policy, [epsilon_at(step, cfg.train) for cfg in cfgs], alive)
-        for i in np.flatnonzero(alive):
-            if not step_run(runs, i, int(actions[i]), step, result):
-                alive[i] = False
-                learner.mask([i])
-        if step >= train.learning_starts and step % train.train_every == 0:
-            k = train.gradient_steps
-            if scheduled:
-                learner.set_learning_rates([learning_rate_at(step, cfg.optimizer) for cfg in cfgs])
-            measure = every is not None and (result.updates + k) // every > result.updates // every
-            data = [
-                sampler.burst(k, train.batch_size) if alive[i] else None
-                for i, sampler in enumerate(runs.samplers)
-            ]
-            # A masked run's slot still takes a burst (its weights stay frozen): a live run's, as its own
-            # replay may be empty (its env raised on its first step).
-            data = [d if d is not None else next(x for x in data if x is not None) for d in data]
-            out = learner.update(data, measure)
-            result.updates += k
-            alive &= out.alive
-            policy.set_weights([w.numpy() for w in out.weights])
-            if measure:
-                result.metric_rows.append((step, out.metrics))
-        if step % train.target_update_every == 0 and result.updates > synced_at:
-            learner.update_target()
-            synced_at = result.updates
+    rows: dict[int, list] = {}
+    for run, event in batched_events(cfgs, seeds, env_id, steps, learner=learner):
+        if isinstance(event, EpisodeEnd):
+            result.episode_returns[run].append(event.episode_return)
+            result.episode_steps[run].append(event.step)
+        elif isinstance(event, Updated):
+            result.updates = event.updates
+            if event.metrics:
+                rows.setdefault(event.step, [{} for _ in range(n)])[run] = event.metrics
+            alive[run] &= event.finite
+        elif isinstance(event, EnvFailed):
+            alive[run] = False
+            result.errors[run] = f"step {event.step}: {event.error}"
+    result.metric_rows = sorted(rows.items())
     result.alive = alive
     return result
+
+
+def batched_events(
+    cfgs: Sequence[Config],
+    seeds: Sequence[int],
+    env_id: str,
+    steps: int,
+    *,
+    learner: BatchedLearner | None = None,
+    shadows: Sequence | None = None,
+) -> Iterator[RunEvent]:
+    """Train N runs for `steps` env steps each, yielding each run's events in `loop.run_loop`'s order
+    within a step. With `shadows` (each run's unbatched learner, as `make_members` gives them with the
+    batch's `learner`), each run also gets the greedy evaluations and probes `run_loop` gives it."""
+    runs = RunsState(cfgs, seeds, env_id)
+    if learner is None:
+        learner = make_batched_learner(cfgs, seeds, runs.obs.shape[1:], runs.num_actions)
+    members = Members(cfgs, seeds, env_id, shadows, steps) if shadows is not None else None
+    try:
+        yield from _steps(runs, learner, members, cfgs, steps)
+    finally:
+        runs.close()
+        if members is not None:
+            members.close()
+
+
+def _steps(runs: RunsState, learner: BatchedLearner, members: Members | None, cfgs, steps: int):
+    n, train = len(cfgs), cfgs[0].train
+    policy = BatchedPolicy(cfgs[0].network.activation)
+    policy.set_weights(learner.online_weights())
+    alive = np.ones(n, bool)
+    updates = synced_at = 0
+    polyak = any(cfg.train.target_tau < 1.0 for cfg in cfgs)
+    for step in range(1, steps + 1):
+        if not alive.any():  # every run diverged or lost its env: nothing left to train
+            return
+        epsilons = [epsilon_at(step, cfg.train) for cfg in cfgs]
+        actions = choose_actions(runs, policy, epsilons, alive)
+        for i in np.flatnonzero(alive):
+            outcome = step_run(runs, i, int(actions[i]), step, epsilons[i])
+            if isinstance(outcome, EnvFailed):
+                alive[i] = False
+                learner.mask([i])
+            if outcome is not None:
+                yield RunEvent(int(i), outcome)
+        if step >= train.learning_starts and step % train.train_every == 0:
+            yield from _burst(runs, learner, members, cfgs, step, updates, alive)
+            updates += train.gradient_steps
+            policy.set_weights(learner.online_weights())
+        if step % train.target_update_every == 0 and (updates > synced_at or polyak):
+            learner.update_target()
+            synced_at = updates
+        if members is not None:
+            for i in np.flatnonzero(alive):
+                if members.evaluation_due(i, step):
+                    yield RunEvent(int(i), members.evaluate(i, step, learner))
+
+
+def _burst(runs, learner: BatchedLearner, members, cfgs, step: int, updates: int, alive: np.ndarray):
+    """Every live run's burst at `step` in one call; each run's Updated (and Probed when due). A run whose
+    burst went non-finite gets its last event (not finite) and `alive` turns false for it."""
+    train = cfgs[0].train
+    k = train.gradient_steps
+    scheduled = [cfg.optimizer.schedule != "constant" for cfg in cfgs]
+    rates = [learning_rate_at(step, cfg.optimizer) for cfg in cfgs]
+    if any(scheduled):
+        learner.set_learning_rates(rates)
+    every = cfgs[0].diagnostics.every if cfgs[0].diagnostics.enabled else None
+    measure = crosses(updates, k, every)
+    data = [
+        sampler.burst(k, train.batch_size) if alive[i] else None for i, sampler in enumerate(runs.samplers)
+    ]
+    # A masked run's slot still takes a burst (its weights stay frozen): a live run's, as its own replay
+    # may be empty (its env raised on its first step).
+    data = [d if d is not None else next(x for x in data if x is not None) for d in data]
+    out = learner.update(data, measure)
+    for i in np.flatnonzero(alive):
+        finite = bool(out.alive[i])
+        metrics = out.metrics[i] if measure else {}
+        if metrics and scheduled[i]:
+            metrics = {**metrics, LR_TAG: rates[i]}
+        yield RunEvent(int(i), Updated(step, updates + k, metrics, finite))
+        if not finite:
+            alive[i] = False
+        elif members is not None and members.probe_due(i, step, updates):
+            yield RunEvent(int(i), members.probe(i, step, learner, runs.samplers[i]))
+
+
+def crosses(updates: int, k: int, every: int | None) -> bool:
+    """Whether going from `updates` to `updates + k` passes a multiple of `every` (`loop`'s rule)."""
+    return every is not None and (updates + k) // every > updates // every
 
 
 def choose_actions(runs: RunsState, policy: BatchedPolicy, epsilons: list[float], alive: np.ndarray):
@@ -151,20 +323,22 @@ def choose_actions(runs: RunsState, policy: BatchedPolicy, epsilons: list[float]
     return actions
 
 
-def step_run(runs: RunsState, i: int, action: int, step: int, result: BatchedResult) -> bool:
-    """Run i's env step, its transition stored, its episode closed when it ends. False when the env raised
-    (recorded in `result.errors`): the caller masks the run out, and the others go on."""
+def step_run(
+    runs: RunsState, i: int, action: int, step: int, epsilon: float
+) -> EpisodeEnd | EnvFailed | None:
+    """Run i's env step, its transition stored, its episode closed when it ends (its EpisodeEnd returned).
+    EnvFailed when the env raised: the caller masks the run out, and the others go on."""
     try:
         next_obs, reward, terminated, truncated, _ = runs.envs[i].step(action)
     except Exception as exc:  # any env failure ends this run only
-        result.errors[i] = f"step {step}: {type(exc).__name__}: {exc}"
-        return False
+        return EnvFailed(step, f"{type(exc).__name__}: {exc}", traceback.format_exc())
     runs.replays[i].add(runs.obs[i], action, reward, next_obs, terminated, truncated)
     runs.returns[i] += float(reward)
+    runs.lengths[i] += 1
+    ended = None
     if terminated or truncated:
-        result.episode_returns[i].append(runs.returns[i])
-        result.episode_steps[i].append(step)
-        runs.returns[i] = 0.0
+        ended = EpisodeEnd(step, runs.returns[i], runs.lengths[i], epsilon)
+        runs.returns[i], runs.lengths[i] = 0.0, 0
         next_obs, _ = runs.envs[i].reset()
     runs.obs[i] = next_obs
-    return True
+    return ended

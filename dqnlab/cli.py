@@ -13,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+from dqnlab.batch_plan import parse_batch_runs
 from dqnlab.cliargs import (
     EXIT_BAD_INPUT,
     SEED,
@@ -122,6 +123,15 @@ def _runs_options(p: argparse.ArgumentParser) -> None:
         help="where runs execute: local processes, or Ray tasks (default: local; see docs/cluster.md)",
     )
     p.add_argument("--ray-address", help="Ray cluster to join (default: start a local Ray)")
+    p.add_argument(
+        "--batch-runs",
+        type=parse_batch_runs,
+        default=None,
+        metavar="auto|off|N",
+        help="train runs that share an architecture, env and steps as batches of up to N in one process "
+        "(auto: up to 32); plain Adam MLPs with dqnlab's losses only, the rest run one per process; no "
+        "checkpoints, so not with --resume; local backend only (default: off; docs/batched.md)",
+    )
     _common(p)
 
 
@@ -361,6 +371,14 @@ def _ab(args) -> int:
 def _check_backend(args) -> None:
     if args.ray_address and args.backend != "ray":
         raise ConfigError("--ray-address joins a Ray cluster: it needs --backend ray")
+    if args.batch_runs is None:
+        return
+    if args.backend != "local":
+        raise ConfigError("--batch-runs trains batches in local processes: it needs --backend local")
+    if args.resume:
+        raise ConfigError("--batch-runs cannot --resume: a batch writes no checkpoints (docs/batched.md)")
+    if getattr(args, "halving", None) or getattr(args, "stop_on_fatal", False):
+        raise ConfigError("--batch-runs does not combine with --halving or --stop-on-fatal yet")
 
 
 def _run(specs, args):
@@ -371,7 +389,7 @@ def _run(specs, args):
         return run_experiment_ray(specs, address=args.ray_address, quiet=args.quiet)
     from dqnlab.runner import run_experiment
 
-    return run_experiment(specs, workers=args.workers, quiet=args.quiet)
+    return run_experiment(specs, workers=args.workers, quiet=args.quiet, batch_runs=args.batch_runs)
 
 
 def _sweep(args) -> int:

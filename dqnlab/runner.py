@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from dqnlab import early_stop
 from dqnlab.aggregate import update_aggregates
+from dqnlab.batch_plan import plan_batches
 from dqnlab.components import check_components
 from dqnlab.config import (
     Config,
@@ -256,8 +257,11 @@ _progress_queue = None
 _stop_event = None  # set by the parent on Ctrl-C: runs not started yet must not start
 
 
-def _process_main(index: int, spec: RunSpec, progress_queue, stop_event, parent_pid: int) -> None:
-    """Entry point of one run's process: train, then send the outcome to the parent."""
+def _process_main(
+    indices: list[int], specs: list[RunSpec], progress_queue, stop_event, parent_pid: int
+) -> None:
+    """Entry point of one job's process (a run, or a batch of runs): train, then send each run's outcome
+    to the parent."""
     global _progress_queue, _stop_event
     _progress_queue, _stop_event = progress_queue, stop_event
     # Ctrl-C (the terminal signals the whole group), SIGTERM, or the parent's death: each stops the run
@@ -269,10 +273,45 @@ def _process_main(index: int, spec: RunSpec, progress_queue, stop_event, parent_
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     try:
-        outcome = run_in_worker(spec)
+        outcomes = [run_in_worker(specs[0])] if len(specs) == 1 else run_batch_in_worker(specs)
     except KeyboardInterrupt as exc:  # run.json already says 'interrupted'
-        outcome = RunOutcome(spec, "", "interrupted", stop_reason(exc), None)
-    progress_queue.put(("outcome", index, outcome))
+        outcomes = [RunOutcome(spec, "", "interrupted", stop_reason(exc), None) for spec in specs]
+    for index, outcome in zip(indices, outcomes, strict=True):
+        progress_queue.put(("outcome", index, outcome))
+
+
+def run_batch_in_worker(specs: list[RunSpec]) -> list[RunOutcome]:
+    """A batch of runs in this process (`dqnlab.batched_trainer`); each member's outcome. A batch that
+    fails as a whole is a failed outcome for each member (and its run.json says so, where it was written)."""
+    from dqnlab.batched_trainer import train_batch
+
+    keys = [(spec.name or spec.preset, spec.env, spec.seed) for spec in specs]  # ArmReturns' keys
+    last_sent = [[0.0, 0] for _ in specs]
+
+    def report(member: int, step: int, episode_return: float | None) -> None:
+        now, sent = time.monotonic(), last_sent[member]
+        if _progress_queue is not None and (now - sent[0] > 0.5 or step >= specs[member].steps):
+            _progress_queue.put(("progress", step - sent[1], keys[member], episode_return))
+            sent[:] = [now, step]
+
+    def warn(member: int, line: str) -> None:
+        if _progress_queue is not None:
+            spec = specs[member]
+            _progress_queue.put(("warn", f"{spec.arm} on {spec.env}, seed {spec.seed}: {line}"))
+
+    dirs = [str(run_dir_for(s.logdir, s.experiment, s.arm, s.env, s.seed)) for s in specs]
+    if _stop_event is not None and _stop_event.is_set():
+        why = "not started: the experiment was interrupted"
+        return [RunOutcome(spec, d, "cancelled", why, None) for spec, d in zip(specs, dirs, strict=True)]
+    try:
+        results = train_batch(specs, progress=report, warn=warn)
+    except Exception as exc:  # recorded in each member's run.json by train_batch; the other jobs go on
+        why = f"the batch failed: {type(exc).__name__}: {exc}"
+        return [RunOutcome(spec, d, "failed", why, None) for spec, d in zip(specs, dirs, strict=True)]
+    return [
+        RunOutcome(spec, str(res.run_dir), res.status, res.error, res.final.get("eval_return"))
+        for spec, res in zip(specs, results, strict=True)
+    ]
 
 
 def run_in_worker(spec: RunSpec) -> RunOutcome:
@@ -338,71 +377,59 @@ def settled_outcome(spec: RunSpec) -> RunOutcome | None:
     return None
 
 
-def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool = False) -> list[RunOutcome]:
+def run_experiment(
+    specs: list[RunSpec], workers: int | None = None, quiet: bool = False, batch_runs: int | None = None
+) -> list[RunOutcome]:
     """Run every spec in its own spawned process, `workers` at a time (default: the CPU count); outcomes in
-    spec order.
+    spec order. With `batch_runs`, the runs `dqnlab.batch_plan` groups train as batches of up to that many,
+    a batch in one process (`dqnlab.batched_trainer`); the other runs as before.
 
-    One process per run, not a pool: a run whose process dies (SIGKILL, the out-of-memory killer, a crash in
-    native code) takes nothing else with it. It is recorded as `failed` with the signal, in its outcome and in
-    its run.json, and the other runs go on."""
+    One process per job, not a pool: a job whose process dies (SIGKILL, the out-of-memory killer, a crash in
+    native code) takes nothing else with it. Each of its runs is recorded as `failed` with the signal, in its
+    outcome and in its run.json, and the other jobs go on."""
     if not specs:
         return []
-    workers = max(1, min(workers or os.cpu_count() or 1, len(specs)))
     exp_dir = Path(specs[0].logdir) / specs[0].experiment
     claim_experiment_dir(exp_dir, resume=specs[0].resume)  # another `ab --name` the same: refused here
-    write_experiment_json(specs, backend="local", workers=workers)
-    ctx = mp.get_context("spawn")
-    progress_queue, stop_event = ctx.Queue(), ctx.Event()
     # Runs with nothing left to do (stopped early, or paused past their rung) need no process.
     outcomes: dict[int, RunOutcome] = {
         i: settled for i, spec in enumerate(specs) if (settled := settled_outcome(spec)) is not None
     }
-    returns = ArmReturns(specs)
-    running: dict[int, mp.process.BaseProcess] = {}
     queued = [i for i in range(len(specs)) if i not in outcomes]
+    jobs = [[queued[i] for i in job] for job in plan_batches([specs[i] for i in queued], batch_runs)]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) + len(outcomes)))
+    batches = [job for job in jobs if len(job) > 1]
+    write_experiment_json(specs, backend="local", workers=workers, batches=batches)
+    ctx = mp.get_context("spawn")
+    progress_queue, stop_event = ctx.Queue(), ctx.Event()
+    returns = ArmReturns(specs)
+    running: dict[int, mp.process.BaseProcess] = {}  # job number -> its process
     bar = tqdm(
         total=sum(min(specs[i].steps, specs[i].pause_at or specs[i].steps) for i in queued),
         unit="step",
         disable=quiet,
         dynamic_ncols=True,
-        desc=f"{len(specs)} runs on {workers} workers",
+        desc=f"{len(specs)} runs on {workers} workers" + (f", {len(batches)} batched" if batches else ""),
     )
-
-    def finish(index: int) -> None:
-        update_arm_aggregate(exp_dir, specs[index], bar)
-        bar.set_postfix_str(returns.postfix(len(outcomes)))
-
     try:
         with _single_threaded_children():
-            while queued or running:
-                while queued and len(running) < workers:
-                    index = queued.pop(0)
-                    proc = ctx.Process(
-                        target=_process_main,
-                        args=(index, specs[index], progress_queue, stop_event, os.getpid()),
-                    )
+            waiting = list(range(len(jobs)))
+            while waiting or running:
+                while waiting and len(running) < workers:
+                    number = waiting.pop(0)
+                    job = jobs[number]
+                    args = (job, [specs[i] for i in job], progress_queue, stop_event, os.getpid())
+                    running[number] = proc = ctx.Process(target=_process_main, args=args)
                     proc.start()
-                    running[index] = proc
                 _drain(progress_queue, bar, outcomes, returns)
-                for index, proc in list(running.items()):
-                    if proc.is_alive():
-                        continue
-                    proc.join()
-                    _drain(progress_queue, bar, outcomes, returns)  # its outcome, sent just before it exited
-                    if index not in outcomes:
-                        outcomes[index] = _died(specs[index], proc.exitcode)
-                    del running[index]
-                    finish(index)
+                for number in [n for n, proc in running.items() if not proc.is_alive()]:
+                    _reap(running.pop(number), jobs[number], specs, outcomes, (progress_queue, bar, returns))
+                    for index in jobs[number]:
+                        update_arm_aggregate(exp_dir, specs[index], bar)
+                    bar.set_postfix_str(returns.postfix(len(outcomes)))
                 time.sleep(0.1)
     except KeyboardInterrupt:
-        # The running processes got the SIGINT too: they record 'interrupted' and flush. Queued runs never
-        # start (they would leave no trace until they finish).
-        stop_event.set()
-        for proc in running.values():  # a SIGTERM to this process alone reaches them this way
-            if proc.is_alive():
-                os.kill(proc.pid, signal.SIGTERM)  # ignored by a run already stopping on Ctrl-C
-        for proc in running.values():
-            proc.join(timeout=60)
+        _stop(stop_event, running)
         raise
     finally:
         _drain(progress_queue, bar, outcomes, returns)
@@ -410,10 +437,35 @@ def run_experiment(specs: list[RunSpec], workers: int | None = None, quiet: bool
     return [outcomes[i] for i in range(len(specs))]
 
 
-def write_experiment_json(specs: list[RunSpec], backend: str, workers: int) -> None:
-    """experiment.json: what was asked (presets in the order given, envs, seeds, steps, how it ran), in
-    the experiment directory the caller claimed (`claim_experiment_dir`)."""
+def _reap(proc, job: list[int], specs: list[RunSpec], outcomes: dict[int, RunOutcome], drained) -> None:
+    """A job's process ended: its outcomes (sent just before it exited), or `failed` for each run it did not
+    report."""
+    proc.join()
+    _drain(drained[0], drained[1], outcomes, drained[2])
+    for index in job:
+        if index not in outcomes:
+            outcomes[index] = _died(specs[index], proc.exitcode)
+
+
+def _stop(stop_event, running: dict) -> None:
+    """Ctrl-C: the running processes got the SIGINT too: they record 'interrupted' and flush. Queued jobs
+    never start (they would leave no trace until they finish)."""
+    stop_event.set()
+    for proc in running.values():  # a SIGTERM to this process alone reaches them this way
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGTERM)  # ignored by a run already stopping on Ctrl-C
+    for proc in running.values():
+        proc.join(timeout=60)
+
+
+def write_experiment_json(
+    specs: list[RunSpec], backend: str, workers: int, batches: list[list[int]] | None = None
+) -> None:
+    """experiment.json: what was asked (presets in the order given, envs, seeds, steps, how it ran; the
+    batches, as lists of `runs` indices, when some runs trained batched), in the experiment directory the
+    caller claimed (`claim_experiment_dir`)."""
     exp_dir = Path(specs[0].logdir) / specs[0].experiment
+    extra = {"batches": batches} if batches else {}
     write_json_atomic(
         exp_dir / EXPERIMENT_JSON,
         {
@@ -426,6 +478,7 @@ def write_experiment_json(specs: list[RunSpec], backend: str, workers: int) -> N
             "workers": workers,
             "runs": [asdict(s) for s in specs],
             "versions": package_versions(),
+            **extra,
         },
     )
 

@@ -281,7 +281,7 @@ def _resolve_start(
     replay = make_replay(cfg, env.observation_space.shape, seed)  # it may not fit in memory
     learner = make_learner(cfg, env.observation_space.shape, int(env.action_space.n), seed)
     sampler = make_sampler(cfg, replay)
-    info = _new_run_info(cfg, env_id, seed, deterministic)
+    info = new_run_info(cfg, env_id, seed, deterministic)
     ckpt, restored, previous = None, None, {}
     if resume and (run_dir / RUN_JSON).is_file():
         previous = _previous_run_json(run_dir)
@@ -302,7 +302,7 @@ def _resolve_start(
         claim_run_dir(run_dir)
     else:
         checkpoint.remove_staging(run_dir)  # what a killed save left behind
-    _write_experiment_json(run_dir, cfg, env_id, seed, steps)
+    write_experiment_json_once(run_dir, cfg, env_id, seed, steps)
     if ckpt is None:
         hparams = {**hparams_of(cfg, env_id, seed), "train.steps": steps}
         return Start(
@@ -333,7 +333,7 @@ def _resolve_start(
     )
 
 
-def _new_run_info(cfg: Config, env_id: str, seed: int, deterministic: bool) -> dict:
+def new_run_info(cfg: Config, env_id: str, seed: int, deterministic: bool) -> dict:
     """run.json of a run starting now."""
     return {
         "preset": cfg.name,
@@ -355,7 +355,7 @@ def _new_run_info(cfg: Config, env_id: str, seed: int, deterministic: bool) -> d
     }
 
 
-def _write_experiment_json(run_dir: Path, cfg: Config, env_id: str, seed: int, steps: int) -> None:
+def write_experiment_json_once(run_dir: Path, cfg: Config, env_id: str, seed: int, steps: int) -> None:
     """The experiment's description, for a run trained on its own (the runner writes its own first)."""
     experiment_json = run_dir.parents[2] / EXPERIMENT_JSON
     if not experiment_json.exists():
@@ -395,7 +395,7 @@ def _run(
         with Summaries(run_json.path.parent, history=start.history) as summaries:
             start.open_summaries(summaries)
             live = LiveDoctor(
-                run_json.info, lambda f, grew: _report_finding(f, grew, summaries, run_json, say)
+                run_json.info, lambda f, grew: report_finding(f, grew, summaries, run_json, say)
             )
             if start.doctor_state is not None:
                 live.restore(start.doctor_state)
@@ -406,13 +406,13 @@ def _run(
                 checkpoint.save(run_json.path.parent, loop_state.step, learner.state_arrays(), bundle)
                 run_json.write("running")  # its counters as of this checkpoint: how far a killed run got
 
-            status = _consume(loop, summaries, run_json, progress, live, save_checkpoint)
-            _judge(status, learner, summaries, run_json, live)
+            status = consume(loop, EventRecorder(summaries, run_json, progress, live, save_checkpoint))
+            judge(status, learner, summaries, run_json, live)
             if status == "done" and checkpoint_every:
                 save_checkpoint(
                     start.loop_state
                 )  # the end state: what the final weights are compared against
-        run_json.write(status, _divergence_line(run_json.info) if status == "diverged" else None)
+        run_json.write(status, divergence_line(run_json.info) if status == "diverged" else None)
     except KeyboardInterrupt as exc:
         run_json.write("interrupted", stop_reason(exc))
         raise
@@ -423,7 +423,7 @@ def _run(
         raise
 
 
-def _judge(status: str, learner, summaries: Summaries, run_json: RunJson, live: LiveDoctor) -> None:
+def judge(status: str, learner, summaries: Summaries, run_json: RunJson, live: LiveDoctor) -> None:
     """The run's end: where a divergence began, and the doctor's verdict on the whole run (run.json's
     `final.doctor` and `final.doctor_not_enough_evidence`, and the Text dashboard's `doctor/verdict`)."""
     info = run_json.info
@@ -437,7 +437,7 @@ def _judge(status: str, learner, summaries: Summaries, run_json: RunJson, live: 
     summaries.flush()
 
 
-def _divergence_line(info: dict) -> str:
+def divergence_line(info: dict) -> str:
     """run.json's `error` for a diverged run: where it stopped, and where the non-finite values began."""
     divergence = info["divergence"]
     origin = divergence["origin"] or {}
@@ -483,7 +483,7 @@ def _divergence(learner, step: int) -> dict:
     }
 
 
-def _report_finding(finding: Finding, grew: bool, summaries: Summaries, run_json: RunJson, warn) -> None:
+def report_finding(finding: Finding, grew: bool, summaries: Summaries, run_json: RunJson, warn) -> None:
     """A live finding, new or grown: run.json keeps its latest state (one entry per rule and subject), the
     Text dashboard and the console get a note each time."""
     key = (finding.rule, finding.subject)
@@ -508,57 +508,82 @@ def verdict_markdown(findings: list[Finding], gaps: list[str]) -> str:
     return f"**{len(findings)} findings** at the end of the run:\n\n" + "\n".join(notes) + short
 
 
-def _consume(
-    events,
-    summaries: Summaries,
-    run_json: RunJson,
-    progress: ProgressFn | None,
-    live: LiveDoctor,
-    save_checkpoint: Callable[[LoopState], None],
-) -> str:
-    """Write every event; keep run.json's counters current. Returns 'done' or 'diverged'."""
-    info, final = run_json.info, run_json.final
-    last_return: float | None = None
-    # perf/* spans two measured bursts: the first only sets the marks (from the start it would count the
-    # build, the tracing and the acting before learning_starts, and after --resume the earlier lives' steps).
-    perf_mark: tuple[float, int, int] | None = None
-    for event in events:
+class EventRecorder:
+    """One run's handling of the loop's events: summaries, run.json's counters and `final`, progress, the
+    live doctor, checkpoints. `consume` feeds it one run's events; `dqnlab.batched_trainer` feeds each
+    member of a batch its own events, so a batched run's files are written by the same code."""
+
+    def __init__(
+        self,
+        summaries: Summaries,
+        run_json: RunJson,
+        progress: ProgressFn | None,
+        live: LiveDoctor,
+        save_checkpoint: Callable[[LoopState], None] | None,
+    ):
+        self.summaries, self.run_json, self.progress = summaries, run_json, progress
+        self.live, self.save_checkpoint = live, save_checkpoint
+        self.last_return: float | None = None
+        # perf/* spans two measured bursts: the first only sets the marks (from the start it would count the
+        # build, the tracing and the acting before learning_starts, and after --resume the earlier lives'
+        # steps).
+        self.perf_mark: tuple[float, int, int] | None = None
+
+    def handle(self, event) -> str | None:
+        """Write one event; keep run.json's counters current. Returns 'diverged' when the run ends here."""
+        info, final, summaries = self.run_json.info, self.run_json.final, self.summaries
         info["env_steps"] = event.step
         if isinstance(event, EpisodeEnd):
             summaries.episode(event)
-            last_return = event.episode_return
+            self.last_return = event.episode_return
             final["episodes"] = final.get("episodes", 0) + 1
-            if progress:
-                progress(event.step, last_return)
+            if self.progress:
+                self.progress(event.step, self.last_return)
         elif isinstance(event, Updated):
             info["updates"] = event.updates
             if event.metrics:
                 final["diagnostics"] = summaries.metrics(event.step, event.metrics)
-                now = time.perf_counter()
-                if perf_mark is not None:
-                    clock, step, updates = perf_mark
-                    seconds = max(now - clock, 1e-9)
-                    summaries.scalars(
-                        event.step,
-                        {
-                            "perf/env_steps_per_s": (event.step - step) / seconds,
-                            "perf/updates_per_s": (event.updates - updates) / seconds,
-                        },
-                    )
-                perf_mark = (now, event.step, event.updates)
+                self._perf(event)
             if not event.finite:
                 return "diverged"
-            live.maybe_check(event.step, summaries.history)
+            self.live.maybe_check(event.step, summaries.history)
         elif isinstance(event, Probed):
             final["probe"] = summaries.metrics(event.step, event.metrics)
-            live.maybe_check(event.step, summaries.history)
+            self.live.maybe_check(event.step, summaries.history)
         elif isinstance(event, CheckpointDue):
-            save_checkpoint(event.state)
+            if self.save_checkpoint is not None:
+                self.save_checkpoint(event.state)
         elif isinstance(event, Evaluated):
             summaries.evaluation(event)
             final["eval_return"] = event.mean_return
             final["best_eval_return"] = max(final.get("best_eval_return", float("-inf")), event.mean_return)
             final.setdefault("eval_history", []).append([event.step, event.mean_return])
-    if progress:
-        progress(info["env_steps"], last_return)
+        return None
+
+    def _perf(self, event: Updated) -> None:
+        now = time.perf_counter()
+        if self.perf_mark is not None:
+            clock, step, updates = self.perf_mark
+            seconds = max(now - clock, 1e-9)
+            self.summaries.scalars(
+                event.step,
+                {
+                    "perf/env_steps_per_s": (event.step - step) / seconds,
+                    "perf/updates_per_s": (event.updates - updates) / seconds,
+                },
+            )
+        self.perf_mark = (now, event.step, event.updates)
+
+    def finish(self) -> None:
+        """The run's loop ended: the last progress report."""
+        if self.progress:
+            self.progress(self.run_json.info["env_steps"], self.last_return)
+
+
+def consume(events, recorder: EventRecorder) -> str:
+    """Write every event of one run. Returns 'done' or 'diverged'."""
+    for event in events:
+        if recorder.handle(event) == "diverged":
+            return "diverged"
+    recorder.finish()
     return "done"
