@@ -83,7 +83,7 @@ CASES = (
     case("cartpole_half_dead_20k", "huber_relu", "CartPole-v1", 20_000,
          about="look-alike: hidden_1 ~70% dead (PyTorch init), learns"),
     case("mountaincar_dead_b32_20k", "mountaincar_huber", "MountainCar-v0", 20_000, DEAD,
-         ["network.bias_init_kind=constant", "network.bias_init=-3", "train.batch_size=32"]),
+         ["network.bias_init=-3", "train.batch_size=32"]),
     # Saturated sigmoids, and a sigmoid net that is mostly saturated but passes a gradient and learns.
     case("cartpole_saturated_20k", "sigmoid_saturated", "CartPole-v1", 20_000, SATURATED,
          about="the README's command"),
