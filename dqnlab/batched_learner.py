@@ -398,19 +398,16 @@ class BatchedLearner:
         """Adam on the stacked variables, in place. When every run is kept and all share learning rate and
         epsilon (a batch of seeds), TensorFlow's fused `ResourceApplyAdam` (what `optimizers.FusedAdam`
         calls; elementwise, so the run axis changes nothing): one pass per variable. Otherwise its arithmetic
-        written out with per-run learning rates and epsilons, and where a run is not kept, its weights and
-        state selected back (`_written_adam`). The two are equal bit for bit (tests/test_batched_learner.py),
-        so which one ran does not show in the results."""
-
-        def written(masked: bool):
-            return lambda: self._written_adam(grads, weights, keep if masked else None, b1_power, b2_power)
-
-        if self._shared_epsilon:
-            kernel = lambda: self._fused_adam(grads, b1_power, b2_power)  # noqa: E731
-            unmasked = lambda: tf.cond(shared_lr, kernel, written(False))  # noqa: E731
-        else:
-            unmasked = written(False)
-        tf.cond(tf.reduce_all(keep), unmasked, written(True))
+        written out with per-run learning rates and epsilons, a run not kept selected back to its weights and
+        state (`_written_adam`). The two are equal bit for bit (tests/test_batched_learner.py), so which one
+        ran does not show in the results. One `tf.cond` per update: each costs about as much as a few
+        elementwise ops (its inputs are switched), so a batch with per-run learning rates takes the masked
+        branch, selects included, rather than a second cond."""
+        masked = lambda: self._written_adam(grads, weights, keep, b1_power, b2_power)  # noqa: E731
+        if not self._shared_epsilon:
+            return masked()
+        kernel = lambda: self._fused_adam(grads, b1_power, b2_power)  # noqa: E731
+        return tf.cond(tf.logical_and(shared_lr, tf.reduce_all(keep)), kernel, masked)
 
     def _fused_adam(self, grads, b1_power, b2_power) -> tf.Tensor:
         lr = self.learning_rates[0]
@@ -432,7 +429,7 @@ class BatchedLearner:
     def _written_adam(self, grads, weights, keep, b1_power, b2_power) -> tf.Tensor:
         """ResourceApplyAdam's arithmetic with per-run learning rate and epsilon, in its order and with its
         float32 constants: alpha = lr sqrt(1 - b2^t) / (1 - b1^t); m += (g - m)(1 - b1);
-        v += (g^2 - v)(1 - b2); w -= m alpha / (sqrt(v) + eps). With `keep` [N], a run not kept keeps its
+        v += (g^2 - v)(1 - b2); w -= m alpha / (sqrt(v) + eps). A run not kept (`keep` [N]) keeps its
         weights and state."""
         alpha = self.learning_rates * tf.sqrt(1.0 - b2_power) / (1.0 - b1_power)  # [N]
         for g, w, var, m_var, v_var in zip(grads, weights, self.online, self._m, self._v, strict=True):
@@ -441,9 +438,8 @@ class BatchedLearner:
             m = m0 + (g - m0) * ONE_MINUS_BETA_1
             v = v0 + (tf.square(g) - v0) * ONE_MINUS_BETA_2
             new = w - (m * per_run(alpha, rank)) / (tf.sqrt(v) + per_run(self._epsilon, rank))
-            if keep is not None:
-                kept = per_run(keep, rank)
-                new, m, v = tf.where(kept, new, w), tf.where(kept, m, m0), tf.where(kept, v, v0)
+            kept = per_run(keep, rank)
+            new, m, v = tf.where(kept, new, w), tf.where(kept, m, m0), tf.where(kept, v, v0)
             var.assign(new)
             m_var.assign(m)
             v_var.assign(v)
