@@ -99,13 +99,18 @@ def run_batched(
     result = BatchedResult([[] for _ in range(n)], [[] for _ in range(n)])
     alive = np.ones(n, bool)
     scheduled = any(cfg.optimizer.schedule != "constant" for cfg in cfgs)
+    shared_schedule = len({epsilon_schedule(cfg.train) for cfg in cfgs}) == 1
     every = cfgs[0].diagnostics.every if cfgs[0].diagnostics.enabled else None
     synced_at = 0
     for step in range(1, steps + 1):
         if not alive.any():  # every run diverged or lost its env: nothing left to train
             break
-        actions = choose_actions(runs, policy, [epsilon_at(step, cfg.train) for cfg in cfgs], alive)
-        for i in np.flatnonzero(alive):
+        if shared_schedule:  # one epsilon for every run
+            epsilons = [epsilon_at(step, train)] * n
+        else:
+            epsilons = [epsilon_at(step, cfg.train) for cfg in cfgs]
+        actions = choose_actions(runs, policy, epsilons, alive)
+        for i in range(n) if alive.all() else np.flatnonzero(alive).tolist():
             if not step_run(runs, i, int(actions[i]), step, result):
                 alive[i] = False
                 learner.mask([i])
@@ -134,20 +139,28 @@ def run_batched(
     return result
 
 
-def choose_actions(runs: RunsState, policy: BatchedPolicy, epsilons: list[float], alive: np.ndarray):
+def epsilon_schedule(train) -> tuple:
+    """The fields `loop.epsilon_at` reads: runs with equal ones have one epsilon at every step."""
+    return (train.epsilon_start, train.epsilon_end, train.epsilon_decay_start, train.epsilon_decay_steps)
+
+
+def choose_actions(runs: RunsState, policy: BatchedPolicy, epsilons: Sequence[float], alive: np.ndarray):
     """Epsilon-greedy per run with its own generator, drawn as `loop.run_loop` draws it; one batched
-    forward for all runs when any of them acts greedily."""
-    actions = np.zeros(len(epsilons), np.int64)
-    greedy = np.zeros(len(epsilons), bool)
-    for i in np.flatnonzero(alive):
-        rng = runs.rngs[i]
+    forward for all runs when any of them acts greedily, one argmax over the greedy runs' rows."""
+    n = len(epsilons)
+    rngs, num_actions = runs.rngs, runs.num_actions
+    actions = np.zeros(n, np.int64)
+    greedy = []
+    for i in range(n) if alive.all() else np.flatnonzero(alive).tolist():
+        rng = rngs[i]
         if rng.random() < epsilons[i]:
-            actions[i] = int(rng.integers(runs.num_actions))
+            actions[i] = rng.integers(num_actions)
         else:
-            greedy[i] = True
-    if greedy.any():
-        q = policy(runs.obs)
-        actions[greedy] = np.argmax(q[greedy], axis=1)
+            greedy.append(i)
+    if len(greedy) == n:
+        return policy(runs.obs).argmax(axis=1)
+    if greedy:
+        actions[greedy] = policy(runs.obs)[greedy].argmax(axis=1)
     return actions
 
 
