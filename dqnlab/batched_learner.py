@@ -140,16 +140,22 @@ def half_squares(x: tf.Tensor) -> tf.Tensor:
 
 @tf.custom_gradient
 def add_bias(x: tf.Tensor, bias: tf.Tensor):
-    """x [N, B, O] plus each run's bias [N, O]. The bias's gradient, dy summed over B, is a batched matmul
-    with ones, which sums each run's slice alone in the same order whatever N: the broadcast's own gradient,
-    a reduce_sum over the middle axis of [N, B, O], picks its summation order by the whole shape, so a run's
-    bias gradient (and with it its weights) could round differently with another number of runs beside it."""
+    """x [N, B, O] plus each run's bias [N, 1, O] (`expand_biases`), in the trained forward pass. The bias's
+    gradient, dy summed over B, is a batched matmul with ones, which sums each run's slice alone in the same
+    order whatever N: the broadcast's own gradient, a reduce_sum over the middle axis of [N, B, O], picks its
+    summation order by the whole shape, so a run's bias gradient (and with it its weights) could round
+    differently with another number of runs beside it."""
 
     def grad(dy):
-        ones = tf.ones_like(dy[:, :, :1])  # [N, B, 1]
-        return dy, tf.linalg.matmul(ones, dy, adjoint_a=True)[:, 0, :]
+        ones = tf.ones([*dy.shape[:2], 1], dy.dtype)  # static shape: a constant of the graph
+        return dy, tf.linalg.matmul(ones, dy, adjoint_a=True)
 
-    return x + bias[:, None, :], grad
+    return x + bias, grad
+
+
+def expand_biases(weights: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """Kernels as they are, biases [N, O] as [N, 1, O]: once per network read, not once per layer call."""
+    return [w if j % 2 == 0 else tf.expand_dims(w, 1) for j, w in enumerate(weights)]
 
 
 def half_squares_of(xs: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -278,11 +284,12 @@ class BatchedLearner:
             t.assign(tf.where(tau >= 1.0, o, tau * o + (1.0 - tau) * t))
 
     def _burst_start(self) -> tuple[tf.Tensor, list[tf.Tensor], tf.Tensor, tf.Tensor, tf.Tensor]:
-        """What a burst reads once: alive [N], the target weights, Adam's beta powers, and whether every run
-        has the same learning rate now (the fused kernel's condition, with a shared epsilon)."""
+        """What a burst reads once: alive [N], the target weights (`expand_biases`), Adam's beta powers, and
+        whether every run has the same learning rate now (the fused kernel's condition, with a shared
+        epsilon)."""
         rates = self.learning_rates.read_value()
         shared_lr = tf.reduce_all(tf.equal(rates, rates[0]))
-        target = [tf.convert_to_tensor(v) for v in self.target]
+        target = expand_biases([tf.convert_to_tensor(v) for v in self.target])
         return (
             self.alive.read_value(),
             target,
@@ -349,12 +356,14 @@ class BatchedLearner:
     def _panel_size(self) -> int:
         return len(PANEL_SCALARS) + len(PANEL_FAMILIES) * len(self.online)
 
-    def _q_values(self, weights: list[tf.Tensor], obs: tf.Tensor) -> tf.Tensor:
-        """Q-values [N, B, A] of obs [N, B, D]: one batched matmul per layer for all runs."""
+    def _q_values(self, weights: list[tf.Tensor], obs: tf.Tensor, trained: bool = False) -> tf.Tensor:
+        """Q-values [N, B, A] of obs [N, B, D]: one batched matmul per layer for all runs; `weights` as
+        `expand_biases` gives them. `trained`: the pass the tape differentiates (`add_bias`'s gradient)."""
+        add = add_bias if trained else tf.add
         h = obs
         for j in range(0, len(weights) - 2, 2):
-            h = self._act(add_bias(tf.linalg.matmul(h, weights[j]), weights[j + 1]))
-        return add_bias(tf.linalg.matmul(h, weights[-2]), weights[-1])
+            h = self._act(add(tf.linalg.matmul(h, weights[j]), weights[j + 1]))
+        return add(tf.linalg.matmul(h, weights[-2]), weights[-1])
 
     def _per_sample_loss(self, delta: tf.Tensor) -> tf.Tensor:
         """Each run's own loss kind and bound, per sample [N, B]. With several kinds in the batch, each is
@@ -373,11 +382,11 @@ class BatchedLearner:
         b = unpack(packed, self._obs_dim)
         discounts = b.discounts * self._gamma[:, None]  # [N, B]
         q_next = self._q_values(target, b.next_obs)  # [N, B, A]
-        selector = self._q_values(weights, b.next_obs) if self._double else None
+        selector = self._q_values(expand_biases(weights), b.next_obs) if self._double else None
         target_tm1 = td_target(b.rewards, discounts, q_next, selector)  # [N, B]
         with tf.GradientTape() as tape:
             tape.watch(weights)
-            q = self._q_values(weights, b.obs)
+            q = self._q_values(expand_biases(weights), b.obs, trained=True)
             qa = tf.gather(q, b.actions, batch_dims=2)  # [N, B]
             delta = target_tm1 - qa
             loss = tf.reduce_mean(self._per_sample_loss(delta), axis=1)  # [N]: each run's own mean
