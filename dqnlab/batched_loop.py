@@ -15,8 +15,9 @@ loss's mean or a norm over one run's slice can round differently with another nu
 (With an active gradient clip the norm scales the step, so that rounding could reach the weights too.)
 Against the unbatched loop of the same seed,
 acting is identical until the first update; the updates then round differently in float32 (a batched matmul
-and Adam written out, against Keras's Dense and the fused Adam kernel: equal to ~1e-6 per update,
-tests/test_batched_learner.py), so trajectories drift apart like two machines' would.
+and each bias's gradient summed as a matmul, against Keras's Dense and its bias gradient; Adam is the same
+fused kernel or its bit-identical written-out twin: equal to ~1e-6 per update, tests/test_batched_learner.py),
+so trajectories drift apart like two machines' would.
 
 Not here yet: evaluation episodes, probes, run directories and event files, checkpoints and resume.
 """
