@@ -62,6 +62,11 @@ SHARED_FIELDS = {
 }
 ACTIVATIONS = {"relu": tf.nn.relu, "tanh": tf.math.tanh, "sigmoid": tf.math.sigmoid}
 BETA_1, BETA_2 = 0.9, 0.999  # FusedAdam's (Keras's) defaults: no preset changes them
+# 1 - beta as ResourceApplyAdam's kernel computes it, in float32 (`T(1) - beta1()`): 1 - 0.999 in float64
+# rounds to another float32 (0.001) than 1 - float32(0.999) (0.00099998713). With these constants the
+# written-out Adam equals the kernel bit for bit.
+ONE_MINUS_BETA_1 = np.float32(1) - np.float32(BETA_1)
+ONE_MINUS_BETA_2 = np.float32(1) - np.float32(BETA_2)
 
 # A measured update's per-run scalars, in the pulled vector's order (`~` entries are raw: the host finishes
 # them), then the per-variable families and the burst's sums and maxes.
@@ -133,6 +138,31 @@ def half_squares(x: tf.Tensor) -> tf.Tensor:
     return 0.5 * tf.reduce_sum(tf.square(x), axis=list(range(1, x.shape.rank)))
 
 
+@tf.custom_gradient
+def add_bias(x: tf.Tensor, bias: tf.Tensor):
+    """x [N, B, O] plus each run's bias [N, 1, O] (`expand_biases`), in the trained forward pass. The bias's
+    gradient, dy summed over B, is a batched matmul with ones, which sums each run's slice alone in the same
+    order whatever N: the broadcast's own gradient, a reduce_sum over the middle axis of [N, B, O], picks its
+    summation order by the whole shape, so a run's bias gradient (and with it its weights) could round
+    differently with another number of runs beside it."""
+
+    def grad(dy):
+        ones = tf.ones([*dy.shape[:2], 1], dy.dtype)  # static shape: a constant of the graph
+        return dy, tf.linalg.matmul(ones, dy, adjoint_a=True)
+
+    return x + bias, grad
+
+
+def expand_biases(weights: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """Kernels as they are, biases [N, O] as [N, 1, O]: once per network read, not once per layer call."""
+    return [w if j % 2 == 0 else tf.expand_dims(w, 1) for j, w in enumerate(weights)]
+
+
+def half_squares_of(xs: Sequence[tf.Tensor]) -> tf.Tensor:
+    """Each run's half sum of squares of each tensor [N, len(xs)]: one halving for all of them."""
+    return 0.5 * tf.stack([tf.reduce_sum(tf.square(x), axis=list(range(1, x.shape.rank))) for x in xs], 1)
+
+
 def counts(x: tf.Tensor) -> tf.Tensor:
     """Each run's sum [N] of a float tensor [N, ...]."""
     return tf.reduce_sum(x, axis=list(range(1, x.shape.rank)))
@@ -144,17 +174,8 @@ class BatchedUpdate(NamedTuple):
     weights: list[tf.Tensor]  # online weights after the burst, stacked [N, ...]
 
 
-class Optimizer(NamedTuple):
-    """Adam's state for the stacked variables, as loop-carried tensors: m and v per variable, beta powers."""
-
-    m: list[tf.Tensor]
-    v: list[tf.Tensor]
-    b1_power: tf.Tensor
-    b2_power: tf.Tensor
-
-
 class Applied(NamedTuple):
-    """One update of every run: what it computed, and the state after it (frozen for masked runs)."""
+    """One update of every run, applied to the variables (runs not kept left as they were)."""
 
     finite: tf.Tensor  # [N] bool: the run's loss and raw gradient norm are finite
     loss: tf.Tensor  # [N]
@@ -164,8 +185,7 @@ class Applied(NamedTuple):
     dloss_dqa: tf.Tensor  # [N, B]
     grads: list[tf.Tensor]  # as applied: clipped where clipping is on
     preclip_norm: tf.Tensor  # [N]
-    weights: list[tf.Tensor]  # after the update
-    opt: Optimizer
+    before: list[tf.Tensor]  # the online weights the update started from (read before it wrote them)
 
 
 class BatchedLearner:
@@ -195,6 +215,10 @@ class BatchedLearner:
         self._bound = value(lambda c: c.loss.bound)
         self._clip = value(lambda c: c.train.grad_clip_norm)
         self._epsilon = value(lambda c: c.optimizer.epsilon)
+        # Static choices of the traced update: a value shared by every run needs no per-run selection.
+        self._shared_epsilon = len({np.float32(c.optimizer.epsilon) for c in cfgs}) == 1
+        self._any_clip = any(c.train.grad_clip_norm > 0 for c in cfgs)
+        self._all_clip = all(c.train.grad_clip_norm > 0 for c in cfgs)
         self._tau = value(lambda c: c.train.target_tau)
         self._loss_kinds = sorted({c.loss.kind for c in cfgs})
         self._loss_index = tf.constant([self._loss_kinds.index(c.loss.kind) for c in cfgs], tf.int32)
@@ -259,75 +283,87 @@ class BatchedLearner:
             tau = per_run(self._tau, o.shape.rank)
             t.assign(tf.where(tau >= 1.0, o, tau * o + (1.0 - tau) * t))
 
-    def _state(self) -> tuple[list[tf.Tensor], Optimizer]:
-        read = lambda vs: [tf.convert_to_tensor(v) for v in vs]  # noqa: E731
-        opt = Optimizer(
-            read(self._m), read(self._v), self._b1_power.read_value(), self._b2_power.read_value()
+    def _burst_start(self) -> tuple[tf.Tensor, list[tf.Tensor], tf.Tensor, tf.Tensor, tf.Tensor]:
+        """What a burst reads once: alive [N], the target weights (`expand_biases`), Adam's beta powers, and
+        whether every run has the same learning rate now (the fused kernel's condition, with a shared
+        epsilon)."""
+        rates = self.learning_rates.read_value()
+        shared_lr = tf.reduce_all(tf.equal(rates, rates[0]))
+        target = expand_biases([tf.convert_to_tensor(v) for v in self.target])
+        return (
+            self.alive.read_value(),
+            target,
+            self._b1_power.read_value(),
+            self._b2_power.read_value(),
+            shared_lr,
         )
-        return read(self.online), opt
 
-    def _store(self, weights: list[tf.Tensor], opt: Optimizer, alive: tf.Tensor) -> None:
-        for var, value in zip(self.online + self._m + self._v, weights + opt.m + opt.v, strict=True):
-            var.assign(value)
-        self._b1_power.assign(opt.b1_power)
-        self._b2_power.assign(opt.b2_power)
+    def _burst_end(self, alive: tf.Tensor, b1_power: tf.Tensor, b2_power: tf.Tensor) -> list[tf.Tensor]:
+        """Store what the burst carried; the online weights after it (read after every update)."""
+        self._b1_power.assign(b1_power)
+        self._b2_power.assign(b2_power)
         self.alive.assign(alive)
+        return [tf.convert_to_tensor(v) for v in self.online]
 
     def _plain_burst(self, packed: tf.Tensor):
-        weights, opt = self._state()
-        alive = self.alive.read_value()
-        target = [tf.convert_to_tensor(v) for v in self.target]
-        num_updates, nv = packed.shape[1], len(weights)
+        alive, target, b1_power, b2_power, shared_lr = self._burst_start()
+        num_updates = packed.shape[1]
 
-        def body(i, alive, *state):
-            w, o = unflat(state, nv)
-            applied = self._apply(packed[:, i], w, target, o, alive)
-            return (i + 1, tf.logical_and(alive, applied.finite), *applied.weights, *flat(applied.opt))
+        def body(i, alive, b1_power, b2_power):
+            b1_power, b2_power = b1_power * BETA_1, b2_power * BETA_2
+            applied = self._apply(packed[:, i], target, alive, b1_power, b2_power, shared_lr)
+            return i + 1, tf.logical_and(alive, applied.finite), b1_power, b2_power
 
-        start = (tf.constant(0), alive, *weights, *flat(opt))
-        _, alive, *state = tf.while_loop(lambda i, *_: i < num_updates, body, start)
-        weights, opt = unflat(state, nv)
-        self._store(weights, opt, alive)
-        return alive, tf.zeros([0]), [tf.identity(w) for w in weights]
+        start = (tf.constant(0), alive, b1_power, b2_power)
+        if num_updates == 1:  # a straight line: no loop machinery for one-update-per-call settings
+            _, alive, b1_power, b2_power = body(*start)
+        else:
+            _, alive, b1_power, b2_power = tf.while_loop(lambda i, *_: i < num_updates, body, start)
+        return alive, tf.zeros([0]), self._burst_end(alive, b1_power, b2_power)
 
     def _measured_burst(self, packed: tf.Tensor, position: tf.Tensor):
         """Every update keeps a record [N, R] (TD errors, dL/dQ(s,a), loss, raw norm, max Q, samples); the
         update at `position` also computes the panel [N, P]. Returns alive, [panel, burst sums, burst maxes]
         per run [N, M], and the weights."""
-        weights, opt = self._state()
-        alive = self.alive.read_value()
-        target = [tf.convert_to_tensor(v) for v in self.target]
-        num_updates, nv = packed.shape[1], len(weights)
-        panel_size = len(PANEL_SCALARS) + len(PANEL_FAMILIES) * nv
+        alive, target, b1_power, b2_power, shared_lr = self._burst_start()
+        num_updates = packed.shape[1]
 
-        def body(i, alive, panel, records, *state):
-            w, o = unflat(state, nv)
-            applied = self._apply(packed[:, i], w, target, o, alive)
-            panel = tf.cond(
-                tf.equal(i, position),
-                lambda: self._panel(applied, w),
-                lambda: panel,
-            )
-            records = records.write(i, self._record(applied))
-            alive = tf.logical_and(alive, applied.finite)
-            return (i + 1, alive, panel, records, *applied.weights, *flat(applied.opt))
+        def update(i, alive, b1_power, b2_power):
+            b1_power, b2_power = b1_power * BETA_1, b2_power * BETA_2
+            applied = self._apply(packed[:, i], target, alive, b1_power, b2_power, shared_lr)
+            return applied, tf.logical_and(alive, applied.finite), b1_power, b2_power
 
-        records = tf.TensorArray(tf.float32, size=num_updates)
-        panel = tf.zeros([self.num_runs, panel_size])
-        start = (tf.constant(0), alive, panel, records, *weights, *flat(opt))
-        _, alive, panel, records, *state = tf.while_loop(lambda i, *_: i < num_updates, body, start)
-        weights, opt = unflat(state, nv)
-        self._store(weights, opt, alive)
-        table = self._burst_table(records.stack())  # [K, N, S]
+        if num_updates == 1:  # its own panel update, no loop
+            applied, alive, b1_power, b2_power = update(0, alive, b1_power, b2_power)
+            panel, rows = self._panel(applied), self._record(applied)[None]
+        else:
+
+            def body(i, alive, b1_power, b2_power, panel, records):
+                applied, alive, b1_power, b2_power = update(i, alive, b1_power, b2_power)
+                panel = tf.cond(tf.equal(i, position), lambda: self._panel(applied), lambda: panel)
+                return i + 1, alive, b1_power, b2_power, panel, records.write(i, self._record(applied))
+
+            records = tf.TensorArray(tf.float32, size=num_updates)
+            panel = tf.zeros([self.num_runs, self._panel_size()])
+            start = (tf.constant(0), alive, b1_power, b2_power, panel, records)
+            loop = tf.while_loop(lambda i, *_: i < num_updates, body, start)
+            _, alive, b1_power, b2_power, panel, records = loop
+            rows = records.stack()
+        table = self._burst_table(rows)  # [K, N, S]
         values = tf.concat([panel, tf.reduce_sum(table, 0), tf.reduce_max(table, 0)], axis=1)
-        return alive, values, [tf.identity(w) for w in weights]
+        return alive, values, self._burst_end(alive, b1_power, b2_power)
 
-    def _q_values(self, weights: list[tf.Tensor], obs: tf.Tensor) -> tf.Tensor:
-        """Q-values [N, B, A] of obs [N, B, D]: one batched matmul per layer for all runs."""
+    def _panel_size(self) -> int:
+        return len(PANEL_SCALARS) + len(PANEL_FAMILIES) * len(self.online)
+
+    def _q_values(self, weights: list[tf.Tensor], obs: tf.Tensor, trained: bool = False) -> tf.Tensor:
+        """Q-values [N, B, A] of obs [N, B, D]: one batched matmul per layer for all runs; `weights` as
+        `expand_biases` gives them. `trained`: the pass the tape differentiates (`add_bias`'s gradient)."""
+        add = add_bias if trained else tf.add
         h = obs
         for j in range(0, len(weights) - 2, 2):
-            h = self._act(tf.linalg.matmul(h, weights[j]) + weights[j + 1][:, None, :])
-        return tf.linalg.matmul(h, weights[-2]) + weights[-1][:, None, :]
+            h = self._act(add(tf.linalg.matmul(h, weights[j]), weights[j + 1]))
+        return add(tf.linalg.matmul(h, weights[-2]), weights[-1])
 
     def _per_sample_loss(self, delta: tf.Tensor) -> tf.Tensor:
         """Each run's own loss kind and bound, per sample [N, B]. With several kinds in the batch, each is
@@ -339,59 +375,93 @@ class BatchedLearner:
             loss = tf.where(tf.equal(self._loss_index, k)[:, None], LOSSES[kind](delta, bound), loss)
         return loss
 
-    def _apply(self, packed: tf.Tensor, weights, target, opt: Optimizer, alive: tf.Tensor) -> Applied:
-        """One update of every run from packed [N, B, F]: TD loss, its gradient, the per-run clip, Adam,
-        and the mask (a run not alive, or not finite now, keeps its weights and optimizer state)."""
+    def _apply(self, packed, target, alive, b1_power, b2_power, shared_lr) -> Applied:
+        """One update of every run from packed [N, B, F]: TD loss, its gradient, the per-run clip, and Adam
+        applied to the variables (a run not alive, or not finite now, keeps its weights and Adam state)."""
+        weights = [tf.convert_to_tensor(v) for v in self.online]
         b = unpack(packed, self._obs_dim)
         discounts = b.discounts * self._gamma[:, None]  # [N, B]
         q_next = self._q_values(target, b.next_obs)  # [N, B, A]
-        selector = self._q_values(weights, b.next_obs) if self._double else None
+        selector = self._q_values(expand_biases(weights), b.next_obs) if self._double else None
         target_tm1 = td_target(b.rewards, discounts, q_next, selector)  # [N, B]
         with tf.GradientTape() as tape:
             tape.watch(weights)
-            q = self._q_values(weights, b.obs)
+            q = self._q_values(expand_biases(weights), b.obs, trained=True)
             qa = tf.gather(q, b.actions, batch_dims=2)  # [N, B]
             delta = target_tm1 - qa
             loss = tf.reduce_mean(self._per_sample_loss(delta), axis=1)  # [N]: each run's own mean
             total = tf.reduce_sum(loss)  # run i's weights get run i's gradient only
         *grads, dloss_dqa = tape.gradient(total, [*weights, qa])
-        squares = tf.stack([half_squares(g) for g in grads], axis=1)  # [N, V]
-        preclip = tf.sqrt(tf.reduce_sum(squares, 1) * 2.0)  # [N]
-        # tf.clip_by_global_norm's own arithmetic, per run: NaN scale when the norm is not finite.
-        clipped = self._clip * tf.minimum(1.0 / preclip, 1.0 / self._clip) + (preclip - preclip)
-        scale = tf.where(self._clip > 0, clipped, 1.0)
-        grads = [g * per_run(scale, g.shape.rank) for g in grads]
+        preclip = tf.sqrt(tf.reduce_sum(half_squares_of(grads), 1) * 2.0)  # [N]
+        if self._any_clip:
+            # tf.clip_by_global_norm's own arithmetic, per run: NaN scale when the norm is not finite.
+            scale = self._clip * tf.minimum(1.0 / preclip, 1.0 / self._clip) + (preclip - preclip)
+            if not self._all_clip:
+                scale = tf.where(self._clip > 0, scale, 1.0)
+            grads = [g * per_run(scale, g.shape.rank) for g in grads]
         finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(preclip))
-        new_weights, new_opt = self._adam(grads, weights, opt)
-        keep = tf.logical_and(alive, finite)
-        select = lambda new, old: [  # noqa: E731
-            tf.where(per_run(keep, n.shape.rank), n, o) for n, o in zip(new, old, strict=True)
-        ]
-        new_opt = Optimizer(select(new_opt.m, opt.m), select(new_opt.v, opt.v), *new_opt[2:])
-        weights_after = select(new_weights, weights)
-        return Applied(finite, loss, q, target_tm1, delta, dloss_dqa, grads, preclip, weights_after, new_opt)
+        self._adam(grads, weights, tf.logical_and(alive, finite), b1_power, b2_power, shared_lr)
+        return Applied(finite, loss, q, target_tm1, delta, dloss_dqa, grads, preclip, weights)
 
-    def _adam(self, grads, weights, opt: Optimizer) -> tuple[list[tf.Tensor], Optimizer]:
-        """TensorFlow's ResourceApplyAdam (what `optimizers.FusedAdam` calls), written out so that the
-        learning rate and epsilon are per run: alpha = lr sqrt(1 - b2^t) / (1 - b1^t);
-        m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); w -= m alpha / (sqrt(v) + eps)."""
-        b1_power, b2_power = opt.b1_power * BETA_1, opt.b2_power * BETA_2
+    def _adam(self, grads, weights, keep, b1_power, b2_power, shared_lr) -> None:
+        """Adam on the stacked variables, in place. When every run is kept and all share learning rate and
+        epsilon (a batch of seeds), TensorFlow's fused `ResourceApplyAdam` (what `optimizers.FusedAdam`
+        calls; elementwise, so the run axis changes nothing): one pass per variable. Otherwise its arithmetic
+        written out with per-run learning rates and epsilons, a run not kept selected back to its weights and
+        state (`_written_adam`). The two are equal bit for bit (tests/test_batched_learner.py), so which one
+        ran does not show in the results. One `tf.cond` per update: each costs about as much as a few
+        elementwise ops (its inputs are switched), so a batch with per-run learning rates takes the masked
+        branch, selects included, rather than a second cond."""
+        masked = lambda: self._written_adam(grads, weights, keep, b1_power, b2_power)  # noqa: E731
+        if not self._shared_epsilon:
+            return masked()
+        kernel = lambda: self._fused_adam(grads, b1_power, b2_power)  # noqa: E731
+        return tf.cond(tf.logical_and(shared_lr, tf.reduce_all(keep)), kernel, masked)
+
+    def _fused_adam(self, grads, b1_power, b2_power) -> tf.Tensor:
+        lr = self.learning_rates[0]
+        for g, var, m, v in zip(grads, self.online, self._m, self._v, strict=True):
+            tf.raw_ops.ResourceApplyAdam(
+                var=var.handle,
+                m=m.handle,
+                v=v.handle,
+                beta1_power=b1_power,
+                beta2_power=b2_power,
+                lr=lr,
+                beta1=tf.constant(BETA_1, tf.float32),
+                beta2=tf.constant(BETA_2, tf.float32),
+                epsilon=self._epsilon[0],
+                grad=g,
+            )
+        return tf.constant(True)
+
+    def _written_adam(self, grads, weights, keep, b1_power, b2_power) -> tf.Tensor:
+        """ResourceApplyAdam's arithmetic with per-run learning rate and epsilon, in its order and with its
+        float32 constants: alpha = lr sqrt(1 - b2^t) / (1 - b1^t); m += (g - m)(1 - b1);
+        v += (g^2 - v)(1 - b2); w -= m alpha / (sqrt(v) + eps). A run not kept (`keep` [N]) keeps its
+        weights and state."""
         alpha = self.learning_rates * tf.sqrt(1.0 - b2_power) / (1.0 - b1_power)  # [N]
-        new_w, new_m, new_v = [], [], []
-        for g, w, m, v in zip(grads, weights, opt.m, opt.v, strict=True):
+        for g, w, var, m_var, v_var in zip(grads, weights, self.online, self._m, self._v, strict=True):
             rank = w.shape.rank
-            m = m + (g - m) * (1.0 - BETA_1)
-            v = v + (tf.square(g) - v) * (1.0 - BETA_2)
-            new_w.append(w - (m * per_run(alpha, rank)) / (tf.sqrt(v) + per_run(self._epsilon, rank)))
-            new_m.append(m)
-            new_v.append(v)
-        return new_w, Optimizer(new_m, new_v, b1_power, b2_power)
+            m0, v0 = tf.convert_to_tensor(m_var), tf.convert_to_tensor(v_var)
+            m = m0 + (g - m0) * ONE_MINUS_BETA_1
+            v = v0 + (tf.square(g) - v0) * ONE_MINUS_BETA_2
+            new = w - (m * per_run(alpha, rank)) / (tf.sqrt(v) + per_run(self._epsilon, rank))
+            kept = per_run(keep, rank)
+            new, m, v = tf.where(kept, new, w), tf.where(kept, m, m0), tf.where(kept, v, v0)
+            var.assign(new)
+            m_var.assign(m)
+            v_var.assign(v)
+        return tf.constant(True)
 
     def _norm(self, preclip: tf.Tensor) -> tf.Tensor:
         """The applied gradient's global norm [N]: min(raw, clip) where clipping is on."""
-        return tf.where(self._clip > 0, tf.minimum(preclip, self._clip), preclip)
+        if not self._any_clip:
+            return preclip
+        clipped = tf.minimum(preclip, self._clip)
+        return clipped if self._all_clip else tf.where(self._clip > 0, clipped, preclip)
 
-    def _panel(self, applied: Applied, before: list[tf.Tensor]) -> tf.Tensor:
+    def _panel(self, applied: Applied) -> tf.Tensor:
         """The panel update's entries [N, P]: `PANEL_SCALARS`, then each of `PANEL_FAMILIES` over the
         variables; the same quantities as `Learner._panel` and `learner.per_variable_families`, per run."""
         norm = self._norm(applied.preclip_norm)
@@ -413,8 +483,9 @@ class BatchedLearner:
             norm,
             applied.preclip_norm,
         ]
-        grads, after = applied.grads, applied.weights
-        raw_squares = tf.stack([half_squares(g) for g in grads], axis=1)  # of the applied gradient
+        grads, before = applied.grads, applied.before
+        after = [tf.convert_to_tensor(v) for v in self.online]  # read after the update wrote them
+        raw_squares = half_squares_of(grads)  # of the applied gradient
         weight_norm = tf.sqrt(2.0 * tf.stack([half_squares(w) for w in before], axis=1))
         step_norm = tf.sqrt(
             2.0 * tf.stack([half_squares(a - w) for a, w in zip(after, before, strict=True)], 1)
@@ -495,14 +566,3 @@ class BatchedLearner:
                 reader.tag(f"{tag}/burst_sum", f"~sum/{tag}")
         reader.finish()
         return reader
-
-
-def flat(opt: Optimizer) -> list[tf.Tensor]:
-    """Adam's state as loop variables: m per variable, v per variable, the beta powers."""
-    return [*opt.m, *opt.v, opt.b1_power, opt.b2_power]
-
-
-def unflat(state: Sequence[tf.Tensor], num_variables: int) -> tuple[list[tf.Tensor], Optimizer]:
-    """Loop variables (weights, then `flat`'s Adam state) back as weights and an Optimizer."""
-    nv = num_variables
-    return list(state[:nv]), Optimizer(list(state[nv : 2 * nv]), list(state[2 * nv : 3 * nv]), *state[-2:])

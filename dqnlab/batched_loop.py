@@ -15,8 +15,9 @@ loss's mean or a norm over one run's slice can round differently with another nu
 (With an active gradient clip the norm scales the step, so that rounding could reach the weights too.)
 Against the unbatched loop of the same seed,
 acting is identical until the first update; the updates then round differently in float32 (a batched matmul
-and Adam written out, against Keras's Dense and the fused Adam kernel: equal to ~1e-6 per update,
-tests/test_batched_learner.py), so trajectories drift apart like two machines' would.
+and each bias's gradient summed as a matmul, against Keras's Dense and its bias gradient; Adam is the same
+fused kernel or its bit-identical written-out twin: equal to ~1e-6 per update, tests/test_batched_learner.py),
+so trajectories drift apart like two machines' would.
 
 `batched_events` yields each run's events as `loop.run_loop` yields them (with greedy evaluations and probes
 when given each run's shadow learner); `dqnlab.batched_trainer` writes them to each run's own directory.
@@ -246,12 +247,16 @@ def _steps(runs: RunsState, learner: BatchedLearner, members: Members | None, cf
     alive = np.ones(n, bool)
     updates = synced_at = 0
     polyak = any(cfg.train.target_tau < 1.0 for cfg in cfgs)
+    shared_schedule = len({epsilon_schedule(cfg.train) for cfg in cfgs}) == 1
     for step in range(1, steps + 1):
         if not alive.any():  # every run diverged or lost its env: nothing left to train
             return
-        epsilons = [epsilon_at(step, cfg.train) for cfg in cfgs]
+        if shared_schedule:  # one epsilon for every run
+            epsilons = [epsilon_at(step, train)] * n
+        else:
+            epsilons = [epsilon_at(step, cfg.train) for cfg in cfgs]
         actions = choose_actions(runs, policy, epsilons, alive)
-        for i in np.flatnonzero(alive):
+        for i in range(n) if alive.all() else np.flatnonzero(alive).tolist():
             outcome = step_run(runs, i, int(actions[i]), step, epsilons[i])
             if isinstance(outcome, EnvFailed):
                 alive[i] = False
@@ -306,20 +311,28 @@ def crosses(updates: int, k: int, every: int | None) -> bool:
     return every is not None and (updates + k) // every > updates // every
 
 
-def choose_actions(runs: RunsState, policy: BatchedPolicy, epsilons: list[float], alive: np.ndarray):
+def epsilon_schedule(train) -> tuple:
+    """The fields `loop.epsilon_at` reads: runs with equal ones have one epsilon at every step."""
+    return (train.epsilon_start, train.epsilon_end, train.epsilon_decay_start, train.epsilon_decay_steps)
+
+
+def choose_actions(runs: RunsState, policy: BatchedPolicy, epsilons: Sequence[float], alive: np.ndarray):
     """Epsilon-greedy per run with its own generator, drawn as `loop.run_loop` draws it; one batched
-    forward for all runs when any of them acts greedily."""
-    actions = np.zeros(len(epsilons), np.int64)
-    greedy = np.zeros(len(epsilons), bool)
-    for i in np.flatnonzero(alive):
-        rng = runs.rngs[i]
+    forward for all runs when any of them acts greedily, one argmax over the greedy runs' rows."""
+    n = len(epsilons)
+    rngs, num_actions = runs.rngs, runs.num_actions
+    actions = np.zeros(n, np.int64)
+    greedy = []
+    for i in range(n) if alive.all() else np.flatnonzero(alive).tolist():
+        rng = rngs[i]
         if rng.random() < epsilons[i]:
-            actions[i] = int(rng.integers(runs.num_actions))
+            actions[i] = rng.integers(num_actions)
         else:
-            greedy[i] = True
-    if greedy.any():
-        q = policy(runs.obs)
-        actions[greedy] = np.argmax(q[greedy], axis=1)
+            greedy.append(i)
+    if len(greedy) == n:
+        return policy(runs.obs).argmax(axis=1)
+    if greedy:
+        actions[greedy] = policy(runs.obs)[greedy].argmax(axis=1)
     return actions
 
 

@@ -1,6 +1,7 @@
 """Env steps per second of N runs batched in one process against the same N runs unbatched (issue #24).
 
     python scripts/bench_batched.py [--steps 20000] [--repeats 2] [--runs 1,2,4,8] [--settings S,..]
+    python scripts/bench_batched.py --calls [--repeats 5] [--runs 1,2,4,8,16,32] [--settings S,..]
 
 Unbatched: each run is `dqnlab.train` of the setting (scripts/bench.py) with diagnostics on, seed s, in its
 own fresh one-thread process (`bench.measure_in_subprocess`), one after another on the same core; N runs'
@@ -8,6 +9,13 @@ total env steps per second is N * steps over the sum of seeds 0..N-1's times. Ba
 same N configs and seeds in one fresh one-thread process (THREAD_ENV, TF intra = inter = 1), timed from
 building the learners to the last burst. The ratio batched / unbatched is the issue's bar (>= 3x at
 `cleanrl` for N = 8, >= 0.95x at `sb3_zoo`). Medians over repeats; the order alternates between repeats.
+
+`--calls` measures the update alone instead (where the time goes, docs/batched.md): one burst call of the
+`BatchedLearner` for N runs against N burst calls of the unbatched `Learner`, each at the setting's shapes
+(K updates of a batch of B), diagnostics off and on, in one fresh one-thread process; the arms take turns
+in each of `--repeats` rounds (scripts/bench.py's `interleaved_call_costs` way), and the ratio is the median
+over rounds of each round's batched / (N x unbatched). A call includes sampling the batches from a replay
+and reading the weights back, as the loop does.
 
 Not like for like in the batched engine's favour: `dqnlab.train` also writes event files and run.json and
 plays one greedy evaluation episode at the end, which `run_batched` does not do yet (docs/batched.md).
@@ -49,6 +57,62 @@ def measure_batched_here(setting_name: str, runs: int, steps: int) -> dict:
         "steps_per_s": runs * steps / seconds,
         "measured_bursts": len(result.metric_rows),
     }
+
+
+def call_costs_here(settings: list[str], counts: list[int], rounds: int) -> list[list[str]]:
+    """`--calls`: per-call cost of N batched runs' burst against N unbatched bursts, in this process."""
+    bench.limit_tf_to_one_thread()
+    import numpy as np
+
+    from dqnlab.batched_learner import make_batched_learner
+    from dqnlab.config import load_preset
+    from dqnlab.kinds import make_learner
+    from dqnlab.replay import ReplayBuffer
+
+    rows = []
+    for name in settings:
+        setting = bench.SETTINGS[name]
+        cfg = load_preset(setting.preset, bench.dqnlab_overrides(setting, True, 20_000))
+        replay = ReplayBuffer(10_000, (4,), seed=0)
+        rng = np.random.default_rng(0)
+        for _ in range(2_000):
+            replay.add(rng.normal(size=4), int(rng.integers(2)), 1.0, rng.normal(size=4), rng.random() < 0.05)
+        learners = {0: make_learner(cfg, (4,), 2, 0)}
+        learners.update({n: make_batched_learner([cfg] * n, list(range(n)), (4,), 2) for n in counts})
+        for flag in (False, True):
+            seconds = interleaved_bursts(learners, replay, setting, flag, rounds)
+            for n in counts:
+                ratio = statistics.median(b / (n * u) for b, u in zip(seconds[n], seconds[0], strict=True))
+                unbatched, batched = (statistics.median(seconds[x]) * 1e3 for x in (0, n))
+                row = [name, str(n), "on" if flag else "off", f"{unbatched:.2f}", f"{batched:.2f}"]
+                rows.append([*row, f"{ratio:.2f}"])
+    return rows
+
+
+def interleaved_bursts(learners: dict, replay, setting, with_diagnostics: bool, rounds: int) -> dict:
+    """Seconds per burst call of each learner (0: the unbatched one, N: N runs batched), per round; the
+    learners take turns, ~40 updates each per round."""
+    k, size = setting.gradient_steps, setting.batch_size
+    calls = max(1, 40 // k)
+
+    def call(n: int) -> None:
+        if n == 0:
+            out = learners[0].update(replay.sample_many(k, size), with_diagnostics)
+            dict(out.metrics)
+        else:
+            out = learners[n].update([replay.sample_many(k, size) for _ in range(n)], with_diagnostics)
+        [w.numpy() for w in out.weights]
+
+    seconds: dict[int, list[float]] = {n: [] for n in learners}
+    for n in learners:
+        call(n)  # traces
+    for _ in range(rounds):
+        for n in learners:
+            start = time.perf_counter()
+            for _ in range(calls):
+                call(n)
+            seconds[n].append((time.perf_counter() - start) / calls)
+    return seconds
 
 
 def measure_batched(setting_name: str, runs: int, steps: int) -> dict:
@@ -101,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.loads(argv[1])
         print(_RESULT + json.dumps(measure_batched_here(spec["setting"], spec["runs"], spec["steps"])))
         return 0
+    if argv[:1] == ["--child-calls"]:
+        spec = json.loads(argv[1])
+        print(_RESULT + json.dumps(call_costs_here(spec["settings"], spec["runs"], spec["rounds"])))
+        return 0
     ap = OneLineParser(description=__doc__.splitlines()[0])
     from dqnlab.cliargs import int_at_least
 
@@ -108,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int_at_least(1), default=2)
     ap.add_argument("--runs", default="1,2,4,8", help="batch sizes N (default 1,2,4,8)")
     ap.add_argument("--settings", default="cleanrl,sb3_zoo")
+    ap.add_argument("--calls", action="store_true", help="the update call alone (see above), not whole runs")
     args = ap.parse_args(argv)
     try:
         counts = [int(n) for n in args.runs.split(",")]
@@ -121,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--settings {args.settings!r}: expected comma-separated names from {', '.join(cartpole)}")
     info = bench.machine_info(frameworks=("dqnlab",))
     start = time.perf_counter()
+    if args.calls:
+        return print_call_costs(settings, counts, args.repeats, info, start)
     rows = []
     for r in range(args.repeats):
         rows += one_repeat(settings, counts, args.steps, r, lambda m: print(m, file=sys.stderr, flush=True))
@@ -137,6 +208,26 @@ def main(argv: list[str] | None = None) -> int:
             verdict = (f">= {bar}: {'met' if ratio >= bar else 'NOT met'}") if applies else ""
             table.append([setting, str(n), f"{b:,.0f}", f"{u:,.0f}", f"{ratio:.2f}", verdict])
     print(bench.format_table(header, table))
+    return 0
+
+
+def print_call_costs(settings: list[str], counts: list[int], rounds: int, info: dict, start: float) -> int:
+    spec = json.dumps({"settings": settings, "runs": counts, "rounds": rounds})
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child-calls", spec],
+        env={**os.environ, **bench.THREAD_ENV},
+        capture_output=True,
+        text=True,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"--calls failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    rows = json.loads(lines[-1][len(_RESULT) :])
+    print(f"update call: N runs batched in one burst call vs N unbatched burst calls, median of {rounds}")
+    print(bench.machine_line(info))
+    print(f"pinned to cores {sorted(os.sched_getaffinity(0))}; wall {time.perf_counter() - start:.0f} s\n")
+    header = ["setting", "N", "diagnostics", "unbatched ms/call", "batched ms/call", "batched/(N unbatched)"]
+    print(bench.format_table(header, rows))
     return 0
 
 

@@ -135,8 +135,54 @@ def test_each_runs_metrics_equal_the_unbatched_learners_tag_by_tag(k):
     assert len({round(m["loss/td"], 6) for m in out.metrics}) == len(cfgs)
 
 
-def test_a_diverging_run_is_masked_and_the_others_equal_a_batch_without_it():
-    k, cfgs = 4, [config(4, arm) for arm in ARMS[:3]]
+class CountingKernel(BatchedLearner):
+    """Counts the updates that took the fused Adam kernel (in the graph, so it counts what ran)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.kernel_updates = tf.Variable(0)
+
+    def _fused_adam(self, *args):
+        self.kernel_updates.assign_add(1)
+        return super()._fused_adam(*args)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_batch_of_seeds_takes_the_fused_kernel_and_the_written_out_adam_equals_it_bit_for_bit(k):
+    """Runs that share learning rate and epsilon update through ResourceApplyAdam; add a run with another
+    learning rate and the same runs take the written-out Adam instead, with the same results bit for bit
+    (so a run's trajectory does not depend on which path its batch takes)."""
+    cfgs = [config(k, ARMS[0])] * 3
+    odd = config(k, {**ARMS[0], "optimizer.learning_rate": 1e-2})
+    start = make_batched_learner([*cfgs, odd], [0, 1, 2, 3], (OBS_DIM,), ACTIONS).online_weights()
+    seeds = CountingKernel(cfgs, [w[:3] for w in start], OBS_DIM)
+    mixed = CountingKernel([*cfgs, odd], start, OBS_DIM)
+    singles = [unbatched_at(cfg, run_slice(start, i)) for i, cfg in enumerate(cfgs)]
+    for burst_index in range(2):
+        data = bursts(4, k, seed=burst_index)
+        out = seeds.update(data[:3], with_diagnostics=burst_index == 1)
+        out_mixed = mixed.update(data, with_diagnostics=burst_index == 1)
+        for got, want in zip(out.weights, out_mixed.weights, strict=True):
+            np.testing.assert_array_equal(got.numpy(), want.numpy()[:3])
+        for i, single in enumerate(singles):
+            single.update(data[i], with_diagnostics=False)
+            assert_weights_close(run_slice(out.weights, i), single.online_weights())
+    assert int(seeds.kernel_updates.numpy()) == 2 * k
+    assert int(mixed.kernel_updates.numpy()) == 0
+    for a, b in zip(seeds._m + seeds._v, mixed._m + mixed._v, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy()[:3])
+    # with one learning rate set for all four, the mixed batch takes the kernel too
+    mixed.set_learning_rates([2.3e-3] * 4)
+    mixed.update(bursts(4, k, seed=7), with_diagnostics=False)
+    assert int(mixed.kernel_updates.numpy()) == k
+
+
+@pytest.mark.parametrize("arms", ["differ", "same"])
+def test_a_diverging_run_is_masked_and_the_others_equal_a_batch_without_it(arms):
+    """`same`: runs that share learning rate and epsilon take the fused kernel until run 1 diverges, then
+    the written-out Adam that masks it, while the batch without it keeps the kernel: still equal."""
+    k = 4
+    cfgs = [config(4, arm) for arm in ARMS[:3]] if arms == "differ" else [config(4, ARMS[0])] * 3
     data = bursts(3, k)
     poisoned = data[1]._replace(rewards=data[1].rewards.copy())
     poisoned.rewards[2, 0] = np.nan  # run 1's third update goes non-finite
