@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from dqnlab._tf import tf
+from dqnlab.batch_plan import SHARED_FIELDS  # the fields a batch's runs share (no TensorFlow there)
 from dqnlab.compiled import Compiled
 from dqnlab.config import Config
 from dqnlab.learner import (
@@ -37,6 +38,7 @@ from dqnlab.learner import (
     BURST_STATS,
     MetricReader,
     MetricValues,
+    burst_tags,
     pack,
     panel_position,
     unpack,
@@ -44,22 +46,6 @@ from dqnlab.learner import (
 from dqnlab.losses import LOSSES, td_target
 from dqnlab.replay import Batch
 
-# Config fields every run of a batch must share: they fix shapes or the loop's cadence. Everything else a
-# run may set for itself (as a value in the graph, or on the host: epsilon and learning-rate schedules).
-SHARED_FIELDS = {
-    "network": ("kind", "activation", "hidden", "dueling"),
-    "train": (
-        "batch_size",
-        "gradient_steps",
-        "train_every",
-        "learning_starts",
-        "target_update_every",
-        "double_dqn",
-        "steps",
-    ),  # fmt: skip
-    "optimizer": ("kind",),
-    "diagnostics": ("enabled", "every"),
-}
 ACTIVATIONS = {"relu": tf.nn.relu, "tanh": tf.math.tanh, "sigmoid": tf.math.sigmoid}
 BETA_1, BETA_2 = 0.9, 0.999  # FusedAdam's (Keras's) defaults: no preset changes them
 # 1 - beta as ResourceApplyAdam's kernel computes it, in float32 (`T(1) - beta1()`): 1 - 0.999 in float64
@@ -556,13 +542,6 @@ class BatchedLearner:
         for tag, size in zip(self.variable_tags, self._sizes, strict=True):
             reader.zero_frac(f"grad_zero_frac/{tag}", f"~half_nonzero/{tag}", size)
         stats = [name for name in BURST_STATS if clip > 0 or name != PRECLIP]
-        for tag in stats if num_updates > 1 else []:
-            reader.quotient(f"{tag}/burst_mean", f"~sum/{tag}", num_updates)
-            reader.tag(f"{tag}/burst_max", f"~max/{tag}")
-        for tag, half in BURST_COUNTS.items():
-            if num_updates == 1:
-                reader.quotient(f"{tag}/burst_sum", half, 0.5)
-            else:
-                reader.tag(f"{tag}/burst_sum", f"~sum/{tag}")
+        burst_tags(reader, stats, num_updates)
         reader.finish()
         return reader

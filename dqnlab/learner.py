@@ -238,6 +238,20 @@ def panel_position(burst: int, num_updates: int) -> int:
     return (burst * _WEYL) % 2**32 * num_updates >> 32
 
 
+def burst_tags(reader: MetricReader, stats: Sequence[str], num_updates: int) -> None:
+    """The burst's tags of a measured burst of `num_updates`: each of `stats`' mean and max over the burst,
+    and the pooled `BURST_COUNTS`. A one-update burst is its panel update: its means and maxes would repeat
+    the panel's tags, and its counts are the panel's halves."""
+    for tag in stats if num_updates > 1 else []:
+        reader.quotient(f"{tag}/burst_mean", f"~sum/{tag}", num_updates)
+        reader.tag(f"{tag}/burst_max", f"~max/{tag}")
+    for tag, half in BURST_COUNTS.items():
+        if num_updates == 1:
+            reader.quotient(f"{tag}/burst_sum", half, 0.5)
+        else:
+            reader.tag(f"{tag}/burst_sum", f"~sum/{tag}")
+
+
 def global_norm_parts(grads: list[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
     """`tf.linalg.global_norm(grads)` written with its own ops, so that the per-variable half sums of
     squares [V] it is made of come out too (tests/test_learner.py checks it is TF's norm, bit for bit)."""
@@ -791,15 +805,7 @@ class Learner:
         tags, halves = self._family_tags["grad_zero_frac"], self._family_tags["~half_nonzero"]
         for tag, half_nonzero, size in zip(tags, halves, self._sizes, strict=True):
             reader.zero_frac(tag, half_nonzero, size)
-        # A one-update burst is its panel update: its means and maxes would repeat the panel's tags.
-        for tag in self._burst_stats if num_updates > 1 else []:
-            reader.quotient(f"{tag}/burst_mean", f"~sum/{tag}", num_updates)
-            reader.tag(f"{tag}/burst_max", f"~max/{tag}")
-        for tag, half in BURST_COUNTS.items():
-            if num_updates == 1:
-                reader.quotient(f"{tag}/burst_sum", half, 0.5)
-            else:
-                reader.tag(f"{tag}/burst_sum", f"~sum/{tag}")
+        burst_tags(reader, self._burst_stats, num_updates)
         reader.finish()
         return reader
 

@@ -15,7 +15,7 @@ from helpers import dqnlab_cmd
 
 import dqnlab.batched_loop as batched_loop
 from dqnlab import batch_plan
-from dqnlab.batched_learner import ACTIVATIONS, SHARED_FIELDS
+from dqnlab.batched_learner import ACTIVATIONS
 from dqnlab.batched_trainer import train_batch
 from dqnlab.envs import make_env
 from dqnlab.events import read_series
@@ -47,7 +47,6 @@ def info(run_dir: Path) -> dict:
 
 
 def test_the_plan_mirrors_the_batched_learner_and_groups_what_may_share_a_batch(tmp_path):
-    assert batch_plan.SHARED_FIELDS == SHARED_FIELDS
     assert set(batch_plan.BATCHED_LOSSES) == set(LOSSES)
     assert set(batch_plan.BATCHED_ACTIVATIONS) == set(ACTIVATIONS)
     specs = [spec(p, s, tmp_path, "x") for p in ("huber_relu", "squared_relu") for s in (0, 1, 2)]
