@@ -302,6 +302,25 @@ def _sb3_run(setting_name: str, steps: int, seed: int) -> dict[str, float]:
 # -- one measurement per fresh, single-threaded subprocess ---------------------------------------------
 
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def run_child(script: str, flag: str, spec: dict, marker: str, what: str) -> dict:
+    """Run `python script flag <spec as JSON>` in a fresh process with one thread per library (THREAD_ENV)
+    and return the JSON its line starting with `marker` carries; a failure raises naming `what`, with the
+    child's last lines."""
+    proc = subprocess.run(
+        [sys.executable, script, flag, json.dumps(spec)],
+        env={**os.environ, **THREAD_ENV},
+        capture_output=True,
+        text=True,
+    )
+    for line in proc.stdout.splitlines():
+        if proc.returncode == 0 and line.startswith(marker):
+            return json.loads(line[len(marker) :])
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+    raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+
+
 THREADS_NOTE = (
     "one fresh process per measurement, 1 thread each: TF intra-op=1 inter-op=1, "
     "torch set_num_threads(1) set_num_interop_threads(1), OMP/OPENBLAS/MKL_NUM_THREADS=1"

@@ -116,19 +116,9 @@ def interleaved_bursts(learners: dict, replay, setting, with_diagnostics: bool, 
 
 
 def measure_batched(setting_name: str, runs: int, steps: int) -> dict:
-    spec = json.dumps({"setting": setting_name, "runs": runs, "steps": steps})
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", spec],
-        env={**os.environ, **bench.THREAD_ENV},
-        capture_output=True,
-        text=True,
-    )
-    for line in proc.stdout.splitlines():
-        if proc.returncode == 0 and line.startswith(_RESULT):
-            return json.loads(line[len(_RESULT) :])
-    raise RuntimeError(
-        f"batched {setting_name} N={runs} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
-    )
+    spec = {"setting": setting_name, "runs": runs, "steps": steps}
+    script = str(Path(__file__).resolve())
+    return bench.run_child(script, "--child", spec, _RESULT, f"batched {setting_name} N={runs}")
 
 
 def one_repeat(settings: list[str], counts: list[int], steps: int, repeat: int, log) -> list[dict]:

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -222,17 +220,8 @@ def _child(spec: dict) -> None:
 def run_in_subprocess(spec: dict) -> dict:
     import bench
 
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-        env={**os.environ, **bench.THREAD_ENV},
-        capture_output=True,
-        text=True,
-    )
-    for line in proc.stdout.splitlines():
-        if proc.returncode == 0 and line.startswith(_RESULT):
-            return json.loads(line[len(_RESULT) :])
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-    raise RuntimeError(f"{spec['side']} seed {spec['seed']} failed (exit {proc.returncode}):\n{tail}")
+    what = f"{spec['side']} seed {spec['seed']}"
+    return bench.run_child(str(Path(__file__).resolve()), "--child", spec, _RESULT, what)
 
 
 # -- the report -------------------------------------------------------------------------------------------
