@@ -33,15 +33,16 @@ SHARED_FIELDS = {
 }
 BATCHED_LOSSES = ("squared", "clipped_delta_squared", "clipped_gradient_squared", "huber")
 BATCHED_ACTIVATIONS = ("relu", "tanh", "sigmoid")
-AUTO_CAP = 32  # `--batch-runs auto`: a whole group, up to this many runs per process
+AUTO = "auto"  # `--batch-runs auto`: each group split evenly over the workers, at most AUTO_CAP runs a batch
+AUTO_CAP = 32
 
 
-def parse_batch_runs(text: str) -> int | None:
-    """An argparse type for `--batch-runs`: 'off' (None), 'auto' (AUTO_CAP), or N >= 1 (1 is off)."""
+def parse_batch_runs(text: str) -> int | str | None:
+    """An argparse type for `--batch-runs`: 'off' (None), 'auto' (AUTO), or N >= 1 (1 is off)."""
     if text == "off":
         return None
-    if text == "auto":
-        return AUTO_CAP
+    if text == AUTO:
+        return AUTO
     try:
         value = int(text)
     except ValueError:
@@ -77,22 +78,31 @@ def batch_key(spec: RunSpec, cfg: Config) -> tuple:
     return (spec.env, spec.steps, spec.device, spec.deterministic, *shared)
 
 
-def plan_batches(specs: Sequence[RunSpec], size: int | None) -> list[list[int]]:
+def plan_batches(specs: Sequence[RunSpec], size: int | str | None, workers: int = 1) -> list[list[int]]:
     """The jobs: lists of spec indices, each one process; batches of 2..`size` runs, every other run alone.
-    Jobs are in the order of their first run; without `size`, every run is its own job."""
-    if not size or size < 2:
+    With `size` AUTO, each group of runs that may share a batch is split into `workers` batches as even as
+    they come (at most AUTO_CAP runs each), so that no worker is left idle. Jobs are in the order of their
+    first run; without `size`, every run is its own job."""
+    if not size or (size != AUTO and size < 2):
         return [[i] for i in range(len(specs))]
     groups: dict[tuple, list[int]] = {}
-    jobs: list[list[int]] = []
+    slots: list[int | tuple] = []  # in planned order: a run alone (its index), or a group (its key)
     for i, spec in enumerate(specs):
         cfg = spec.config()
         if not batchable(spec, cfg):
-            jobs.append([i])
+            slots.append(i)
             continue
         key = batch_key(spec, cfg)
-        group = groups.get(key)
-        if group is None or len(group) >= size:
-            group = groups[key] = []
-            jobs.append(group)
-        group.append(i)
+        if key not in groups:
+            groups[key] = []
+            slots.append(key)
+        groups[key].append(i)
+    jobs: list[list[int]] = []
+    for slot in slots:
+        if isinstance(slot, int):
+            jobs.append([slot])
+            continue
+        group = groups[slot]
+        limit = min(AUTO_CAP, -(-len(group) // max(1, workers))) if size == AUTO else int(size)
+        jobs += [group[k : k + limit] for k in range(0, len(group), limit)]
     return jobs

@@ -129,8 +129,9 @@ def _runs_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="auto|off|N",
         help="train runs that share an architecture, env and steps as batches of up to N in one process "
-        "(auto: up to 32); plain Adam MLPs with dqnlab's losses only, the rest run one per process; no "
-        "checkpoints, so not with --resume; local backend only (default: off; docs/batched.md)",
+        "(auto: each group split over --workers, up to 32 a batch); plain Adam MLPs with dqnlab's losses "
+        "only, the rest run one per process; no checkpoints, so not with --resume; local backend only "
+        "(default: off; docs/batched.md)",
     )
     _common(p)
 

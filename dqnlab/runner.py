@@ -378,11 +378,15 @@ def settled_outcome(spec: RunSpec) -> RunOutcome | None:
 
 
 def run_experiment(
-    specs: list[RunSpec], workers: int | None = None, quiet: bool = False, batch_runs: int | None = None
+    specs: list[RunSpec],
+    workers: int | None = None,
+    quiet: bool = False,
+    batch_runs: int | str | None = None,
 ) -> list[RunOutcome]:
     """Run every spec in its own spawned process, `workers` at a time (default: the CPU count); outcomes in
-    spec order. With `batch_runs`, the runs `dqnlab.batch_plan` groups train as batches of up to that many,
-    a batch in one process (`dqnlab.batched_trainer`); the other runs as before.
+    spec order. With `batch_runs`, the runs `dqnlab.batch_plan` groups train as batches of up to that many
+    (`auto`: each group split over the workers), a batch in one process (`dqnlab.batched_trainer`); the
+    other runs as before.
 
     One process per job, not a pool: a job whose process dies (SIGKILL, the out-of-memory killer, a crash in
     native code) takes nothing else with it. Each of its runs is recorded as `failed` with the signal, in its
@@ -396,8 +400,9 @@ def run_experiment(
         i: settled for i, spec in enumerate(specs) if (settled := settled_outcome(spec)) is not None
     }
     queued = [i for i in range(len(specs)) if i not in outcomes]
-    jobs = [[queued[i] for i in job] for job in plan_batches([specs[i] for i in queued], batch_runs)]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) + len(outcomes)))
+    wanted = workers or os.cpu_count() or 1
+    jobs = [[queued[i] for i in job] for job in plan_batches([specs[i] for i in queued], batch_runs, wanted)]
+    workers = max(1, min(wanted, len(jobs) + len(outcomes)))
     batches = [job for job in jobs if len(job) > 1]
     write_experiment_json(specs, backend="local", workers=workers, batches=batches)
     ctx = mp.get_context("spawn")

@@ -56,7 +56,13 @@ def test_the_plan_mirrors_the_batched_learner_and_groups_what_may_share_a_batch(
     assert batch_plan.plan_batches(specs, None) == [[i] for i in range(9)]
     assert batch_plan.plan_batches(specs, 32) == [[0, 1, 2, 3, 4, 5], [6], [7], [8]]
     assert batch_plan.plan_batches(specs, 4) == [[0, 1, 2, 3], [4, 5], [6], [7], [8]]
-    assert [batch_plan.parse_batch_runs(t) for t in ("off", "auto", "1", "8")] == [None, 32, None, 8]
+    # auto: each group split over the workers, as evenly as it comes, at most AUTO_CAP runs a batch
+    assert batch_plan.plan_batches(specs, "auto", workers=1) == [[0, 1, 2, 3, 4, 5], [6], [7], [8]]
+    assert batch_plan.plan_batches(specs, "auto", workers=2) == [[0, 1, 2], [3, 4, 5], [6], [7], [8]]
+    assert batch_plan.plan_batches(specs, "auto", workers=4) == [[0, 1], [2, 3], [4, 5], [6], [7], [8]]
+    many = [spec("huber_relu", s, tmp_path, "x") for s in range(40)]
+    assert [len(job) for job in batch_plan.plan_batches(many, "auto", workers=1)] == [32, 8]
+    assert [batch_plan.parse_batch_runs(t) for t in ("off", "auto", "1", "8")] == [None, "auto", None, 8]
 
 
 def test_a_member_writes_what_the_unbatched_run_writes(tmp_path):
