@@ -105,19 +105,14 @@ def check_batch(specs: Sequence[RunSpec]) -> list[Config]:
     """The members' configs; a ConfigError naming why these specs cannot train as one batch."""
     if not specs:
         raise ConfigError("a batch needs at least one run")
-    first = specs[0]
+
+    def shared(s: RunSpec) -> tuple:
+        return (s.env, s.steps, s.logdir, s.experiment, s.device, s.deterministic)
+
     for spec in specs:
         if spec.resume:
             raise ConfigError("--resume cannot continue a batched run (a batch writes no checkpoints)")
-        shared = (spec.env, spec.steps, spec.logdir, spec.experiment, spec.device, spec.deterministic)
-        if shared != (
-            first.env,
-            first.steps,
-            first.logdir,
-            first.experiment,
-            first.device,
-            first.deterministic,
-        ):
+        if shared(spec) != shared(specs[0]):
             raise ConfigError(f"{spec.arm} seed {spec.seed}: a batch's runs share env, steps and experiment")
     cfgs = [spec.config() for spec in specs]
     try:
@@ -125,7 +120,7 @@ def check_batch(specs: Sequence[RunSpec]) -> list[Config]:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     for cfg in cfgs:
-        check_env_fits(cfg, first.env)
+        check_env_fits(cfg, specs[0].env)
     return cfgs
 
 
