@@ -253,6 +253,44 @@ class BatchedLearner:
         """Run i's online weights, as the unbatched learner's `online_weights`."""
         return run_slice(self.online, i)
 
+    # -- checkpoints (not on the hot path) ------------------------------------------------------------
+
+    def run_state(self, i: int) -> dict[str, list[np.ndarray]]:
+        """Run i's slice of every stacked variable: online and target weights, Adam's m and v."""
+        return {
+            "online": run_slice(self.online, i),
+            "target": run_slice(self.target, i),
+            "m": run_slice(self._m, i),
+            "v": run_slice(self._v, i),
+        }
+
+    def beta_powers(self) -> tuple[np.float32, np.float32]:
+        """Adam's beta_1^t and beta_2^t, one pair for the batch (t: the batch's updates, masked runs' too)."""
+        return np.float32(self._b1_power.numpy()), np.float32(self._b2_power.numpy())
+
+    def load_run(self, i: int, state: dict[str, Sequence[np.ndarray]]) -> None:
+        """Put run i's slice back (`run_state`'s arrays); the other runs' slices are not touched."""
+        for name, stacked in (
+            ("online", self.online),
+            ("target", self.target),
+            ("m", self._m),
+            ("v", self._v),
+        ):
+            for var, value in zip(stacked, state[name], strict=True):
+                whole = var.numpy()
+                if whole[i].shape != np.shape(value):
+                    raise ValueError(f"{name}: run slice {whole[i].shape}, given {np.shape(value)}")
+                whole[i] = value
+                var.assign(whole)
+
+    def load_counters(self, updates: int, beta_powers: tuple[float, float], alive: Sequence[bool]) -> None:
+        """The batch's shared state after `updates` updates (a resume): the panel position's count, Adam's
+        beta powers and which runs are live (the others masked: their slices are never read by a live run)."""
+        self.iterations = int(updates)
+        self._b1_power.assign(np.float32(beta_powers[0]))
+        self._b2_power.assign(np.float32(beta_powers[1]))
+        self.alive.assign(np.asarray(alive, bool))
+
     # -- compiled -----------------------------------------------------------------------------------
 
     def _compile(self, args: list[np.ndarray], with_diagnostics: bool) -> Compiled:

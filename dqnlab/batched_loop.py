@@ -43,6 +43,7 @@ from dqnlab.loop import (
     EpisodeEnd,
     Evaluated,
     Event,
+    LoopState,
     Probed,
     Schedule,
     Updated,
@@ -185,6 +186,155 @@ def make_members(cfgs: Sequence[Config], seeds: Sequence[int], obs_shape, num_ac
     return BatchedLearner(cfgs, weights, int(np.prod(obs_shape))), shadows
 
 
+# -- checkpoints and resume (outside the loop's body: a checkpoint is an event, a resume a start) ---------
+
+CHECKPOINT = -1  # RunEvent.run of a BatchCheckpointDue: the batch's, not one run's
+
+
+@dataclass
+class BatchCounters:
+    """The loop's counters, shared by every run of the batch, between two env steps."""
+
+    step: int = 0  # last env step fully done
+    updates: int = 0  # each live run's updates so far (the batch's: masked runs' slots count too)
+    synced_at: int = 0  # updates at the last target sync
+    refill_until: int = 0  # resumed without replay: act (and refill) until this step before learning
+
+
+@dataclass(frozen=True)
+class BatchCheckpointDue:
+    """The batch between two env steps: what each live member's checkpoint is taken from (`final`: the end
+    of the batch, after its last step)."""
+
+    counters: BatchCounters
+    alive: np.ndarray  # [N] bool
+    runs: RunsState
+    members: Members
+    learner: BatchedLearner
+    final: bool = False
+
+    @property
+    def step(self) -> int:
+        return self.counters.step
+
+
+@dataclass
+class BatchStart:
+    """Where a resumed batch continues (`resume_batch`): its restored acting state, counters and live runs."""
+
+    runs: RunsState
+    members: Members
+    counters: BatchCounters
+    alive: np.ndarray  # [N] bool: runs to continue; the others stay masked
+
+
+def member_loop_state(due: BatchCheckpointDue, i: int) -> LoopState:
+    """Run i's state as the unbatched loop's `LoopState` (what an unbatched checkpoint keeps of it)."""
+    runs, members, c = due.runs, due.members, due.counters
+    return LoopState(
+        step=c.step,
+        obs=np.array(runs.obs[i]),
+        state=None,  # an MLP's policy has no recurrent state
+        episode_return=runs.returns[i],
+        episode_length=runs.lengths[i],
+        updates=c.updates,
+        synced_at=c.synced_at,
+        probe_inputs=members.probe_inputs[i],
+        rng=runs.rngs[i],
+        refill_until=c.refill_until,
+        probe_rng=members.probe_rngs[i],
+        last_probe=members.last_probe[i],
+    )
+
+
+def member_state_arrays(due: BatchCheckpointDue, i: int) -> dict[str, np.ndarray]:
+    """Run i's `Learner.state_arrays()`, as its unbatched learner would hold them after the same updates:
+    its slice of the stacked online and target weights and Adam's m and v, put into its shadow learner
+    (built by `make_learner` as the unbatched run's), with Adam's iterations (the batch's updates) and beta
+    powers (the batch's pair: beta^t after the same t float32 products), the shadow's initial weights."""
+    shadow, state = due.members.shadows[i], due.learner.run_state(i)
+    for variables, values in (
+        (shadow.online.weights, state["online"]),
+        (shadow.target.weights, state["target"]),
+    ):
+        for var, value in zip(variables, values, strict=True):
+            var.assign(value)
+    iterations, b1_power, b2_power, *slots = shadow.optimizer.variables
+    iterations.assign(due.counters.updates)
+    b1, b2 = due.learner.beta_powers()
+    b1_power.assign(b1)
+    b2_power.assign(b2)
+    for var, value in zip(
+        slots, [x for pair in zip(state["m"], state["v"], strict=True) for x in pair], strict=True
+    ):
+        var.assign(value)
+    return shadow.state_arrays()
+
+
+def resume_batch(
+    cfgs: Sequence[Config],
+    seeds: Sequence[int],
+    env_id: str,
+    steps: int,
+    learner: BatchedLearner,
+    shadows: Sequence,
+    ckpts: dict,
+) -> tuple[BatchStart, dict]:
+    """The batch rebuilt from its members' checkpoints (`ckpts`: run index -> `checkpoint.Checkpoint`, one
+    step for all; the runs not in it stay masked): each run's env, replay, generators and probe state put
+    back (`snapshot.restore`, through its shadow learner), its slice of the stacked learner loaded, the
+    shared counters and Adam's beta powers set. Returns the start and each run's `snapshot.Restored`.
+    CheckpointError when a checkpoint does not fit, or the members' shared counters disagree."""
+    from dqnlab.checkpoint import CheckpointError
+    from dqnlab.snapshot import restore
+
+    runs = RunsState(cfgs, seeds, env_id)
+    members = Members(cfgs, seeds, env_id, shadows, steps)
+    alive = np.zeros(len(cfgs), bool)
+    restored, shared, powers = {}, {}, {}
+    for i, ckpt in sorted(ckpts.items()):
+        shadow = shadows[i]
+        got = restore(ckpt, shadow, runs.envs[i], runs.replays[i], seeds[i], cfgs[i].train.learning_starts)
+        st = got.loop_state
+        iterations, b1, b2, *slots = [v.numpy() for v in shadow.optimizer.variables]
+        counters = BatchCounters(st.step, st.updates, st.synced_at, st.refill_until)
+        shared[i] = (counters, int(iterations))
+        powers[i] = (np.float32(b1), np.float32(b2))
+        runs.obs[i], runs.returns[i], runs.lengths[i], runs.rngs[i] = (
+            st.obs,
+            st.episode_return,
+            st.episode_length,
+            st.rng,
+        )
+        members.probe_inputs[i], members.probe_rngs[i], members.last_probe[i] = (
+            st.probe_inputs,
+            st.probe_rng,
+            st.last_probe,
+        )
+        learner.load_run(i, {
+            "online": [v.numpy() for v in shadow.online.weights],
+            "target": [v.numpy() for v in shadow.target.weights],
+            "m": slots[0::2],
+            "v": slots[1::2],
+        })  # fmt: skip
+        restored[i] = got
+        alive[i] = True
+    first = min(ckpts)
+    for i in ckpts:
+        if shared[i] != shared[first] or powers[i] != powers[first]:
+            raise CheckpointError(
+                f"{ckpts[i].path}: its batch counters (step, updates, target sync, Adam's step) are not "
+                f"those of {ckpts[first].path}: not checkpoints of one batch"
+            )
+    counters, iterations = shared[first]
+    if iterations != counters.updates:
+        raise CheckpointError(
+            f"{ckpts[first].path}: Adam's step {iterations} is not the run's {counters.updates} updates"
+        )
+    learner.load_counters(counters.updates, powers[first], alive)
+    return BatchStart(runs, members, counters, alive), restored
+
+
 def run_batched(
     cfgs: Sequence[Config],
     seeds: Sequence[int],
@@ -224,31 +374,50 @@ def batched_events(
     *,
     learner: BatchedLearner | None = None,
     shadows: Sequence | None = None,
+    checkpoint_every: int = 0,
+    start: BatchStart | None = None,
 ) -> Iterator[RunEvent]:
     """Train N runs for `steps` env steps each, yielding each run's events in `loop.run_loop`'s order
     within a step. With `shadows` (each run's unbatched learner, as `make_members` gives them with the
-    batch's `learner`), each run also gets the greedy evaluations and probes `run_loop` gives it."""
-    runs = RunsState(cfgs, seeds, env_id)
-    if learner is None:
-        learner = make_batched_learner(cfgs, seeds, runs.obs.shape[1:], runs.num_actions)
-    members = Members(cfgs, seeds, env_id, shadows, steps) if shadows is not None else None
+    batch's `learner`), each run also gets the greedy evaluations and probes `run_loop` gives it.
+
+    With `checkpoint_every` (env steps; 0: never), a `RunEvent(CHECKPOINT, BatchCheckpointDue)` every that
+    many steps and at the end carries the whole batch between two steps (`member_loop_state`,
+    `member_state_arrays`). `start` (from `resume_batch`, with the `learner` and `shadows` it was restored
+    into) continues a batch from such a point."""
+    if start is None:
+        runs = RunsState(cfgs, seeds, env_id)
+        if learner is None:
+            learner = make_batched_learner(cfgs, seeds, runs.obs.shape[1:], runs.num_actions)
+        members = Members(cfgs, seeds, env_id, shadows, steps) if shadows is not None else None
+    else:
+        runs, members = start.runs, start.members
     try:
-        yield from _steps(runs, learner, members, cfgs, steps)
+        yield from _steps(runs, learner, members, cfgs, steps, checkpoint_every, start)
     finally:
         runs.close()
         if members is not None:
             members.close()
 
 
-def _steps(runs: RunsState, learner: BatchedLearner, members: Members | None, cfgs, steps: int):
+def _steps(
+    runs: RunsState,
+    learner: BatchedLearner,
+    members: Members | None,
+    cfgs,
+    steps: int,
+    checkpoint_every: int = 0,
+    start: BatchStart | None = None,
+):
     n, train = len(cfgs), cfgs[0].train
     policy = BatchedPolicy(cfgs[0].network.activation)
     policy.set_weights(learner.online_weights())
-    alive = np.ones(n, bool)
-    updates = synced_at = 0
+    alive = np.ones(n, bool) if start is None else start.alive.copy()
+    counted = start.counters if start is not None else BatchCounters()
+    updates, synced_at, refill_until = counted.updates, counted.synced_at, counted.refill_until
     polyak = any(cfg.train.target_tau < 1.0 for cfg in cfgs)
     shared_schedule = len({epsilon_schedule(cfg.train) for cfg in cfgs}) == 1
-    for step in range(1, steps + 1):
+    for step in range(counted.step + 1, steps + 1):
         if not alive.any():  # every run diverged or lost its env: nothing left to train
             return
         if shared_schedule:  # one epsilon for every run
@@ -263,7 +432,7 @@ def _steps(runs: RunsState, learner: BatchedLearner, members: Members | None, cf
                 learner.mask([i])
             if outcome is not None:
                 yield RunEvent(int(i), outcome)
-        if step >= train.learning_starts and step % train.train_every == 0:
+        if step >= train.learning_starts and step > refill_until and step % train.train_every == 0:
             yield from _burst(runs, learner, members, cfgs, step, updates, alive)
             updates += train.gradient_steps
             policy.set_weights(learner.online_weights())
@@ -274,6 +443,12 @@ def _steps(runs: RunsState, learner: BatchedLearner, members: Members | None, cf
             for i in np.flatnonzero(alive):
                 if members.evaluation_due(i, step):
                     yield RunEvent(int(i), members.evaluate(i, step, learner))
+        if checkpoint_every and step % checkpoint_every == 0 and step < steps:
+            counters = BatchCounters(step, updates, synced_at, refill_until)
+            yield RunEvent(CHECKPOINT, BatchCheckpointDue(counters, alive.copy(), runs, members, learner))
+    if checkpoint_every and alive.any():  # the end state: what the final weights are compared against
+        counters = BatchCounters(steps, updates, synced_at, refill_until)
+        yield RunEvent(CHECKPOINT, BatchCheckpointDue(counters, alive.copy(), runs, members, learner, True))
 
 
 def _burst(runs, learner: BatchedLearner, members, cfgs, step: int, updates: int, alive: np.ndarray):

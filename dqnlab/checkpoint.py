@@ -65,8 +65,12 @@ def checkpoints_root(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
 
 
-def save(run_dir: Path, step: int, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> Path:
-    """Write a whole checkpoint of env step `step` and make it the newest; returns its directory."""
+def save(
+    run_dir: Path, step: int, arrays: dict[str, np.ndarray], state: dict[str, Any], prune: bool = True
+) -> Path:
+    """Write a whole checkpoint of env step `step` and make it the newest; returns its directory. With
+    `prune` false the older checkpoints stay (a batch prunes them once every member has its new one:
+    `prune_before`)."""
     root = checkpoints_root(run_dir)
     if root.is_symlink():
         raise CheckpointError(f"{root} is a symbolic link; dqnlab writes checkpoints only inside the run")
@@ -90,11 +94,28 @@ def save(run_dir: Path, step: int, arrays: dict[str, np.ndarray], state: dict[st
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _fsync_dir(root)
-    for older in _complete(root):
-        if older != target:
-            shutil.rmtree(older, ignore_errors=True)
+    if prune:
+        for older in _complete(root):
+            if older != target:
+                shutil.rmtree(older, ignore_errors=True)
     remove_staging(run_dir)
     return target
+
+
+def prune_before(run_dir: Path, step: int) -> None:
+    """Remove the run's whole checkpoints older than step `step` (a batch's, once all members saved it)."""
+    for older in _complete(checkpoints_root(run_dir)):
+        if _step_of(older) < step:
+            shutil.rmtree(older, ignore_errors=True)
+
+
+def steps(run_dir: Path) -> list[int]:
+    """The steps of the run's whole checkpoints (those with a manifest), newest first."""
+    return [_step_of(p) for p in _complete(checkpoints_root(run_dir))]
+
+
+def _step_of(path: Path) -> int:
+    return int(_NAME.fullmatch(path.name).group(1))
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -108,9 +129,9 @@ def latest_step(run_dir: Path) -> int | None:
     return None if path is None else int(_NAME.fullmatch(path.name).group(1))
 
 
-def load(run_dir: Path) -> Checkpoint | None:
-    """The newest whole checkpoint of a run, verified; None when it has none. A CheckpointError says why
-    one cannot be used."""
+def load(run_dir: Path, step: int | None = None) -> Checkpoint | None:
+    """The newest whole checkpoint of a run (or the one of `step`), verified; None when it has none. A
+    CheckpointError says why one cannot be used."""
     root = checkpoints_root(run_dir)
     if root.is_symlink():
         raise CheckpointError(f"{root} is a symbolic link; dqnlab reads checkpoints only inside the run")
@@ -119,9 +140,11 @@ def load(run_dir: Path) -> Checkpoint | None:
             f"{root / 'latest'} is a checkpoint of dqnlab's first format (a pickle, which can run code when "
             "loaded): it is not read; start the run again under a new --name"
         )
-    path = latest(run_dir)
+    path = latest(run_dir) if step is None else root / f"step-{int(step):012d}"
     if path is None:
         return None
+    if not (path / MANIFEST).is_file():
+        raise CheckpointError(f"{path}: no whole checkpoint there (its {MANIFEST} is missing)")
     manifest = _verified_manifest(path)
     step = manifest["step"]
     arrays, state_arrays = _read_arrays(path / ARRAYS), _read_arrays(path / STATE_ARRAYS)

@@ -130,8 +130,9 @@ def _runs_options(p: argparse.ArgumentParser) -> None:
         metavar="auto|off|N",
         help="train runs that share an architecture, env and steps as batches of up to N in one process "
         "(auto: each group split over --workers, up to 32 a batch); plain Adam MLPs with dqnlab's losses "
-        "only, the rest run one per process; no checkpoints, so not with --resume; local backend only "
-        "(default: off; docs/batched.md)",
+        "only, the rest run one per process; each member checkpoints in its own run directory, and with "
+        "--resume a batch continues as the batch it was (run.json's batched.members, whatever N and "
+        "--workers say now); local backend only (default: off; docs/batched.md)",
     )
     _common(p)
 
@@ -376,8 +377,6 @@ def _check_backend(args) -> None:
         return
     if args.backend != "local":
         raise ConfigError("--batch-runs trains batches in local processes: it needs --backend local")
-    if args.resume:
-        raise ConfigError("--batch-runs cannot --resume: a batch writes no checkpoints (docs/batched.md)")
     if getattr(args, "halving", None) or getattr(args, "stop_on_fatal", False):
         raise ConfigError("--batch-runs does not combine with --halving or --stop-on-fatal yet")
 

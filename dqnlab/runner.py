@@ -377,6 +377,37 @@ def settled_outcome(spec: RunSpec) -> RunOutcome | None:
     return None
 
 
+def recorded_batches(specs: list[RunSpec], settled: dict[int, RunOutcome]) -> list[list[int]]:
+    """On `--resume` with `--batch-runs`: the batches the runs trained in, read from each run.json's
+    `batched.members`, as lists of spec indices in the batch's order (the ended members included: they
+    keep their slots, masked), whatever `--batch-runs` and `--workers` say now; batches whose members are
+    all settled are left out. A ConfigError when a recorded member is not in this plan."""
+    below = {}
+    for i, spec in enumerate(specs):
+        run_dir = run_dir_for(spec.logdir, spec.experiment, spec.arm, spec.env, spec.seed)
+        below[f"{spec.arm}/{run_dir.parent.name}/seed_{spec.seed}"] = (i, run_dir)
+    batches, seen = [], set()
+    for i, run_dir in below.values():
+        try:
+            recorded = json.loads((run_dir / RUN_JSON).read_text()).get("batched") or {}
+        except (OSError, ValueError, AttributeError):
+            continue  # no run.json (or a damaged one: the trainer says why)
+        members = recorded.get("members") if isinstance(recorded, dict) else None
+        if i in seen or not isinstance(members, list):
+            continue
+        missing = [m for m in members if m not in below]
+        if missing:
+            raise ConfigError(
+                f"--resume: {run_dir} was trained in a batch with {missing[0]}, which this experiment's plan "
+                "does not have; resume with the presets, envs and seeds it was started with"
+            )
+        batch = [below[m][0] for m in members]
+        seen.update(batch)
+        if not all(j in settled for j in batch):
+            batches.append(batch)
+    return batches
+
+
 def run_experiment(
     specs: list[RunSpec],
     workers: int | None = None,
@@ -401,7 +432,12 @@ def run_experiment(
     }
     queued = [i for i in range(len(specs)) if i not in outcomes]
     wanted = workers or os.cpu_count() or 1
+    again = recorded_batches(specs, outcomes) if batch_runs is not None and specs[0].resume else []
+    again_runs = {i for job in again for i in job}
+    queued = [i for i in queued if i not in again_runs]
     jobs = [[queued[i] for i in job] for job in plan_batches([specs[i] for i in queued], batch_runs, wanted)]
+    jobs = again + jobs
+    queued = sorted([*queued, *again_runs])
     workers = max(1, min(wanted, len(jobs) + len(outcomes)))
     batches = [job for job in jobs if len(job) > 1]
     write_experiment_json(specs, backend="local", workers=workers, batches=batches)
