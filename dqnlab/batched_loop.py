@@ -21,7 +21,10 @@ so trajectories drift apart like two machines' would.
 
 `batched_events` yields each run's events as `loop.run_loop` yields them (with greedy evaluations and probes
 when given each run's shadow learner); `dqnlab.batched_trainer` writes them to each run's own directory.
-Not here: checkpoints and resume.
+Checkpoints and resume live beside the loop, not in its body: every `checkpoint_every` steps it yields a
+`BatchCheckpointDue` (the batch between two steps), from which `member_loop_state` and
+`member_state_arrays` give a member's unbatched `LoopState` and `Learner.state_arrays()`; `resume_batch`
+rebuilds a batch from its members' checkpoints into a `BatchStart` the loop continues from.
 """
 
 from __future__ import annotations

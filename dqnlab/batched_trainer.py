@@ -12,8 +12,15 @@ and goes on; its weights stay as they were before that update, so run.json's `di
 non-finite weight and no origin), `failed` when its env raises (with the traceback), `done` otherwise. An
 error of the batch as a whole (not one member's) fails, or Ctrl-C interrupts, every member still running.
 
-What a batched member lacks (`batched.lacks`): checkpoints (none is written, so `--resume` cannot continue
-a batch: the CLI refuses the two together). Its `wall_time_s` is the batch's wall time.
+Checkpoints: every `checkpoint_every` env steps and at the end, each member still running gets its own
+checkpoint in the unbatched format (`batched_loop.member_state_arrays`, `member_loop_state`); the older
+ones go only once every such member has the new one (`save_batch`). `--resume` (`_resolve_start`) puts the
+batch back from the newest step every running member has, each member's run.json and event file going on
+as an unbatched resume's do (`resumed_from`, history cut at the checkpoint); members that ended stay ended,
+masked. Everything is checked before anything is written: a member trained in another batch, a damaged
+checkpoint or irreconcilable steps are a ConfigError and nothing changes (docs/resume.md, "A batch").
+
+What a batched member lacks (`batched.lacks`): nothing now. Its `wall_time_s` is the batch's wall time.
 """
 
 from __future__ import annotations
