@@ -106,3 +106,10 @@ def plan_batches(specs: Sequence[RunSpec], size: int | str | None, workers: int 
         limit = min(AUTO_CAP, -(-len(group) // max(1, workers))) if size == AUTO else int(size)
         jobs += [group[k : k + limit] for k in range(0, len(group), limit)]
     return jobs
+
+
+def member_ended(info: dict) -> bool:
+    """A batch member (its run.json) that `--resume` leaves as it is: done, diverged, or failed on its own
+    (its env raised: `batched.ended_alone`), not with the whole batch."""
+    alone = bool((info.get("batched") or {}).get("ended_alone"))
+    return info.get("status") in ("done", "diverged") or (info.get("status") == "failed" and alone)

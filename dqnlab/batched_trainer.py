@@ -36,6 +36,7 @@ import numpy as np
 
 from dqnlab import checkpoint, snapshot
 from dqnlab._tf import tf
+from dqnlab.batch_plan import member_ended
 from dqnlab.batched_learner import check_batchable
 from dqnlab.batched_loop import (
     BatchCheckpointDue,
@@ -314,15 +315,15 @@ def _resolve_start(specs, cfgs, learner, shadows, warn) -> list[RunResult] | tup
         found = _previous_run_json(run_dir) if (run_dir / RUN_JSON).is_file() else {}
         if found:
             previous[i] = found
-    if not previous:
+    if not previous:  # never started (or only claimed): a fresh start, what a claim left set aside
         for run_dir in dirs:
-            if run_dir.is_dir():
+            if (run_dir / RUN_JSON).exists():
                 set_aside_earlier_life(run_dir)
         return None
     for i, run_dir in enumerate(dirs):
         found = previous.get(i)
         recorded = ((found or {}).get("batched") or {}).get("members")
-        if recorded != below and not (found and _ended(found)):  # an ended member only keeps its slot
+        if recorded != below and not (found and member_ended(found)):  # an ended member only keeps its slot
             was = "never started" if not found else "trained alone" if not recorded else "in another batch"
             raise ConfigError(
                 f"--resume: {run_dir} was {was}, not in this batch of {len(below)} ({', '.join(below)}); "
@@ -331,29 +332,19 @@ def _resolve_start(specs, cfgs, learner, shadows, warn) -> list[RunResult] | tup
         if process_is_alive(found):
             raise ConfigError(f"--resume: {run_dir} is still training (process {found['pid']})")
         _check_same_config(found, cfgs[i], run_dir)
-    ended = {i for i, found in previous.items() if _ended(found)}
+    ended = {i for i, found in previous.items() if member_ended(found)}
     if len(ended) == len(specs):
         return [read_run(run_dir) for run_dir in dirs]
     live = [i for i in range(len(specs)) if i not in ended]
-    have = {i: checkpoint.steps(dirs[i]) for i in live}
-    common = set.intersection(*(set(found) for found in have.values()))
     seeds, first = [s.seed for s in specs], specs[0]
     try:
-        if not any(have.values()):  # no checkpoint yet: the live members start over, the ended stay ended
-            ckpts, step = {}, 0
-        elif not common:
-            shown = "; ".join(f"{below[i]}: {', '.join(f'{s:,}' for s in have[i]) or 'none'}" for i in live)
-            raise ConfigError(
-                f"--resume: the batch's running members have no checkpoint step in common ({shown}); "
-                "nothing was changed"
-            )
-        else:
-            step = max(common)
-            ckpts = {i: checkpoint.load(dirs[i], step) for i in live}
-        if ckpts:
-            begin, restored = resume_batch(cfgs, seeds, first.env, first.steps, learner, shadows, ckpts)
-        else:
+        step = checkpoint.common_step([dirs[i] for i in live])
+        if step is None:  # no checkpoint yet: the live members start over, the ended stay ended
+            ckpts = {}
             begin, restored = _fresh_start(cfgs, seeds, first.env, first.steps, learner, shadows, live), {}
+        else:
+            ckpts = {i: checkpoint.load(dirs[i], step) for i in live}
+            begin, restored = resume_batch(cfgs, seeds, first.env, first.steps, learner, shadows, ckpts)
     except (CheckpointError, OSError) as exc:
         raise ConfigError(f"--resume: {exc}; nothing was changed") from None
     members = []
@@ -367,19 +358,14 @@ def _resolve_start(specs, cfgs, learner, shadows, warn) -> list[RunResult] | tup
             say(f"{run_dir} had no checkpoint: started over, its earlier files kept in {kept}")
             members.append(_claim(spec, cfg, i, specs))
             continue
-        checkpoint.remove_staging(run_dir)  # what a killed save left behind
         members.append(_resumed(spec, cfg, run_dir, previous[i], ckpts[i], restored[i]))
         if not restored[i].exact_env:
             say = (lambda line, i=i: warn(i, line)) if warn else _log.warning
             say(f"{spec.env} keeps state dqnlab cannot store as data: resumed at step {step:,} with a "
                 "fresh episode (docs/resume.md)")  # fmt: skip
+    for i in live if ckpts else []:  # every member read: now what killed saves left behind can go
+        checkpoint.remove_staging(dirs[i])
     return members, begin
-
-
-def _ended(found: dict) -> bool:
-    """A member that a resume leaves as it is: done, diverged, or failed on its own (its env raised)."""
-    alone = bool((found.get("batched") or {}).get("ended_alone"))
-    return found.get("status") in ("done", "diverged") or (found.get("status") == "failed" and alone)
 
 
 def _fresh_start(cfgs, seeds, env_id, steps, learner, shadows, live) -> BatchStart:

@@ -114,6 +114,26 @@ def steps(run_dir: Path) -> list[int]:
     return [_step_of(p) for p in _complete(checkpoints_root(run_dir))]
 
 
+def common_step(run_dirs: list[Path]) -> int | None:
+    """The newest step of which every run in `run_dirs` (a batch's running members) has a whole
+    checkpoint, its manifest verified for each; None when none of them has any. A CheckpointError when
+    some have checkpoints but there is no step all of them have, or one of them is damaged."""
+    have = {Path(d): steps(d) for d in run_dirs}
+    if not any(have.values()):
+        return None
+    common = set.intersection(*(set(found) for found in have.values()))
+    if not common:
+        shown = "; ".join(
+            f"{'/'.join(d.parts[-3:])}: {', '.join(f'{s:,}' for s in found) or 'none'}"
+            for d, found in have.items()
+        )
+        raise CheckpointError(f"the batch's running members have no checkpoint step in common ({shown})")
+    step = max(common)
+    for d in have:
+        _verified_manifest(checkpoints_root(d) / f"step-{step:012d}")
+    return step
+
+
 def _step_of(path: Path) -> int:
     return int(_NAME.fullmatch(path.name).group(1))
 

@@ -176,9 +176,14 @@ def read_series_checked(
 
 
 def _purge_from(points: dict[str, list[tuple[int, float]]], step: int) -> None:
-    """TensorBoard's restart rule: a SessionLog START at `step` drops every earlier point at >= step."""
-    for tag, pairs in points.items():
-        points[tag] = [(s, v) for s, v in pairs if s < step]
+    """TensorBoard's restart rule: a SessionLog START at `step` drops every earlier point at >= step (a tag
+    left with no point is gone: it first appeared after the checkpoint the run resumed from)."""
+    for tag, pairs in list(points.items()):
+        kept = [(s, v) for s, v in pairs if s < step]
+        if kept:
+            points[tag] = kept
+        else:
+            del points[tag]
 
 
 class _Filter:

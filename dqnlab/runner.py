@@ -21,9 +21,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dqnlab import early_stop
+from dqnlab import checkpoint, early_stop
 from dqnlab.aggregate import update_aggregates
-from dqnlab.batch_plan import plan_batches
+from dqnlab.batch_plan import member_ended, plan_batches
 from dqnlab.components import check_components
 from dqnlab.config import (
     Config,
@@ -404,8 +404,27 @@ def recorded_batches(specs: list[RunSpec], settled: dict[int, RunOutcome]) -> li
         batch = [below[m][0] for m in members]
         seen.update(batch)
         if not all(j in settled for j in batch):
+            _check_batch_checkpoints([below[m][1] for m in members])
             batches.append(batch)
     return batches
+
+
+def _check_batch_checkpoints(run_dirs: list[Path]) -> None:
+    """Before any process starts: the batch's running members have a checkpoint step in common, whole
+    (its manifests verified), or none at all; a ConfigError (one line, exit 2) otherwise. The batch's own
+    process checks it all again, with the config, when it loads them."""
+    running = []
+    for run_dir in run_dirs:
+        try:
+            info = json.loads((run_dir / RUN_JSON).read_text())
+        except (OSError, ValueError):
+            info = {}
+        if not (isinstance(info, dict) and member_ended(info)):
+            running.append(run_dir)
+    try:
+        checkpoint.common_step(running)
+    except (checkpoint.CheckpointError, OSError) as exc:
+        raise ConfigError(f"--resume: {exc}; nothing was changed") from None
 
 
 def run_experiment(

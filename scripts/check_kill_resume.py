@@ -2,6 +2,7 @@
 
     python scripts/check_kill_resume.py [--preset huber_relu] [--env ID] [--kills 15] [--steps 50000]
                                         [--checkpoint-every 1000] [--seed 0] [--set section.key=value ...]
+                                        [--batch N]
 
 Both runs use `--deterministic --checkpoint-replay`. The interrupted one gets SIGKILL `--kills` times:
 each waits until the run has written a checkpoint newer than the one it resumed from; then every third
@@ -10,6 +11,10 @@ random 0-0.3 s later. After each kill `dqnlab train ... --resume` continues it.
 At the end every logged series (but the wall-clock `perf/` rates) and the final weights, target and
 optimizer state must be identical. Prints one line per kill and the verdict; exit 0 when identical.
 On Atari: `--preset pong_huber --steps 3000 --checkpoint-every 500 --set replay.capacity=3000 ...`.
+With `--batch N` the run is a batch of N seeds (`dqnlab sweep PRESET --grid optimizer.epsilon=<the
+preset's> --seeds N --batch-runs N`, seeds 0 to N - 1): each kill is a SIGKILL of the
+batch's process, each resume `sweep ... --resume`, and every member must end identical to the
+uninterrupted batch's.
 """
 
 from __future__ import annotations
@@ -34,8 +39,14 @@ from dqnlab.rundir import run_dir_for
 
 
 def train_command(args, logdir: Path, name: str) -> list[str]:
-    cmd = [sys.executable, "-m", "dqnlab.cli", "train", args.preset, "--steps", str(args.steps), "--quiet"]
-    cmd += ["--seed", str(args.seed), "--deterministic", "--checkpoint-replay"]
+    cmd = [sys.executable, "-m", "dqnlab.cli"]
+    if args.batch:  # one sweep cell (the preset's own epsilon), N seeds, one batch
+        epsilon = load_preset(args.preset, args.overrides).optimizer.epsilon
+        cmd += ["sweep", args.preset, "--grid", f"optimizer.epsilon={epsilon!r}", "--seeds", str(args.batch)]
+        cmd += ["--batch-runs", str(args.batch), "--workers", "1"]
+    else:
+        cmd += ["train", args.preset, "--seed", str(args.seed)]
+    cmd += ["--steps", str(args.steps), "--quiet", "--deterministic", "--checkpoint-replay"]
     cmd += ["--checkpoint-every", str(args.checkpoint_every), "--logdir", str(logdir), "--name", name]
     cmd += ["--env", args.env] if args.env else []
     for override in args.overrides:
@@ -43,30 +54,40 @@ def train_command(args, logdir: Path, name: str) -> list[str]:
     return cmd
 
 
-def kill_once(cmd: list[str], run: Path, during_save: bool, rng: random.Random) -> str | None:
-    """Start (or resume) the run and SIGKILL it once it has made progress (a checkpoint newer than the one
-    it started from): at once when a save is under way, or after a random fraction of a second. Returns
-    what happened, or None when the run finished first."""
-    before = checkpoint.latest_step(run) or 0
+def saving(runs: list[Path]) -> bool:
+    """A checkpoint save is under way in one of the runs (a `.staging-*` directory exists)."""
+    roots = [run / checkpoint.CHECKPOINTS for run in runs]
+    return any(p.name.startswith(".staging-") for root in roots if root.is_dir() for p in root.iterdir())
+
+
+def kill_once(cmd: list[str], runs: list[Path], during_save: bool, rng: random.Random) -> str | None:
+    """Start (or resume) the run (or batch: `runs` its members) and SIGKILL it once it has made progress (a
+    checkpoint of its first run newer than the one it started from): at once when a save is under way in
+    any run, or after a random fraction of a second. Returns what happened, or None when it finished
+    first. A batch's process is the one killed (run.json's `pid`), and its runner records it."""
+    before = checkpoint.latest_step(runs[0]) or 0
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    root = run / checkpoint.CHECKPOINTS
-    while proc.poll() is None and (checkpoint.latest_step(run) or 0) <= before:
+    while proc.poll() is None and (checkpoint.latest_step(runs[0]) or 0) <= before:
         time.sleep(0.01)
     delay = rng.uniform(0.0, 0.3)
     until = time.monotonic() + (10.0 if during_save else delay)
     while proc.poll() is None and time.monotonic() < until:
-        if during_save and root.is_dir() and any(p.name.startswith(".staging-") for p in root.iterdir()):
+        if during_save and saving(runs):
             break
         time.sleep(0.001)
     if proc.poll() is not None:
         if proc.returncode != 0:
             raise SystemExit(f"check_kill_resume.py: the run exited {proc.returncode}: {proc.stderr.read()}")
         return None
-    proc.send_signal(signal.SIGKILL)
+    if len(runs) == 1:
+        proc.send_signal(signal.SIGKILL)
+    else:
+        os.kill(json.loads((runs[0] / "run.json").read_text())["pid"], signal.SIGKILL)
+    in_save = saving(runs)
     proc.wait()
-    saving = root.is_dir() and any(p.name.startswith(".staging-") for p in root.iterdir())
-    where = "inside a checkpoint save" if saving else f"{delay:.2f} s after a checkpoint"
-    return f"killed {where}; newest whole checkpoint: step {checkpoint.latest_step(run):,}"
+    where = "inside a checkpoint save" if in_save else f"{delay:.2f} s after a checkpoint"
+    newest = ", ".join(f"{checkpoint.latest_step(run):,}" for run in runs)
+    return f"killed {where}; newest whole checkpoint: step {newest}"
 
 
 def same_run(whole: Path, cut: Path) -> list[str]:
@@ -95,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int_at_least(0), default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--keep", metavar="DIR", help="train into DIR (a new directory) and keep it, to look at")
+    ap.add_argument(
+        "--batch", type=int_at_least(2), metavar="N", help="a batch of seeds 0..N-1 (--batch-runs)"
+    )
     args = ap.parse_args(argv)
     try:
         cfg = load_preset(args.preset, args.overrides)
@@ -110,23 +134,31 @@ def main(argv: list[str] | None = None) -> int:
         if subprocess.run(train_command(args, logdir, "whole"), stdout=subprocess.DEVNULL).returncode != 0:
             return 1
         print(f"uninterrupted run: {time.monotonic() - t0:.0f} s", flush=True)
-        cut = run_dir_for(logdir, "cut", cfg.name, args.env or cfg.env, args.seed)
+        whole = sorted((logdir / "whole").glob("*/*/seed_*/run.json"), key=str)
+        arm = whole[0].parents[2].name  # the preset's name, or the sweep cell's
+        seeds = range(args.batch) if args.batch else [args.seed]
+        cuts = [run_dir_for(logdir, "cut", arm, args.env or cfg.env, seed) for seed in seeds]
+        cut = cuts[0]
         kills = 0
         while kills < args.kills:
             resume = ["--resume"] if (cut / "run.json").is_file() else []
-            what = kill_once(train_command(args, logdir, "cut") + resume, cut, kills % 3 == 2, rng)
+            what = kill_once(train_command(args, logdir, "cut") + resume, cuts, kills % 3 == 2, rng)
             if what is None:
                 print(f"the run finished after {kills} kills: use more --steps for {args.kills}")
                 break
             kills += 1
             print(f"kill {kills:2d}: {what}", flush=True)
         final = subprocess.run(train_command(args, logdir, "cut") + ["--resume"], stdout=subprocess.DEVNULL)
-        info = json.loads((cut / "run.json").read_text())
-        leftover = [p.name for p in (cut / checkpoint.CHECKPOINTS).iterdir() if p.name.startswith(".")]
         problems = [] if final.returncode == 0 else [f"the last resume exited {final.returncode}"]
-        problems += [] if not leftover else [f"staging left behind: {leftover}"]
-        problems += same_run(run_dir_for(logdir, "whole", cfg.name, args.env or cfg.env, args.seed), cut)
-        print(f"{kills} kills, resumed from steps {info.get('resumed_from')}, status {info['status']}")
+        for run, seed in zip(cuts, seeds, strict=True):
+            info = json.loads((run / "run.json").read_text())
+            leftover = [p.name for p in (run / checkpoint.CHECKPOINTS).iterdir() if p.name.startswith(".")]
+            problems += [] if not leftover else [f"seed {seed}: staging left behind: {leftover}"]
+            same = run_dir_for(logdir, "whole", arm, args.env or cfg.env, seed)
+            problems += [f"seed {seed}: {problem}" for problem in same_run(same, run)]
+            print(
+                f"seed {seed}: {kills} kills, resumed from steps {info.get('resumed_from')}, {info['status']}"
+            )
         for problem in problems:
             print(f"  DIFFERS: {problem}")
         print("identical to the uninterrupted run, bit for bit" if not problems else "NOT identical")

@@ -7,7 +7,8 @@ import pytest
 from tensorboard.plugins.histogram.summary_v2 import histogram_pb as tensorboard_histogram_pb
 from tensorboard.util import tensor_util
 
-from dqnlab.summaries import histogram_pb
+from dqnlab.events import read_series
+from dqnlab.summaries import Summaries, histogram_pb
 
 
 def table(summary) -> np.ndarray:
@@ -54,3 +55,17 @@ def test_hparams_rows_are_named_by_the_run(tmp_path):
         0: "huber_relu/dqnlab-CartPole-reward100-v1/seed_0",
         1: "huber_relu/dqnlab-CartPole-reward100-v1/seed_1",
     }
+
+
+def test_a_tag_first_logged_after_the_checkpoint_a_run_resumed_from_is_gone(tmp_path):
+    """A resumed run's restart voids every point after its checkpoint: a tag with none left is not read
+    (before, reading it raised an IndexError; a batch member resumed from an older checkpoint than its
+    newest met it: scripts/check_kill_resume.py --batch)."""
+    with Summaries(tmp_path) as first:
+        first.scalars(1, {"a": 1.0})
+        first.scalars(5, {"a": 5.0, "late": 5.0})
+    with Summaries(tmp_path) as again:
+        again.restart_after(3)
+        again.scalars(4, {"a": 4.0})
+    series = read_series(tmp_path)
+    assert set(series) == {"a"} and series["a"][0].tolist() == [1, 4]
