@@ -116,10 +116,11 @@ def steps(run_dir: Path) -> list[int]:
 
 def common_step(run_dirs: list[Path]) -> int | None:
     """The newest step of which every run in `run_dirs` (a batch's running members) has a whole
-    checkpoint, its manifest verified for each; None when none of them has any. A CheckpointError when
-    some have checkpoints but there is no step all of them have, or one of them is damaged."""
+    checkpoint, its manifest verified for each; None when one of them has none (the batch was stopped before
+    or during its first save: it starts over). A CheckpointError when each has checkpoints but there is
+    no step all of them have, or one of them is damaged."""
     have = {Path(d): steps(d) for d in run_dirs}
-    if not any(have.values()):
+    if not all(have.values()):
         return None
     common = set.intersection(*(set(found) for found in have.values()))
     if not common:

@@ -129,10 +129,10 @@ def _runs_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="auto|off|N",
         help="train runs that share an architecture, env and steps as batches of up to N in one process "
-        "(auto: each group split over --workers, up to 32 a batch); plain Adam MLPs with dqnlab's losses "
-        "only, the rest run one per process; each member checkpoints in its own run directory, and with "
-        "--resume a batch continues as the batch it was (run.json's batched.members, whatever N and "
-        "--workers say now); local backend only (default: off; docs/batched.md)",
+        "(auto: each group split over --workers, or over the Ray cluster's CPUs, up to 32 a batch); plain "
+        "Adam MLPs with dqnlab's losses only, the rest run one per process; each member checkpoints in its "
+        "own run directory, and with --resume a batch continues as the batch it was (run.json's "
+        "batched.members, whatever N and --workers say now) (default: off; docs/batched.md)",
     )
     _common(p)
 
@@ -375,8 +375,6 @@ def _check_backend(args) -> None:
         raise ConfigError("--ray-address joins a Ray cluster: it needs --backend ray")
     if args.batch_runs is None:
         return
-    if args.backend != "local":
-        raise ConfigError("--batch-runs trains batches in local processes: it needs --backend local")
     if getattr(args, "halving", None) or getattr(args, "stop_on_fatal", False):
         raise ConfigError("--batch-runs does not combine with --halving or --stop-on-fatal yet")
 
@@ -386,7 +384,9 @@ def _run(specs, args):
     if args.backend == "ray":
         from dqnlab.ray_backend import run_experiment_ray
 
-        return run_experiment_ray(specs, address=args.ray_address, quiet=args.quiet)
+        return run_experiment_ray(
+            specs, address=args.ray_address, quiet=args.quiet, batch_runs=args.batch_runs
+        )
     from dqnlab.runner import run_experiment
 
     return run_experiment(specs, workers=args.workers, quiet=args.quiet, batch_runs=args.batch_runs)

@@ -1,9 +1,12 @@
-"""`dqnlab ab --backend ray`: every run a Ray task, on a cluster (or a local Ray), retried when its worker
+"""`dqnlab ab --backend ray`: every job a Ray task, on a cluster (or a local Ray), retried when its worker
 or node dies. Needs the `ray` extra (`pip install -e ".[ray]"`); docs/cluster.md says how to run it.
 
-Each task asks for one CPU (or one GPU with `--device gpu`), sets one TensorFlow thread, and trains with
-`resume=True`: a first attempt starts the run, and an attempt retried after its worker died continues the
-run from its last checkpoint, in the same run directory. So the logdir must be the same path on every node
+A job is one run, or with `--batch-runs` a batch of runs (`dqnlab.batched_trainer`), planned as the local
+backend plans them (`runner.plan_jobs`; `auto` splits each group over the cluster's CPUs). Each task asks
+for one CPU (or one GPU with `--device gpu`), sets one TensorFlow thread, and trains with `resume=True`: a
+first attempt starts the run (or batch), and an attempt retried after its worker died continues it from
+its last checkpoint (a batch: from the newest step all its running members have), in the same run
+directories. So the logdir must be the same path on every node
 (a shared filesystem); it is checked on every node before anything starts. Outputs are the local backend's:
 the same run directories, run.json, aggregates and summary.
 """
@@ -21,6 +24,8 @@ from dqnlab.runner import (
     SINGLE_THREAD_ENV,
     RunOutcome,
     RunSpec,
+    plan_jobs,
+    run_batch_in_worker,
     run_in_worker,
     update_arm_aggregate,
     write_experiment_json,
@@ -69,18 +74,23 @@ def _check_logdir(ray, logdir: Path) -> None:
         )
 
 
-def _task(spec: RunSpec) -> RunOutcome:
+def _task(specs: list[RunSpec]) -> list[RunOutcome]:
+    """One job: a run, or a batch of runs; each run's outcome."""
     from dqnlab._tf import tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    return run_in_worker(spec)
+    return [run_in_worker(specs[0])] if len(specs) == 1 else run_batch_in_worker(specs)
 
 
 def run_experiment_ray(
-    specs: list[RunSpec], address: str | None = None, quiet: bool = False
+    specs: list[RunSpec],
+    address: str | None = None,
+    quiet: bool = False,
+    batch_runs: int | str | None = None,
 ) -> list[RunOutcome]:
-    """Run every spec as a Ray task on the cluster at `address` (None: a local Ray); outcomes in order."""
+    """Run every job (a run, or with `batch_runs` a batch) as a Ray task on the cluster at `address` (None: a
+    local Ray); each run's outcome, in spec order."""
     ray = _import_ray()
     if not specs:
         return []
@@ -91,35 +101,39 @@ def run_experiment_ray(
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
         _check_logdir(ray, Path(specs[0].logdir))
-        write_experiment_json(specs, backend="ray", workers=int(ray.cluster_resources().get("CPU", 0)))
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        jobs = plan_jobs(specs, batch_runs, max(1, cpus), {})
+        batches = [job for job in jobs if len(job) > 1]
+        write_experiment_json(specs, backend="ray", workers=cpus, batches=batches)
         runtime_env = {"env_vars": dict(SINGLE_THREAD_ENV)}
         remote = ray.remote(_task)
         pending = {}
-        for index, spec in enumerate(specs):
+        for job in jobs:
             # Every attempt resumes: a retry after a worker death continues from the last checkpoint.
-            spec = RunSpec(**{**spec.__dict__, "resume": True})
-            gpus = 1 if spec.device == "gpu" else 0
+            attempt = [RunSpec(**{**specs[i].__dict__, "resume": True}) for i in job]
+            gpus = 1 if attempt[0].device == "gpu" else 0
             options = {
                 "num_cpus": 1,
                 "num_gpus": gpus,
                 "max_retries": MAX_RETRIES,
                 "runtime_env": runtime_env,
             }
-            pending[remote.options(**options).remote(spec)] = index
+            pending[remote.options(**options).remote(attempt)] = job
         outcomes: dict[int, RunOutcome] = {}
-        with tqdm(total=len(specs), unit="run", disable=quiet, desc=f"{len(specs)} runs on Ray") as bar:
+        desc = f"{len(specs)} runs on Ray" + (f", {len(batches)} batched" if batches else "")
+        with tqdm(total=len(specs), unit="run", disable=quiet, desc=desc) as bar:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in done:
-                    index = pending.pop(ref)
+                    job = pending.pop(ref)
                     try:
-                        outcomes[index] = ray.get(ref)
+                        outcomes.update(zip(job, ray.get(ref), strict=True))
                     except Exception as exc:  # retries exhausted, or the task raised outside train()
-                        outcomes[index] = RunOutcome(
-                            specs[index], "", "failed", f"{type(exc).__name__}: {exc}", None
-                        )
-                    update_arm_aggregate(exp_dir, specs[index], bar)
-                    bar.update(1)
+                        why = f"{type(exc).__name__}: {exc}"
+                        outcomes.update({i: RunOutcome(specs[i], "", "failed", why, None) for i in job})
+                    for i in job:
+                        update_arm_aggregate(exp_dir, specs[i], bar)
+                    bar.update(len(job))
                 time.sleep(0.05)
         return [outcomes[i] for i in range(len(specs))]
     finally:

@@ -427,6 +427,20 @@ def _check_batch_checkpoints(run_dirs: list[Path]) -> None:
         raise ConfigError(f"--resume: {exc}; nothing was changed") from None
 
 
+def plan_jobs(
+    specs: list[RunSpec], batch_runs: int | str | None, workers: int, settled: dict[int, RunOutcome]
+) -> list[list[int]]:
+    """The jobs of an experiment (lists of spec indices; a job of several runs is a batch), for every
+    backend: on `--resume` with `--batch-runs`, the batches the runs trained in (`recorded_batches`, whatever
+    `batch_runs` and `workers` say now) first; then the other runs not `settled`, grouped by
+    `batch_plan.plan_batches`."""
+    again = recorded_batches(specs, settled) if batch_runs is not None and specs[0].resume else []
+    again_runs = {i for job in again for i in job}
+    queued = [i for i in range(len(specs)) if i not in settled and i not in again_runs]
+    planned = plan_batches([specs[i] for i in queued], batch_runs, workers)
+    return again + [[queued[i] for i in job] for job in planned]
+
+
 def run_experiment(
     specs: list[RunSpec],
     workers: int | None = None,
@@ -449,14 +463,9 @@ def run_experiment(
     outcomes: dict[int, RunOutcome] = {
         i: settled for i, spec in enumerate(specs) if (settled := settled_outcome(spec)) is not None
     }
-    queued = [i for i in range(len(specs)) if i not in outcomes]
     wanted = workers or os.cpu_count() or 1
-    again = recorded_batches(specs, outcomes) if batch_runs is not None and specs[0].resume else []
-    again_runs = {i for job in again for i in job}
-    queued = [i for i in queued if i not in again_runs]
-    jobs = [[queued[i] for i in job] for job in plan_batches([specs[i] for i in queued], batch_runs, wanted)]
-    jobs = again + jobs
-    queued = sorted([*queued, *again_runs])
+    jobs = plan_jobs(specs, batch_runs, wanted, outcomes)
+    queued = sorted(i for job in jobs for i in job)
     workers = max(1, min(wanted, len(jobs) + len(outcomes)))
     batches = [job for job in jobs if len(job) > 1]
     write_experiment_json(specs, backend="local", workers=workers, batches=batches)

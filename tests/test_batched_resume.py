@@ -129,6 +129,23 @@ def test_a_kill_between_two_members_saves_resumes_from_the_step_all_have(whole, 
         assert_same_run(done, cut)
 
 
+def test_a_kill_during_the_first_save_starts_the_batch_over(whole, tmp_path, monkeypatch):
+    """Member 0 saved the first checkpoint, member 1 had not: there is no step every member can go on from,
+    so the batch starts over (what it logged kept in earlier_lives/), and ends as the uninterrupted one."""
+    specs = batch(tmp_path, "cut")
+    stop_at_save(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train_batch(specs)
+    monkeypatch.undo()
+    dirs = run_dirs(specs)
+    assert [checkpoint.steps(d) for d in dirs] == [[EVERY], [], []]
+    train_batch(batch(tmp_path, "cut", resume=True))
+    for cut, done in zip(dirs, whole, strict=True):
+        assert info(cut)["status"] == "done" and "resumed_from" not in info(cut)
+        assert (cut / "earlier_lives" / "1" / "run.json").is_file()
+        assert_same_run(done, cut)
+
+
 def test_a_diverged_member_stays_diverged_and_the_others_still_match(tmp_path, monkeypatch):
     specs = batch(tmp_path, "whole", diverging=True)
     assert [r.status for r in train_batch(specs)] == ["done", "done", "diverged"]

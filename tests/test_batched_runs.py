@@ -166,7 +166,6 @@ def test_a_diverging_cell_is_diverged_and_the_others_done(tmp_path):
     [
         (["--batch-runs", "0"], "expected auto, off or a number of runs in 1..10000"),
         (["--batch-runs", "some"], "expected auto, off or a number of runs >= 1, got 'some'"),
-        (["--batch-runs", "4", "--backend", "ray"], "needs --backend local"),
     ],
 )
 def test_bad_batch_runs_is_one_line_and_exit_2(tmp_path, extra, message):

@@ -38,9 +38,11 @@ IN_NAMESPACE = textwrap.dedent(
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
     killed = []
 
-    def kill_one_worker():  # SIGKILL the process of the first run that has written a checkpoint
+    # SIGKILL the process of the first run that has written its second checkpoint (a batch's members all
+    # have its first by then: a member's older checkpoint goes only once every member has the newer one)
+    def kill_one_worker():
         while not killed:
-            for manifest in logdir.glob("ray/*/*/seed_*/checkpoints/step-*/MANIFEST.json"):
+            for manifest in logdir.glob("ray/*/*/seed_*/checkpoints/step-000000002000/MANIFEST.json"):
                 run = manifest.parents[2]
                 pid = json.loads((run / "run.json").read_text())["pid"]
                 os.kill(pid, signal.SIGKILL)
@@ -83,8 +85,14 @@ def scalars(run_dir) -> dict:
 
 
 @pytest.mark.ray
-def test_ray_backend_survives_a_killed_worker_and_matches_the_local_backend(tmp_path, ray_or_skip):
+@pytest.mark.parametrize("batch_runs", [None, 2], ids=["one-run-a-task", "batches-of-2"])
+def test_ray_backend_survives_a_killed_worker_and_matches_the_local_backend(
+    tmp_path, ray_or_skip, batch_runs
+):
+    """With `batch_runs` 2, each task is a batch of two (the arm's two seeds): the killed one is a whole
+    batch, retried from the newest checkpoint both members have."""
     args = [*ARMS, "--seeds", "2", "--steps", str(STEPS), "--deterministic", "--checkpoint-every", "1000"]
+    args += ["--batch-runs", str(batch_runs)] if batch_runs else []
     args += [
         "--checkpoint-replay",
         "--set",
@@ -104,7 +112,7 @@ def test_ray_backend_survives_a_killed_worker_and_matches_the_local_backend(tmp_
     assert report["code"] == 0 and len(report["killed"]) == 1, (report, out.stdout[-2000:])
     # The same runs on the local backend, for the same seeds.
     specs, _ = plan_experiment(ARMS, None, SEEDS, STEPS, tmp_path, "local", OVERRIDES, **OPTIONS)
-    run_experiment(specs, workers=2, quiet=True)
+    run_experiment(specs, workers=2, quiet=True, batch_runs=batch_runs)
     for arm in ARMS:
         for seed in SEEDS:
             ray_run = tmp_path / "ray" / arm / "CartPole-v1" / f"seed_{seed}"
@@ -114,3 +122,8 @@ def test_ray_backend_survives_a_killed_worker_and_matches_the_local_backend(tmp_
             assert scalars(ray_run) == scalars(local_run), (arm, seed)
     killed = json.loads((tmp_path / report["killed"][0] / "run.json").read_text())
     assert killed["resumed_from"], "the killed run was retried from its checkpoint"
+    experiment = json.loads((tmp_path / "ray" / "experiment.json").read_text())
+    if batch_runs:
+        assert len(experiment["batches"]) == 2 and killed["batched"]["runs"] == 2, experiment
+    else:
+        assert "batches" not in experiment and "batched" not in killed
