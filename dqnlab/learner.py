@@ -610,9 +610,9 @@ class Learner:
         if not self._returns_weights:
             return finite, values, []
         if num_updates == 1 and self._panel_after is not None:
-            # A one-update burst's panel read the weights after its update: they are the burst's (six reads
-            # fewer at 64-64).
-            return finite, values, [tf.identity(w) for w in self._panel_after]
+            # A one-update burst's panel read the weights after its update: they are the burst's, already read
+            # tensors (six reads and six identities fewer at 64-64).
+            return finite, values, list(self._panel_after)
         return finite, values, [tf.identity(v.value) for v in self.variables]
 
     @staticmethod
