@@ -323,7 +323,8 @@ def per_variable_families(
     """The `PER_VARIABLE` families, each a [V] vector over the variables, for the applied gradient `grads`
     (clipped to the global `norm` from the raw one's `preclip_norm` and `half_squares` when `clip_norm` > 0)
     that took the weights from `before` to `after`; `size` [V] the variables' sizes. The zero fractions come
-    as half the count of nonzero entries (`~half_nonzero`), which the host divides exactly.
+    as half the count of nonzero entries (`~half_nonzero`), which the host divides exactly. `dqnlab.Panel`
+    computes them so; the learner pulls `per_variable_halves` and takes the roots and ratios on the host.
 
     A small network's update pays per op (~0.5-1 us) more than per element, so each variable gets only
     the reductions nothing else gives: half sums of squares (`l2_loss`, one fused pass) of w_before and
@@ -607,12 +608,13 @@ class Learner:
         burst = self._measured_burst if with_diagnostics else self._plain_burst
         self._panel_after = None
         finite, values = burst(batch, num_updates)
+        after, self._panel_after = self._panel_after, None  # no graph tensor kept past its trace
         if not self._returns_weights:
             return finite, values, []
-        if num_updates == 1 and self._panel_after is not None:
+        if num_updates == 1 and after is not None:
             # A one-update burst's panel read the weights after its update: they are the burst's, already read
             # tensors (six reads and six identities fewer at 64-64).
-            return finite, values, list(self._panel_after)
+            return finite, values, list(after)
         return finite, values, [tf.identity(v.value) for v in self.variables]
 
     @staticmethod
