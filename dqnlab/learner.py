@@ -16,8 +16,8 @@ Set DQNLAB_EAGER=1 to run the step eagerly (debuggable with print and pdb).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from operator import itemgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -83,61 +83,93 @@ class MetricReader:
     float64: count-based fractions are divided here, exactly (a float32 division is off in the 8th digit when
     the denominator is not a power of two: 19/768 = 0.0247395833, not 0.0247395635), half counts doubled,
     burst sums divided by the burst's length. A few scalars of the panel are cheaper here too, a Python
-    operation against a graph op or three (`Learner._metric_reader`)."""
+    operation against a graph op or three (`Learner._metric_reader`).
 
-    _KINDS = ("pulled", "zero_frac", "ratio", "quotient", "above", "total")
+    A derived value may read pulled entries and values derived before it: tags, or raw values named `~...`
+    that only later ones read. `finish` writes them all as one Python function of the pulled list (one
+    expression per value, no loop or lookup per value): a measured update's ~50 tags cost ~1.4 us to read
+    instead of ~3.6 us through per-kind loops (docs/performance.md)."""
 
     def __init__(self, pulled: list[str]):
-        self._pulled = {name: i for i, name in enumerate(pulled)}
-        self._tags: dict[str, tuple[str, int]] = {}  # tag -> (kind, index within its kind)
-        self._specs: dict[str, list] = {kind: [] for kind in self._KINDS[1:]}
-        self._pick: Callable | None = None
+        self._pulled = {name: f"v[{i}]" for i, name in enumerate(pulled)}
+        self._tags: dict[str, str] = {}  # tag -> the expression of its value
+        self._derived: dict[str, str] = {}  # derived name (tag or `~raw`) -> its local variable
+        self._lines: list[str] = []  # the local variables' assignments, in order
+        self._consts: dict[str, float] = {}
+        self._read: Callable | None = None
+
+    def _ref(self, name: str) -> str:
+        """The expression of a value derived before, else of a pulled entry."""
+        return self._derived.get(name) or self._pulled[name]
+
+    def _const(self, value: float) -> str:
+        name = f"k{len(self._consts)}"
+        self._consts[name] = float(value)
+        return name
 
     def tag(self, tag: str, name: str | None = None) -> None:
         """`tag` is the pulled entry `name` (itself by default) or another tag's value."""
-        self._tags[tag] = self._tags[name] if name in self._tags else ("pulled", self._pulled[name or tag])
+        self._tags[tag] = self._tags[name] if name in self._tags else self._pulled[name or tag]
 
-    def _derived(self, tag: str, kind: str, spec: tuple) -> None:
-        self._tags[tag] = (kind, len(self._specs[kind]))
-        self._specs[kind].append(spec)
+    def _derive(self, name: str, expression: str) -> None:
+        local = f"d{len(self._lines)}"
+        self._lines.append(f"{local} = {expression}")
+        self._derived[name] = local
+        if not name.startswith("~"):
+            self._tags[name] = local
+
+    def reserve(self, tags: list[str]) -> None:
+        """Place `tags` here in the tag order; each must then be derived (or tagged) before `finish`."""
+        for tag in tags:
+            self._tags[tag] = ""
+
+    def minimum(self, tag: str, name: str, bound: float) -> None:
+        """min(entry, bound), NaN where the entry is NaN (as `tf.minimum`)."""
+        x, bound = self._ref(name), self._const(bound)
+        self._derive(tag, f"({bound} if {x} > {bound} else {x})")
+
+    def root(self, tag: str, half: str, scale: str | None = None) -> None:
+        """sqrt(2 half), times the value `scale` if given: a norm from its half sum of squares."""
+        self._derive(tag, f"sqrt(2.0 * {self._ref(half)})" + (f" * {self._ref(scale)}" if scale else ""))
+
+    def nonfinite(self, tag: str, name: str, size: float) -> None:
+        """0 where the entry is finite, else `size`."""
+        self._derive(tag, f"(0.0 if isfinite({self._ref(name)}) else {self._const(size)})")
 
     def zero_frac(self, tag: str, half_nonzero: str, size: float) -> None:
         """1 - nonzero / size, from half the count of nonzero entries."""
-        self._derived(tag, "zero_frac", (self._pulled[half_nonzero], size))
+        size = self._const(size)
+        self._derive(tag, f"({size} - 2.0 * {self._ref(half_nonzero)}) / {size}")
 
     def ratio(self, tag: str, numerator: str, denominator: str) -> None:
         """numerator / denominator, 0 where the denominator is 0 (as `tf.math.divide_no_nan`)."""
-        self._derived(tag, "ratio", (self._pulled[numerator], self._pulled[denominator]))
+        a, b = self._ref(numerator), self._ref(denominator)
+        self._derive(tag, f"({a} / {b} if {b} else 0.0)")
 
     def quotient(self, tag: str, name: str, divisor: float) -> None:
-        self._derived(tag, "quotient", (self._pulled[name], divisor))
+        self._derive(tag, f"{self._ref(name)} / {self._const(divisor)}")
 
     def above(self, tag: str, name: str, bound: float) -> None:
         """1.0 where the entry is above `bound`, else 0.0."""
-        self._derived(tag, "above", (self._pulled[name], bound))
+        self._derive(tag, f"(1.0 if {self._ref(name)} > {self._const(bound)} else 0.0)")
 
     def total(self, tag: str, names: list[str]) -> None:
-        self._derived(tag, "total", tuple(self._pulled[n] for n in names))
+        self._derive(tag, " + ".join(["0", *map(self._ref, names)]))
 
     def finish(self) -> None:
-        """Fix where each tag's value is: pulled entries first, then the derived ones kind by kind."""
-        start, offset = {}, 0
-        for kind in self._KINDS:
-            start[kind] = offset
-            offset += len(self._pulled) if kind == "pulled" else len(self._specs[kind])
-        positions = [start[kind] + i for kind, i in self._tags.values()]
+        """Write the function that reads a pulled list: the derived values, then every tag's, in tag order."""
+        source = "\n    ".join(["def read(v):", *self._lines, f"return ({', '.join(self._tags.values())},)"])
+        missing = [tag for tag, expression in self._tags.items() if not expression]
+        if missing:
+            raise ValueError(f"reserved tags never derived: {missing}")
+        namespace = {"sqrt": math.sqrt, "isfinite": math.isfinite, **self._consts}
+        exec(source, namespace)  # the expressions are this class's own, of numbers and indices
+        self._read = namespace["read"]
         self._index = {tag: i for i, tag in enumerate(self._tags)}
-        self._pick = itemgetter(*positions) if len(positions) > 1 else lambda v: (v[positions[0]],)
 
     def read(self, v: list[float]) -> MetricValues:
         """The metrics of one pulled vector `v` (as Python floats)."""
-        specs = self._specs
-        v += [(size - 2.0 * v[half]) / size for half, size in specs["zero_frac"]]
-        v += [v[a] / v[b] if v[b] else 0.0 for a, b in specs["ratio"]]
-        v += [v[a] / d for a, d in specs["quotient"]]
-        v += [1.0 if v[a] > bound else 0.0 for a, bound in specs["above"]]
-        v += [sum(map(v.__getitem__, positions)) for positions in specs["total"]]
-        return MetricValues(self._index, self._pick(v))
+        return MetricValues(self._index, self._read(v))
 
 
 class UpdateOutput(NamedTuple):
@@ -204,6 +236,7 @@ def unpack(packed: tf.Tensor, obs_dim: int) -> Batch:
 # (`weight_dist_init`) and the "tiny but not zero" share (`grad_near_zero_frac`, read with the log10|g|
 # histogram) are taken at the probes instead (`PROBE_PER_VARIABLE`): in a measured update they cost 6% of a
 # bare one at 64-64 and 7% at 256-256 (docs/performance.md).
+PANEL_TD = ("loss/td", "q/mean", "q/max", "q/target_mean", "td/abs_mean", "td/abs_max")  # the panel's TD tags
 PER_VARIABLE = ("grad_norm", "grad_zero_frac", "grad_nonfinite", "weight_norm", "update_ratio")
 PROBE_PER_VARIABLE = ("grad_near_zero_frac", "weight_dist_init")
 
@@ -290,7 +323,8 @@ def per_variable_families(
     """The `PER_VARIABLE` families, each a [V] vector over the variables, for the applied gradient `grads`
     (clipped to the global `norm` from the raw one's `preclip_norm` and `half_squares` when `clip_norm` > 0)
     that took the weights from `before` to `after`; `size` [V] the variables' sizes. The zero fractions come
-    as half the count of nonzero entries (`~half_nonzero`), which the host divides exactly.
+    as half the count of nonzero entries (`~half_nonzero`), which the host divides exactly. `dqnlab.Panel`
+    computes them so; the learner pulls `per_variable_halves` and takes the roots and ratios on the host.
 
     A small network's update pays per op (~0.5-1 us) more than per element, so each variable gets only
     the reductions nothing else gives: half sums of squares (`l2_loss`, one fused pass) of w_before and
@@ -324,6 +358,24 @@ def per_variable_families(
         "weight_norm": weight_norm,
         "update_ratio": tf.math.divide_no_nan(step_norm, weight_norm),
     }
+
+
+def per_variable_halves(grads: list[tf.Tensor], before: list[tf.Tensor], after: list[tf.Tensor]) -> list:
+    """What the panel's per-variable families need of each variable's tensors, as scalars, variable by
+    variable: the half sums of squares of w_before and of the step w_after - w_before (`l2_loss`, one
+    fused pass each), and half the count of nonzero entries of the applied gradient g (half the sum of
+    sign(g)^2: no bool tensor and cast; NaN if g holds a NaN). The host takes the roots and ratios
+    (`Learner._metric_reader`): one Python expression each against a graph op per family and its
+    packing."""
+    halves = []
+    for g, w0, w1 in zip(grads, before, after, strict=True):
+        halves += [tf.nn.l2_loss(w0), tf.nn.l2_loss(w1 - w0), tf.nn.l2_loss(tf.sign(g))]
+    return halves
+
+
+def nonfinite_counts(grads: list[tf.Tensor], size: tf.Tensor) -> tf.Tensor:
+    """The count of non-finite entries of each of `grads` [V], `size` [V] their sizes."""
+    return size - tf.stack([tf.reduce_sum(tf.cast(tf.math.is_finite(g), tf.float32)) for g in grads])
 
 
 def _at(batch, i):
@@ -380,12 +432,15 @@ class Learner:
         self._reader: MetricReader | None = None
         self._record_capacity = 0
         self._last: LastBurst | None = None
+        self._panel_after: list[tf.Tensor] | None = None  # the weights the panel read, while tracing a burst
         self._hidden_layers = depth_path_layers(self.online)  # probed, and the ends of grad/depth_ratio
         self._obs_shape = tuple(int(d) for d in obs_shape)
         self._obs_dim = int(np.prod(self._obs_shape))
         self.variable_tags = [variable_tag(v) for v in self.variables]
         self._family_tags = {fam: [f"{fam}/{tag}" for tag in self.variable_tags] for fam in PER_VARIABLE}
-        self._family_tags["~half_nonzero"] = [f"~half_nonzero/{tag}" for tag in self.variable_tags]
+        self._family_tags["~grad_half"] = [f"~grad_half/{tag}" for tag in self.variable_tags]
+        halves = ("~half_weight", "~half_step", "~half_nonzero")
+        self._half_names = [f"{half}/{tag}" for tag in self.variable_tags for half in halves]
         self._loss_fn = get_loss(cfg.loss.kind)
         self._bound = float(cfg.loss.bound)
         self._gamma = float(cfg.train.gamma)
@@ -434,7 +489,7 @@ class Learner:
             finite, values, weights = fn(*packed)
         metrics = {}
         if with_diagnostics:
-            values = values.numpy()
+            values = values._numpy()  # no copy: read-only here and in `nonfinite_origin`
             metrics = self._reader.read(values.tolist())
         self._last = LastBurst(finite, values, packed[0].shape[0])
         return UpdateOutput(finite, metrics, weights)
@@ -551,9 +606,16 @@ class Learner:
         batch = self._unpack(*packed)  # [K, B, ...]
         num_updates = packed[0].shape[0]  # static: part of the signature
         burst = self._measured_burst if with_diagnostics else self._plain_burst
+        self._panel_after = None
         finite, values = burst(batch, num_updates)
-        weights = [tf.identity(v.value) for v in self.variables] if self._returns_weights else []
-        return finite, values, weights
+        after, self._panel_after = self._panel_after, None  # no graph tensor kept past its trace
+        if not self._returns_weights:
+            return finite, values, []
+        if num_updates == 1 and after is not None:
+            # A one-update burst's panel read the weights after its update: they are the burst's, already read
+            # tensors (six reads and six identities fewer at 64-64).
+            return finite, values, list(after)
+        return finite, values, [tf.identity(v.value) for v in self.variables]
 
     @staticmethod
     def _health(end: tf.Tensor | None, half_squares: tf.Tensor) -> list[tf.Tensor]:
@@ -744,11 +806,11 @@ class Learner:
         return td_counts(td.delta, td.dloss_dqa, abs_delta, self._bound)
 
     def _panel(self, applied: Applied, before: list[tf.Tensor]) -> dict[str, tf.Tensor]:
-        """The panel update's pulled entries, name -> scalar, then the per-variable families ([V] each), from
-        the update `applied` to the weights `before`."""
+        """The panel update's pulled entries, name -> scalar, then the [V] ones (`_family_tags`), from the
+        update `applied` to the weights `before`: each a sum, count or extreme that needs the tensors; the
+        roots, ratios, clipped norm and what follows from the pre-clip norm are the host's
+        (`_metric_reader`)."""
         td, preclip_norm = applied.td, applied.preclip_norm
-        # The clipped norm is min(norm, bound): arithmetic on the pre-clip norm, not a second pass.
-        norm = tf.minimum(preclip_norm, self._clip_norm) if self._clip_norm > 0 else preclip_norm
         abs_delta = tf.abs(td.delta)  # [N]
         m: dict[str, tf.Tensor] = {
             "loss/td": td.loss,
@@ -758,15 +820,16 @@ class Learner:
             "td/abs_mean": tf.reduce_mean(abs_delta),
             "td/abs_max": tf.reduce_max(abs_delta),
             **self._td_counts(td, abs_delta),
-            "grad_norm/global": norm,
+            # the applied gradient's norm, min(this, clip) when clipping is on: the host's
+            "grad_norm/preclip_global" if self._clip_norm > 0 else "grad_norm/global": preclip_norm,
             **td.extra,
         }
-        if self._clip_norm > 0:
-            m["grad_norm/preclip_global"] = preclip_norm
-        families = self._per_variable_families(
-            applied.grads, before, applied.half_squares, preclip_norm, norm
-        )
-        return {**m, **families}  # grad/clipped, grad/nonfinite and grad/depth_ratio: `_metric_reader`
+        after = self._panel_after = self._weights_now()  # the step is applied: read now
+        m.update(zip(self._half_names, per_variable_halves(applied.grads, before, after), strict=True))
+        m["~grad_half"] = applied.half_squares  # [V] the raw gradient's, as the global norm's
+        if self._clip_norm <= 0:  # with clipping, the count follows from the pre-clip norm (`_metric_reader`)
+            m["grad_nonfinite"] = nonfinite_counts(applied.grads, self._size)
+        return m
 
     def _pulled(
         self,
@@ -776,7 +839,10 @@ class Learner:
         num_updates: int,
     ) -> tf.Tensor:
         """One vector of the panel's entries, the burst's `accumulated` sums and maxes and its `health` (one
-        host pull); `_reader` says which entry is which tag, and finishes the raw ones."""
+        host pull); `_reader` says which entry is which tag, and finishes the raw ones. A one-update burst's
+        health holds its panel update's raw half squares: they are not pulled twice."""
+        if num_updates == 1:
+            panel = {name: x for name, x in panel.items() if name != "~grad_half"}
         scalars = [name for name in panel if name not in self._family_tags]
         families = [name for name in panel if name in self._family_tags]
         pulled = [*scalars, *(t for family in families for t in self._family_tags[family])]
@@ -788,39 +854,53 @@ class Learner:
         return tf.concat([*parts, *accumulated, *health], 0)
 
     def _metric_reader(self, pulled: list[str], num_updates: int) -> MetricReader:
-        """The tags of a measured burst of `num_updates`, read off the `pulled` vector's entries."""
+        """The tags of a measured burst of `num_updates`, read off the `pulled` vector's entries, in the order
+        they have always come: the panel's scalars, then its families, then what the host derives."""
         reader = MetricReader(pulled)
+        clip, preclip = self._clip_norm, "grad_norm/preclip_global"
+        families = [family for family in PER_VARIABLE if family != "grad_zero_frac"]
+        known = {"grad_norm/global", preclip, *(t for family in families for t in self._family_tags[family])}
+        for tag in PANEL_TD:
+            reader.tag(tag)
+        reader.reserve(["grad_norm/global"])
         for name in pulled:
-            if not name.startswith("~"):
-                reader.tag(name)
+            if not name.startswith("~") and name not in known and name not in PANEL_TD:
+                reader.tag(name)  # an architecture's own (`TDTerms.extra`)
+        if clip > 0:
+            reader.tag(preclip)
+        reader.reserve([t for family in families for t in self._family_tags[family]])
+        for name in pulled:
+            if name in known and not name.startswith("~") and name != preclip:
+                reader.tag(name)  # the applied norm without clipping; the non-finite counts without it
+        # The per-variable families from the pulled sums: the clip scales every gradient by one factor.
+        if clip > 0:
+            reader.minimum("grad_norm/global", preclip, clip)
+            reader.ratio("~clip_scale", "grad_norm/global", preclip)
+        grad_half = "~grad_half" if num_updates > 1 else "~half_squares"
+        for tag, size in zip(self.variable_tags, self._sizes, strict=True):
+            reader.root(f"grad_norm/{tag}", f"{grad_half}/{tag}", "~clip_scale" if clip > 0 else None)
+            if clip > 0:
+                # clip_by_global_norm scales every entry by NaN when the norm is not finite, and a finite
+                # norm means every raw entry is finite: the applied gradient is all finite or all NaN, so
+                # its count is 0 or the variable's size (tests/test_learner.py checks this against a count).
+                reader.nonfinite(f"grad_nonfinite/{tag}", preclip, size)
+            reader.root(f"weight_norm/{tag}", f"~half_weight/{tag}")
+            reader.root(f"~step_norm/{tag}", f"~half_step/{tag}")
+            reader.ratio(f"update_ratio/{tag}", f"~step_norm/{tag}", f"weight_norm/{tag}")
         reader.ratio("td/grad_blocked_frac", "~half_blocked", "~half_nonzero_delta")
         reader.ratio("td/beyond_bound_frac", "~beyond_bound", "~samples")
         # Panel scalars of one or two pulled entries each: a Python operation here, 1-3 graph ops there.
-        if self._clip_norm > 0:
-            reader.above("grad/clipped", "grad_norm/preclip_global", self._clip_norm)
+        if clip > 0:
+            reader.above("grad/clipped", preclip, clip)
         reader.total("grad/nonfinite", self._family_tags["grad_nonfinite"])
         if len(self._hidden_layers) >= 2:  # vanishing indicator: first over last hidden kernel's gradient
             first, last = self._hidden_layers[0].name, self._hidden_layers[-1].name
             reader.ratio("grad/depth_ratio", f"grad_norm/{first}/kernel", f"grad_norm/{last}/kernel")
-        tags, halves = self._family_tags["grad_zero_frac"], self._family_tags["~half_nonzero"]
-        for tag, half_nonzero, size in zip(tags, halves, self._sizes, strict=True):
-            reader.zero_frac(tag, half_nonzero, size)
+        for tag, size in zip(self.variable_tags, self._sizes, strict=True):
+            reader.zero_frac(f"grad_zero_frac/{tag}", f"~half_nonzero/{tag}", size)
         burst_tags(reader, self._burst_stats, num_updates)
         reader.finish()
         return reader
-
-    def _per_variable_families(
-        self,
-        grads: list[tf.Tensor],
-        before: list[tf.Tensor],
-        half_squares: tf.Tensor,
-        preclip_norm: tf.Tensor,
-        norm: tf.Tensor,
-    ) -> dict[str, tf.Tensor]:
-        """`per_variable_families` of this update: the weights after it are read now (the step is applied)."""
-        after = [tf.convert_to_tensor(var.value) for var in self.variables]
-        clip = self._clip_norm
-        return per_variable_families(grads, before, after, half_squares, preclip_norm, norm, clip, self._size)
 
     def _probe_impl(self, states: tf.Tensor, *packed: tf.Tensor) -> dict[str, tf.Tensor]:
         d, activation = self._diag, self.cfg.network.activation

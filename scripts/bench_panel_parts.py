@@ -10,8 +10,9 @@ metrics vector of the shipped length (zeros where it computes nothing), so every
 pull; the first reads it as plain tags, the others as the shipped panel (whose count-based fractions are
 divided on the host). The weights are still read before the update in every variant; only the shipped panel
 uses that read.
-The non-finite counts are those of a clipping preset (huber_relu clips at 10; see
-`Learner._per_variable_families`).
+The non-finite counts are those of a clipping preset (huber_relu clips at 10), read off the pre-clip norm
+on the host (see `Learner._metric_reader`); with the gradient norms, which the host also derives, the
+"+ per-variable gradient norms" row adds nothing to the graph.
 
 Run it on one quiet core: the variants differ by tens of microseconds a call.
 """
@@ -44,29 +45,21 @@ class HostPullOnly(Learner):
         return finite, tf.zeros([self.vector_length])
 
 
-# The shipped `Learner._per_variable_families`, in its order: the zero fractions as half nonzero counts.
-FAMILIES = ("grad_norm", "~half_nonzero", "grad_nonfinite", "weight_norm", "update_ratio")
+# What each part of the shipped panel adds to the pulled vector (`Learner._panel`): the half squares of the
+# weights and steps, the nonzero counts, and without clipping the non-finite counts; the gradient norms are
+# the host's, from the raw half squares every burst returns.
+PARTS = {"weights": ("~half_weight/", "~half_step/"), "counts": ("~half_nonzero/", "grad_nonfinite")}
 
 
 class PartialPanel(Learner):
-    """The shipped TD statistics, and of the per-variable families only `parts` (the others zeros)."""
+    """The shipped TD statistics, and of the per-variable sums only `parts` (the others zeros)."""
 
     parts: tuple[str, ...] = ()
 
-    def _per_variable_families(self, grads, before, half_squares, preclip_norm, norm):
-        shipped = super()._per_variable_families
-        if "weights" in self.parts:
-            return shipped(grads, before, half_squares, preclip_norm, norm)
-        zeros = tf.zeros([len(grads)])
-        families = dict.fromkeys(FAMILIES, zeros)
-        if "norms" in self.parts:  # as shipped: from the global norm's half squares, scaled by the clip
-            families["grad_norm"] = tf.sqrt(2.0 * half_squares) * tf.math.divide_no_nan(norm, preclip_norm)
-        if (
-            "counts" in self.parts
-        ):  # as shipped: half the nonzero count (the host divides), non-finite off the norm
-            families["~half_nonzero"] = tf.stack([tf.nn.l2_loss(tf.sign(g)) for g in grads])
-            families["grad_nonfinite"] = tf.where(tf.math.is_finite(preclip_norm), 0.0, self._size)
-        return families
+    def _panel(self, applied, before):
+        m = super()._panel(applied, before)
+        dropped = [p for part, prefixes in PARTS.items() if part not in self.parts for p in prefixes]
+        return {name: tf.zeros_like(x) if name.startswith(tuple(dropped)) else x for name, x in m.items()}
 
 
 class TDOnly(PartialPanel):
@@ -86,15 +79,16 @@ class WithProbeFamilies(Learner):
     near-zero shares of g (a compare, a cast, a mean per variable) and distances from the initial weights
     (a difference and an l2_loss): what moving them saved."""
 
-    def _per_variable_families(self, grads, before, half_squares, preclip_norm, norm):
-        families = super()._per_variable_families(grads, before, half_squares, preclip_norm, norm)
-        families["grad_near_zero_frac"] = tf.stack(
-            [tf.reduce_mean(tf.cast(tf.abs(g) < self._near_zero_tol, tf.float32)) for g in grads]
+    def _panel(self, applied, before):
+        m = super()._panel(applied, before)
+        m["grad_near_zero_frac"] = tf.stack(
+            [tf.reduce_mean(tf.cast(tf.abs(g) < self._near_zero_tol, tf.float32)) for g in applied.grads]
         )
         distances = [tf.nn.l2_loss(v.value - w) for v, w in zip(self.variables, self._initial, strict=True)]
-        families["weight_dist_init"] = tf.sqrt(2.0 * tf.stack(distances))
-        self._family_tags.update({f: [f"{f}/{t}" for t in self.variable_tags] for f in families})
-        return families
+        m["weight_dist_init"] = tf.sqrt(2.0 * tf.stack(distances))
+        for family in ("grad_near_zero_frac", "weight_dist_init"):
+            self._family_tags[family] = [f"{family}/{t}" for t in self.variable_tags]
+        return m
 
 
 SHIPPED = "+ weight norms and update ratios (shipped)"
