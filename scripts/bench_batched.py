@@ -13,8 +13,9 @@ building the learners to the last burst. The ratio batched / unbatched is the is
 
 `--paired R` is for a machine whose load changes within minutes (other jobs on it): R rounds of unbatched
 seed r mod N, then the batched N, then unbatched seed r + 1 mod N, each round's ratio the batched total env
-steps/s over N x the mean of its two neighbours' (each seed's process measured right before or after the batch
-it is compared with); the median ratio over rounds and its range.
+steps/s over the mean of its two neighbours' (N runs one after another go at one run's rate; each seed's
+process is measured right before or after the batch it is compared with); the median ratio over rounds
+and its range.
 
 `--calls` measures the update alone instead (where the time goes, docs/batched.md): one burst call of the
 `BatchedLearner` for N runs against N burst calls of the unbatched `Learner`, each at the setting's shapes
@@ -170,9 +171,9 @@ def paired_rounds(settings: list[str], counts: list[int], steps: int, rounds: in
                 before = unbatched_rate(setting, steps, r % n)
                 res = measure_batched(setting, n, steps)
                 single = (before + unbatched_rate(setting, steps, (r + 1) % n)) / 2
-                ratios.append(res["steps_per_s"] / (n * single))
+                ratios.append(res["steps_per_s"] / single)  # N runs one after another: one run's rate
                 batched.append(res["steps_per_s"])
-                unbatched.append(n * single)
+                unbatched.append(single)
                 log(f"[r{r}] {setting} N={n} batched {batched[-1]:9,.0f} unbatched {unbatched[-1]:9,.0f}")
             rows.append(
                 [
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(bench.machine_line(info))
         cores = sorted(os.sched_getaffinity(0))
         print(f"pinned to cores {cores}; wall {time.perf_counter() - start:.0f} s\n")
-        header = ["setting", "N", "batched env steps/s", "N x unbatched env steps/s", "median ratio", "range"]
+        header = ["setting", "N", "batched env steps/s", "unbatched env steps/s", "median ratio", "range"]
         print(bench.format_table(header, table))
         return 0
     rows = []
