@@ -33,8 +33,15 @@ SHARED_FIELDS = {
 }
 BATCHED_LOSSES = ("squared", "clipped_delta_squared", "clipped_gradient_squared", "huber")
 BATCHED_ACTIVATIONS = ("relu", "tanh", "sigmoid")
-AUTO = "auto"  # `--batch-runs auto`: each group split evenly over the workers, at most AUTO_CAP runs a batch
+AUTO = (
+    "auto"  # `--batch-runs auto`: each group split evenly over the workers, at most `auto_cap` runs a batch
+)
 AUTO_CAP = 32
+# `auto`'s cap by network size: at most this many weights in a stacked variable (N x a run's hidden weights).
+# Past it a batch's variables, Adam's state and gradients (each N x that) outgrow the caches: on the 2-core
+# machine of docs/batched.md, 3 arms x 10 seeds of the 256-256 headline took 131-144 s in 4 batches of <= 8
+# against 159-210 s in 2 batches of 15 (2 workers). A 256-256 MLP's cap is 9, a 120-84 one's 32.
+AUTO_WEIGHTS = 600_000
 
 
 def parse_batch_runs(text: str) -> int | str | None:
@@ -80,9 +87,9 @@ def batch_key(spec: RunSpec, cfg: Config) -> tuple:
 
 def plan_batches(specs: Sequence[RunSpec], size: int | str | None, workers: int = 1) -> list[list[int]]:
     """The jobs: lists of spec indices, each one process; batches of 2..`size` runs, every other run alone.
-    With `size` AUTO, each group of runs that may share a batch is split into `workers` batches as even as
-    they come (at most AUTO_CAP runs each), so that no worker is left idle. Jobs are in the order of their
-    first run; without `size`, every run is its own job."""
+    With `size` AUTO, each group of runs that may share a batch is split into `workers` batches (more when
+    that would exceed `auto_cap` runs a batch), as even as they come, so that no worker is left idle. Jobs
+    are in the order of their first run; without `size`, every run is its own job."""
     if not size or (size != AUTO and size < 2):
         return [[i] for i in range(len(specs))]
     groups: dict[tuple, list[int]] = {}
@@ -103,8 +110,13 @@ def plan_batches(specs: Sequence[RunSpec], size: int | str | None, workers: int 
             jobs.append([slot])
             continue
         group = groups[slot]
-        limit = min(AUTO_CAP, -(-len(group) // max(1, workers))) if size == AUTO else int(size)
-        jobs += [group[k : k + limit] for k in range(0, len(group), limit)]
+        if size != AUTO:
+            jobs += [group[k : k + int(size)] for k in range(0, len(group), int(size))]
+            continue
+        limit = min(auto_cap(specs[group[0]].config()), -(-len(group) // max(1, workers)))
+        count = -(-len(group) // limit)  # batches of this group, as even as they come
+        bounds = [len(group) * j // count for j in range(count + 1)]
+        jobs += [group[bounds[j] : bounds[j + 1]] for j in range(count)]
     return jobs
 
 
@@ -113,3 +125,11 @@ def member_ended(info: dict) -> bool:
     (its env raised: `batched.ended_alone`), not with the whole batch."""
     alone = bool((info.get("batched") or {}).get("ended_alone"))
     return info.get("status") in ("done", "diverged") or (info.get("status") == "failed" and alone)
+
+
+def auto_cap(cfg: Config) -> int:
+    """`auto`'s most runs a batch for this network: AUTO_CAP, or fewer for wide MLPs (`AUTO_WEIGHTS`). The
+    weights counted are the hidden layers' (input and output widths are the env's, unknown here)."""
+    hidden = list(cfg.network.hidden)
+    weights = sum(a * b for a, b in zip(hidden, hidden[1:], strict=False)) + sum(hidden)
+    return max(2, min(AUTO_CAP, AUTO_WEIGHTS // max(1, weights)))

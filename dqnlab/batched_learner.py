@@ -24,6 +24,7 @@ their values before that update (the unbatched learner keeps the non-finite upda
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -209,38 +210,73 @@ class BatchedLearner:
         self._loss_kinds = sorted({c.loss.kind for c in cfgs})
         self._loss_index = tf.constant([self._loss_kinds.index(c.loss.kind) for c in cfgs], tf.int32)
         self._sizes = [float(np.prod(w.shape[1:])) for w in weights]
-        self._compiled: dict[bool, Compiled] = {}
+        self._compiled: dict[tuple[bool, bool], Compiled] = {}
+        # Known on the host: whether every run is alive and all share one learning rate (`_kernel_burst`).
+        self._all_alive = True
+        self._shared_lr = len({np.float32(c.optimizer.learning_rate) for c in cfgs}) == 1
         self._readers: list[MetricReader] | None = None
         self._sync = tf.function(self._sync_impl, autograph=False)
 
     # -- public -------------------------------------------------------------------------------------
 
     def update(self, bursts: Sequence[Batch], with_diagnostics: bool) -> BatchedUpdate:
-        """K updates of every run in one compiled call; `bursts[i]` is run i's [K, B, ...] batches."""
+        """K updates of every run in one compiled call; `bursts[i]` is run i's [K, B, ...] batches.
+
+        A burst of K > 1 updates whose runs are all alive and share learning rate and epsilon (a batch of
+        seeds) takes `_kernel_burst`: the fused kernel at every update, without the per-update `tf.cond`
+        that chooses it. Should a run go non-finite in it, the kernel has applied that update (the masked
+        Adam would have kept the run's weights): the burst is undone from the state it started from (read
+        at its start and returned) and run again through the cond. The other runs' results are the same
+        either way (the written-out Adam equals the kernel bit for bit), so only the cost differs."""
         packed = np.stack([pack(Batch(*b)) for b in bursts])  # [N, K, B, F]
         num_updates = packed.shape[1]
         args = [packed]
         if with_diagnostics:
             position = panel_position(self.iterations // num_updates, num_updates)
             args.append(np.asarray(position, np.int32))
-        fn = self._compiled.get(bool(with_diagnostics)) or self._compile(args, bool(with_diagnostics))
-        alive, values, weights = fn(*args)
+        kernel = self._kernel_burst(num_updates)
+        alive, values, weights, *start = self._function(args, bool(with_diagnostics), kernel)(*args)
+        alive = alive.numpy()
+        if kernel and not alive.all():  # a run went non-finite under the kernel: undo, and take the cond
+            self._restore(start)
+            alive, values, weights = self._function(args, bool(with_diagnostics), False)(*args)
+            alive = alive.numpy()
         self.iterations += num_updates
+        self._all_alive = bool(alive.all())
         metrics = []
         if with_diagnostics:
             rows = values.numpy().tolist()
             metrics = [reader.read(row) for reader, row in zip(self._readers, rows, strict=True)]
-        return BatchedUpdate(alive.numpy(), metrics, weights)
+        return BatchedUpdate(alive, metrics, weights)
+
+    def _kernel_burst(self, num_updates: int) -> bool:
+        """Whether this burst takes the fused kernel unconditionally (see `update`). Not for one-update
+        bursts: returning the start state costs the variables a copy each burst (the kernel writes buffers
+        the returned reads share), more than the one cond it saves."""
+        return num_updates > 1 and self._shared_epsilon and self._shared_lr and self._all_alive
+
+    def _function(self, args: list[np.ndarray], with_diagnostics: bool, kernel: bool) -> Compiled:
+        return self._compiled.get((with_diagnostics, kernel)) or self._compile(args, with_diagnostics, kernel)
+
+    def _restore(self, start: Sequence[tf.Tensor]) -> None:
+        """The state a `_kernel_burst` started from, back in the variables (every run was alive then)."""
+        variables = [*self.online, *self._m, *self._v, self._b1_power, self._b2_power]
+        for var, value in zip(variables, start, strict=True):
+            var.assign(value)
+        self.alive.assign(tf.ones([self.num_runs], tf.bool))
 
     def set_learning_rates(self, rates: Sequence[float]) -> None:
         """The runs' learning rates for the next bursts (a schedule's values at the burst's env step)."""
-        self.learning_rates.assign(np.asarray(rates, np.float32))
+        rates = np.asarray(rates, np.float32)
+        self.learning_rates.assign(rates)
+        self._shared_lr = bool(np.all(rates == rates[0]))
 
     def mask(self, runs: Sequence[int]) -> None:
         """Mask `runs` out (their env failed): their weights and optimizer state freeze from now on."""
         alive = self.alive.numpy()
         alive[list(runs)] = False
         self.alive.assign(alive)
+        self._all_alive = bool(alive.all())
 
     def update_target(self) -> None:
         """Every run's target from its online weights (a hard copy at tau 1, Polyak averaging below)."""
@@ -293,11 +329,11 @@ class BatchedLearner:
 
     # -- compiled -----------------------------------------------------------------------------------
 
-    def _compile(self, args: list[np.ndarray], with_diagnostics: bool) -> Compiled:
+    def _compile(self, args: list[np.ndarray], with_diagnostics: bool, kernel: bool) -> Compiled:
         specs = [tf.TensorSpec(a.shape, a.dtype) for a in args]
         burst = self._measured_burst if with_diagnostics else self._plain_burst
-        compiled = Compiled(burst, specs)
-        self._compiled[with_diagnostics] = compiled
+        compiled = Compiled(functools.partial(burst, kernel=kernel), specs)
+        self._compiled[(with_diagnostics, kernel)] = compiled
         if with_diagnostics:
             self._readers = [self._metric_reader(i, args[0].shape[1]) for i in range(self.num_runs)]
         return compiled
@@ -307,12 +343,12 @@ class BatchedLearner:
             tau = per_run(self._tau, o.shape.rank)
             t.assign(tf.where(tau >= 1.0, o, tau * o + (1.0 - tau) * t))
 
-    def _burst_start(self) -> tuple[tf.Tensor, list[tf.Tensor], tf.Tensor, tf.Tensor, tf.Tensor]:
+    def _burst_start(self, kernel: bool) -> tuple:
         """What a burst reads once: alive [N], the target weights (`expand_biases`), Adam's beta powers, and
         whether every run has the same learning rate now (the fused kernel's condition, with a shared
-        epsilon)."""
+        epsilon; None with `kernel`: the kernel at every update, see `update`)."""
         rates = self.learning_rates.read_value()
-        shared_lr = tf.reduce_all(tf.equal(rates, rates[0]))
+        shared_lr = None if kernel else tf.reduce_all(tf.equal(rates, rates[0]))
         target = expand_biases([tf.convert_to_tensor(v) for v in self.target])
         return (
             self.alive.read_value(),
@@ -329,8 +365,15 @@ class BatchedLearner:
         self.alive.assign(alive)
         return [tf.convert_to_tensor(v) for v in self.online]
 
-    def _plain_burst(self, packed: tf.Tensor):
-        alive, target, b1_power, b2_power, shared_lr = self._burst_start()
+    def _start_state(self, kernel: bool) -> list[tf.Tensor]:
+        """With `kernel`, what `_restore` needs to undo the burst, read before its first update."""
+        if not kernel:
+            return []
+        return [v.read_value() for v in (*self.online, *self._m, *self._v, self._b1_power, self._b2_power)]
+
+    def _plain_burst(self, packed: tf.Tensor, kernel: bool = False):
+        start_state = self._start_state(kernel)
+        alive, target, b1_power, b2_power, shared_lr = self._burst_start(kernel)
         num_updates = packed.shape[1]
 
         def body(i, alive, b1_power, b2_power):
@@ -343,13 +386,14 @@ class BatchedLearner:
             _, alive, b1_power, b2_power = body(*start)
         else:
             _, alive, b1_power, b2_power = tf.while_loop(lambda i, *_: i < num_updates, body, start)
-        return alive, tf.zeros([0]), self._burst_end(alive, b1_power, b2_power)
+        return alive, tf.zeros([0]), self._burst_end(alive, b1_power, b2_power), *start_state
 
-    def _measured_burst(self, packed: tf.Tensor, position: tf.Tensor):
+    def _measured_burst(self, packed: tf.Tensor, position: tf.Tensor, kernel: bool = False):
         """Every update keeps a record [N, R] (TD errors, dL/dQ(s,a), loss, raw norm, max Q, samples); the
         update at `position` also computes the panel [N, P]. Returns alive, [panel, burst sums, burst maxes]
-        per run [N, M], and the weights."""
-        alive, target, b1_power, b2_power, shared_lr = self._burst_start()
+        per run [N, M], and the weights (and with `kernel`, the start state)."""
+        start_state = self._start_state(kernel)
+        alive, target, b1_power, b2_power, shared_lr = self._burst_start(kernel)
         num_updates = packed.shape[1]
 
         def update(i, alive, b1_power, b2_power):
@@ -375,7 +419,7 @@ class BatchedLearner:
             rows = records.stack()
         table = self._burst_table(rows)  # [K, N, S]
         values = tf.concat([panel, tf.reduce_sum(table, 0), tf.reduce_max(table, 0)], axis=1)
-        return alive, values, self._burst_end(alive, b1_power, b2_power)
+        return alive, values, self._burst_end(alive, b1_power, b2_power), *start_state
 
     def _panel_size(self) -> int:
         return len(PANEL_SCALARS) + len(PANEL_FAMILIES) * len(self.online)
@@ -437,6 +481,8 @@ class BatchedLearner:
         elementwise ops (its inputs are switched), so a batch with per-run learning rates takes the masked
         branch, selects included, rather than a second cond."""
         masked = lambda: self._written_adam(grads, weights, keep, b1_power, b2_power)  # noqa: E731
+        if shared_lr is None:  # a `_kernel_burst`: every run kept unless it goes non-finite (then undone)
+            return self._fused_adam(grads, b1_power, b2_power)
         if not self._shared_epsilon:
             return masked()
         kernel = lambda: self._fused_adam(grads, b1_power, b2_power)  # noqa: E731

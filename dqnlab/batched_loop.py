@@ -140,6 +140,9 @@ class Members:
         self.probe_rngs = [np.random.default_rng((seed, 1)) for seed in seeds]  # as `LoopState.start`
         self.probe_inputs: list = [None] * len(cfgs)
         self.last_probe = [0] * len(cfgs)
+        # Every step at which some run evaluates (`evaluation_due`'s rule): one set lookup per step.
+        everies = {cfg.train.eval_every for cfg in cfgs}
+        self.evaluation_steps = {steps} | {s for e in everies if e for s in range(e, steps + 1, e)}
 
     def probe_due(self, i: int, step: int, updates_before: int) -> bool:
         """`loop._burst`'s rule for run i's burst at `step`."""
@@ -427,22 +430,22 @@ def _steps(
             epsilons = [epsilon_at(step, train)] * n
         else:
             epsilons = [epsilon_at(step, cfg.train) for cfg in cfgs]
-        actions = choose_actions(runs, policy, epsilons, alive)
+        actions = choose_actions(runs, policy, epsilons, alive).tolist()  # Python ints, as run_loop's
         for i in range(n) if alive.all() else np.flatnonzero(alive).tolist():
-            outcome = step_run(runs, i, int(actions[i]), step, epsilons[i])
-            if isinstance(outcome, EnvFailed):
-                alive[i] = False
-                learner.mask([i])
+            outcome = step_run(runs, i, actions[i], step, epsilons[i])
             if outcome is not None:
-                yield RunEvent(int(i), outcome)
+                if isinstance(outcome, EnvFailed):
+                    alive[i] = False
+                    learner.mask([i])
+                yield RunEvent(i, outcome)
         if step >= train.learning_starts and step > refill_until and step % train.train_every == 0:
-            yield from _burst(runs, learner, members, cfgs, step, updates, alive)
+            weights = yield from _burst(runs, learner, members, cfgs, step, updates, alive)
             updates += train.gradient_steps
-            policy.set_weights(learner.online_weights())
+            policy.set_weights([w.numpy() for w in weights])  # the burst's own read: no variable read
         if step % train.target_update_every == 0 and (updates > synced_at or polyak):
             learner.update_target()
             synced_at = updates
-        if members is not None:
+        if members is not None and step in members.evaluation_steps:
             for i in np.flatnonzero(alive):
                 if members.evaluation_due(i, step):
                     yield RunEvent(int(i), members.evaluate(i, step, learner))
@@ -456,7 +459,8 @@ def _steps(
 
 def _burst(runs, learner: BatchedLearner, members, cfgs, step: int, updates: int, alive: np.ndarray):
     """Every live run's burst at `step` in one call; each run's Updated (and Probed when due). A run whose
-    burst went non-finite gets its last event (not finite) and `alive` turns false for it."""
+    burst went non-finite gets its last event (not finite) and `alive` turns false for it. Returns the
+    online weights after the burst (the call's own read of them, as tensors)."""
     train = cfgs[0].train
     k = train.gradient_steps
     scheduled = [cfg.optimizer.schedule != "constant" for cfg in cfgs]
@@ -482,6 +486,7 @@ def _burst(runs, learner: BatchedLearner, members, cfgs, step: int, updates: int
             alive[i] = False
         elif members is not None and members.probe_due(i, step, updates):
             yield RunEvent(int(i), members.probe(i, step, learner, runs.samplers[i]))
+    return out.weights
 
 
 def crosses(updates: int, k: int, every: int | None) -> bool:
@@ -495,22 +500,23 @@ def epsilon_schedule(train) -> tuple:
 
 
 def choose_actions(runs: RunsState, policy: BatchedPolicy, epsilons: Sequence[float], alive: np.ndarray):
-    """Epsilon-greedy per run with its own generator, drawn as `loop.run_loop` draws it; one batched
+    """Epsilon-greedy per run with its own generator, drawn as `loop.run_loop` draws it (one uniform, then
+    one integer when it explores: each generator's own order, whichever run draws first); one batched
     forward for all runs when any of them acts greedily, one argmax over the greedy runs' rows."""
     n = len(epsilons)
-    rngs, num_actions = runs.rngs, runs.num_actions
-    actions = np.zeros(n, np.int64)
-    greedy = []
-    for i in range(n) if alive.all() else np.flatnonzero(alive).tolist():
-        rng = rngs[i]
-        if rng.random() < epsilons[i]:
-            actions[i] = rng.integers(num_actions)
-        else:
-            greedy.append(i)
-    if len(greedy) == n:
+    rngs = runs.rngs
+    live = range(n) if alive.all() else np.flatnonzero(alive).tolist()
+    explore = [i for i in live if rngs[i].random() < epsilons[i]]
+    if not explore and len(live) == n:
         return policy(runs.obs).argmax(axis=1)
+    actions = np.zeros(n, np.int64)
+    chosen = set(explore)
+    greedy = [i for i in live if i not in chosen]
     if greedy:
         actions[greedy] = policy(runs.obs)[greedy].argmax(axis=1)
+    num_actions = runs.num_actions
+    for i in explore:
+        actions[i] = rngs[i].integers(num_actions)
     return actions
 
 

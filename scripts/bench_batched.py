@@ -2,6 +2,7 @@
 
     python scripts/bench_batched.py [--steps 20000] [--repeats 2] [--runs 1,2,4,8] [--settings S,..]
     python scripts/bench_batched.py --calls [--repeats 5] [--runs 1,2,4,8,16,32] [--settings S,..]
+    python scripts/bench_batched.py --paired 8 [--steps 20000] [--runs 8] [--settings S,..]
 
 Unbatched: each run is `dqnlab.train` of the setting (scripts/bench.py) with diagnostics on, seed s, in its
 own fresh one-thread process (`bench.measure_in_subprocess`), one after another on the same core; N runs'
@@ -9,6 +10,12 @@ total env steps per second is N * steps over the sum of seeds 0..N-1's times. Ba
 same N configs and seeds in one fresh one-thread process (THREAD_ENV, TF intra = inter = 1), timed from
 building the learners to the last burst. The ratio batched / unbatched is the issue's bar (>= 3x at
 `cleanrl` for N = 8, >= 0.95x at `sb3_zoo`). Medians over repeats; the order alternates between repeats.
+
+`--paired R` is for a machine whose load changes within minutes (other jobs on it): R rounds of unbatched
+seed r mod N, then the batched N, then unbatched seed r + 1 mod N, each round's ratio the batched total env
+steps/s over the mean of its two neighbours' (N runs one after another go at one run's rate; each seed's
+process is measured right before or after the batch it is compared with); the median ratio over rounds
+and its range.
 
 `--calls` measures the update alone instead (where the time goes, docs/batched.md): one burst call of the
 `BatchedLearner` for N runs against N burst calls of the unbatched `Learner`, each at the setting's shapes
@@ -149,6 +156,38 @@ def ratios(rows: list[dict], setting: str, n: int, repeats: int, steps: int) -> 
     return tuple(statistics.median(column) for column in zip(*out, strict=True))
 
 
+def unbatched_rate(setting: str, steps: int, seed: int) -> float:
+    return bench.measure_in_subprocess("dqnlab", setting, steps, diagnostics=True, seed=seed)["steps_per_s"]
+
+
+def paired_rounds(settings: list[str], counts: list[int], steps: int, rounds: int, log) -> list[list[str]]:
+    """`--paired`: per setting and N, the median, min and max over rounds of batched / unbatched, each
+    round's batch between two unbatched seeds' processes."""
+    rows = []
+    for setting in settings:
+        for n in counts:
+            ratios, batched, unbatched = [], [], []
+            for r in range(rounds):
+                before = unbatched_rate(setting, steps, r % n)
+                res = measure_batched(setting, n, steps)
+                single = (before + unbatched_rate(setting, steps, (r + 1) % n)) / 2
+                ratios.append(res["steps_per_s"] / single)  # N runs one after another: one run's rate
+                batched.append(res["steps_per_s"])
+                unbatched.append(single)
+                log(f"[r{r}] {setting} N={n} batched {batched[-1]:9,.0f} unbatched {unbatched[-1]:9,.0f}")
+            rows.append(
+                [
+                    setting,
+                    str(n),
+                    f"{statistics.median(batched):,.0f}",
+                    f"{statistics.median(unbatched):,.0f}",
+                    f"{statistics.median(ratios):.2f}",
+                    f"{min(ratios):.2f}-{max(ratios):.2f}",
+                ]
+            )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
@@ -167,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="1,2,4,8", help="batch sizes N (default 1,2,4,8)")
     ap.add_argument("--settings", default="cleanrl,sb3_zoo")
     ap.add_argument("--calls", action="store_true", help="the update call alone (see above), not whole runs")
+    ap.add_argument("--paired", type=int_at_least(1), help="R rounds, each batch between two unbatched seeds")
     args = ap.parse_args(argv)
     try:
         counts = [int(n) for n in args.runs.split(",")]
@@ -182,6 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     if args.calls:
         return print_call_costs(settings, counts, args.repeats, info, start)
+    if args.paired:
+        log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+        table = paired_rounds(settings, counts, args.steps, args.paired, log)
+        steps, rounds = f"{args.steps:,} env steps per run", f"{args.paired} rounds"
+        print(f"batched vs unbatched, paired: {steps}, diagnostics on, {rounds}")
+        print(bench.machine_line(info))
+        cores = sorted(os.sched_getaffinity(0))
+        print(f"pinned to cores {cores}; wall {time.perf_counter() - start:.0f} s\n")
+        header = ["setting", "N", "batched env steps/s", "unbatched env steps/s", "median ratio", "range"]
+        print(bench.format_table(header, table))
+        return 0
     rows = []
     for r in range(args.repeats):
         rows += one_repeat(settings, counts, args.steps, r, lambda m: print(m, file=sys.stderr, flush=True))

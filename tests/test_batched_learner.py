@@ -191,6 +191,8 @@ def test_a_diverging_run_is_masked_and_the_others_equal_a_batch_without_it(arms)
     start = batched.online_weights()
     out = batched.update(data, with_diagnostics=True)
     assert out.alive.tolist() == [True, False, True]
+    # `same` takes the kernel burst first, is undone when run 1 goes non-finite, and runs through the cond
+    assert sorted(batched._compiled) == ([(True, False), (True, True)] if arms == "same" else [(True, False)])
     # the survivors: exactly what a batch of runs 0 and 2 alone computes
     pair = BatchedLearner([cfgs[0], cfgs[2]], [w[[0, 2]] for w in start], OBS_DIM)
     pair_out = pair.update([data[0], data[2]], with_diagnostics=True)

@@ -61,7 +61,13 @@ def test_the_plan_mirrors_the_batched_learner_and_groups_what_may_share_a_batch(
     assert batch_plan.plan_batches(specs, "auto", workers=2) == [[0, 1, 2], [3, 4, 5], [6], [7], [8]]
     assert batch_plan.plan_batches(specs, "auto", workers=4) == [[0, 1], [2, 3], [4, 5], [6], [7], [8]]
     many = [spec("huber_relu", s, tmp_path, "x") for s in range(40)]
-    assert [len(job) for job in batch_plan.plan_batches(many, "auto", workers=1)] == [32, 8]
+    assert [len(job) for job in batch_plan.plan_batches(many, "auto", workers=1)] == [20, 20]
+    # a wide MLP's batches stay small (`auto_cap`): the headline's 3 arms x 10 seeds of 256-256 on 2 workers
+    wide = [
+        spec(p, s, tmp_path, "x", "network.hidden=[256,256]") for p in ("huber_relu",) * 3 for s in range(10)
+    ]
+    assert batch_plan.auto_cap(wide[0].config()) == 9
+    assert [len(job) for job in batch_plan.plan_batches(wide, "auto", workers=2)] == [7, 8, 7, 8]
     assert [batch_plan.parse_batch_runs(t) for t in ("off", "auto", "1", "8")] == [None, "auto", None, 8]
 
 
