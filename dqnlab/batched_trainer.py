@@ -70,15 +70,15 @@ from dqnlab.summaries import Summaries
 from dqnlab.trainer import (
     EventRecorder,
     RunJson,
-    _check_same_config,
-    _history_until,
-    _previous_run_json,
+    check_same_config,
     configure_device,
     divergence_line,
+    history_until,
     hparams_of,
     judge,
     make_deterministic,
     new_run_info,
+    previous_run_json,
     report_finding,
     write_experiment_json_once,
 )
@@ -312,7 +312,7 @@ def _resolve_start(specs, cfgs, learner, shadows, warn) -> list[RunResult] | tup
     below = _below(specs, dirs)
     previous = {}
     for i, run_dir in enumerate(dirs):
-        found = _previous_run_json(run_dir) if (run_dir / RUN_JSON).is_file() else {}
+        found = previous_run_json(run_dir) if (run_dir / RUN_JSON).is_file() else {}
         if found:
             previous[i] = found
     if not previous:  # never started (or only claimed): a fresh start, what a claim left set aside
@@ -331,7 +331,7 @@ def _resolve_start(specs, cfgs, learner, shadows, warn) -> list[RunResult] | tup
             )
         if process_is_alive(found):
             raise ConfigError(f"--resume: {run_dir} is still training (process {found['pid']})")
-        _check_same_config(found, cfgs[i], run_dir)
+        check_same_config(found, cfgs[i], run_dir)
     ended = {i for i, found in previous.items() if member_ended(found)}
     if len(ended) == len(specs):
         return [read_run(run_dir) for run_dir in dirs]
@@ -394,7 +394,7 @@ def _resumed(spec: RunSpec, cfg: Config, run_dir: Path, previous: dict, ckpt, re
         RunJson(run_dir, info, elapsed_before=saved["wall_time_s"]),
         hparams,
         resumed_at=ckpt.step,
-        history=_history_until(run_dir, ckpt.step),
+        history=history_until(run_dir, ckpt.step),
         doctor_state=ckpt.state["doctor"],
     )
 

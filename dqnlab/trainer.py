@@ -66,7 +66,7 @@ _log = logging.getLogger("dqnlab")
 ProgressFn = Callable[[int, float | None], None]  # (env step, latest episode return)
 
 
-def _previous_run_json(run_dir: Path) -> dict:
+def previous_run_json(run_dir: Path) -> dict:
     try:
         previous = json.loads((run_dir / RUN_JSON).read_text())
     except (OSError, ValueError) as exc:
@@ -80,7 +80,7 @@ def _previous_run_json(run_dir: Path) -> dict:
     return previous
 
 
-def _check_same_config(previous: dict, cfg: Config, run_dir: Path) -> None:
+def check_same_config(previous: dict, cfg: Config, run_dir: Path) -> None:
     """A resumed run must go on with the config it was started with (only the step budget may change)."""
     started = previous.get("config") or {}
     before = {f"{sec}.{k}": v for sec, t in started.items() if isinstance(t, dict) for k, v in t.items()}
@@ -284,13 +284,13 @@ def _resolve_start(
     info = new_run_info(cfg, env_id, seed, deterministic)
     ckpt, restored, previous = None, None, {}
     if resume and (run_dir / RUN_JSON).is_file():
-        previous = _previous_run_json(run_dir)
+        previous = previous_run_json(run_dir)
         if previous.get("status") in ("done", "diverged"):
             return read_run(run_dir)
         if process_is_alive(previous):  # two processes must never write one run directory
             raise ConfigError(f"--resume: {run_dir} is still training (process {previous['pid']})")
         if previous:  # not the bare claim of a process that died at once: it must go on as it started
-            _check_same_config(previous, cfg, run_dir)
+            check_same_config(previous, cfg, run_dir)
             ckpt, restored = _resume_from_checkpoint(run_dir, cfg, learner, env, replay, seed)
         if ckpt is None:  # it never reached a checkpoint: start over, keeping what it logged
             kept = set_aside_earlier_life(run_dir)
@@ -327,7 +327,7 @@ def _resolve_start(
         sampler,
         restored.loop_state,
         # TensorBoard (and dqnlab.events) drop what the earlier life logged after the checkpoint.
-        history=_history_until(run_dir, ckpt.step),
+        history=history_until(run_dir, ckpt.step),
         open_summaries=lambda summaries: summaries.restart_after(ckpt.step),
         doctor_state=ckpt.state["doctor"],
     )
@@ -463,7 +463,7 @@ def hparams_of(cfg: Config, env_id: str, seed: int) -> dict[str, bool | int | fl
     return values
 
 
-def _history_until(run_dir: Path, step: int) -> dict[str, tuple[list[int], list[float]]]:
+def history_until(run_dir: Path, step: int) -> dict[str, tuple[list[int], list[float]]]:
     """The scalars an earlier life of the run logged up to `step` (the live doctor's memory)."""
     history = {}
     for tag, (steps, values) in read_series(run_dir).items():
