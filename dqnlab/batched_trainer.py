@@ -80,6 +80,7 @@ from dqnlab.trainer import (
     new_run_info,
     previous_run_json,
     report_finding,
+    resumed_info,
     write_experiment_json_once,
 )
 
@@ -382,16 +383,11 @@ def _resumed(spec: RunSpec, cfg: Config, run_dir: Path, previous: dict, ckpt, re
     checkpoint, `resumed_from` and `resumed_env` grown by one), its history until the checkpoint."""
     info = new_run_info(cfg, spec.env, spec.seed, spec.deterministic)
     info["batched"] = {**previous["batched"], "lacks": LACKS}
-    saved = ckpt.state["run"]
-    info.update(env_steps=ckpt.step, updates=saved["updates"], final=saved["final"])
-    info["started_at"] = previous.get("started_at", info["started_at"])
-    info["resumed_from"] = [*previous.get("resumed_from", []), ckpt.step]
-    how = "exact" if restored.exact_env else "fresh episode"
-    info["resumed_env"] = [*previous.get("resumed_env", []), how]
+    resumed_info(info, previous, ckpt, restored.exact_env)
     hparams = {**hparams_of(cfg, spec.env, spec.seed), "train.steps": spec.steps}
     return Member(
         spec,
-        RunJson(run_dir, info, elapsed_before=saved["wall_time_s"]),
+        RunJson(run_dir, info, elapsed_before=ckpt.state["run"]["wall_time_s"]),
         hparams,
         resumed_at=ckpt.step,
         history=history_until(run_dir, ckpt.step),

@@ -315,12 +315,7 @@ def _resolve_start(
             doctor_state=None,
         )
     saved = ckpt.state["run"]
-    info.update(env_steps=ckpt.step, updates=saved["updates"], final=saved["final"])
-    info["started_at"] = previous.get("started_at", info["started_at"])
-    # From run.json, not the checkpoint: two resumes from one checkpoint are two entries.
-    info["resumed_from"] = [*previous.get("resumed_from", []), ckpt.step]
-    how = "exact" if restored.exact_env else "fresh episode"
-    info["resumed_env"] = [*previous.get("resumed_env", []), how]
+    resumed_info(info, previous, ckpt, restored.exact_env)
     return Start(
         RunJson(run_dir, info, elapsed_before=saved["wall_time_s"]),
         learner,
@@ -331,6 +326,17 @@ def _resolve_start(
         open_summaries=lambda summaries: summaries.restart_after(ckpt.step),
         doctor_state=ckpt.state["doctor"],
     )
+
+
+def resumed_info(info: dict, previous: dict, ckpt, exact_env: bool) -> None:
+    """run.json of a run resumed from `ckpt`, in place: its counters from the checkpoint, its start and
+    the resumes so far from the `previous` run.json (not the checkpoint: two resumes from one checkpoint are
+    two entries), this one added."""
+    saved = ckpt.state["run"]
+    info.update(env_steps=ckpt.step, updates=saved["updates"], final=saved["final"])
+    info["started_at"] = previous.get("started_at", info["started_at"])
+    info["resumed_from"] = [*previous.get("resumed_from", []), ckpt.step]
+    info["resumed_env"] = [*previous.get("resumed_env", []), "exact" if exact_env else "fresh episode"]
 
 
 def new_run_info(cfg: Config, env_id: str, seed: int, deterministic: bool) -> dict:
