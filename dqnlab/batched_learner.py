@@ -173,6 +173,7 @@ class Applied(NamedTuple):
     grads: list[tf.Tensor]  # as applied: clipped where clipping is on
     preclip_norm: tf.Tensor  # [N]
     before: list[tf.Tensor]  # the online weights the update started from (read before it wrote them)
+    raw_half_squares: tf.Tensor  # [N, V] each run's raw (pre-clip) gradient's half sums of squares
 
 
 class BatchedLearner:
@@ -213,6 +214,8 @@ class BatchedLearner:
         self._compiled: dict[tuple[bool, bool], Compiled] = {}
         # Known on the host: whether every run is alive and all share one learning rate (`_kernel_burst`).
         self._all_alive = True
+        self._alive_before = np.ones(self.num_runs, bool)  # on the host: which runs a burst starts alive
+        self._origins: dict[int, dict] = {}  # run -> where it went non-finite (`nonfinite_origin`)
         self._shared_lr = len({np.float32(c.optimizer.learning_rate) for c in cfgs}) == 1
         self._readers: list[MetricReader] | None = None
         self._sync = tf.function(self._sync_impl, autograph=False)
@@ -235,12 +238,15 @@ class BatchedLearner:
             position = panel_position(self.iterations // num_updates, num_updates)
             args.append(np.asarray(position, np.int32))
         kernel = self._kernel_burst(num_updates)
-        alive, values, weights, *start = self._function(args, bool(with_diagnostics), kernel)(*args)
+        alive, values, weights, origin, *start = self._function(args, bool(with_diagnostics), kernel)(*args)
         alive = alive.numpy()
         if kernel and not alive.all():  # a run went non-finite under the kernel: undo, and take the cond
             self._restore(start)
-            alive, values, weights = self._function(args, bool(with_diagnostics), False)(*args)
+            alive, values, weights, origin = self._function(args, bool(with_diagnostics), False)(*args)
             alive = alive.numpy()
+        if not alive.all():
+            self._record_origins(origin, alive)
+        self._alive_before = alive
         self.iterations += num_updates
         self._all_alive = bool(alive.all())
         metrics = []
@@ -276,7 +282,24 @@ class BatchedLearner:
         alive = self.alive.numpy()
         alive[list(runs)] = False
         self.alive.assign(alive)
+        self._alive_before = alive
         self._all_alive = bool(alive.all())
+
+    def nonfinite_origin(self, i: int) -> dict | None:
+        """Where run i's updates went non-finite, as `Learner.nonfinite_origin` says it, or None while it
+        has not: the update of its last burst (0-based, `update_in_burst`) whose loss or raw gradient norm
+        was not finite, and the variables whose raw (pre-clip) gradient had a non-finite sum of squares
+        there, in model order (`variable`: the first; None when there is none)."""
+        return self._origins.get(i)
+
+    def _record_origins(self, origin: tf.Tensor, alive: np.ndarray) -> None:
+        rows = origin.numpy()
+        for i in np.flatnonzero(self._alive_before & ~alive):
+            one_update = rows.shape[1] == len(self.variable_tags)  # `_origin`'s row of a one-update burst
+            half_squares, update = (rows[i], 0) if one_update else (rows[i, :-1], int(rows[i, -1]))
+            bad = [t for t, h in zip(self.variable_tags, half_squares, strict=True) if not np.isfinite(h)]
+            self._origins[int(i)] = {"variable": bad[0] if bad else None, "update_in_burst": update,
+                                     "variables": bad}  # fmt: skip
 
     def update_target(self) -> None:
         """Every run's target from its online weights (a hard copy at tau 1, Polyak averaging below)."""
@@ -326,6 +349,8 @@ class BatchedLearner:
         self._b1_power.assign(np.float32(beta_powers[0]))
         self._b2_power.assign(np.float32(beta_powers[1]))
         self.alive.assign(np.asarray(alive, bool))
+        self._alive_before = np.asarray(alive, bool).copy()
+        self._all_alive = bool(self._alive_before.all())
 
     # -- compiled -----------------------------------------------------------------------------------
 
@@ -376,17 +401,20 @@ class BatchedLearner:
         alive, target, b1_power, b2_power, shared_lr = self._burst_start(kernel)
         num_updates = packed.shape[1]
 
-        def body(i, alive, b1_power, b2_power):
+        def body(i, alive, b1_power, b2_power, origin):
             b1_power, b2_power = b1_power * BETA_1, b2_power * BETA_2
             applied = self._apply(packed[:, i], target, alive, b1_power, b2_power, shared_lr)
-            return i + 1, tf.logical_and(alive, applied.finite), b1_power, b2_power
+            origin = self._origin(origin, i, alive, applied, kernel, num_updates)
+            return i + 1, tf.logical_and(alive, applied.finite), b1_power, b2_power, origin
 
-        start = (tf.constant(0), alive, b1_power, b2_power)
+        start = (tf.constant(0), alive, b1_power, b2_power, self._no_origin())
         if num_updates == 1:  # a straight line: no loop machinery for one-update-per-call settings
-            _, alive, b1_power, b2_power = body(*start)
+            _, alive, b1_power, b2_power, origin = body(*start)
         else:
-            _, alive, b1_power, b2_power = tf.while_loop(lambda i, *_: i < num_updates, body, start)
-        return alive, tf.zeros([0]), self._burst_end(alive, b1_power, b2_power), *start_state
+            loop = tf.while_loop(lambda i, *_: i < num_updates, body, start)
+            _, alive, b1_power, b2_power, origin = loop
+        weights = self._burst_end(alive, b1_power, b2_power)
+        return alive, tf.zeros([0]), weights, origin, *start_state
 
     def _measured_burst(self, packed: tf.Tensor, position: tf.Tensor, kernel: bool = False):
         """Every update keeps a record [N, R] (TD errors, dL/dQ(s,a), loss, raw norm, max Q, samples); the
@@ -396,30 +424,50 @@ class BatchedLearner:
         alive, target, b1_power, b2_power, shared_lr = self._burst_start(kernel)
         num_updates = packed.shape[1]
 
-        def update(i, alive, b1_power, b2_power):
+        def update(i, alive, b1_power, b2_power, origin):
             b1_power, b2_power = b1_power * BETA_1, b2_power * BETA_2
             applied = self._apply(packed[:, i], target, alive, b1_power, b2_power, shared_lr)
-            return applied, tf.logical_and(alive, applied.finite), b1_power, b2_power
+            origin = self._origin(origin, i, alive, applied, kernel, num_updates)
+            return applied, tf.logical_and(alive, applied.finite), b1_power, b2_power, origin
 
         if num_updates == 1:  # its own panel update, no loop
-            applied, alive, b1_power, b2_power = update(0, alive, b1_power, b2_power)
+            applied, alive, b1_power, b2_power, origin = update(
+                0, alive, b1_power, b2_power, self._no_origin()
+            )
             panel, rows = self._panel(applied), self._record(applied)[None]
         else:
 
-            def body(i, alive, b1_power, b2_power, panel, records):
-                applied, alive, b1_power, b2_power = update(i, alive, b1_power, b2_power)
+            def body(i, alive, b1_power, b2_power, origin, panel, records):
+                applied, alive, b1_power, b2_power, origin = update(i, alive, b1_power, b2_power, origin)
                 panel = tf.cond(tf.equal(i, position), lambda: self._panel(applied), lambda: panel)
-                return i + 1, alive, b1_power, b2_power, panel, records.write(i, self._record(applied))
+                records = records.write(i, self._record(applied))
+                return i + 1, alive, b1_power, b2_power, origin, panel, records
 
             records = tf.TensorArray(tf.float32, size=num_updates)
             panel = tf.zeros([self.num_runs, self._panel_size()])
-            start = (tf.constant(0), alive, b1_power, b2_power, panel, records)
+            start = (tf.constant(0), alive, b1_power, b2_power, self._no_origin(), panel, records)
             loop = tf.while_loop(lambda i, *_: i < num_updates, body, start)
-            _, alive, b1_power, b2_power, panel, records = loop
+            _, alive, b1_power, b2_power, origin, panel, records = loop
             rows = records.stack()
         table = self._burst_table(rows)  # [K, N, S]
         values = tf.concat([panel, tf.reduce_sum(table, 0), tf.reduce_max(table, 0)], axis=1)
-        return alive, values, self._burst_end(alive, b1_power, b2_power), *start_state
+        return alive, values, self._burst_end(alive, b1_power, b2_power), origin, *start_state
+
+    def _no_origin(self) -> tf.Tensor:
+        return tf.zeros([self.num_runs, len(self.online) + 1])
+
+    def _origin(self, origin, i, alive, applied: Applied, kernel: bool, num_updates: int) -> tf.Tensor:
+        """[N, V + 1]: for a run that goes non-finite at update `i` (alive before it, not finite now), that
+        update's raw half squares and `i`; the rows of the others as they were. For `nonfinite_origin`. The
+        kernel burst keeps none (a run going non-finite there reruns the burst through the cond). One
+        update a burst: that update's raw half squares as they are ([N, V]; the update is 0), no op added."""
+        if kernel:
+            return origin
+        if num_updates == 1:
+            return applied.raw_half_squares
+        row = tf.concat([applied.raw_half_squares, tf.fill([self.num_runs, 1], tf.cast(i, tf.float32))], 1)
+        first = tf.logical_and(alive, tf.logical_not(applied.finite))
+        return tf.where(first[:, None], row, origin)
 
     def _panel_size(self) -> int:
         return len(PANEL_SCALARS) + len(PANEL_FAMILIES) * len(self.online)
@@ -434,13 +482,20 @@ class BatchedLearner:
         return add(tf.linalg.matmul(h, weights[-2]), weights[-1])
 
     def _per_sample_loss(self, delta: tf.Tensor) -> tf.Tensor:
-        """Each run's own loss kind and bound, per sample [N, B]. With several kinds in the batch, each is
-        computed for all runs and selected with `tf.where`, whose gradient gives the kinds not chosen exactly
-        zero (a product with a one-hot would turn an unselected infinite gradient into NaN)."""
+        """Each run's own loss kind and bound, per sample [N, B]. With several kinds in the batch, each kind
+        is computed on its own runs' TD errors (the others' replaced by 0) and the kinds selected with
+        `tf.where`: the gradient a run gets is its own kind's alone, exactly, even where its TD error is
+        not finite (a kind evaluated at another run's NaN would send back 0 x NaN = NaN through the select,
+        and a finite clipped-delta gradient would read NaN: the divergence origin would differ from the
+        unbatched run's)."""
         bound = self._bound[:, None]
-        loss = LOSSES[self._loss_kinds[0]](delta, bound)
-        for k, kind in enumerate(self._loss_kinds[1:], 1):
-            loss = tf.where(tf.equal(self._loss_index, k)[:, None], LOSSES[kind](delta, bound), loss)
+        if len(self._loss_kinds) == 1:
+            return LOSSES[self._loss_kinds[0]](delta, bound)
+        loss = None
+        for k, kind in enumerate(self._loss_kinds):
+            mine = tf.equal(self._loss_index, k)[:, None]
+            value = LOSSES[kind](tf.where(mine, delta, 0.0), bound)
+            loss = value if loss is None else tf.where(mine, value, loss)
         return loss
 
     def _apply(self, packed, target, alive, b1_power, b2_power, shared_lr) -> Applied:
@@ -460,7 +515,8 @@ class BatchedLearner:
             loss = tf.reduce_mean(self._per_sample_loss(delta), axis=1)  # [N]: each run's own mean
             total = tf.reduce_sum(loss)  # run i's weights get run i's gradient only
         *grads, dloss_dqa = tape.gradient(total, [*weights, qa])
-        preclip = tf.sqrt(tf.reduce_sum(half_squares_of(grads), 1) * 2.0)  # [N]
+        raw_half = half_squares_of(grads)  # [N, V]
+        preclip = tf.sqrt(tf.reduce_sum(raw_half, 1) * 2.0)  # [N]
         if self._any_clip:
             # tf.clip_by_global_norm's own arithmetic, per run: NaN scale when the norm is not finite.
             scale = self._clip * tf.minimum(1.0 / preclip, 1.0 / self._clip) + (preclip - preclip)
@@ -469,7 +525,7 @@ class BatchedLearner:
             grads = [g * per_run(scale, g.shape.rank) for g in grads]
         finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(preclip))
         self._adam(grads, weights, tf.logical_and(alive, finite), b1_power, b2_power, shared_lr)
-        return Applied(finite, loss, q, target_tm1, delta, dloss_dqa, grads, preclip, weights)
+        return Applied(finite, loss, q, target_tm1, delta, dloss_dqa, grads, preclip, weights, raw_half)
 
     def _adam(self, grads, weights, keep, b1_power, b2_power, shared_lr) -> None:
         """Adam on the stacked variables, in place. When every run is kept and all share learning rate and

@@ -9,8 +9,9 @@ evaluations, probes, perf, the doctor's text), the same run.json fields and stat
 
 A member ends as its unbatched run would: `diverged` when its burst goes non-finite (the batch masks it out
 and goes on; its weights stay as they were before that update, so run.json's `divergence` names no
-non-finite weight and no origin), `failed` when its env raises (with the traceback), `done` otherwise. An
-error of the batch as a whole (not one member's) fails, or Ctrl-C interrupts, every member still running.
+non-finite weight, and its `origin` is the unbatched learner's), `failed` when its env raises (with the
+traceback), `done` otherwise. An error of the batch as a whole (not one member's) fails, or Ctrl-C
+interrupts, every member still running.
 
 Checkpoints: every `checkpoint_every` env steps and at the end, each member still running gets its own
 checkpoint in the unbatched format (`batched_loop.member_state_arrays`, `member_loop_state`); the older
@@ -90,11 +91,15 @@ BatchProgress = Callable[[int, int, float | None], None]  # (member, env step, l
 
 
 class FrozenAtDivergence:
-    """What `trainer.judge` asks of a learner about a divergence, for a masked member: the batch kept its
-    weights from before the non-finite update (none is non-finite) and does not record where it began."""
+    """What `trainer.judge` asks of a learner about a divergence, for a masked member: where it began (the
+    batch's `BatchedLearner.nonfinite_origin` of that run, as the unbatched learner says it), and no
+    non-finite weights: the batch kept them from before the non-finite update."""
 
-    def nonfinite_origin(self) -> None:
-        return None
+    def __init__(self, origin: dict | None = None):
+        self.origin = origin
+
+    def nonfinite_origin(self) -> dict | None:
+        return self.origin
 
     def nonfinite_variables(self) -> list[str]:
         return []
@@ -136,10 +141,10 @@ class Member:
         self.recorder = EventRecorder(summaries, run_json, progress, self.live, None)
         run_json.write("running")
 
-    def judge(self, status: str) -> None:
-        """Where a divergence began, the doctor's verdict (done, diverged)."""
+    def judge(self, status: str, origin: dict | None = None) -> None:
+        """Where a divergence began (`origin`), the doctor's verdict (done, diverged)."""
         if status in ("done", "diverged") and not self.judged:
-            judge(status, FrozenAtDivergence(), self.summaries, self.run_json, self.live)
+            judge(status, FrozenAtDivergence(origin), self.summaries, self.run_json, self.live)
         self.judged = True
 
     def save(self, due: BatchCheckpointDue, i: int) -> None:
@@ -154,10 +159,17 @@ class Member:
         checkpoint.save(self.run_dir, due.step, member_state_arrays(due, i), bundle, prune=False)
         self.run_json.write("running")  # its counters as of this checkpoint: how far a killed batch got
 
-    def end(self, status: str, error: str | None = None, tb: str | None = None, alone: bool = False) -> None:
-        """Judge (done, diverged), close the event file and write run.json's last word. `alone`: it ended
-        on its own (its env raised), not with the batch: a resume leaves it ended."""
-        self.judge(status)
+    def end(
+        self,
+        status: str,
+        error: str | None = None,
+        tb: str | None = None,
+        alone: bool = False,
+        origin: dict | None = None,
+    ) -> None:
+        """Judge (done, diverged: where it began, `origin`), close the event file and write run.json's last
+        word. `alone`: it ended on its own (its env raised), not with the batch: a resume leaves it ended."""
+        self.judge(status, origin)
         if status == "diverged":
             error = divergence_line(self.run_json.info)
         if alone:
@@ -238,7 +250,7 @@ def train_batch(
             checkpoint_every=first.checkpoint_every,
             start=begin,
         )
-        _consume(events, members)
+        _consume(events, members, learner)
     except KeyboardInterrupt as exc:
         _end_running(members, "interrupted", stop_reason(exc))
         raise
@@ -263,7 +275,7 @@ def _claim(spec: RunSpec, cfg: Config, index: int, specs: Sequence[RunSpec]) -> 
     return Member(spec, RunJson(run_dir, info), hparams)
 
 
-def _consume(events, members: list[Member]) -> None:
+def _consume(events, members: list[Member], learner) -> None:
     """Each event to its member's recorder; a member ends at its divergence or env failure, the others at
     the end of the batch. A checkpoint of the batch is each live member's own checkpoint."""
     for run, event in events:
@@ -281,7 +293,7 @@ def _consume(events, members: list[Member]) -> None:
         if isinstance(event, EnvFailed):
             member.end("failed", event.error, event.traceback, alone=True)
         elif member.recorder.handle(event) == "diverged":
-            member.end("diverged")
+            member.end("diverged", origin=learner.nonfinite_origin(run))
     for member in members:
         if member.status is None:
             if not member.judged:

@@ -191,6 +191,16 @@ def test_a_diverging_run_is_masked_and_the_others_equal_a_batch_without_it(arms)
     start = batched.online_weights()
     out = batched.update(data, with_diagnostics=True)
     assert out.alive.tolist() == [True, False, True]
+    # where it began, as the unbatched learner of run 1 says it on the same burst: the third update. Huber's
+    # gradient at a NaN TD error is NaN in every variable; the clipped-delta loss's is 0 there (clipping
+    # blocks it), so only its loss is not finite and no variable is named.
+    single = unbatched_at(cfgs[1], run_slice(start, 1))
+    assert not bool(single.update(data[1], with_diagnostics=False).finite)
+    assert batched.nonfinite_origin(1) == single.nonfinite_origin()
+    named = batched.variable_tags if arms == "same" else []
+    want = {"variable": named[0] if named else None, "update_in_burst": 2, "variables": named}
+    assert batched.nonfinite_origin(1) == want
+    assert batched.nonfinite_origin(0) is None and batched.nonfinite_origin(2) is None
     # `same` takes the kernel burst first, is undone when run 1 goes non-finite, and runs through the cond
     assert sorted(batched._compiled) == ([(True, False), (True, True)] if arms == "same" else [(True, False)])
     # the survivors: exactly what a batch of runs 0 and 2 alone computes
@@ -209,6 +219,22 @@ def test_a_diverging_run_is_masked_and_the_others_equal_a_batch_without_it(arms)
     again = batched.update(bursts(3, k, seed=5), with_diagnostics=False)
     assert again.alive.tolist() == [True, False, True]
     assert_weights_close(run_slice(again.weights, 1), two.run_weights(0))
+
+
+def test_a_one_update_burst_names_the_origin_too():
+    """One update a burst (CleanRL's cadence): the straight-line burst keeps the update's own raw half
+    squares; the origin is the unbatched learner's."""
+    cfgs = [config(1, ARMS[0]), config(1, ARMS[1])]
+    data = bursts(2, 1)
+    poisoned = data[0]._replace(rewards=data[0].rewards.copy())
+    poisoned.rewards[0, 3] = np.inf
+    data[0] = poisoned
+    batched = make_batched_learner(cfgs, [0, 1], (OBS_DIM,), ACTIONS)
+    single = unbatched_at(cfgs[0], run_slice(batched.online_weights(), 0))
+    assert batched.update(data, with_diagnostics=False).alive.tolist() == [False, True]
+    assert not bool(single.update(data[0], with_diagnostics=False).finite)
+    assert batched.nonfinite_origin(0) == single.nonfinite_origin() is not None
+    assert batched.nonfinite_origin(0)["update_in_burst"] == 0 and batched.nonfinite_origin(1) is None
 
 
 def test_the_target_is_each_runs_online_copy_after_a_sync():

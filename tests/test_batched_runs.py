@@ -165,6 +165,12 @@ def test_a_diverging_cell_is_diverged_and_the_others_done(tmp_path):
         f"huber_relu@learning_rate=1e12/{ENV}/seed_0": "diverged",
         f"huber_relu@learning_rate=1e12/{ENV}/seed_1": "diverged",
     }
+    for seed in (0, 1):  # where it began, as an unbatched run's run.json says it; no weight non-finite
+        divergence = info(exp / f"huber_relu@learning_rate=1e12/{ENV}/seed_{seed}")["divergence"]
+        origin = divergence["origin"]
+        assert set(origin) == {"variable", "update_in_burst", "variables"}, divergence
+        assert 0 <= origin["update_in_burst"] < 4 and divergence["nonfinite_weights"] == []
+        assert origin["variable"] == (origin["variables"] or [None])[0]
 
 
 @pytest.mark.parametrize(
