@@ -140,9 +140,9 @@ class Members:
         self.probe_rngs = [np.random.default_rng((seed, 1)) for seed in seeds]  # as `LoopState.start`
         self.probe_inputs: list = [None] * len(cfgs)
         self.last_probe = [0] * len(cfgs)
-        # Every step at which some run evaluates (`evaluation_due`'s rule): one set lookup per step.
-        everies = {cfg.train.eval_every for cfg in cfgs}
-        self.evaluation_steps = {steps} | {s for e in everies if e for s in range(e, steps + 1, e)}
+        # The runs' distinct evaluation periods (usually one): `any_evaluation` checks them once per step,
+        # before any per-run check. Arithmetic, not a set of the steps: that set grows with the run.
+        self._everies = tuple(sorted({cfg.train.eval_every for cfg in cfgs if cfg.train.eval_every}))
 
     def probe_due(self, i: int, step: int, updates_before: int) -> bool:
         """`loop._burst`'s rule for run i's burst at `step`."""
@@ -167,6 +167,10 @@ class Members:
             batch = sampler.batch(cfg.train.batch_size)
         self.last_probe[i] = step
         return Probed(step, shadow.probe(self.probe_inputs[i], batch))
+
+    def any_evaluation(self, step: int) -> bool:
+        """Whether some run evaluates at `step` (`evaluation_due`'s rule, for every run at once)."""
+        return step == self.steps or any(step % every == 0 for every in self._everies)
 
     def evaluation_due(self, i: int, step: int) -> bool:
         every = self.cfgs[i].train.eval_every
@@ -445,7 +449,7 @@ def _steps(
         if step % train.target_update_every == 0 and (updates > synced_at or polyak):
             learner.update_target()
             synced_at = updates
-        if members is not None and step in members.evaluation_steps:
+        if members is not None and members.any_evaluation(step):
             for i in np.flatnonzero(alive):
                 if members.evaluation_due(i, step):
                     yield RunEvent(int(i), members.evaluate(i, step, learner))
