@@ -27,7 +27,7 @@ from dqnlab.runner import (
     plan_jobs,
     run_batch_in_worker,
     run_in_worker,
-    update_arm_aggregate,
+    update_job_aggregates,
     write_experiment_json,
 )
 
@@ -131,8 +131,7 @@ def run_experiment_ray(
                     except Exception as exc:  # retries exhausted, or the task raised outside train()
                         why = f"{type(exc).__name__}: {exc}"
                         outcomes.update({i: RunOutcome(specs[i], "", "failed", why, None) for i in job})
-                    for i in job:
-                        update_arm_aggregate(exp_dir, specs[i], bar)
+                    update_job_aggregates(exp_dir, [specs[i] for i in job], bar)
                     bar.update(len(job))
                 time.sleep(0.05)
         return [outcomes[i] for i in range(len(specs))]
