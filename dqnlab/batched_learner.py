@@ -231,7 +231,15 @@ class BatchedLearner:
         Adam would have kept the run's weights): the burst is undone from the state it started from (read
         at its start and returned) and run again through the cond. The other runs' results are the same
         either way (the written-out Adam equals the kernel bit for bit), so only the cost differs."""
-        packed = np.stack([pack(Batch(*b)) for b in bursts])  # [N, K, B, F]
+        return self.update_packed(np.stack([pack(Batch(*b)) for b in bursts]), with_diagnostics)
+
+    def update_stacked(self, bursts: Batch, with_diagnostics: bool) -> BatchedUpdate:
+        """`update` of every run's burst given as one stacked Batch [N, K, B, ...]
+        (`replay.StackedReplays.sample_many`)."""
+        return self.update_packed(pack(bursts), with_diagnostics)
+
+    def update_packed(self, packed: np.ndarray, with_diagnostics: bool) -> BatchedUpdate:
+        """`update` of the bursts packed [N, K, B, F] (`learner.pack`)."""
         num_updates = packed.shape[1]
         args = [packed]
         if with_diagnostics:

@@ -56,6 +56,7 @@ from dqnlab.loop import (
 )
 from dqnlab.networks import NUMPY_ACTIVATIONS
 from dqnlab.optimizers import learning_rate_at
+from dqnlab.replay import StackedReplays
 
 
 class BatchedPolicy:
@@ -118,6 +119,17 @@ class RunsState:
         self.returns = [0.0] * len(cfgs)
         self.lengths = [0] * len(cfgs)
         self.num_actions = int(self.envs[0].action_space.n)
+        self.stacked: StackedReplays | None = None  # `stack_replays`: the replays' shared storage
+
+    def stack_replays(self) -> None:
+        """Let the replays share their storage (`StackedReplays`) when they can, from what they hold now
+        (a fresh or restored batch): a step's transitions then go in at once. Where they cannot (another
+        replay kind, capacities that differ), each run keeps storing its own."""
+        self.stacked = StackedReplays.of(self.replays)
+        if self.stacked is not None:  # one step's outcome, per run: filled by `step_runs`
+            self.next_obs = np.array(self.obs)
+            self.rewards = np.zeros(len(self.replays), np.float32)
+            self.terminated = np.zeros(len(self.replays), bool)
 
     def close(self) -> None:
         for env in self.envs:
@@ -427,6 +439,7 @@ def _steps(
     updates, synced_at, refill_until = counted.updates, counted.synced_at, counted.refill_until
     polyak = any(cfg.train.target_tau < 1.0 for cfg in cfgs)
     shared_schedule = len({epsilon_schedule(cfg.train) for cfg in cfgs}) == 1
+    runs.stack_replays()
     for step in range(counted.step + 1, steps + 1):
         if not alive.any():  # every run diverged or lost its env: nothing left to train
             return
@@ -434,14 +447,13 @@ def _steps(
             epsilons = [epsilon_at(step, train)] * n
         else:
             epsilons = [epsilon_at(step, cfg.train) for cfg in cfgs]
-        actions = choose_actions(runs, policy, epsilons, alive).tolist()  # Python ints, as run_loop's
-        for i in range(n) if alive.all() else np.flatnonzero(alive).tolist():
-            outcome = step_run(runs, i, actions[i], step, epsilons[i])
-            if outcome is not None:
-                if isinstance(outcome, EnvFailed):
-                    alive[i] = False
-                    learner.mask([i])
-                yield RunEvent(i, outcome)
+        chosen = choose_actions(runs, policy, epsilons, alive)
+        live = range(n) if alive.all() else np.flatnonzero(alive).tolist()
+        for i, outcome in step_runs(runs, live, chosen, step, epsilons):
+            if isinstance(outcome, EnvFailed):
+                alive[i] = False
+                learner.mask([i])
+            yield RunEvent(i, outcome)
         if step >= train.learning_starts and step > refill_until and step % train.train_every == 0:
             weights = yield from _burst(runs, learner, members, cfgs, step, updates, alive)
             updates += train.gradient_steps
@@ -473,13 +485,19 @@ def _burst(runs, learner: BatchedLearner, members, cfgs, step: int, updates: int
         learner.set_learning_rates(rates)
     every = cfgs[0].diagnostics.every if cfgs[0].diagnostics.enabled else None
     measure = crosses(updates, k, every)
-    data = [
-        sampler.burst(k, train.batch_size) if alive[i] else None for i, sampler in enumerate(runs.samplers)
-    ]
     # A masked run's slot still takes a burst (its weights stay frozen): a live run's, as its own replay
     # may be empty (its env raised on its first step).
-    data = [d if d is not None else next(x for x in data if x is not None) for d in data]
-    out = learner.update(data, measure)
+    if runs.stacked is not None:
+        out = learner.update_stacked(
+            runs.stacked.sample_many(k, train.batch_size, np.flatnonzero(alive).tolist()), measure
+        )
+    else:
+        data = [
+            sampler.burst(k, train.batch_size) if alive[i] else None
+            for i, sampler in enumerate(runs.samplers)
+        ]
+        data = [d if d is not None else next(x for x in data if x is not None) for d in data]
+        out = learner.update(data, measure)
     for i in np.flatnonzero(alive):
         finite = bool(out.alive[i])
         metrics = out.metrics[i] if measure else {}
@@ -522,6 +540,46 @@ def choose_actions(runs: RunsState, policy: BatchedPolicy, epsilons: Sequence[fl
     for i in explore:
         actions[i] = rngs[i].integers(num_actions)
     return actions
+
+
+def step_runs(
+    runs: RunsState, live: Sequence[int], actions: np.ndarray, step: int, epsilons: Sequence[float]
+) -> list[tuple[int, EpisodeEnd | EnvFailed]]:
+    """Every live run's env step (`step_run`'s), their transitions stored; the runs' EpisodeEnd and EnvFailed
+    outcomes, in run order. With stacked replays, the transitions go in together after the steps."""
+    as_ints = actions.tolist()  # Python ints, as run_loop's
+    if runs.stacked is None:
+        stepped = ((i, step_run(runs, i, as_ints[i], step, epsilons[i])) for i in live)
+        return [(i, outcome) for i, outcome in stepped if outcome is not None]
+    envs, obs, next_obs, rewards, terminated = (
+        runs.envs,
+        runs.obs,
+        runs.next_obs,
+        runs.rewards,
+        runs.terminated,
+    )
+    if len(live) < len(envs):  # a masked run's rows stay what they were
+        next_obs[:] = obs
+    outcomes, resets = [], []
+    for i in live:
+        try:
+            next_obs[i], reward, terminated[i], truncated, _ = envs[i].step(as_ints[i])
+        except Exception as exc:  # any env failure ends this run only; its row below is never read
+            outcomes.append((i, EnvFailed(step, f"{type(exc).__name__}: {exc}", traceback.format_exc())))
+            next_obs[i] = obs[i]
+            continue
+        rewards[i] = reward
+        runs.returns[i] += float(reward)
+        runs.lengths[i] += 1
+        if terminated[i] or truncated:
+            outcomes.append((i, EpisodeEnd(step, runs.returns[i], runs.lengths[i], epsilons[i])))
+            runs.returns[i], runs.lengths[i] = 0.0, 0
+            resets.append(i)
+    runs.stacked.add(obs, actions, rewards, next_obs, terminated)
+    obs[:] = next_obs
+    for i in resets:
+        obs[i] = envs[i].reset()[0]
+    return outcomes
 
 
 def step_run(

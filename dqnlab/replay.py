@@ -12,7 +12,7 @@ This module does not import TensorFlow.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -146,3 +146,65 @@ class ReplayBuffer(SeededSampling):
             next_obs=np.take(self.next_obs, idx, axis=0),  # [*idx.shape, *obs_shape]
             discounts=np.take(self.discounts, idx),  # [*idx.shape]
         )
+
+
+REPLAY_FIELDS = ("obs", "actions", "rewards", "next_obs", "discounts")
+
+
+class StackedReplays:
+    """N `ReplayBuffer`s filled in lockstep (the runs of a batch, `dqnlab.batched_loop`), their arrays one
+    [N, C, ...] array per field. Each replay keeps its own generator and reads its own slice (a view): it
+    samples, probes and checkpoints as before. What is shared is the writing and the gathering: one env
+    step's N transitions go in with one array write per field, and a burst's N draws (each run's indices
+    from its own generator, as `ReplayBuffer.sample_many` draws them) come out with one gather per field.
+    Per run, that was five writes a step and five gathers a burst, most of a small batch's replay time."""
+
+    @classmethod
+    def of(cls, replays: Sequence[ReplayBuffer]) -> StackedReplays | None:
+        """Shared storage for `replays` (what they hold copied in), or None when they cannot share it: not
+        all plain `ReplayBuffer`s of one capacity, observation shape and dtype, at one ring position."""
+        if not replays or any(type(r) is not ReplayBuffer for r in replays):
+            return None
+        first = replays[0]
+        layout = lambda r: (r._capacity, r.obs.shape, r.obs.dtype, r._next, r._size)  # noqa: E731
+        if any(layout(r) != layout(first) for r in replays):
+            return None
+        return cls(replays)
+
+    def __init__(self, replays: Sequence[ReplayBuffer]):
+        self.replays = list(replays)
+        first = self.replays[0]
+        self._capacity, self._next, self._size = first._capacity, first._next, first._size
+        for name in REPLAY_FIELDS:
+            stacked = np.stack([getattr(r, name) for r in self.replays])  # [N, C, ...]
+            setattr(self, name, stacked)
+            for i, replay in enumerate(self.replays):
+                setattr(replay, name, stacked[i])  # the same attribute, now a view: checkpoints unchanged
+
+    def add(self, obs, actions, rewards, next_obs, terminated) -> None:
+        """One transition per replay ([N, ...] each), as each replay's `add` stores it. Every replay
+        advances: a run that no longer trains (masked out of its batch) gets a row it never reads."""
+        i = self._next
+        self.obs[:, i] = obs
+        self.actions[:, i] = actions
+        self.rewards[:, i] = rewards
+        self.next_obs[:, i] = next_obs
+        self.discounts[:, i] = np.logical_not(terminated)  # 0 when s_t is terminal, else 1
+        self._next = (i + 1) % self._capacity
+        self._size = min(self._size + 1, self._capacity)
+        for replay in self.replays:
+            replay._next, replay._size = self._next, self._size
+
+    def sample_many(self, num_batches: int, batch_size: int, live: Sequence[int]) -> Batch:
+        """Every replay's `sample_many(num_batches, batch_size)`, stacked [N, K, B, ...]: the `live` runs
+        draw from their own generators, exactly as alone; any other run draws nothing and gets the first
+        live run's batches (a masked run's slot in a batched update still needs data)."""
+        shape = (check_count("num_batches", num_batches), check_count("batch_size", batch_size))
+        drawn = {i: self.replays[i]._indices(shape) + i * self._capacity for i in live}
+        filler = drawn[live[0]]
+        flat = np.stack([drawn.get(i, filler) for i in range(len(self.replays))])  # [N, K, B]
+        return Batch(*(np.take(self._flat(name), flat, axis=0) for name in REPLAY_FIELDS))
+
+    def _flat(self, name: str) -> np.ndarray:
+        array = getattr(self, name)
+        return array.reshape(-1, *array.shape[2:])  # [N * C, ...]: a view

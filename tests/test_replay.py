@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from dqnlab.replay import Batch, ReplayBuffer
+from dqnlab.replay import Batch, ReplayBuffer, StackedReplays
 
 OBS_SHAPE = (2,)
 
@@ -136,6 +136,71 @@ def test_bad_sample_sizes_raise(k, b):
     if b < 1:
         with pytest.raises(ValueError, match="batch_size"):
             buf.sample(b)
+
+
+def _transitions(rng: np.random.Generator, n: int, steps: int):
+    """`steps` rounds of one transition per run: (obs, actions, rewards, next_obs, terminated), [N, ...]."""
+    for _ in range(steps):
+        yield (
+            rng.normal(size=(n, 3)).astype(np.float32),
+            rng.integers(0, 4, size=n),
+            rng.normal(size=n),  # float64, as envs return rewards: stored rounded to float32
+            rng.normal(size=(n, 3)).astype(np.float32),
+            rng.random(n) < 0.2,
+        )
+
+
+def test_stacked_replays_store_and_sample_as_each_replay_alone():
+    # The same transitions into N replays one by one, and into N replays whose storage is stacked (after
+    # some one-by-one adds: a restored batch stacks what its replays hold): same arrays, same counters,
+    # the same draws bit for bit, and each replay's own sample afterwards the same.
+    n, capacity, rng = 3, 7, np.random.default_rng(0)
+    alone = [ReplayBuffer(capacity, (3,), seed=s) for s in range(n)]
+    shared = [ReplayBuffer(capacity, (3,), seed=s) for s in range(n)]
+    for round_ in _transitions(rng, n, 12):
+        obs, actions, rewards, next_obs, terminated = round_
+        for i in range(n):
+            alone[i].add(obs[i], int(actions[i]), float(rewards[i]), next_obs[i], bool(terminated[i]))
+        if len(shared[0]) < 4:
+            for i in range(n):
+                shared[i].add(obs[i], int(actions[i]), float(rewards[i]), next_obs[i], bool(terminated[i]))
+            stacked = StackedReplays.of(shared)  # built at the last one-by-one add
+        else:
+            stacked.add(*round_)
+    for a, b in zip(alone, shared, strict=True):
+        assert (len(a), a._next) == (len(b), b._next)
+        for name in ("obs", "actions", "rewards", "next_obs", "discounts"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    together = stacked.sample_many(2, 5, [0, 1, 2])
+    for i in range(n):
+        expected = alone[i].sample_many(2, 5)
+        for field, got in zip(expected, together, strict=True):
+            np.testing.assert_array_equal(got[i], field)
+    np.testing.assert_array_equal(shared[1].sample(4).obs, alone[1].sample(4).obs)
+
+
+def test_stacked_replays_give_a_masked_run_the_first_live_runs_draw():
+    replays = [ReplayBuffer(5, (3,), seed=s) for s in range(3)]
+    stacked = StackedReplays.of(replays)
+    for round_ in _transitions(np.random.default_rng(1), 3, 6):
+        stacked.add(*round_)
+    untouched = replays[0]._rng.bit_generator.state
+    batch = stacked.sample_many(1, 4, [1, 2])
+    assert replays[0]._rng.bit_generator.state == untouched  # the masked run drew nothing
+    np.testing.assert_array_equal(batch.obs[0], batch.obs[1])
+    assert not np.array_equal(batch.obs[1], batch.obs[2])
+
+
+def test_stacked_replays_need_one_layout():
+    assert StackedReplays.of([ReplayBuffer(5, (3,)), ReplayBuffer(6, (3,))]) is None
+    assert StackedReplays.of([ReplayBuffer(5, (3,)), ReplayBuffer(5, (2,))]) is None
+    ahead = ReplayBuffer(5, (3,))
+    ahead.add(np.zeros(3), 0, 0.0, np.zeros(3), False)
+    assert StackedReplays.of([ReplayBuffer(5, (3,)), ahead]) is None
+    kept = vars(ReplayBuffer(5, (3,))).keys()
+    replays = [ReplayBuffer(5, (3,)), ReplayBuffer(5, (3,))]
+    assert StackedReplays.of(replays) is not None
+    assert vars(replays[0]).keys() == kept  # what a checkpoint stores of a replay: the same attributes
 
 
 def test_module_does_not_import_tensorflow():
