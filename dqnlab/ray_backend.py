@@ -24,6 +24,7 @@ from dqnlab.runner import (
     SINGLE_THREAD_ENV,
     RunOutcome,
     RunSpec,
+    dispatch_order,
     plan_jobs,
     run_batch_in_worker,
     run_in_worker,
@@ -108,7 +109,7 @@ def run_experiment_ray(
         runtime_env = {"env_vars": dict(SINGLE_THREAD_ENV)}
         remote = ray.remote(_task)
         pending = {}
-        for job in jobs:
+        for job in [jobs[number] for number in dispatch_order(jobs, specs)]:
             # Every attempt resumes: a retry after a worker death continues from the last checkpoint.
             attempt = [RunSpec(**{**specs[i].__dict__, "resume": True}) for i in job]
             gpus = 1 if attempt[0].device == "gpu" else 0

@@ -442,6 +442,14 @@ def plan_jobs(
     return again + [[queued[i] for i in job] for job in planned]
 
 
+def dispatch_order(jobs: list[list[int]], specs: list[RunSpec]) -> list[int]:
+    """The order the jobs start in: most env steps first (planned order among equals). Workers take the
+    next job as they free up, so the long jobs starting first leaves none to run alone at the end: 30 runs
+    in batches of 7, 8, 7, 8 on 2 workers ended 14 and 16 runs a worker in planned order, 15 and 15 so."""
+    work = [sum(min(specs[i].steps, specs[i].pause_at or specs[i].steps) for i in job) for job in jobs]
+    return sorted(range(len(jobs)), key=lambda number: -work[number])
+
+
 def run_experiment(
     specs: list[RunSpec],
     workers: int | None = None,
@@ -483,7 +491,7 @@ def run_experiment(
     )
     try:
         with _single_threaded_children():
-            waiting = list(range(len(jobs)))
+            waiting = dispatch_order(jobs, specs)
 
             def start_waiting() -> None:
                 while waiting and len(running) < workers:

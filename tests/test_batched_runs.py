@@ -20,6 +20,7 @@ from dqnlab.batched_trainer import train_batch
 from dqnlab.envs import make_env
 from dqnlab.events import read_series
 from dqnlab.losses import LOSSES
+from dqnlab.runner import dispatch_order
 from dqnlab.runspec import RunSpec
 from dqnlab.trainer import train_run
 
@@ -67,7 +68,13 @@ def test_the_plan_mirrors_the_batched_learner_and_groups_what_may_share_a_batch(
         spec(p, s, tmp_path, "x", "network.hidden=[256,256]") for p in ("huber_relu",) * 3 for s in range(10)
     ]
     assert batch_plan.auto_cap(wide[0].config()) == 9
-    assert [len(job) for job in batch_plan.plan_batches(wide, "auto", workers=2)] == [7, 8, 7, 8]
+    jobs = batch_plan.plan_batches(wide, "auto", workers=2)
+    assert [len(job) for job in jobs] == [7, 8, 7, 8]
+    # ... started largest first, so that two workers taking the next job as they free up end 15 runs each
+    assert [len(jobs[n]) for n in dispatch_order(jobs, wide)] == [8, 8, 7, 7]
+    assert dispatch_order([[i] for i in range(6)], specs[:6]) == list(range(6))  # equal work: as planned
+    longer = [spec("huber_relu", 0, tmp_path, "x"), spec("huber_relu", 1, tmp_path, "x", steps=9_000)]
+    assert dispatch_order([[0], [1]], longer) == [1, 0]
     assert [batch_plan.parse_batch_runs(t) for t in ("off", "auto", "1", "8")] == [None, "auto", None, 8]
 
 
