@@ -61,8 +61,19 @@ def zero_derivative_frac(x: tf.Tensor, z: tf.Tensor, activation: str) -> tf.Tens
 
 
 def srank(features: tf.Tensor, delta: float = 0.01) -> tf.Tensor:
-    """Effective rank of a feature matrix [N, U]: min k with sum_{i<=k} sigma_i >= (1 - delta) sum sigma."""
-    sigma = tf.linalg.svd(features, compute_uv=False)  # descending
+    """Effective rank of a feature matrix [N, U]: min k with sum_{i<=k} sigma_i >= (1 - delta) sum sigma.
+
+    The singular values are the square roots of the eigenvalues of the smaller Gram matrix (U x U or N x N),
+    formed and decomposed in float64: float32 products are exact in float64, so this is more accurate than
+    a float32 SVD wherever a value counts (a singular value below ~1e-7 of the largest adds nothing to the
+    sum), and 1.7x faster at the probe's 256 x 256 (docs/performance.md)."""
+    rows, cols = features.shape
+    if rows is None or cols is None:  # shapes known only at run time: the SVD, whatever they are
+        sigma = tf.linalg.svd(features, compute_uv=False)  # descending
+    else:
+        x = tf.cast(features, tf.float64)
+        gram = tf.matmul(x, x, transpose_a=rows >= cols, transpose_b=rows < cols)
+        sigma = tf.sqrt(tf.maximum(tf.reverse(tf.linalg.eigvalsh(gram), [0]), 0.0))  # descending
     cumulative = tf.math.cumsum(sigma) / tf.maximum(tf.reduce_sum(sigma), 1e-12)
     return tf.reduce_sum(tf.cast(cumulative < 1.0 - delta, tf.int32)) + 1
 
