@@ -435,29 +435,32 @@ def _steps(
     policy = BatchedPolicy(cfgs[0].network.activation)
     policy.set_weights(learner.online_weights())
     alive = np.ones(n, bool) if start is None else start.alive.copy()
+    everyone = list(range(n))
+    live = everyone if alive.all() else np.flatnonzero(alive).tolist()  # `alive`'s runs, kept in step
     counted = start.counters if start is not None else BatchCounters()
     updates, synced_at, refill_until = counted.updates, counted.synced_at, counted.refill_until
     polyak = any(cfg.train.target_tau < 1.0 for cfg in cfgs)
     shared_schedule = len({epsilon_schedule(cfg.train) for cfg in cfgs}) == 1
     runs.stack_replays()
     for step in range(counted.step + 1, steps + 1):
-        if not alive.any():  # every run diverged or lost its env: nothing left to train
+        if not live:  # every run diverged or lost its env: nothing left to train
             return
         if shared_schedule:  # one epsilon for every run
             epsilons = [epsilon_at(step, train)] * n
         else:
             epsilons = [epsilon_at(step, cfg.train) for cfg in cfgs]
-        chosen = choose_actions(runs, policy, epsilons, alive)
-        live = range(n) if alive.all() else np.flatnonzero(alive).tolist()
+        chosen = choose_actions(runs, policy, epsilons, live)
         for i, outcome in step_runs(runs, live, chosen, step, epsilons):
             if isinstance(outcome, EnvFailed):
                 alive[i] = False
                 learner.mask([i])
+                live = [j for j in live if j != i]
             yield RunEvent(i, outcome)
         if step >= train.learning_starts and step > refill_until and step % train.train_every == 0:
             weights = yield from _burst(runs, learner, members, cfgs, step, updates, alive)
             updates += train.gradient_steps
             policy.set_weights([w.numpy() for w in weights])  # the burst's own read: no variable read
+            live = everyone if alive.all() else np.flatnonzero(alive).tolist()  # a burst may mask runs
         if step % train.target_update_every == 0 and (updates > synced_at or polyak):
             learner.update_target()
             synced_at = updates
@@ -521,13 +524,12 @@ def epsilon_schedule(train) -> tuple:
     return (train.epsilon_start, train.epsilon_end, train.epsilon_decay_start, train.epsilon_decay_steps)
 
 
-def choose_actions(runs: RunsState, policy: BatchedPolicy, epsilons: Sequence[float], alive: np.ndarray):
-    """Epsilon-greedy per run with its own generator, drawn as `loop.run_loop` draws it (one uniform, then
-    one integer when it explores: each generator's own order, whichever run draws first); one batched
+def choose_actions(runs: RunsState, policy: BatchedPolicy, epsilons: Sequence[float], live: Sequence[int]):
+    """Epsilon-greedy per live run with its own generator, drawn as `loop.run_loop` draws it (one uniform,
+    then one integer when it explores: each generator's own order, whichever run draws first); one batched
     forward for all runs when any of them acts greedily, one argmax over the greedy runs' rows."""
     n = len(epsilons)
     rngs = runs.rngs
-    live = range(n) if alive.all() else np.flatnonzero(alive).tolist()
     explore = [i for i in live if rngs[i].random() < epsilons[i]]
     if not explore and len(live) == n:
         return policy(runs.obs).argmax(axis=1)
