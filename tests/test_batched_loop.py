@@ -74,6 +74,17 @@ def test_a_run_is_the_same_in_any_batch():
     assert_rows_close(rows_of(three, 2), rows_of(two, 1))
 
 
+def test_replays_that_cannot_share_storage_store_their_own_and_the_runs_are_the_same():
+    # Two replay capacities cannot stack (`replay.StackedReplays`): that batch stores and draws per run,
+    # and each run alone (a batch of one, stacked) is the same run; the 600-transition ring wraps.
+    small = config(**{"replay.capacity": 600})
+    mixed = run_batched([small, arms()[1]], [3, 1], ENV, 1_000)
+    alone = [run_batched([small], [3], ENV, 1_000), run_batched([arms()[1]], [1], ENV, 1_000)]
+    for i, one in enumerate(alone):
+        assert mixed.episode_returns[i] == one.episode_returns[0]
+        assert_rows_close(rows_of(mixed, i), rows_of(one, 0))
+
+
 def test_acting_matches_the_unbatched_loop_before_learning():
     """No update within the run: every action comes from the same generator draws and the same initial
     network, so the episodes are the unbatched loop's exactly."""
