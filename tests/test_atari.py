@@ -404,6 +404,7 @@ def test_short_pong_run_writes_conv_histograms_and_documents_every_tag(pong_run)
 # ---- resume -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~30 s: the longest test of the default run; CI runs it with `-m slow`
 def test_sigkilled_pong_run_resumes_exactly_like_an_uninterrupted_one(tmp_path):
     """tests/test_resume.py's check on Atari: the emulator, its RNGs, the frame replay and the CNN's state
     all come back from the checkpoint, so the resumed run logs the same numbers and ends with the same
