@@ -3,6 +3,7 @@
     python scripts/bench_batched.py [--steps 20000] [--repeats 2] [--runs 1,2,4,8] [--settings S,..]
     python scripts/bench_batched.py --calls [--repeats 5] [--runs 1,2,4,8,16,32] [--settings S,..]
     python scripts/bench_batched.py --paired 8 [--steps 20000] [--runs 8] [--settings S,..]
+    python scripts/bench_batched.py --batched-only [--runs 1,8,32,128,256] [--settings S,..]
 
 Unbatched: each run is `dqnlab.train` of the setting (scripts/bench.py) with diagnostics on, seed s, in its
 own fresh one-thread process (`bench.measure_in_subprocess`), one after another on the same core; N runs'
@@ -16,6 +17,10 @@ seed r mod N, then the batched N, then unbatched seed r + 1 mod N, each round's 
 steps/s over the mean of its two neighbours' (N runs one after another go at one run's rate; each seed's
 process is measured right before or after the batch it is compared with); the median ratio over rounds
 and its range.
+
+`--batched-only` measures the batched side alone, for batch sizes whose unbatched side would take hours
+(hundreds of seeds), and for `scripts/gpu_check.sh`: on a GPU machine the batch's learner runs on the GPU
+(TensorFlow's default placement), and with `CUDA_VISIBLE_DEVICES=""` on the CPU.
 
 `--calls` measures the update alone instead (where the time goes, docs/batched.md): one burst call of the
 `BatchedLearner` for N runs against N burst calls of the unbatched `Learner`, each at the setting's shapes
@@ -207,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", default="cleanrl,sb3_zoo")
     ap.add_argument("--calls", action="store_true", help="the update call alone (see above), not whole runs")
     ap.add_argument("--paired", type=int_at_least(1), help="R rounds, each batch between two unbatched seeds")
+    ap.add_argument(
+        "--batched-only",
+        action="store_true",
+        help="the batched engine's env steps/s against N alone, no unbatched runs (large N; the GPU check)",
+    )
     args = ap.parse_args(argv)
     try:
         counts = [int(n) for n in args.runs.split(",")]
@@ -222,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     if args.calls:
         return print_call_costs(settings, counts, args.repeats, info, start)
+    if args.batched_only:
+        return print_batched_curve(settings, counts, args.steps, args.repeats, info, start)
     if args.paired:
         log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
         table = paired_rounds(settings, counts, args.steps, args.paired, log)
@@ -248,6 +260,30 @@ def main(argv: list[str] | None = None) -> int:
             applies = bar is not None and (bar_n is None or bar_n == n)
             verdict = (f">= {bar}: {'met' if ratio >= bar else 'NOT met'}") if applies else ""
             table.append([setting, str(n), f"{b:,.0f}", f"{u:,.0f}", f"{ratio:.2f}", verdict])
+    print(bench.format_table(header, table))
+    return 0
+
+
+def print_batched_curve(
+    settings: list[str], counts: list[int], steps: int, repeats: int, info: dict, start: float
+) -> int:
+    """`--batched-only`: each N's batch in a fresh process (on the GPU when TensorFlow sees one), medians
+    over repeats of its total env steps/s, and per run."""
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    table = []
+    for setting in settings:
+        for n in counts:
+            rates = []
+            for r in range(repeats):
+                rates.append(measure_batched(setting, n, steps)["steps_per_s"])
+                log(f"[r{r}] {setting} N={n} batched {rates[-1]:,.0f} env steps/s")
+            rate = statistics.median(rates)
+            table.append([setting, str(n), f"{rate:,.0f}", f"{rate / n:,.0f}"])
+    print(f"the batched engine alone: {steps:,} env steps per run, diagnostics on, median of {repeats}")
+    print(bench.machine_line(info))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    print(f"CUDA_VISIBLE_DEVICES={visible!r}; wall {time.perf_counter() - start:.0f} s\n")
+    header = ["setting", "N", "batched env steps/s", "per run"]
     print(bench.format_table(header, table))
     return 0
 
