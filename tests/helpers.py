@@ -23,6 +23,26 @@ from dqnlab.sequence_replay import SequenceBatch
 if TYPE_CHECKING:
     from dqnlab.learner import Batch, Learner
 
+# ---- small batched runs (tests/test_batched_runs.py, tests/test_batched_resume.py) ----------------------
+
+BATCH_SMALL = (
+    "network.hidden=[32,32]",
+    "train.learning_starts=500",
+    "train.train_every=50",
+    "train.gradient_steps=4",
+    "train.eval_every=1000",
+    "train.eval_episodes=2",
+    "diagnostics.every=4",
+    "diagnostics.probe_every=40",
+    "diagnostics.min_probes=2",
+)
+
+
+def run_info(run_dir: Path) -> dict:
+    """A run directory's run.json."""
+    return json.loads((run_dir / "run.json").read_text())
+
+
 # ---- the command -----------------------------------------------------------------------------------------
 
 FAST = [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_same_run, dqnlab_cmd, start
+from helpers import BATCH_SMALL, assert_same_run, dqnlab_cmd, run_info, start
 
 from dqnlab import checkpoint
 from dqnlab.batched_trainer import train_batch
@@ -24,18 +24,7 @@ from dqnlab.runspec import RunSpec
 from dqnlab.trainer import train_run
 
 ENV = "CartPole-v1"
-SMALL = (
-    "network.hidden=[32,32]",
-    "train.learning_starts=500",
-    "train.train_every=50",
-    "train.gradient_steps=4",
-    "train.eval_every=1000",
-    "train.eval_episodes=2",
-    "train.target_update_every=300",
-    "diagnostics.every=4",
-    "diagnostics.probe_every=40",
-    "diagnostics.min_probes=2",
-)
+SMALL = (*BATCH_SMALL, "train.target_update_every=300")
 STEPS, EVERY = 3_000, 1_000
 
 
@@ -54,8 +43,7 @@ def run_dirs(specs: list[RunSpec]) -> list[Path]:
     return [Path(s.logdir) / s.experiment / s.arm / ENV / f"seed_{s.seed}" for s in specs]
 
 
-def info(run_dir: Path) -> dict:
-    return json.loads((run_dir / "run.json").read_text())
+info = run_info
 
 
 def stop_at_save(monkeypatch, number: int) -> None:

@@ -7,11 +7,10 @@ and `dqnlab compare` / `doctor` read a batched experiment unchanged."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import dqnlab_cmd
+from helpers import BATCH_SMALL, dqnlab_cmd, run_info
 
 import dqnlab.batched_loop as batched_loop
 from dqnlab import batch_plan
@@ -25,17 +24,7 @@ from dqnlab.runspec import RunSpec
 from dqnlab.trainer import train_run
 
 ENV = "CartPole-v1"
-SMALL = (
-    "network.hidden=[32,32]",
-    "train.learning_starts=500",
-    "train.train_every=50",
-    "train.gradient_steps=4",
-    "train.eval_every=1000",
-    "train.eval_episodes=2",
-    "diagnostics.every=4",
-    "diagnostics.probe_every=40",
-    "diagnostics.min_probes=2",
-)
+SMALL = BATCH_SMALL
 CLI_SMALL = [arg for o in SMALL for arg in ("--set", o)]
 
 
@@ -43,8 +32,7 @@ def spec(preset: str, seed: int, logdir, name: str, *extra: str, steps: int = 3_
     return RunSpec(preset, (*SMALL, *extra), ENV, seed, steps, str(logdir), name, checkpoint_every=0)
 
 
-def info(run_dir: Path) -> dict:
-    return json.loads((run_dir / "run.json").read_text())
+info = run_info
 
 
 def test_the_plan_mirrors_the_batched_learner_and_groups_what_may_share_a_batch(tmp_path):
