@@ -456,6 +456,8 @@ def _steps(
                 learner.mask([i])
                 live = [j for j in live if j != i]
             yield RunEvent(i, outcome)
+        if not live:  # the last live runs lost their envs in this step
+            return
         if step >= train.learning_starts and step > refill_until and step % train.train_every == 0:
             weights = yield from _burst(runs, learner, members, cfgs, step, updates, alive)
             updates += train.gradient_steps

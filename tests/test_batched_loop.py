@@ -154,3 +154,14 @@ def test_a_run_whose_env_raises_is_masked_and_the_others_go_on(monkeypatch):
     assert [result.episode_returns[0], result.episode_returns[2]] == without.episode_returns
     assert_rows_close(rows_of(result, 0), rows_of(without, 0))
     assert_rows_close(rows_of(result, 2), rows_of(without, 1))
+
+
+def test_every_env_raising_on_a_burst_step_ends_the_batch_with_each_error(monkeypatch):
+    # Step 600 is a burst step (learning_starts 200, train_every 10): with every run masked in that step,
+    # no burst is left to take.
+    monkeypatch.setattr(
+        batched_loop, "make_env", lambda env_id, seed=None: RaisingEnv(make_env(env_id, seed), 600)
+    )
+    result = run_batched(arms()[:2], [0, 1], ENV, 1_000)
+    assert result.alive.tolist() == [False, False]
+    assert result.errors == {i: "step 600: RuntimeError: the simulator crashed" for i in (0, 1)}
