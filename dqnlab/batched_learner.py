@@ -40,6 +40,7 @@ from dqnlab.learner import (
     MetricReader,
     MetricValues,
     burst_tags,
+    divergence_origin,
     pack,
     panel_position,
     unpack,
@@ -305,9 +306,7 @@ class BatchedLearner:
         for i in np.flatnonzero(self._alive_before & ~alive):
             one_update = rows.shape[1] == len(self.variable_tags)  # `_origin`'s row of a one-update burst
             half_squares, update = (rows[i], 0) if one_update else (rows[i, :-1], int(rows[i, -1]))
-            bad = [t for t, h in zip(self.variable_tags, half_squares, strict=True) if not np.isfinite(h)]
-            self._origins[int(i)] = {"variable": bad[0] if bad else None, "update_in_burst": update,
-                                     "variables": bad}  # fmt: skip
+            self._origins[int(i)] = divergence_origin(self.variable_tags, half_squares, update)
 
     def update_target(self) -> None:
         """Every run's target from its online weights (a hard copy at tau 1, Polyak averaging below)."""

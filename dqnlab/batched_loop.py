@@ -97,6 +97,11 @@ class EnvFailed:
     error: str  # "RuntimeError: the simulator crashed", as the trainer's run.json says it
     traceback: str
 
+    @classmethod
+    def of(cls, step: int, exc: Exception) -> EnvFailed:
+        """The failure `exc`, being handled now (its traceback is the current one)."""
+        return cls(step, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
 
 class RunEvent(NamedTuple):
     """One run's event: `loop`'s EpisodeEnd, Updated, Probed or Evaluated, or EnvFailed. After an Updated
@@ -569,7 +574,7 @@ def step_runs(
         try:
             next_obs[i], reward, terminated[i], truncated, _ = envs[i].step(as_ints[i])
         except Exception as exc:  # any env failure ends this run only; its row below is never read
-            outcomes.append((i, EnvFailed(step, f"{type(exc).__name__}: {exc}", traceback.format_exc())))
+            outcomes.append((i, EnvFailed.of(step, exc)))
             next_obs[i] = obs[i]
             continue
         rewards[i] = reward
@@ -594,7 +599,7 @@ def step_run(
     try:
         next_obs, reward, terminated, truncated, _ = runs.envs[i].step(action)
     except Exception as exc:  # any env failure ends this run only
-        return EnvFailed(step, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return EnvFailed.of(step, exc)
     runs.replays[i].add(runs.obs[i], action, reward, next_obs, terminated, truncated)
     runs.returns[i] += float(reward)
     runs.lengths[i] += 1

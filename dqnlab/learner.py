@@ -376,6 +376,14 @@ def per_variable_halves(grads: list[tf.Tensor], before: list[tf.Tensor], after: 
     return halves
 
 
+def divergence_origin(variable_tags: Sequence[str], raw_half_squares, update: int) -> dict:
+    """Where an update went non-finite, as run.json's `divergence.origin` says it: the update's index in its
+    burst and the variables whose raw (pre-clip) gradient had a non-finite half sum of squares, in model
+    order (`variable`: the first of them, None when there is none)."""
+    bad = [t for t, h in zip(variable_tags, raw_half_squares, strict=True) if not np.isfinite(h)]
+    return {"variable": bad[0] if bad else None, "update_in_burst": update, "variables": bad}
+
+
 def nonfinite_counts(grads: list[tf.Tensor], size: tf.Tensor) -> tf.Tensor:
     """The count of non-finite entries of each of `grads` [V], `size` [V] their sizes."""
     return size - tf.stack([tf.reduce_sum(tf.cast(tf.math.is_finite(g), tf.float32)) for g in grads])
@@ -511,8 +519,7 @@ class Learner:
         values = np.asarray(last.values)
         half_squares = values[len(values) - len(self.variables) :]  # [V]
         end = int(values[-len(self.variables) - 1]) if last.num_updates > 1 else 1
-        bad = [t for t, h in zip(self.variable_tags, half_squares, strict=True) if not np.isfinite(h)]
-        return {"variable": bad[0] if bad else None, "update_in_burst": end - 1, "variables": bad}
+        return divergence_origin(self.variable_tags, half_squares, end - 1)
 
     def policy(self) -> NumpyMLP:
         """The acting policy: a numpy copy of the online network (refresh with `set_weights`)."""

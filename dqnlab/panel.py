@@ -44,7 +44,13 @@ import numpy as np
 from dqnlab import probes
 from dqnlab._tf import keras, tf
 from dqnlab.doctor import LiveDoctor, warning_line
-from dqnlab.learner import MetricReader, global_norm_parts, per_variable_families, td_counts
+from dqnlab.learner import (
+    MetricReader,
+    divergence_origin,
+    global_norm_parts,
+    per_variable_families,
+    td_counts,
+)
 from dqnlab.networks import variable_tag
 from dqnlab.rundir import (
     EXPERIMENT_JSON,
@@ -710,18 +716,17 @@ class Panel:
     def _diverged(self, step: int, vector: np.ndarray) -> None:
         """Record the divergence as `dqnlab train` does, close, and raise `Diverged` (unless told not to)."""
         half_squares = vector[1:-1]
-        bad = [t for t, h in zip(self.variable_tags, half_squares, strict=True) if not np.isfinite(h)]
         weights = [
             t
             for t, v in zip(self.variable_tags, self.variables, strict=True)
             if not np.isfinite(v.numpy()).all()
         ]
-        origin = {"variable": bad[0] if bad else None, "update_in_burst": 0, "variables": bad}
+        origin = divergence_origin(self.variable_tags, half_squares, 0)
         self.info["divergence"] = {"step": step, "origin": origin, "nonfinite_weights": weights}
         if self._pending is not None:
             self._flush()
         self.info["status"] = "diverged"
-        first = f"; began in the raw gradient of {bad[0]}" if bad else ""
+        first = f"; began in the raw gradient of {origin['variable']}" if origin["variable"] else ""
         error = f"non-finite TD loss or gradient at env step {step}{first}"
         self._judge()
         self._write(error=error)
