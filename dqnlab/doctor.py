@@ -161,6 +161,11 @@ def _group(report: Report) -> dict[Arm, dict[tuple[str, str], list[tuple[RunDiag
     return arms
 
 
+def _seed_list(seeds: list[int]) -> str:
+    """Which seeds, as 'seed 3' or 'seeds 0, 1, 2' (never to be read as a count)."""
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
 def format_report(report: Report) -> str:
     lines = []
     seeds_of: dict[Arm, list[int]] = {}
@@ -181,16 +186,16 @@ def format_report(report: Report) -> str:
         for (rule, subject), hits in by_rule.items():
             run, first = hits[0]
             where = f" [{subject}]" if subject else ""
-            found_in = ", ".join(str(r.seed) for r, _ in hits)
-            lines.append(f"  {first.severity.upper()} {rule}{where}: seeds {found_in} of {len(seeds)}")
+            found_in = _seed_list([r.seed for r, _ in hits])
+            lines.append(f"  {first.severity.upper()} {rule}{where}: {len(hits)} of {count} ({found_in})")
             lines.append(
                 f"    seed {run.seed}, env steps {first.first_step:,}-{first.last_step:,}: {first.summary}"
             )
             lines.append(f"    why: {first.why}")
             lines.append(f"    fix: {first.fix}")
         for gap in dict.fromkeys(g for r in short for g in r.gaps):  # once per arm, in order
-            seeds_short = ", ".join(str(r.seed) for r in short if gap in r.gaps)
-            lines.append(f"  not enough evidence (seeds {seeds_short}): {gap}")
+            seeds_short = _seed_list([r.seed for r in short if gap in r.gaps])
+            lines.append(f"  not enough evidence ({seeds_short}): {gap}")
     if report.problems:
         lines.append("Not examined:")
         lines += [f"  {p}" for p in report.problems]

@@ -143,9 +143,8 @@ def test_a_crc_mismatch_mid_file_stops_the_read_there_and_is_reported(run, caplo
     assert line.startswith(f"{run_dir}: damaged: {path.name}: damaged event record at byte {ends[3]:,}")
     doctor = cli("doctor", str(run_dir))
     assert doctor.returncode == 1, doctor.stdout + doctor.stderr
-    assert (
-        "ERROR damaged_event_file: seeds 0 of 1" in doctor.stdout and "events_end_early" not in doctor.stdout
-    )
+    assert "ERROR damaged_event_file: 1 of 1 seed (seed 0)" in doctor.stdout
+    assert "events_end_early" not in doctor.stdout
 
 
 def test_a_crc_mismatch_in_the_last_record_is_damage_not_a_tear(run):
@@ -177,8 +176,8 @@ def test_a_done_run_whose_events_end_early_is_flagged(experiment):
     doctor = cli("doctor", str(experiment))
     assert doctor.returncode == 1, doctor.stdout + doctor.stderr
     lines = doctor.stdout.splitlines()
-    assert "  ERROR events_end_early: seeds 2 of 3" in lines, doctor.stdout
-    summary = lines[lines.index("  ERROR events_end_early: seeds 2 of 3") + 1]
+    assert "  ERROR events_end_early: 1 of 3 seeds (seed 2)" in lines, doctor.stdout
+    summary = lines[lines.index("  ERROR events_end_early: 1 of 3 seeds (seed 2)") + 1]
     assert summary.startswith(
         "    seed 2, env steps 60-100: run.json says done at 100 env steps, but its eval/return"
     )

@@ -45,7 +45,7 @@ def test_doctor_names_each_pathology_and_only_it(experiment):
 def test_doctor_command_exit_status_and_json(experiment):
     sick = dqnlab_cmd("doctor", str(experiment))
     assert sick.returncode == 1, sick.stderr
-    assert "ERROR blocked_td_gradient: seeds 0, 1, 2 of 3" in sick.stdout
+    assert "ERROR blocked_td_gradient: 3 of 3 seeds (seeds 0, 1, 2)" in sick.stdout
     assert "huber_relu on CartPole-v1 (3 seeds): healthy, no finding" in sick.stdout
     healthy = dqnlab_cmd("doctor", str(experiment / "huber_relu"), "--json")
     assert healthy.returncode == 0, healthy.stdout
@@ -148,7 +148,7 @@ def test_a_run_too_short_to_judge_is_not_enough_evidence_not_healthy(tmp_path):
     out = dqnlab_cmd("doctor", str(run))
     assert out.returncode == 3, out.stdout + out.stderr
     assert "no finding, but not enough evidence to call it healthy" in out.stdout
-    assert "not enough evidence (seeds 0): the gradient rules" in out.stdout
+    assert "not enough evidence (seed 0): the gradient rules" in out.stdout
     data = json.loads(dqnlab_cmd("doctor", str(run), "--json").stdout)
     assert data["verdict"] == "not enough evidence" and not data["healthy"]
     gaps = json.loads((run / "run.json").read_text())["final"]["doctor_not_enough_evidence"]
