@@ -13,6 +13,7 @@ in the calling thread, and a timer thread only flushes.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import socket
 import struct
@@ -38,6 +39,66 @@ def scalar_value(tag: str, value: float, with_metadata: bool = True) -> summary_
     if with_metadata:
         return summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=SCALAR_METADATA)
     return summary_pb2.Summary.Value(tag=tag, tensor=tensor)
+
+
+class ScalarEncoder:
+    """Scalar events serialized from bytes kept per tag: byte for byte what protobuf writes for an `Event` of
+    `scalar_value`s (tests/test_eventfile.py checks it), at a fifth of the cost. A measured burst writes ~60
+    scalars, and building each as three protobuf messages was ~2.4 us of its ~2.6 us (docs/performance.md).
+
+    A `Summary` is only its repeated field of values, so the serialized values one after another are the
+    serialized summary; a scalar value is its tag's fixed bytes around the value's four float32 bytes."""
+
+    # A float32 whose bytes mark where a value goes (`_frame`): they start with 0xFE, which never occurs in
+    # UTF-8 or in a length prefix this short, so no tag's bytes can hold them; `_frame` checks anyway.
+    _SENTINEL = 1.2345678e-12
+
+    def __init__(self):
+        self._framed: dict[tuple[str, bool], tuple[bytes, bytes] | None] = {}
+
+    def value(self, tag: str, value: float, with_metadata: bool) -> bytes:
+        """One serialized `Summary` holding `scalar_value(tag, value, with_metadata)`."""
+        key = (tag, with_metadata)
+        framed = self._framed[key] if key in self._framed else self._frame(key)
+        if framed is None:  # the tag's own bytes hold the sentinel's: let protobuf write it
+            return summary_pb2.Summary(value=[scalar_value(tag, value, with_metadata)]).SerializeToString()
+        try:
+            return framed[0] + _FLOAT32(value) + framed[1]
+        except OverflowError:  # beyond float32's range: protobuf stores inf, as a C cast gives
+            return framed[0] + _FLOAT32(math.copysign(math.inf, value)) + framed[1]
+
+    def _frame(self, key: tuple[str, bool]) -> tuple[bytes, bytes] | None:
+        tag, with_metadata = key
+        whole = summary_pb2.Summary(value=[scalar_value(tag, self._SENTINEL, with_metadata)])
+        whole = whole.SerializeToString()
+        marker = _FLOAT32(self._SENTINEL)
+        framed = tuple(whole.split(marker)) if whole.count(marker) == 1 else None
+        self._framed[key] = framed
+        return framed
+
+
+def scalar_event(wall_time: float, step: int, summary: bytes) -> bytes:
+    """A serialized `Event(wall_time, step, summary)` from a serialized `Summary`: the event's two numbers,
+    then its field 5 (`summary`), as protobuf orders fields by number."""
+    return (
+        event_pb2.Event(wall_time=wall_time, step=step).SerializeToString()
+        + b"\x2a"
+        + _varint(len(summary))
+        + summary
+    )
+
+
+def _varint(n: int) -> bytes:
+    """Protobuf's base-128 length prefix."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_FLOAT32 = struct.Struct("<f").pack
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -100,7 +161,11 @@ class EventFile:
         self._flusher.start()
 
     def add_event(self, event: event_pb2.Event) -> None:
-        data = record(event.SerializeToString())
+        self.add_serialized(event.SerializeToString())
+
+    def add_serialized(self, event: bytes) -> None:
+        """Append an already serialized `Event`."""
+        data = record(event)
         with self._lock:
             self._raise_background_error()
             self._file.write(data)

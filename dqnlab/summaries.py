@@ -21,7 +21,7 @@ from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 from tensorboard.plugins.text.summary_v2 import text_pb
 from tensorboard.util import tensor_util
 
-from dqnlab.eventfile import EventFile, scalar_value
+from dqnlab.eventfile import EventFile, ScalarEncoder, scalar_event
 from dqnlab.loop import EpisodeEnd, Evaluated
 
 
@@ -31,6 +31,7 @@ class Summaries:
     def __init__(self, run_dir: Path, flush_every_s: float = 10.0, history=None):
         self._writer = EventFile(run_dir, flush_every_s=flush_every_s)
         self._described: set[str] = set()  # tags whose plugin metadata this file already carries
+        self._encoder = ScalarEncoder()
         # Every scalar written, kept for the live doctor: tag -> (steps, values). ~0.5 MB per 100k steps.
         # A resumed run starts from what its earlier life logged up to the checkpoint.
         self.history: dict[str, tuple[list[int], list[float]]] = history or {}
@@ -45,27 +46,34 @@ class Summaries:
         """Scalars of one step, as one event (TensorBoard reads each value as its own tag's point)."""
         if not values:
             return
-        summary = summary_pb2.Summary()
+        step, parts, encode, described = int(step), [], self._encoder.value, self._described
         for tag, value in values.items():
             steps, kept = self.history.setdefault(tag, ([], []))
-            steps.append(int(step))
+            steps.append(step)
             kept.append(float(value))
             # TensorBoard takes a tag's plugin metadata from its first value: write it once per file.
-            summary.value.append(scalar_value(tag, value, with_metadata=tag not in self._described))
-            self._described.add(tag)
-        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+            parts.append(encode(tag, value, tag not in described))
+            described.add(tag)
+        self._writer.add_serialized(scalar_event(time.time(), step, b"".join(parts)))
 
     def metrics(self, step: int, metrics: dict) -> dict[str, float]:
         """Write a dict of tensors: scalars as scalars, arrays (the `hist/` tags) as histograms.
         Returns the scalars as floats."""
-        arrays = {tag: np.asarray(v) for tag, v in metrics.items()}
-        values = {tag: float(a) for tag, a in arrays.items() if a.ndim == 0}
+        values, arrays = {}, {}
+        for tag, v in metrics.items():
+            if type(v) is float:  # a measured burst's (`MetricValues`): no numpy round trip
+                values[tag] = v
+                continue
+            a = np.asarray(v)
+            if a.ndim == 0:
+                values[tag] = float(a)
+            else:
+                arrays[tag] = a
         self.scalars(step, values)
         wall_time = time.time()
         for tag, a in arrays.items():
-            if a.ndim > 0:
-                summary = histogram_pb(tag, a)
-                self._writer.add_event(event_pb2.Event(wall_time=wall_time, step=int(step), summary=summary))
+            summary = histogram_pb(tag, a)
+            self._writer.add_event(event_pb2.Event(wall_time=wall_time, step=int(step), summary=summary))
         return values
 
     def hparams(self, values: dict[str, bool | int | float | str]) -> None:
