@@ -530,13 +530,22 @@ def rule_divergence(series: Series, run: Mapping) -> list[Finding]:
                 "diverged": float(diverged),
                 "step": float(div_step if div_step is not None else span[0]),
             },
-            f"{what}{int(bad.sum())} measured updates had non-finite gradients{where}.",
+            f"{what}{_nonfinite_panels(int(bad.sum()), diverged)}{where}.",
             "Once one gradient entry is inf or NaN, the update writes it into the weights and every later "
             "forward and backward pass through them is non-finite too.",
             "Lower the learning rate, clip the global gradient norm (train.grad_clip_norm), use Huber, "
             "and check inputs and rewards for inf/NaN.",
         )
     ]
+
+
+def _nonfinite_panels(count: int, diverged: bool) -> str:
+    """How many measured updates (the panel's, one per measured burst) saw a non-finite gradient; none, when
+    the run diverged, says it came between them (a burst stops at its first non-finite update, which is the
+    measured one only by chance)."""
+    if count == 0 and diverged:
+        return "no measured update had a non-finite gradient (it came in an update between them)"
+    return f"{count} measured update{'' if count == 1 else 's'} had non-finite gradients"
 
 
 def _grad_nonzero(series: Series, var: str, steps: np.ndarray) -> np.ndarray:

@@ -416,6 +416,12 @@ def test_divergence_fires_on_diverged_status():
     (f,) = rule_divergence({}, run)
     assert (f.rule, f.severity, f.first_step, f.last_step) == ("divergence", "error", 30000, 30000)
     assert "hidden_0/kernel" in f.summary
+    # no measured update saw it (the divergence came between them): said so, not "0 measured updates had ..."
+    assert "no measured update had a non-finite gradient (it came in an update between them)" in f.summary
+    vals = np.zeros(N)
+    vals[[3, 7]] = [np.nan, 12.0]
+    (f,) = rule_divergence({"grad/nonfinite": measured(vals)}, run)
+    assert "2 measured updates had non-finite gradients" in f.summary
 
 
 def test_divergence_fires_on_one_nonfinite_gradient_and_not_on_clean_runs():
@@ -423,6 +429,7 @@ def test_divergence_fires_on_one_nonfinite_gradient_and_not_on_clean_runs():
     vals[100] = np.nan
     (f,) = rule_divergence({"grad/nonfinite": measured(vals)}, run_json())
     assert f.evidence["nonfinite_grad_updates"] == 1 and f.first_step == 1024 + 100 * 256
+    assert "1 measured update had non-finite gradients" in f.summary
     # near miss: a clean run, and a huge-but-finite loss spike (that is not divergence)
     s = {"grad/nonfinite": measured(np.zeros(N)), "loss/td": measured(np.r_[np.ones(N - 1), 1e30])}
     assert rule_divergence(s, run_json()) == []
