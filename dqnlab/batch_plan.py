@@ -29,7 +29,7 @@ SHARED_FIELDS = {
         "steps",
     ),  # fmt: skip
     "optimizer": ("kind",),
-    "diagnostics": ("enabled", "every"),
+    "diagnostics": ("enabled", "every", "min_measured"),
 }
 BATCHED_LOSSES = ("squared", "clipped_delta_squared", "clipped_gradient_squared", "huber")
 BATCHED_ACTIVATIONS = ("relu", "tanh", "sigmoid")

@@ -437,6 +437,7 @@ def _steps(
     start: BatchStart | None = None,
 ):
     n, train = len(cfgs), cfgs[0].train
+    measuring = Schedule.of(cfgs[0].diagnostics, train, steps, 0)  # the batch's (`batch_plan` shares it)
     policy = BatchedPolicy(cfgs[0].network.activation)
     policy.set_weights(learner.online_weights())
     alive = np.ones(n, bool) if start is None else start.alive.copy()
@@ -464,7 +465,7 @@ def _steps(
         if not live:  # the last live runs lost their envs in this step
             return
         if step >= train.learning_starts and step > refill_until and step % train.train_every == 0:
-            weights = yield from _burst(runs, learner, members, cfgs, step, updates, alive)
+            weights = yield from _burst(runs, learner, members, cfgs, measuring, step, updates, alive)
             updates += train.gradient_steps
             policy.set_weights([w.numpy() for w in weights])  # the burst's own read: no variable read
             live = everyone if alive.all() else np.flatnonzero(alive).tolist()  # a burst may mask runs
@@ -483,7 +484,16 @@ def _steps(
         yield RunEvent(CHECKPOINT, BatchCheckpointDue(counters, alive.copy(), runs, members, learner, True))
 
 
-def _burst(runs, learner: BatchedLearner, members, cfgs, step: int, updates: int, alive: np.ndarray):
+def _burst(
+    runs,
+    learner: BatchedLearner,
+    members,
+    cfgs,
+    measuring: Schedule,
+    step: int,
+    updates: int,
+    alive: np.ndarray,
+):
     """Every live run's burst at `step` in one call; each run's Updated (and Probed when due). A run whose
     burst went non-finite gets its last event (not finite) and `alive` turns false for it. Returns the
     online weights after the burst (the call's own read of them, as tensors)."""
@@ -493,8 +503,7 @@ def _burst(runs, learner: BatchedLearner, members, cfgs, step: int, updates: int
     rates = [learning_rate_at(step, cfg.optimizer) for cfg in cfgs]
     if any(scheduled):
         learner.set_learning_rates(rates)
-    every = cfgs[0].diagnostics.every if cfgs[0].diagnostics.enabled else None
-    measure = crosses(updates, k, every)
+    measure = measuring.measures(step, updates, train)
     # A masked run's slot still takes a burst (its weights stay frozen): a live run's, as its own replay
     # may be empty (its env raised on its first step).
     if runs.stacked is not None:

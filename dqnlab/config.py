@@ -238,7 +238,9 @@ class DiagnosticsConfig:
         "loss and gradient norm are still checked for divergence)"
     )
     every: int = _f(
-        "updates between logged diagnostic updates (the last update of a burst is measured)", min=1
+        "updates between measured bursts: a burst that crosses a multiple is measured (every update's burst "
+        "statistics, the per-variable panel on one update at a rotating position)",
+        min=1,
     )
     near_zero_tol: float = _f("|g| below this counts in grad_near_zero_frac (at the probes)", min=0.0)
     probe_every: int = _f("updates between activation probes and histograms; 0 turns them off", min=0)
@@ -256,6 +258,13 @@ class DiagnosticsConfig:
     )
     histograms: bool = _f("write gradient, weight and activation histograms at each probe")
     srank_delta: float = _f("srank threshold: top-k singular values reaching 1 - delta of the total", min=0.0)
+    min_measured: int = _f(
+        "measure at least this often: a burst that crosses a multiple of (steps - learning_starts) / "
+        "min_measured env steps is measured too, however far apart `every` puts them (a sparse update "
+        "cadence); 0 only `every`",
+        min=0,
+        default=0,
+    )
 
 
 SECTIONS: dict[str, type] = {

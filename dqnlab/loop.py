@@ -68,6 +68,7 @@ class Schedule:
     """When the loop measures a burst, probes and checkpoints; None is off (the one spelling of it)."""
 
     measure_every: int | None = None  # a burst is measured when it crosses a multiple of this many updates
+    measure_floor: int | None = None  # ... or of this many env steps (measuring on)
     probe_every: int | None = None  # ... probed when it crosses a multiple of this many updates
     probe_size: int = 256  # states the probe measures, drawn once
     probe_floor: int | None = None  # with probes on: at most this many env steps between two probes
@@ -77,16 +78,31 @@ class Schedule:
     def of(cls, diag: DiagnosticsConfig, train: TrainConfig, steps: int, checkpoint_every: int) -> Schedule:
         """A run's schedule from its config: `diagnostics.enabled = false` turns measuring and probing off,
         `probe_every = 0` probing only, `checkpoint_every = 0` checkpoints. The probe floor gives
-        `diagnostics.min_probes` probes over the learning part of a run of `steps` (0: no floor)."""
-        floor = None
+        `diagnostics.min_probes` probes over the learning part of a run of `steps`, the measure floor about
+        `diagnostics.min_measured` measured bursts (0: no floor)."""
+        floor = measure_floor = None
+        learning = steps - train.learning_starts
         if diag.min_probes > 0:
-            floor = max(train.train_every, (steps - train.learning_starts) // diag.min_probes)
+            floor = max(train.train_every, learning // diag.min_probes)
+        if diag.enabled and diag.min_measured > 0:
+            measure_floor = max(train.train_every, learning // diag.min_measured)
         return cls(
             measure_every=diag.every if diag.enabled else None,
+            measure_floor=measure_floor,
             probe_every=diag.probe_every if diag.enabled and diag.probe_every > 0 else None,
             probe_size=diag.probe_size,
             probe_floor=floor,
             checkpoint_every=checkpoint_every or None,
+        )
+
+    def measures(self, step: int, updates: int, train: TrainConfig) -> bool:
+        """Whether the burst at env step `step`, taking the update count from `updates` to `updates +
+        gradient_steps`, is measured: it crosses a multiple of `measure_every` updates, or of `measure_floor`
+        env steps since the burst `train_every` steps before it (no state: a resumed run measures the same
+        bursts)."""
+        return _crosses(updates, train.gradient_steps, self.measure_every) or (
+            self.measure_floor is not None
+            and _crosses(step - train.train_every, train.train_every, self.measure_floor)
         )
 
 
@@ -347,7 +363,7 @@ def _burst(
     `run_loop`); returns whether it stayed finite. `lr`: the scheduled learning rate, logged with a
     measured burst (None: a constant rate, not logged)."""
     k = cfg.gradient_steps
-    measure = _crosses(st.updates, k, schedule.measure_every)
+    measure = schedule.measures(step, st.updates, cfg)
     probe = schedule.probe_every is not None and (
         _crosses(st.updates, k, schedule.probe_every)
         or (schedule.probe_floor is not None and step - st.last_probe >= schedule.probe_floor)

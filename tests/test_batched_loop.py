@@ -74,6 +74,17 @@ def test_a_run_is_the_same_in_any_batch():
     assert_rows_close(rows_of(three, 2), rows_of(two, 1))
 
 
+def test_a_sparse_cadence_measures_the_floors_bursts_as_the_unbatched_loop_does():
+    """`every` = 1,000 updates measures no burst of a 1,000-step run (162 updates); min_measured = 8 measures
+    the first burst past each multiple of (1,000 - 200) / 8 = 100 env steps, in a batch as alone."""
+    cfgs = [config(**{"diagnostics.every": 1_000, "diagnostics.min_measured": 8}) for _ in range(2)]
+    result = run_batched(cfgs, [0, 1], ENV, 1_000)
+    schedule = Schedule.of(cfgs[0].diagnostics, cfgs[0].train, 1_000, 0)
+    bursts = range(200, 1_001, 10)  # 2 updates each
+    expected = [step for i, step in enumerate(bursts) if schedule.measures(step, 2 * i, cfgs[0].train)]
+    assert [step for step, _ in result.metric_rows] == expected == list(range(200, 1_001, 100))
+
+
 def test_replays_that_cannot_share_storage_store_their_own_and_the_runs_are_the_same():
     # Two replay capacities cannot stack (`replay.StackedReplays`): that batch stores and draws per run,
     # and each run alone (a batch of one, stacked) is the same run; the 600-transition ring wraps.

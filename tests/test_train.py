@@ -262,3 +262,27 @@ def test_every_run_of_10k_steps_gets_the_probes_the_doctor_needs(tmp_path):
     sparse = dqnlab.load_preset("relu_dead", {"train.eval_every": 0, "diagnostics.min_probes": 0})
     res = dqnlab.train(sparse, steps=10_000, logdir=tmp_path, name="sparse")
     assert [s for s, _ in res.scalars("act_dead_frac/hidden_0")] == [5888, 9984]  # probe_every's, the end
+
+
+def test_a_sparse_update_cadence_still_gets_the_measured_bursts_the_doctor_needs(tmp_path):
+    """The forward clip with one update every 100 env steps: `every` = 128 updates measures one burst in a
+    12k-step run (110 updates), too few for any gradient rule. min_measured = 8 measures the first burst past
+    each (12,000 - 1,000) / 8 = 1,375 env steps, and the doctor sees the blocked TD gradient; with 0, the
+    doctor says it has not enough evidence."""
+    from dqnlab.doctor import examine
+
+    sparse = {"train.train_every": 100, "train.gradient_steps": 1, "train.target_update_every": 100}
+    cfg = dqnlab.load_preset("clipped_delta_relu", {**sparse, "train.eval_every": 0})
+    assert cfg.diagnostics.min_measured == 8
+    res = dqnlab.train(cfg, steps=12_000, logdir=tmp_path, name="floor")
+    measured = [step for step, _ in res.scalars("td/grad_blocked_frac")]
+    # each the first burst (a multiple of 100) at or past a multiple of 1,375
+    assert measured == [1400, 2800, 4200, 5500, 6900, 8300, 9700, 11000]
+    assert {f.rule for f in examine(res.run_dir).runs[0].findings} == {"blocked_td_gradient"}
+    off = dqnlab.load_preset(
+        "clipped_delta_relu", {**sparse, "train.eval_every": 0, "diagnostics.min_measured": 0}
+    )
+    res = dqnlab.train(off, steps=12_000, logdir=tmp_path, name="every")
+    with pytest.raises(KeyError, match="not logged"):  # the 128th update would come at env step 13,700
+        res.scalars("td/grad_blocked_frac")
+    assert examine(res.run_dir).verdict == "not enough evidence"
