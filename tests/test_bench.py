@@ -191,6 +191,19 @@ def test_unknown_setting_is_refused_before_a_process_starts():
         bench.measure_in_subprocess("dqnlab", "pong", 100)
 
 
+def test_summaries_script_times_both_writers_and_finds_their_files_identical(capsys, monkeypatch):
+    """scripts/bench_summaries.py end to end (what it times is not checked here): both writers' events read
+    back the same, and the table shows both arms and the measured burst's scalar count."""
+    import bench_summaries as script
+
+    monkeypatch.setattr(bench, "limit_tf_to_one_thread", lambda: None)  # TF already runs in this process
+    assert script.main(["--events", "3", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "the two files' summaries read back: identical" in out
+    rows = [line for line in out.splitlines() if line.startswith(("per-tag bytes", "protobuf messages"))]
+    assert len(rows) == 2 and all(" 59 " in row or " 60 " in row for row in rows), out
+
+
 def test_panel_parts_script_times_every_variant_against_one_bare_call(capsys, monkeypatch):
     """scripts/bench_panel_parts.py runs end to end (a few calls; what they take is not checked here, but
     the table must show what was measured) and its partial panels compute the shipped values for what they

@@ -69,6 +69,9 @@ CASES = [
     ("bench_replay", ["--transitions", "999999999999"]),
     ("bench_replay", ["--transitions", "10"]),
     ("bench_replay", ["--batches", "abc"]),
+    # bench_summaries.py
+    ("bench_summaries", ["--events", "0"]),
+    ("bench_summaries", ["--rounds", "x"]),
     # bench_panel_parts.py (imports TensorFlow, trains nothing)
     ("bench_panel_parts", ["--hidden", "abc"]),
     ("bench_panel_parts", ["--calls", "0"]),
