@@ -295,8 +295,8 @@ def run_loop(
 ) -> Iterator[Event]:
     """Train for `steps` env steps, yielding events.
 
-    A burst is measured when it crosses a multiple of `schedule.measure_every` updates, probed when it
-    crosses a multiple of `probe_every`. With probes on, a burst is also probed when `probe_floor` env steps
+    A burst is measured when it crosses a multiple of `schedule.measure_every` updates or of `measure_floor`
+    env steps (`Schedule.measures`), probed when it crosses a multiple of `probe_every`. With probes on, a burst is also probed when `probe_floor` env steps
     have passed since the last probe, and the run's last burst always is: so a short run still gets the
     probes the doctor needs. Probe states are drawn once, at the first probe; the probes draw from replay
     with their own generator, so they never change which batches training draws. Every `checkpoint_every`
