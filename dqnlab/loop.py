@@ -298,10 +298,11 @@ def run_loop(
     A burst is measured when it crosses a multiple of `schedule.measure_every` updates or of `measure_floor`
     env steps (`Schedule.measures`), probed when it crosses a multiple of `probe_every`. With probes on, a
     burst is also probed when `probe_floor` env steps have passed since the last probe, and the run's last
-    burst always is: so a short run still gets the probes the doctor needs. Probe states are drawn once, at the first probe; the probes draw from replay
-    with their own generator, so they never change which batches training draws. Every `checkpoint_every`
-    steps a `CheckpointDue` carries the loop's state, consistent between two steps; `state_from` (such a
-    state, restored with the env, learner and replay it belongs to) continues a run."""
+    burst always is: so a short run still gets the probes the doctor needs. Probe states are drawn once, at
+    the first probe; the probes draw from replay with their own generator, so they never change which
+    batches training draws. Every `checkpoint_every` steps a `CheckpointDue` carries the loop's state,
+    consistent between two steps; `state_from` (such a state, restored with the env, learner and replay it
+    belongs to) continues a run."""
     st = state_from or LoopState.start(env, learner, seed)
     num_actions = int(env.action_space.n)
     policy = learner.policy()  # numpy copy of the online network; recurrent ones carry a state
