@@ -4,9 +4,14 @@ code before its fix."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import pytest
+
+import dqnlab
 from dqnlab.aggregate import update_aggregates
+from dqnlab.config import ConfigError
 from dqnlab.rundir import find_runs
 
 
@@ -33,3 +38,28 @@ def test_the_earlier_life_of_a_run_started_over_is_not_a_run_of_its_own(tmp_path
 def test_runs_are_found_below_a_logdir_whose_own_path_says_aggregate(tmp_path):
     run = fake_run(tmp_path / "_aggregate" / "x" / "huber_relu" / "CartPole-v1" / "seed_0")
     assert find_runs(tmp_path / "_aggregate" / "x") == [run]
+
+
+@pytest.mark.parametrize(
+    "overrides, steps, message",
+    [
+        (["train.gamma=0.5"], 300, "was started with another config (train.gamma: 0.99 -> 0.5)"),
+        ([], 600, "is done at 300 env steps; --resume continues unfinished runs and does not extend"),
+    ],
+    ids=["other-config", "more-steps"],
+)
+def test_resume_of_a_done_run_refuses_what_it_would_silently_ignore(tmp_path, overrides, steps, message):
+    """`dqnlab train --resume` of a finished run returned it as it was, exit 0, whatever --set or --steps
+    asked: another gamma, or twice the steps, and the user got the old 300-step run without a word."""
+    cfg = dqnlab.load_preset("huber_relu")
+    run = fake_run(tmp_path / "x" / "huber_relu" / "CartPole-v1" / "seed_0")
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "config": cfg.to_dict()}))
+    before = (run / "run.json").read_bytes()
+    asked = dqnlab.load_preset("huber_relu", overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        dqnlab.train(asked, seed=0, steps=steps, logdir=tmp_path, name="x", resume=True)
+    assert (run / "run.json").read_bytes() == before
+    # Asked as it was trained (or for fewer steps), it is its result.
+    for same in (300, 200):
+        assert dqnlab.train(cfg, seed=0, steps=same, logdir=tmp_path, name="x", resume=True).status == "done"
