@@ -11,6 +11,7 @@ import pytest
 
 import dqnlab
 from dqnlab.aggregate import update_aggregates
+from dqnlab.cli import build_parser
 from dqnlab.config import ConfigError
 from dqnlab.rundir import find_runs
 
@@ -63,3 +64,25 @@ def test_resume_of_a_done_run_refuses_what_it_would_silently_ignore(tmp_path, ov
     # Asked as it was trained (or for fewer steps), it is its result.
     for same in (300, 200):
         assert dqnlab.train(cfg, seed=0, steps=same, logdir=tmp_path, name="x", resume=True).status == "done"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "huber_relu", "--env", ""], "--env: expected a gymnasium id, got an empty argument"),
+        (["ab", "huber_relu", "lstm", "--env", " "], "--env: expected a gymnasium id, got an empty argument"),
+        (["train", "huber_relu", "--logdir", ""], "--logdir: expected a directory, got an empty argument"),
+        (["sweep", "huber_relu", "--name", ""], "--name: expected an experiment name, got an empty argument"),
+        (["ab", "huber_relu", "lstm", "--backend", "ray", "--ray-address", ""], "expected a Ray address"),
+    ],
+    ids=["train-env", "ab-env", "logdir", "name", "ray-address"],
+)
+def test_an_empty_argument_is_refused_not_read_as_the_default(capsys, args, message):
+    """`--env "$ENV"` with ENV unset trained the preset's own env (50k steps of CartPole); an empty --logdir
+    wrote into the current directory, an empty --name under a timestamp; an empty --ray-address reached
+    ray.init, a traceback with the experiment directory left behind. Refused as argparse refuses a typo."""
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
