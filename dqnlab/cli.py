@@ -21,6 +21,7 @@ from dqnlab.cliargs import (
     directory,
     file_name,
     int_at_least,
+    nonempty,
     one_line,
 )
 from dqnlab.config import (
@@ -40,6 +41,7 @@ _positive_int, _nonneg_int = int_at_least(1, below=MAX_INT + 1), int_at_least(0,
 # Each seed is a run per arm, with its own process and directory: the cap keeps a typo (--seeds 10**23)
 # from planning more runs than memory holds before anything starts.
 MAX_SEEDS = 10_000
+ENV_ID = nonempty("a gymnasium id")
 
 
 def _finite_float(text: str) -> float:
@@ -65,8 +67,12 @@ def _check_common(args) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive_int, help="environment steps per run (default: the preset's)")
-    p.add_argument("--logdir", default="runs", help="root of the run directories (default: runs)")
-    p.add_argument("--name", help="experiment name (default: a timestamp)")
+    p.add_argument(
+        "--logdir", type=directory, default="runs", help="root of the run directories (default: runs)"
+    )
+    p.add_argument(
+        "--name", type=nonempty("an experiment name"), help="experiment name (default: a timestamp)"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -107,7 +113,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _runs_options(p: argparse.ArgumentParser) -> None:
     """What `ab` and `sweep` share: envs, seeds, workers, backend, and the common options."""
     p.add_argument(
-        "--env", dest="envs", action="append", help="gymnasium id (repeatable; default: presets' env)"
+        "--env",
+        dest="envs",
+        action="append",
+        type=ENV_ID,
+        help="gymnasium id (repeatable; default: presets' env)",
     )
     p.add_argument(
         "--seeds",
@@ -122,7 +132,11 @@ def _runs_options(p: argparse.ArgumentParser) -> None:
         choices=["local", "ray"],
         help="where runs execute: local processes, or Ray tasks (default: local; see docs/cluster.md)",
     )
-    p.add_argument("--ray-address", help="Ray cluster to join (default: start a local Ray)")
+    p.add_argument(
+        "--ray-address",
+        type=nonempty("a Ray address (HOST:PORT)"),
+        help="Ray cluster to join (default: start a local Ray)",
+    )
     p.add_argument(
         "--batch-runs",
         type=parse_batch_runs,
@@ -145,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one preset on one env and seed")
     t.add_argument("preset", help="a name in agents/ or a path to a .toml preset")
-    t.add_argument("--env", help="gymnasium id (default: the preset's env)")
+    t.add_argument("--env", type=ENV_ID, help="gymnasium id (default: the preset's env)")
     # Below 2**31: numpy's seeds stop at 2**32, and the eval episodes seed from seed + 10_000 + step.
     t.add_argument("--seed", type=SEED, default=0)
     _common(t)

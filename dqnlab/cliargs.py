@@ -63,6 +63,18 @@ def directory(text: str) -> str:
     return text
 
 
+def nonempty(what: str):
+    """An argparse type: a non-empty value (for --env, --name, --ray-address an empty argument, as an unset
+    shell variable gives, would silently mean the default: the preset's env, a timestamp, a local Ray)."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"expected {what}, got an empty argument")
+        return text
+
+    return parse
+
+
 def file_name(text: str) -> str:
     """An argparse type: a non-empty file name (an empty one would silently write nothing)."""
     if not text.strip():

@@ -160,12 +160,18 @@ def _suffixes(series: Series, prefix: str) -> list[str]:
     return sorted(tag[len(prefix) :] for tag in series if tag.startswith(prefix))
 
 
-def _cfg(run: Mapping, *keys: str, default=None):
+def _cfg(run: Mapping, *keys: str, default=None, types: type | tuple[type, ...] | None = None):
+    """run.json's value at `keys`, or `default` when it is missing or not of `types` (by default the type of
+    `default`, any number for a number): a hand-edited run.json must not crash a rule with a TypeError."""
     node = run
     for key in keys:
         if not isinstance(node, Mapping) or key not in node:
             return default
         node = node[key]
+    if types is None and default is not None:
+        types = (int, float) if isinstance(default, (int, float)) else type(default)
+    if types is not None and (not isinstance(node, types) or (isinstance(node, bool) and types is not bool)):
+        return default
     return node
 
 
@@ -299,7 +305,7 @@ def _depth_ratio(series: Series) -> tuple[np.ndarray, np.ndarray] | None:
 
 def rule_saturated_activation(series: Series, run: Mapping) -> list[Finding]:
     """Saturated sigmoid/tanh: act_saturated_frac near 1 AND the backward signal collapsing through it."""
-    activation = _cfg(run, "config", "network", "activation")
+    activation = _cfg(run, "config", "network", "activation", types=str)
     if activation is not None and activation not in T.activation_ceiling:
         return []  # ReLU layers report 0 saturation anyway; dead units are the ReLU analogue
     ceiling = T.activation_ceiling.get(activation, 0.25)
@@ -399,7 +405,7 @@ def _late_median(series: Series, tag: str) -> float:
 
 def _vanilla_cell(run: Mapping) -> bool:
     """The run's recurrent cell is the simple (ungated) one: `config.recurrent.cell` (docs/presets.md)."""
-    recurrent = _cfg(run, "config", "recurrent", default=None) or {}
+    recurrent = _cfg(run, "config", "recurrent", types=Mapping) or {}
     return recurrent.get("cell", "simple") == "simple"
 
 
@@ -508,9 +514,9 @@ def rule_divergence(series: Series, run: Mapping) -> list[Finding]:
         bad = ~np.isfinite(vals) | (vals > 0)
     if not diverged and not bad.any():
         return []
-    div = run.get("divergence") or {}
-    weights = list(div.get("nonfinite_weights") or [])
-    div_step = div.get("step")
+    div = _cfg(run, "divergence", types=Mapping) or {}
+    weights = [str(w) for w in _cfg(div, "nonfinite_weights", types=list) or []]
+    div_step = _cfg(div, "step", types=int)
     span = _span(steps, bad) if bad.any() else (int(div_step or 0), int(div_step or 0))
     if div_step is not None:
         span = (min(span[0], int(div_step)), max(span[1], int(div_step)))
@@ -801,7 +807,7 @@ def evidence_gaps(series: Series, run: Mapping) -> list[str]:
             "the gradient rules (blocked_td_gradient, vanishing_gradient, exploding_gradient, update_ratio): "
             f"{measured or 0} measured updates in the last half of the run, need {T.min_points}"
         )
-    if (diagnostics.get("probe_every") or 0) > 0:
+    if _cfg(run, "config", "diagnostics", "probe_every", default=0) > 0:
         probes = _late_points(series, "act_")
         if probes is None or probes < T.min_points:
             gaps.append(

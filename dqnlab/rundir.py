@@ -434,6 +434,9 @@ def run_json_problem(info: Any) -> str | None:
 
 
 def find_runs(directory: str | Path) -> list[Path]:
-    """Every run directory (holding run.json) at or below `directory`, skipping aggregates."""
+    """Every run directory (holding run.json) at or below `directory`, skipping aggregates and the earlier
+    lives a run started over keeps (`<run>/earlier_lives/<n>/run.json` is a past of that run, not a run of
+    its own: read as one, it became an arm `seed_<k>/earlier_lives` in the aggregates)."""
     root = Path(directory)
-    return sorted(p.parent for p in root.rglob(RUN_JSON) if "_aggregate" not in p.parts)
+    skip = {"_aggregate", EARLIER_LIVES}
+    return sorted(p.parent for p in root.rglob(RUN_JSON) if not skip & set(p.relative_to(root).parts))

@@ -96,6 +96,17 @@ def check_same_config(previous: dict, cfg: Config, run_dir: Path) -> None:
         )
 
 
+def check_not_extended(previous: dict, steps: int, run_dir: Path) -> None:
+    """A `done` run is returned as it is: asked for more steps than it trained, that would silently be a
+    shorter run than asked for, so it is refused (resume continues unfinished runs; it never extends one)."""
+    done_at = previous.get("env_steps")
+    if previous.get("status") == "done" and isinstance(done_at, int) and steps > done_at:
+        raise ConfigError(
+            f"--resume: {run_dir} is done at {done_at:,} env steps; --resume continues unfinished runs and "
+            f"does not extend a finished one to {steps:,}: train it under a new --name"
+        )
+
+
 def flat_config(cfg: Config) -> dict[str, object]:
     """Every section value of a config as `section.key` -> value (lists stay lists)."""
     return {
@@ -218,7 +229,8 @@ def train(
     the replay buffer too with `checkpoint_replay`). `resume=True` continues the run directory of the same
     name from its latest checkpoint, with the config it was started with (a ConfigError otherwise); one
     with no checkpoint starts over, its earlier files moved to `<run_dir>/earlier_lives/<n>/`; a `done` or
-    `diverged` run is returned as is. TensorBoard and dqnlab's readers then show each step once.
+    `diverged` run is returned as is (a ConfigError when asked with another config, or a `done` one with more
+    steps than it trained). TensorBoard and dqnlab's readers then show each step once.
 
     The doctor's rules run live on what was logged so far (every 5k env steps): each finding, when it
     appears and when it grows, is written to TensorBoard's Text dashboard (`doctor/findings`), to run.json
@@ -286,6 +298,8 @@ def _resolve_start(
     if resume and (run_dir / RUN_JSON).is_file():
         previous = previous_run_json(run_dir)
         if previous.get("status") in ("done", "diverged"):
+            check_same_config(previous, cfg, run_dir)  # other --set values would be silently ignored
+            check_not_extended(previous, steps, run_dir)
             return read_run(run_dir)
         if process_is_alive(previous):  # two processes must never write one run directory
             raise ConfigError(f"--resume: {run_dir} is still training (process {previous['pid']})")

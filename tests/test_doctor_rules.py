@@ -17,6 +17,7 @@ from dqnlab.doctor_rules import (
     THRESHOLDS,
     Finding,
     diagnose,
+    evidence_gaps,
     rule_blocked_td_gradient,
     rule_dead_relu,
     rule_divergence,
@@ -635,3 +636,47 @@ def test_too_few_points_is_not_enough_evidence_not_health():
         "diagnostics were off (diagnostics.enabled = false): no rule could judge the backward pass"
     ]
     assert evidence_gaps(few, {"status": "done"}) == []  # not a dqnlab run.json: nothing to expect
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a hand-edited run.json
+
+
+@pytest.mark.parametrize("wrong", ["x", [1], {"a": 1}, True])
+def test_config_values_of_the_wrong_type_in_run_json_are_ignored_not_a_crash(wrong):
+    """`dqnlab doctor` on a run.json whose config was edited by hand: every value a rule reads, of a wrong
+    type, is read as missing (its default) -- it was a TypeError or AttributeError traceback."""
+    spikes = np.full(60, 5.0)
+    spikes[[20, 35, 50]] = 600.0
+    series = {
+        **saturated_series(),
+        **bptt(1.5),
+        "grad_norm/preclip_global": measured(spikes),
+        "rnn/spectral_radius": measured(np.full(20, 1.4)),
+        "act_dormant_frac/hidden_0": probed([0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6]),
+    }
+    paths = [
+        ("network", "activation"),
+        ("network", "kind"),
+        ("recurrent",),
+        ("loss", "bound"),
+        ("train", "grad_clip_norm"),
+        ("train", "gamma"),
+        ("diagnostics", "dormant_tau"),
+        ("diagnostics", "probe_every"),
+    ]
+    for path in paths:
+        divergence = {"step": 30000, "nonfinite_weights": ["hidden_0/kernel"]}
+        run = run_json(status="diverged", divergence=divergence)
+        run["config"]["network"]["kind"] = "rnn"
+        run["config"]["recurrent"] = {"cell": "simple"}
+        *sections, key = path
+        node = run["config"]
+        for section in sections:
+            node = node[section]
+        node[key] = wrong
+        diagnose(series, run)
+        evidence_gaps(series, run)
+    for divergence in ({"step": wrong, "nonfinite_weights": wrong}, wrong):
+        (f,) = rule_divergence({}, run_json(status="diverged", divergence=divergence))
+        assert f.rule == "divergence"

@@ -1,0 +1,88 @@
+"""Cases found by a robustness sweep over what the rest of the suite does not name: each test fails on the
+code before its fix."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import dqnlab
+from dqnlab.aggregate import update_aggregates
+from dqnlab.cli import build_parser
+from dqnlab.config import ConfigError
+from dqnlab.rundir import find_runs
+
+
+def fake_run(run_dir: Path, status: str = "done") -> Path:
+    run_dir.mkdir(parents=True)
+    info = {"preset": "huber_relu", "env": "CartPole-v1", "seed": 0, "status": status, "env_steps": 300}
+    (run_dir / "run.json").write_text(json.dumps(info))
+    return run_dir
+
+
+def test_the_earlier_life_of_a_run_started_over_is_not_a_run_of_its_own(tmp_path):
+    """`--resume` of a run with no checkpoint moves its files to <run>/earlier_lives/1/, run.json too: read
+    as a run, it became an arm named `seed_0/earlier_lives` in the experiment's aggregates."""
+    exp = tmp_path / "x"
+    run = fake_run(exp / "huber_relu" / "CartPole-v1" / "seed_0")
+    fake_run(run / "earlier_lives" / "1", status="running")
+    assert find_runs(exp) == [run]
+    update_aggregates(exp)
+    assert sorted(p.relative_to(exp).as_posix() for p in (exp / "_aggregate").glob("*/*")) == [
+        "_aggregate/huber_relu/CartPole-v1"
+    ]
+
+
+def test_runs_are_found_below_a_logdir_whose_own_path_says_aggregate(tmp_path):
+    run = fake_run(tmp_path / "_aggregate" / "x" / "huber_relu" / "CartPole-v1" / "seed_0")
+    assert find_runs(tmp_path / "_aggregate" / "x") == [run]
+
+
+@pytest.mark.parametrize(
+    "overrides, steps, message",
+    [
+        (["train.gamma=0.5"], 300, "was started with another config (train.gamma: 0.99 -> 0.5)"),
+        ([], 600, "is done at 300 env steps; --resume continues unfinished runs and does not extend"),
+    ],
+    ids=["other-config", "more-steps"],
+)
+def test_resume_of_a_done_run_refuses_what_it_would_silently_ignore(tmp_path, overrides, steps, message):
+    """`dqnlab train --resume` of a finished run returned it as it was, exit 0, whatever --set or --steps
+    asked: another gamma, or twice the steps, and the user got the old 300-step run without a word."""
+    cfg = dqnlab.load_preset("huber_relu")
+    run = fake_run(tmp_path / "x" / "huber_relu" / "CartPole-v1" / "seed_0")
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "config": cfg.to_dict()}))
+    before = (run / "run.json").read_bytes()
+    asked = dqnlab.load_preset("huber_relu", overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        dqnlab.train(asked, seed=0, steps=steps, logdir=tmp_path, name="x", resume=True)
+    assert (run / "run.json").read_bytes() == before
+    # Asked as it was trained (or for fewer steps), it is its result.
+    for same in (300, 200):
+        assert dqnlab.train(cfg, seed=0, steps=same, logdir=tmp_path, name="x", resume=True).status == "done"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "huber_relu", "--env", ""], "--env: expected a gymnasium id, got an empty argument"),
+        (["ab", "huber_relu", "lstm", "--env", " "], "--env: expected a gymnasium id, got an empty argument"),
+        (["train", "huber_relu", "--logdir", ""], "--logdir: expected a directory, got an empty argument"),
+        (["sweep", "huber_relu", "--name", ""], "--name: expected an experiment name, got an empty argument"),
+        (["ab", "huber_relu", "lstm", "--backend", "ray", "--ray-address", ""], "expected a Ray address"),
+    ],
+    ids=["train-env", "ab-env", "logdir", "name", "ray-address"],
+)
+def test_an_empty_argument_is_refused_not_read_as_the_default(capsys, args, message):
+    """`--env "$ENV"` with ENV unset trained the preset's own env (50k steps of CartPole); an empty --logdir
+    wrote into the current directory, an empty --name under a timestamp; an empty --ray-address reached
+    ray.init, a traceback with the experiment directory left behind. Refused as argparse refuses a typo."""
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
