@@ -21,6 +21,15 @@ def test_presets_lists_every_preset_with_its_description():
     assert all(len(line.split(None, 1)) == 2 for line in lines)
 
 
+def test_python_dash_m_dqnlab_is_the_dqnlab_command():
+    out = subprocess.run([sys.executable, "-m", "dqnlab", "presets"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == dqnlab_cmd("presets").stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "dqnlab", "doctor", "/no/such/dir"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no such directory" in bad.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
