@@ -56,7 +56,7 @@ from dqnlab.loop import (
 )
 from dqnlab.networks import NUMPY_ACTIVATIONS
 from dqnlab.optimizers import learning_rate_at
-from dqnlab.replay import StackedReplays
+from dqnlab.replay import StackedReplays, nonfinite_env_data
 
 
 class BatchedPolicy:
@@ -522,7 +522,8 @@ def _burst(
         metrics = out.metrics[i] if measure else {}
         if metrics and scheduled[i]:
             metrics = {**metrics, LR_TAG: rates[i]}
-        yield RunEvent(int(i), Updated(step, updates + k, metrics, finite))
+        env_data = {} if finite else nonfinite_env_data(runs.samplers[i].replay)
+        yield RunEvent(int(i), Updated(step, updates + k, metrics, finite, env_data))
         if not finite:
             alive[i] = False
         elif members is not None and members.probe_due(i, step, updates):

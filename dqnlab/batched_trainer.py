@@ -144,7 +144,8 @@ class Member:
     def judge(self, status: str, origin: dict | None = None) -> None:
         """Where a divergence began (`origin`), the doctor's verdict (done, diverged)."""
         if status in ("done", "diverged") and not self.judged:
-            judge(status, FrozenAtDivergence(origin), self.summaries, self.run_json, self.live)
+            env_data = self.recorder.nonfinite_env_data if self.recorder is not None else None
+            judge(status, FrozenAtDivergence(origin), self.summaries, self.run_json, self.live, env_data)
         self.judged = True
 
     def save(self, due: BatchCheckpointDue, i: int) -> None:

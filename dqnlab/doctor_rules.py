@@ -523,8 +523,23 @@ def rule_divergence(series: Series, run: Mapping) -> list[Finding]:
     # Live (status still 'running'), the stop comes right after: say only what was measured.
     what = f"run ended 'diverged' at step {div_step}; " if diverged else ""
     origin = div.get("origin") if isinstance(div.get("origin"), Mapping) else {}
+    env_data = _env_data(_cfg(div, "nonfinite_env_data", types=Mapping))
+    # the data were not finite: the env's divergence, whatever the gradient then did
+    cause = f"; {env_data_phrase(env_data)}: the env's, not the network's" if env_data else ""
     began = f"; it began in the raw gradient of {origin['variable']}" if origin.get("variable") else ""
-    where = began + (f"; non-finite weights: {', '.join(weights)}" if weights else "")
+    where = cause + began + (f"; non-finite weights: {', '.join(weights)}" if weights else "")
+    why, fix = (
+        "Once one gradient entry is inf or NaN, the update writes it into the weights and every later "
+        "forward and backward pass through them is non-finite too.",
+        "Lower the learning rate, clip the global gradient norm (train.grad_clip_norm), use Huber, "
+        "and check inputs and rewards for inf/NaN.",
+    )
+    if env_data:
+        why = (
+            "A NaN or inf observation or reward makes its TD error non-finite, and the update writes it "
+            "into the weights: no learning rate, clip or loss can prevent it."
+        )
+        fix = "Fix the env (or wrap it to check each step's observation and reward with np.isfinite)."
     return [
         _make(
             "divergence",
@@ -535,14 +550,31 @@ def rule_divergence(series: Series, run: Mapping) -> list[Finding]:
                 "nonfinite_grad_updates": float(bad.sum()),
                 "diverged": float(diverged),
                 "step": float(div_step if div_step is not None else span[0]),
+                "nonfinite_env_entries": float(sum(env_data.values())),
             },
             f"{what}{_nonfinite_panels(int(bad.sum()), diverged)}{where}.",
-            "Once one gradient entry is inf or NaN, the update writes it into the weights and every later "
-            "forward and backward pass through them is non-finite too.",
-            "Lower the learning rate, clip the global gradient norm (train.grad_clip_norm), use Huber, "
-            "and check inputs and rewards for inf/NaN.",
+            why,
+            fix,
         )
     ]
+
+
+def _env_data(env_data) -> dict[str, int]:
+    """run.json's `divergence.nonfinite_env_data` (field -> count), its well-formed nonzero entries."""
+    if not isinstance(env_data, Mapping):
+        return {}
+    return {
+        str(k): v for k, v in env_data.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0
+    }
+
+
+def env_data_phrase(env_data: Mapping | None) -> str:
+    """'the env put non-finite values in replay (1 in rewards, 4 in next_obs)', or '' for none."""
+    env_data = _env_data(env_data)
+    if not env_data:
+        return ""
+    counts = ", ".join(f"{count} in {name}" for name, count in env_data.items())
+    return f"the env put non-finite values in replay ({counts})"
 
 
 def _nonfinite_panels(count: int, diverged: bool) -> str:

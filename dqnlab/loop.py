@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -25,6 +25,7 @@ import numpy as np
 
 from dqnlab.config import DiagnosticsConfig, TrainConfig, is_atari_env
 from dqnlab.optimizers import learning_rate_feed
+from dqnlab.replay import nonfinite_env_data
 
 
 class Policy(Protocol):
@@ -122,6 +123,9 @@ class Updated:
     updates: int  # updates done so far, this burst included
     metrics: Mapping  # tag -> float; empty unless diagnostics were measured
     finite: bool
+    nonfinite_env_data: Mapping = field(
+        default_factory=dict
+    )  # not finite: what the env put in replay that is
 
 
 @dataclass(frozen=True)
@@ -375,7 +379,7 @@ def _burst(
     policy.set_weights([w.numpy() for w in out.weights])
     finite = bool(out.finite)
     metrics = out.metrics if lr is None or not out.metrics else {**out.metrics, LR_TAG: lr}
-    yield Updated(step, st.updates, metrics, finite)
+    yield Updated(step, st.updates, metrics, finite, {} if finite else nonfinite_env_data(sampler.replay))
     if finite and probe:
         with sampler.replay.drawing_from(st.probe_rng):
             if st.probe_inputs is None:

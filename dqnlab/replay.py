@@ -208,3 +208,22 @@ class StackedReplays:
     def _flat(self, name: str) -> np.ndarray:
         array = getattr(self, name)
         return array.reshape(-1, *array.shape[2:])  # [N * C, ...]: a view
+
+
+# What an env gave a replay, by the replays' field names (not what the network computed: the RNN's stored
+# states would be non-finite after a divergence it caused).
+ENV_DATA_FIELDS = ("obs", "next_obs", "rewards", "reward")
+
+
+def nonfinite_env_data(replay) -> dict[str, int]:
+    """field -> count of non-finite entries the env put in `replay` (only fields that have some): a NaN or
+    inf observation or reward reaches the loss, and the divergence it causes is the env's, not the
+    network's. Looked at only when a run diverges; integer frames (Atari) cannot hold one."""
+    found = {}
+    for name in ENV_DATA_FIELDS:
+        data = getattr(replay, name, None)
+        if isinstance(data, np.ndarray) and np.issubdtype(data.dtype, np.floating):
+            count = int(data.size - np.count_nonzero(np.isfinite(data)))
+            if count:
+                found[name] = count
+    return found

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +27,7 @@ from dqnlab.checkpoint import CheckpointError
 from dqnlab.components import describe
 from dqnlab.config import Config, ConfigError, check_env_fits
 from dqnlab.doctor import LiveDoctor, warning_line
-from dqnlab.doctor_rules import Finding
+from dqnlab.doctor_rules import Finding, env_data_phrase
 from dqnlab.envs import make_env
 from dqnlab.events import read_series
 from dqnlab.kinds import make_learner, make_replay, make_sampler
@@ -426,8 +426,9 @@ def _run(
                 checkpoint.save(run_json.path.parent, loop_state.step, learner.state_arrays(), bundle)
                 run_json.write("running")  # its counters as of this checkpoint: how far a killed run got
 
-            status = consume(loop, EventRecorder(summaries, run_json, progress, live, save_checkpoint))
-            judge(status, learner, summaries, run_json, live)
+            recorder = EventRecorder(summaries, run_json, progress, live, save_checkpoint)
+            status = consume(loop, recorder)
+            judge(status, learner, summaries, run_json, live, recorder.nonfinite_env_data)
             if status == "done" and checkpoint_every:
                 save_checkpoint(
                     start.loop_state
@@ -443,12 +444,20 @@ def _run(
         raise
 
 
-def judge(status: str, learner, summaries: Summaries, run_json: RunJson, live: LiveDoctor) -> None:
-    """The run's end: where a divergence began, and the doctor's verdict on the whole run (run.json's
-    `final.doctor` and `final.doctor_not_enough_evidence`, and the Text dashboard's `doctor/verdict`)."""
+def judge(
+    status: str,
+    learner,
+    summaries: Summaries,
+    run_json: RunJson,
+    live: LiveDoctor,
+    env_data: Mapping[str, int] | None = None,
+) -> None:
+    """The run's end: where a divergence began (`env_data`: the non-finite entries the env had put in
+    replay, when it diverged), and the doctor's verdict on the whole run (run.json's `final.doctor` and
+    `final.doctor_not_enough_evidence`, and the Text dashboard's `doctor/verdict`)."""
     info = run_json.info
     if status == "diverged":
-        info["divergence"] = _divergence(learner, info["env_steps"])
+        info["divergence"] = _divergence(learner, info["env_steps"], env_data)
     info["status"] = status  # the verdict judges the run as it ended, as `dqnlab doctor` will
     verdict, gaps = live.verdict(summaries.history)
     run_json.final["doctor"] = [f.to_dict() for f in verdict]
@@ -461,9 +470,11 @@ def divergence_line(info: dict) -> str:
     """run.json's `error` for a diverged run: where it stopped, and where the non-finite values began."""
     divergence = info["divergence"]
     origin = divergence["origin"] or {}
+    env = env_data_phrase(divergence.get("nonfinite_env_data"))
+    cause = f"; {env}: the env's, not the network's" if env else ""
     first = f"; began in the raw gradient of {origin['variable']}" if origin.get("variable") else ""
     bad = divergence["nonfinite_weights"]
-    where = f"{first}; non-finite weights: {', '.join(bad)}" if bad else first
+    where = f"{cause}{first}; non-finite weights: {', '.join(bad)}" if bad else cause + first
     return f"non-finite TD loss or gradient in the burst ending at env step {info['env_steps']}{where}"
 
 
@@ -492,14 +503,17 @@ def history_until(run_dir: Path, step: int) -> dict[str, tuple[list[int], list[f
     return history
 
 
-def _divergence(learner, step: int) -> dict:
+def _divergence(learner, step: int, env_data: Mapping[str, int] | None) -> dict:
     """run.json's `divergence`: the step; where it began (`origin`: the first update of the burst whose loss
     or raw gradient went non-finite, and the variables whose raw gradient did, in model order: with
-    clipping, the NaN then spreads to every variable); and the variables whose weights ended non-finite."""
+    clipping, the NaN then spreads to every variable); the variables whose weights ended non-finite; and
+    `nonfinite_env_data`, the non-finite entries the env had put in replay by field (empty: the data were
+    finite, and the divergence is the learning's own)."""
     return {
         "step": step,
         "origin": learner.nonfinite_origin(),
         "nonfinite_weights": learner.nonfinite_variables(),
+        "nonfinite_env_data": dict(env_data or {}),
     }
 
 
@@ -548,6 +562,7 @@ class EventRecorder:
         # build, the tracing and the acting before learning_starts, and after --resume the earlier lives'
         # steps).
         self.perf_mark: tuple[float, int, int] | None = None
+        self.nonfinite_env_data: dict[str, int] = {}  # what the env put in replay, when the run diverged
 
     def handle(self, event) -> str | None:
         """Write one event; keep run.json's counters current. Returns 'diverged' when the run ends here."""
@@ -565,6 +580,7 @@ class EventRecorder:
                 final["diagnostics"] = summaries.metrics(event.step, event.metrics)
                 self._perf(event)
             if not event.finite:
+                self.nonfinite_env_data = dict(event.nonfinite_env_data)
                 return "diverged"
             self.live.maybe_check(event.step, summaries.history)
         elif isinstance(event, Probed):

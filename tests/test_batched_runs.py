@@ -118,6 +118,31 @@ def test_a_member_whose_env_raises_fails_and_the_others_finish(tmp_path, monkeyp
     assert failed["error"] == "RuntimeError: the simulator crashed" and "Traceback" in failed["traceback"]
 
 
+class NaNRewardEnv(RaisingEnv):
+    """Its `at`-th step gives a NaN reward."""
+
+    def step(self, action):
+        self._steps += 1
+        obs, reward, terminated, truncated, info = self._env.step(action)
+        return obs, float("nan") if self._steps == self._at else reward, terminated, truncated, info
+
+
+def test_a_member_whose_env_gives_a_nan_reward_diverges_and_names_the_env(tmp_path, monkeypatch):
+    made = []
+
+    def make(env_id, seed=None, **kwargs):
+        env = make_env(env_id, seed=seed, **kwargs)
+        made.append(env)
+        return NaNRewardEnv(env, 700) if len(made) == 2 else env
+
+    monkeypatch.setattr(batched_loop, "make_env", make)
+    results = train_batch([spec("huber_relu", s, tmp_path, "n", steps=3_000) for s in (0, 1, 2)])
+    assert [r.status for r in results] == ["done", "diverged", "done"]
+    diverged = info(results[1].run_dir)
+    assert diverged["divergence"]["nonfinite_env_data"] == {"rewards": 1}
+    assert "(1 in rewards): the env's, not the network's" in diverged["error"]
+
+
 def test_batched_ab_makes_runs_that_compare_and_doctor_read(tmp_path):
     args = ["ab", "huber_relu", "squared_relu", "--seeds", "2", "--steps", "2000", "--workers", "1"]
     out = dqnlab_cmd(

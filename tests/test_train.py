@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import gymnasium
 import numpy as np
 import pytest
 from metrics_doc import undocumented
@@ -286,3 +287,44 @@ def test_a_sparse_update_cadence_still_gets_the_measured_bursts_the_doctor_needs
     with pytest.raises(KeyError, match="not logged"):  # the 128th update would come at env step 13,700
         res.scalars("td/grad_blocked_frac")
     assert examine(res.run_dir).verdict == "not enough evidence"
+
+
+class NaNRewardCartPole(gymnasium.Wrapper):
+    """CartPole whose env step 1,500 (counted over the env's life) gives a NaN reward."""
+
+    def __init__(self):
+        super().__init__(gymnasium.make("CartPole-v1"))
+        self.steps = 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        return obs, float("nan") if self.steps == 1_500 else reward, terminated, truncated, info
+
+
+def test_a_divergence_the_env_caused_is_blamed_on_the_env_not_the_network(tmp_path):
+    """A NaN reward reaches the loss through replay: run.json's divergence counts the env's non-finite data
+    (1 in rewards), its error line and the doctor's finding name the env and its fix; a divergence of the
+    learning's own (a learning rate of 1e12) counts none and keeps the usual fix."""
+    from dqnlab.doctor import examine
+
+    gymnasium.register("dqnlab-test/NaNRewardCartPole-v0", entry_point=NaNRewardCartPole)
+    small = {"train.eval_every": 0, "train.learning_starts": 1_000, "network.hidden": [32, 32]}
+    cfg = dqnlab.load_preset("huber_relu", small)
+    res = dqnlab.train(cfg, env="dqnlab-test/NaNRewardCartPole-v0", steps=4_000, logdir=tmp_path, name="nan")
+    info = json.loads((res.run_dir / "run.json").read_text())
+    assert info["status"] == "diverged"
+    assert info["divergence"]["nonfinite_env_data"] == {"rewards": 1}
+    assert (
+        "the env put non-finite values in replay (1 in rewards): the env's, not the network's"
+        in info["error"]
+    )
+    (finding,) = [f for f in examine(res.run_dir).runs[0].findings if f.rule == "divergence"]
+    assert "(1 in rewards): the env's, not the network's" in finding.summary and "Fix the env" in finding.fix
+    assert finding.evidence["nonfinite_env_entries"] == 1
+    lr = dqnlab.load_preset("huber_relu", {**small, "optimizer.learning_rate": 1e12})
+    res = dqnlab.train(lr, steps=2_000, logdir=tmp_path, name="lr")
+    info = json.loads((res.run_dir / "run.json").read_text())
+    assert info["status"] == "diverged" and info["divergence"]["nonfinite_env_data"] == {}
+    (finding,) = [f for f in examine(res.run_dir).runs[0].findings if f.rule == "divergence"]
+    assert "env" not in finding.summary and finding.fix.startswith("Lower the learning rate")
