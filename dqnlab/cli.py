@@ -307,7 +307,7 @@ def _train(args) -> int:
     check_experiment_path(args.logdir, name)
     run_dir = run_dir_for(args.logdir, name, cfg.name, env_id, args.seed)
     if args.resume:  # refused here, not after TensorFlow's 6 s of import
-        check_resumable(run_dir)
+        check_resumable(run_dir, args.steps or cfg.train.steps)
     else:
         check_run_dir_free(run_dir)
     from tqdm import tqdm

@@ -223,13 +223,18 @@ def check_run_dir_free(run_dir: Path) -> None:
         )
 
 
-def check_resumable(run_dir: Path) -> None:
+def check_resumable(run_dir: Path, steps: int | None = None) -> None:
     """Before `--resume` writes in `run_dir`: not a symbolic link, and writable (with its checkpoints)
-    unless it is finished (`done` and `diverged` runs are read, never written)."""
+    unless it is finished (`done` and `diverged` runs are read, never written); a `done` one not asked for
+    more than its steps (`check_not_extended`)."""
     refuse_link(run_dir)
     for sub in _RUN_SUBDIRS:
         refuse_link(run_dir / sub)
-    if not run_dir.is_dir() or _finished(run_dir):
+    if not run_dir.is_dir():
+        return
+    if _finished(run_dir):
+        if steps is not None:
+            check_not_extended(json.loads((run_dir / RUN_JSON).read_text()), steps, run_dir)
         return
     for directory in (run_dir, run_dir / _RUN_SUBDIRS[0]):
         if directory.is_dir() and not os.access(directory, os.W_OK | os.X_OK):
@@ -440,3 +445,14 @@ def find_runs(directory: str | Path) -> list[Path]:
     root = Path(directory)
     skip = {"_aggregate", EARLIER_LIVES}
     return sorted(p.parent for p in root.rglob(RUN_JSON) if not skip & set(p.relative_to(root).parts))
+
+
+def check_not_extended(previous: dict, steps: int, run_dir: Path) -> None:
+    """A `done` run is returned as it is: asked for more steps than it trained, that would silently be a
+    shorter run than asked for, so it is refused (resume continues unfinished runs; it never extends one)."""
+    done_at = previous.get("env_steps")
+    if previous.get("status") == "done" and isinstance(done_at, int) and steps > done_at:
+        raise ConfigError(
+            f"--resume: {run_dir} is done at {done_at:,} env steps; --resume continues unfinished runs and "
+            f"does not extend a finished one to {steps:,}: train it under a new --name"
+        )

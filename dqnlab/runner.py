@@ -178,7 +178,7 @@ def plan_arms(
                 )
                 specs.append(spec)
                 if resume:  # a new experiment's run directories cannot exist: its directory is claimed
-                    check_resumable(run_dir_for(logdir, experiment, cfg.name, env_id, seed))
+                    check_resumable(run_dir_for(logdir, experiment, cfg.name, env_id, seed), n)
     return specs, configs
 
 

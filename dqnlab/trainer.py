@@ -48,6 +48,7 @@ from dqnlab.rundir import (
     RUN_JSON,
     RunResult,
     check_experiment_path,
+    check_not_extended,
     claim_run_dir,
     default_experiment_name,
     package_versions,
@@ -93,17 +94,6 @@ def check_same_config(previous: dict, cfg: Config, run_dir: Path) -> None:
         raise ConfigError(
             f"--resume: {run_dir} was started with another config ({shown}{more}); resume it with the same "
             "preset and --set values, or start a new --name"
-        )
-
-
-def check_not_extended(previous: dict, steps: int, run_dir: Path) -> None:
-    """A `done` run is returned as it is: asked for more steps than it trained, that would silently be a
-    shorter run than asked for, so it is refused (resume continues unfinished runs; it never extends one)."""
-    done_at = previous.get("env_steps")
-    if previous.get("status") == "done" and isinstance(done_at, int) and steps > done_at:
-        raise ConfigError(
-            f"--resume: {run_dir} is done at {done_at:,} env steps; --resume continues unfinished runs and "
-            f"does not extend a finished one to {steps:,}: train it under a new --name"
         )
 
 

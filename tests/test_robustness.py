@@ -86,3 +86,27 @@ def test_an_empty_argument_is_refused_not_read_as_the_default(capsys, args, mess
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+def test_ab_and_train_resume_refuse_to_extend_a_done_run_before_anything_starts(tmp_path):
+    """`ab --resume --steps 600` of runs done at 300 came back with the 300-step runs and exit 0 (the runner
+    settles a finished run before the trainer could refuse it); `train --resume` refused only after
+    TensorFlow's import. Both now refuse in one line, exit 2, nothing written; as trained, they still
+    return the runs."""
+    from helpers import FAST, dqnlab_cmd
+
+    common = ["--seeds", "1", "--workers", "1", "--logdir", str(tmp_path), "--name", "e", "--quiet", *FAST]
+    first = dqnlab_cmd("ab", "huber_relu", "squared_relu", "--steps", "300", *common)
+    assert first.returncode == 0, first.stderr
+    exp = tmp_path / "e"
+    before = {p: p.read_bytes() for p in exp.rglob("*.json")}
+    longer = dqnlab_cmd("ab", "huber_relu", "squared_relu", "--steps", "600", "--resume", *common)
+    assert longer.returncode == 2 and longer.stderr.count("\n") == 1, longer.stderr
+    assert "is done at 300 env steps; --resume continues unfinished runs and does not extend" in longer.stderr
+    assert {p: p.read_bytes() for p in exp.rglob("*.json")} == before
+    again = dqnlab_cmd("ab", "huber_relu", "squared_relu", "--steps", "300", "--resume", *common)
+    assert again.returncode == 0, again.stderr
+    args = ["--steps", "300", "--logdir", str(tmp_path), "--name", "t", "--quiet", *FAST]
+    assert dqnlab_cmd("train", "huber_relu", *args).returncode == 0
+    refused = dqnlab_cmd("train", "huber_relu", *args[:1], "600", *args[2:], "--resume")
+    assert refused.returncode == 2 and "is done at 300 env steps" in refused.stderr, refused.stderr
