@@ -79,6 +79,7 @@ from dqnlab.trainer import (
     judge,
     make_deterministic,
     new_run_info,
+    no_learning_line,
     previous_run_json,
     report_finding,
     resumed_info,
@@ -241,6 +242,8 @@ def train_batch(
                 continue
             say = (lambda line, i=i: warn(i, line)) if warn else _log.warning
             member.open((lambda step, ret, i=i: progress(i, step, ret)) if progress else None, say)
+            if (idle := no_learning_line(cfgs[i], first.steps)) is not None:
+                say(idle)
         events = batched_events(
             cfgs,
             seeds,

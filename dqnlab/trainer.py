@@ -243,6 +243,8 @@ def train(
     eval_env = make_env(env_id, atari=cfg.atari, evaluation=True)  # Atari: the real score, unclipped
     run_dir = run_dir_for(logdir, name, cfg.name, env_id, seed)
     say = warn or _log.warning
+    if (idle := no_learning_line(cfg, steps)) is not None:
+        say(idle)
     try:
         start = _resolve_start(cfg, env_id, seed, steps, run_dir, train_env, resume, deterministic, say)
         if isinstance(start, RunResult):  # resumed a finished run: its result is what it logged
@@ -454,6 +456,18 @@ def judge(
     run_json.final["doctor_not_enough_evidence"] = gaps
     summaries.text(info["env_steps"], "doctor/verdict", verdict_markdown(verdict, gaps))
     summaries.flush()
+
+
+def no_learning_line(cfg: Config, steps: int) -> str | None:
+    """A warning for a run too short to learn: `steps` at or below `train.learning_starts` runs no update
+    (it acts, fills replay and evaluates), so the doctor will have no evidence either."""
+    starts = cfg.train.learning_starts
+    if steps > starts:
+        return None
+    return (
+        f"warning: {steps:,} env steps <= train.learning_starts {starts:,}: no update will run (the run only "
+        "acts and fills replay), and the doctor will have no evidence"
+    )
 
 
 def divergence_line(info: dict) -> str:

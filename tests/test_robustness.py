@@ -110,3 +110,18 @@ def test_ab_and_train_resume_refuse_to_extend_a_done_run_before_anything_starts(
     assert dqnlab_cmd("train", "huber_relu", *args).returncode == 0
     refused = dqnlab_cmd("train", "huber_relu", *args[:1], "600", *args[2:], "--resume")
     assert refused.returncode == 2 and "is done at 300 env steps" in refused.stderr, refused.stderr
+
+
+def test_a_run_too_short_to_learn_is_warned_about(tmp_path):
+    """--steps at or below learning_starts trained nothing, said nothing and ended `done`: now one warning
+    line says no update will run (a run one step past it gets none)."""
+    said = []
+    cfg = dqnlab.load_preset("huber_relu", {"train.eval_every": 0, "train.learning_starts": 300})
+    res = dqnlab.train(cfg, steps=300, logdir=tmp_path, name="short", warn=said.append)
+    assert res.status == "done" and said == [
+        "warning: 300 env steps <= train.learning_starts 300: no update will run (the run only acts and "
+        "fills replay), and the doctor will have no evidence"
+    ]
+    said.clear()
+    dqnlab.train(cfg, steps=301, logdir=tmp_path, name="long", warn=said.append)
+    assert not [line for line in said if "no update will run" in line]
