@@ -215,7 +215,9 @@ class TrainConfig:
     gamma: float = _f("discount factor", min=0.0, max=1.0)
     target_update_every: int = _f("environment steps between target-network updates", min=1)
     target_tau: float = _f(
-        "target update weight: 1.0 copies (hard), < 1 is Polyak averaging", min=0.0, max=1.0
+        "target update weight: 1.0 copies (hard), < 1 is Polyak averaging; 0 is refused (it never updates)",
+        min=0.0,
+        max=1.0,
     )
     double_dqn: bool = _f("pick the bootstrap action with the online network (van Hasselt et al. 2016)")
     epsilon_start: float = _f("exploration epsilon at step 0", min=0.0, max=1.0)
@@ -449,6 +451,11 @@ def _cross_check(cfg: Config, source: str) -> None:
     if t.batch_size > cfg.replay.capacity:
         raise ConfigError(
             f"{source}: train.batch_size {t.batch_size} exceeds replay.capacity {cfg.replay.capacity}"
+        )
+    if t.target_tau == 0:  # Polyak averaging with weight 0: the target network would never move
+        raise ConfigError(
+            f"{source} train.target_tau: 0 never updates the target network; use 1.0 (hard copies) or a "
+            "Polyak weight in (0, 1)"
         )
 
 

@@ -37,6 +37,7 @@ def test_python_dash_m_dqnlab_is_the_dqnlab_command():
         (["train", "huber_relu", "--env", "NoSuchEnv-v0"], "unknown environment id 'NoSuchEnv-v0'"),
         (["train", "huber_relu", "--env", "Pendulum-v1"], "discrete action space"),
         (["train", "huber_relu", "--set", "train.gama=0.9"], "unknown key 'gama'"),
+        (["train", "huber_relu", "--set", "train.target_tau=0"], "0 never updates the target network"),
         (["train", "huber_relu", "--set", "train.steps=lots"], "expected an integer"),
         (["train", "huber_relu", "--set", "nonsense"], "expected section.key=value"),
         (["train", "huber_relu", "--steps", "-5"], "must be >= 1"),
