@@ -123,7 +123,8 @@ def _draw_env(axes, env: EnvComparison, panels) -> None:
         ax.set_xlabel("env step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
+    if axes[0].get_legend_handles_labels()[0]:  # no curve (no run logged this panel's tag): no legend
+        axes[0].legend(fontsize=7, loc="best")
 
 
 def figure_png(comparison: Comparison) -> bytes:

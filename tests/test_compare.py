@@ -401,3 +401,19 @@ def test_the_saturated_panel_only_where_an_arm_can_saturate(tmp_path):
     assert figure_png(compare(with_sigmoid)).startswith(b"\x89PNG")
     # An RNN cell's tanh counts; a simple cell on ReLU in a ReLU network does not.
     assert can_saturate(LSTM) and not can_saturate(RELU_RNN) and not can_saturate(RELU)
+
+
+def test_a_plot_of_runs_that_logged_no_eval_return_has_no_legend_warning(tmp_path):
+    """Runs that never evaluated (a divergence before the first evaluation) draw no eval curve: the plot
+    is written without matplotlib's 'No artists with labels' warning on stderr."""
+    import warnings
+
+    from dqnlab.plots import figure_png
+
+    exp = tmp_path / "exp"
+    write_run(
+        exp / "huber_relu" / "CartPole-v1" / "seed_0", "huber_relu", 0, {"loss/td": [(10, 1.0), (20, 0.5)]}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        assert figure_png(compare(exp)).startswith(b"\x89PNG")
