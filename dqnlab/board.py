@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from dqnlab.cliargs import not_a_directory
 from dqnlab.config import ConfigError
 from dqnlab.events import tensorboard_without_tensorflow
 
@@ -101,7 +102,7 @@ def serve(
     files, a host or port TensorBoard could not listen on) raises ConfigError before TensorBoard starts."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ConfigError(f"no such directory: {directory}")
+        raise ConfigError(not_a_directory(directory))
     if not any(directory.rglob("events.out.tfevents.*")):
         raise ConfigError(f"{directory} holds no TensorBoard event files (is it a dqnlab run or experiment?)")
     check_address(host, port)

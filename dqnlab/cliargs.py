@@ -124,3 +124,10 @@ def output_file_problem(path: str | Path | None, force: bool, flag: str) -> str 
     if path.exists() and not force:
         return f"{flag} {path} exists; pass --force to overwrite it"
     return None
+
+
+def not_a_directory(path: Path) -> str:
+    """Why `path`, which is not a directory, cannot be read as one: it does not exist, or it is a file."""
+    if path.exists():
+        return f"{path} is a file, not a directory (give a run or experiment directory)"
+    return f"no such directory: {path}"

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dqnlab.aggregate import AGGREGATE_DIR
+from dqnlab.cliargs import not_a_directory
 from dqnlab.config import ConfigError
 from dqnlab.events import Series, read_series_checked
 from dqnlab.rundir import EXPERIMENT_JSON, RUN_JSON, process_is_gone, read_run
@@ -108,7 +109,7 @@ def load_run_dirs(directory: str | Path) -> tuple[list[Path], list[str]]:
     line for each seed directory that is broken (no run.json, or one that does not read or parse)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ConfigError(f"no such directory: {directory}")
+        raise ConfigError(not_a_directory(directory))
     if (directory / RUN_JSON).is_file() or directory.name.startswith("seed_"):
         candidates = [directory]
     else:

@@ -351,6 +351,7 @@ def test_compare_command_json_plot_and_bad_input(experiment, tmp_path):
     empty.mkdir()
     for args, message in [
         ((str(tmp_path / "missing"),), "no such directory"),
+        ((str(html),), "report.html is a file, not a directory"),
         ((str(empty),), "holds no dqnlab runs"),
         ((str(experiment), "--plot", "x.pdf"), "--plot wants a .png or .html"),
         ((str(experiment), "--plot", str(html)), "exists; pass --force to overwrite it"),
