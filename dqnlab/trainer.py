@@ -231,6 +231,8 @@ def train(
     configure_device(device)
     if deterministic:
         make_deterministic()
+    if env is not None and not env.strip():  # an unset variable, not the preset's env (as --env "")
+        raise ConfigError("env: expected a gymnasium id, got an empty string")
     env_id = env or cfg.env
     steps = int(steps if steps is not None else cfg.train.steps)
     if steps < 1:

@@ -125,3 +125,9 @@ def test_a_run_too_short_to_learn_is_warned_about(tmp_path):
     said.clear()
     dqnlab.train(cfg, steps=301, logdir=tmp_path, name="long", warn=said.append)
     assert not [line for line in said if "no update will run" in line]
+
+
+def test_the_python_api_refuses_an_empty_env_as_the_cli_does(tmp_path):
+    with pytest.raises(ConfigError, match="env: expected a gymnasium id, got an empty string"):
+        dqnlab.train(dqnlab.load_preset("huber_relu"), env=" ", steps=10, logdir=tmp_path, name="e")
+    assert not (tmp_path / "e").exists()
