@@ -220,11 +220,12 @@ def _check_experiment_json(
     try:
         started = json.loads(path.read_text())
         was = {"presets": sorted(started["presets"]), "envs": sorted(started["envs"])}
-        was["overrides"] = list(started["overrides"])
+        if "overrides" in started:  # `train` writes none: its run.json's config is checked run by run
+            was["overrides"] = list(started["overrides"])
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return  # unreadable: the run directories are still checked one by one
     asked = {"presets": sorted(presets), "envs": sorted(envs), "overrides": list(overrides)}
-    differs = [k for k in asked if was[k] != asked[k]]
+    differs = [k for k in was if was[k] != asked[k]]
     if differs:
         shown = "; ".join(f"{k}: {was[k]} -> {asked[k]}" for k in differs)
         raise ConfigError(

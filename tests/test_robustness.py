@@ -131,3 +131,17 @@ def test_the_python_api_refuses_an_empty_env_as_the_cli_does(tmp_path):
     with pytest.raises(ConfigError, match="env: expected a gymnasium id, got an empty string"):
         dqnlab.train(dqnlab.load_preset("huber_relu"), env=" ", steps=10, logdir=tmp_path, name="e")
     assert not (tmp_path / "e").exists()
+
+
+def test_ab_resume_of_an_experiment_train_made_checks_its_arms(tmp_path):
+    """`train` writes experiment.json without `overrides`: the whole check was skipped, and `ab --resume`
+    took any arms into it. Its presets and envs are checked now."""
+    from helpers import FAST, dqnlab_cmd
+
+    args = ["--steps", "200", "--logdir", str(tmp_path), "--name", "t", "--quiet", *FAST]
+    assert dqnlab_cmd("train", "huber_relu", *args).returncode == 0
+    other = dqnlab_cmd("ab", "squared_relu", "relu_dead", "--resume", "--workers", "1", *args)
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+    assert "was started with other presets (presets: ['huber_relu'] -> ['relu_dead', 'squared_relu'])" in (
+        other.stderr
+    )
