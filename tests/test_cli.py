@@ -327,14 +327,31 @@ def test_a_killed_run_is_recorded_failed_and_the_others_finish(tmp_path):
 def test_deterministic_reruns_log_identical_scalars(tmp_path):
     from dqnlab.events import read_series
 
+    args = ["train", "huber_relu", "--steps", "1500", "--deterministic", "--logdir", str(tmp_path)]
+    args += ["--quiet", "--set", "diagnostics.probe_every=64"]
+    # The two reruns side by side (one thread each in deterministic mode): each on its own core.
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "dqnlab.cli", *args, "--name", name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b")
+    }
     logged = []
-    for name in ("a", "b"):
-        args = ["train", "huber_relu", "--steps", "1500", "--deterministic", "--logdir", str(tmp_path)]
-        out = dqnlab_cmd(*args, "--name", name, "--quiet", "--set", "diagnostics.probe_every=64")
-        assert out.returncode == 0, out.stderr
-        run = next((tmp_path / name).rglob("seed_0"))
-        assert json.loads((run / "run.json").read_text())["deterministic"] is True
-        logged.append({t: v.tolist() for t, (_, v) in read_series(run).items() if not t.startswith("perf/")})
+    try:
+        for name, proc in procs.items():
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err
+            run = next((tmp_path / name).rglob("seed_0"))
+            assert json.loads((run / "run.json").read_text())["deterministic"] is True
+            series = read_series(run).items()
+            logged.append({t: v.tolist() for t, (_, v) in series if not t.startswith("perf/")})
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.communicate(timeout=60)
     assert len(logged[0]) > 50 and logged[0] == logged[1]  # every tag, every value, bit for bit
 
 

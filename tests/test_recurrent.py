@@ -144,6 +144,7 @@ def experiment(tmp_path_factory):
     out = dqnlab_cmd(
         "ab", *ARMS, "--seeds", "1", "--steps", "4000", "--logdir", str(logdir), "--name", "x", "--quiet",
         "--set", "diagnostics.probe_every=64",
+        "--workers", "3",  # the three arms at once: in two rounds on 2 cores, one would idle in the second
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     return logdir / "x"

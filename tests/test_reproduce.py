@@ -17,7 +17,7 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("post")
     # A quarter of the short budgets, one seed, probes every ~250 env steps so short runs still have enough.
     run_studies(
-        out, seeds=1, full=False, workers=2, quiet=True, scale=0.25, extra=("diagnostics.probe_every=128",)
+        out, seeds=1, full=False, workers=3, quiet=True, scale=0.25, extra=("diagnostics.probe_every=128",)
     )
     results = collect(out)
     md, page = write_report(out, results, "test")

@@ -10,6 +10,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from helpers import assert_same_run, dqnlab_cmd, kill_after_first_checkpoint, points_after_purge, start
 
 from dqnlab import checkpoint
@@ -19,15 +20,23 @@ TRAIN += ["--checkpoint-replay", "--quiet", "--set", "diagnostics.probe_every=25
 
 
 def test_sigkill_then_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
-    assert dqnlab_cmd(*TRAIN, "--logdir", str(tmp_path), "--name", "whole").returncode == 0
+    # The uninterrupted run trains beside the killed one and its resume (both deterministic, one thread
+    # each: a second core would otherwise sit idle).
+    uninterrupted = start([*TRAIN, "--logdir", str(tmp_path), "--name", "whole"])
+    try:
+        proc = start([*TRAIN, "--logdir", str(tmp_path), "--name", "cut"])
+        cut = tmp_path / "cut" / "huber_relu" / "CartPole-v1" / "seed_0"
+        at = kill_after_first_checkpoint(cut, proc)
+        info = json.loads((cut / "run.json").read_text())
+        assert info["status"] == "running" and at < 20_000  # killed mid-run: nothing recorded it
+        out = dqnlab_cmd(*TRAIN, "--logdir", str(tmp_path), "--name", "cut", "--resume")
+        assert out.returncode == 0, out.stderr
+        _, err = uninterrupted.communicate(timeout=600)
+        assert uninterrupted.returncode == 0, err
+    finally:
+        uninterrupted.kill()
+        uninterrupted.communicate(timeout=60)
     whole = next((tmp_path / "whole").rglob("seed_0"))
-    proc = start([*TRAIN, "--logdir", str(tmp_path), "--name", "cut"])
-    cut = tmp_path / "cut" / "huber_relu" / "CartPole-v1" / "seed_0"
-    at = kill_after_first_checkpoint(cut, proc)
-    info = json.loads((cut / "run.json").read_text())
-    assert info["status"] == "running" and at < 20_000  # killed mid-run: nothing recorded it
-    out = dqnlab_cmd(*TRAIN, "--logdir", str(tmp_path), "--name", "cut", "--resume")
-    assert out.returncode == 0, out.stderr
     info = json.loads((cut / "run.json").read_text())
     assert info["status"] == "done" and info["env_steps"] == 20_000 and info["resumed_from"] == [at]
     # Every step exactly once, in TensorBoard's reading of the two event files.
@@ -76,9 +85,20 @@ def test_resume_completes_an_experiment_with_a_killed_run(tmp_path):
 SHORT = ["--steps", "300", "--quiet", "--set", "train.learning_starts=100", "--set", "train.eval_every=0"]
 
 
-def short_run(tmp_path, *extra: str) -> Path:
-    out = dqnlab_cmd("train", "huber_relu", *SHORT, "--logdir", str(tmp_path), "--name", "x", *extra)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """One short finished run, checkpointed (every 200 steps: its checkpoint is its last step's, 300),
+    trained once for the module; `short_run` gives each test its own copy to kill, damage and resume."""
+    logdir = tmp_path_factory.mktemp("finished")
+    out = dqnlab_cmd("train", "huber_relu", *SHORT, "--logdir", str(logdir), "--name", "x",
+                     "--checkpoint-every", "200")  # fmt: skip
     assert out.returncode == 0, out.stderr
+    return logdir / "x"
+
+
+def short_run(tmp_path, finished: Path) -> Path:
+    """The experiment `x` of one finished 300-step run, as `train ... --checkpoint-every 200` left it."""
+    shutil.copytree(finished, tmp_path / "x")
     return tmp_path / "x" / "huber_relu" / "CartPole-v1" / "seed_0"
 
 
@@ -89,8 +109,8 @@ def as_if_killed(run: Path, keep_checkpoint: bool) -> None:
         shutil.rmtree(run / "checkpoints")
 
 
-def test_resume_without_a_checkpoint_starts_over_and_keeps_the_earlier_life(tmp_path):
-    run = short_run(tmp_path)
+def test_resume_without_a_checkpoint_starts_over_and_keeps_the_earlier_life(tmp_path, finished):
+    run = short_run(tmp_path, finished)
     before = {p.name: p.read_bytes() for p in run.glob("events.out.tfevents.*")}
     as_if_killed(run, keep_checkpoint=False)
     out = dqnlab_cmd("train", "huber_relu", *SHORT, "--logdir", str(tmp_path), "--name", "x", "--resume")
@@ -102,8 +122,8 @@ def test_resume_without_a_checkpoint_starts_over_and_keeps_the_earlier_life(tmp_
     assert json.loads((run / "run.json").read_text())["status"] == "done"
 
 
-def test_resume_refuses_another_config_and_damaged_checkpoints_changing_nothing(tmp_path):
-    run = short_run(tmp_path, "--checkpoint-every", "200")
+def test_resume_refuses_another_config_and_damaged_checkpoints_changing_nothing(tmp_path, finished):
+    run = short_run(tmp_path, finished)
     as_if_killed(run, keep_checkpoint=True)
     snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     resume = ["train", "huber_relu", *SHORT, "--logdir", str(tmp_path), "--name", "x", "--resume"]
@@ -164,11 +184,11 @@ def test_resume_refuses_a_run_that_is_still_training(tmp_path):
         proc.communicate(timeout=60)
 
 
-def test_two_resumes_from_one_checkpoint_are_both_recorded(tmp_path):
+def test_two_resumes_from_one_checkpoint_are_both_recorded(tmp_path, finished):
     """`resumed_from` comes from run.json, not from the checkpoint: a run killed twice before its next
     checkpoint was resumed twice from the same step, and says so. The second resume re-saves the same step,
     replacing the checkpoint in place."""
-    run = short_run(tmp_path, "--checkpoint-every", "200")
+    run = short_run(tmp_path, finished)
     resume = ["train", "huber_relu", *SHORT, "--logdir", str(tmp_path), "--name", "x", "--resume"]
     for _ in range(2):
         as_if_killed(run, keep_checkpoint=True)
@@ -180,8 +200,8 @@ def test_two_resumes_from_one_checkpoint_are_both_recorded(tmp_path):
     assert checkpoint.load(run).step == 300
 
 
-def test_resume_refuses_a_malformed_run_json_and_restarts_a_bare_claim(tmp_path):
-    run = short_run(tmp_path, "--checkpoint-every", "200")
+def test_resume_refuses_a_malformed_run_json_and_restarts_a_bare_claim(tmp_path, finished):
+    run = short_run(tmp_path, finished)
     resume = ["train", "huber_relu", *SHORT, "--logdir", str(tmp_path), "--name", "x", "--resume"]
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**info, "status": "running", "config": "oops"}))
