@@ -103,15 +103,20 @@ class RaisingEnv:
         self._env.close()
 
 
-def test_a_member_whose_env_raises_fails_and_the_others_finish(tmp_path, monkeypatch):
+def wrap_the_second_env(monkeypatch, wrap) -> None:
+    """The second env the batch makes (its second member's) is `wrap(env)`; the others are as made."""
     made = []
 
     def make(env_id, seed=None, **kwargs):
         env = make_env(env_id, seed=seed, **kwargs)
         made.append(env)
-        return RaisingEnv(env, 700) if len(made) == 2 else env
+        return wrap(env) if len(made) == 2 else env
 
     monkeypatch.setattr(batched_loop, "make_env", make)
+
+
+def test_a_member_whose_env_raises_fails_and_the_others_finish(tmp_path, monkeypatch):
+    wrap_the_second_env(monkeypatch, lambda env: RaisingEnv(env, 700))
     results = train_batch([spec("huber_relu", s, tmp_path, "f", steps=1_500) for s in (0, 1, 2)])
     assert [r.status for r in results] == ["done", "failed", "done"]
     failed = info(results[1].run_dir)
@@ -128,14 +133,7 @@ class NaNRewardEnv(RaisingEnv):
 
 
 def test_a_member_whose_env_gives_a_nan_reward_diverges_and_names_the_env(tmp_path, monkeypatch):
-    made = []
-
-    def make(env_id, seed=None, **kwargs):
-        env = make_env(env_id, seed=seed, **kwargs)
-        made.append(env)
-        return NaNRewardEnv(env, 700) if len(made) == 2 else env
-
-    monkeypatch.setattr(batched_loop, "make_env", make)
+    wrap_the_second_env(monkeypatch, lambda env: NaNRewardEnv(env, 700))
     results = train_batch([spec("huber_relu", s, tmp_path, "n", steps=3_000) for s in (0, 1, 2)])
     assert [r.status for r in results] == ["done", "diverged", "done"]
     diverged = info(results[1].run_dir)
