@@ -245,12 +245,12 @@ def train(
     eval_env = make_env(env_id, atari=cfg.atari, evaluation=True)  # Atari: the real score, unclipped
     run_dir = run_dir_for(logdir, name, cfg.name, env_id, seed)
     say = warn or _log.warning
-    if (idle := no_learning_line(cfg, steps)) is not None:
-        say(idle)
     try:
         start = _resolve_start(cfg, env_id, seed, steps, run_dir, train_env, resume, deterministic, say)
         if isinstance(start, RunResult):  # resumed a finished run: its result is what it logged
             return start
+        if (idle := no_learning_line(cfg, steps)) is not None:  # said once the run really starts
+            say(idle)
         keep_replay = start.sampler.replay if checkpoint_replay else None
         _run(start, cfg, (train_env, eval_env), seed, steps, checkpoint_every, keep_replay, progress, say)
     finally:

@@ -340,6 +340,15 @@ def test_resume_into_a_read_only_run_directory_is_refused_changing_nothing(finis
                        "--resume")  # fmt: skip
     refused(out, f"--resume: cannot write in {run}: it is not writable")
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    # The same run as an `ab` experiment's (its experiment.json as `ab huber_relu squared_relu` writes it:
+    # `ab --resume` continues only the experiment it was started as).
+    experiment_json = tmp_path / "x" / "experiment.json"
+    started = json.loads(experiment_json.read_text())
+    overrides = [value for flag, value in zip(FAST[::2], FAST[1::2], strict=True) if flag == "--set"]
+    experiment_json.write_text(
+        json.dumps({**started, "presets": ["huber_relu", "squared_relu"], "overrides": overrides})
+    )
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     out = in_namespace([run], [], "ab", "huber_relu", "squared_relu", "--seeds", "1", *SHORT,
                        "--logdir", str(tmp_path), "--name", "x", "--resume")  # fmt: skip
     refused(out, f"--resume: cannot write in {run}: it is not writable")
