@@ -353,6 +353,7 @@ def pong_run(tmp_path_factory):
             "diagnostics.every": 25,
             "diagnostics.probe_every": 100,
             "diagnostics.min_probes": 0,  # probe_every's schedule alone (and the end probe)
+            "diagnostics.min_measured": 0,  # every's schedule alone
             "diagnostics.probe_size": 32,
         },
     )
