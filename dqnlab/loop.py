@@ -123,9 +123,8 @@ class Updated:
     updates: int  # updates done so far, this burst included
     metrics: Mapping  # tag -> float; empty unless diagnostics were measured
     finite: bool
-    nonfinite_env_data: Mapping = field(
-        default_factory=dict
-    )  # not finite: what the env put in replay that is
+    # When not finite: the env's non-finite entries in replay, by field (`replay.nonfinite_env_data`).
+    nonfinite_env_data: Mapping = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
