@@ -11,6 +11,11 @@ That method is private, so `Compiled` checks it once, when it traces, before any
 warning. The check never calls the traced function itself, whose calls have side effects (an optimizer
 update): it reads the function's signature and graph inputs, and compares the two entry points on a probe
 function without side effects, once per process.
+
+A function's first call runs TF's graph optimizer (Grappler) on it, and on a CPU-only process four of its
+steps do nothing for these graphs but cost every compiled function's first call (`lean_call_options`):
+`Compiled` calls with options that leave them out, set for its own call only (TF reads them per thread, per
+call), so a user's own TF code in the same process keeps TF's defaults.
 """
 
 from __future__ import annotations
@@ -24,8 +29,21 @@ import numpy as np
 
 from dqnlab._tf import tf
 
+try:  # private: used only through `lean_call_options`, which checks what it needs
+    from tensorflow.python.eager import context as tf_context
+except ImportError:  # pragma: no cover - a TensorFlow that moved it: TF's own options
+    tf_context = None
+
 FAST_ENTRY = "_call_flat"  # the private ConcreteFunction method the fast path calls (spelled out there)
 FAST_ENTRY_PARAMETERS = ["tensor_inputs", "captured_inputs"]  # what it takes, as the fast path passes them
+# Grappler's steps that `Compiled`'s calls leave out on a CPU-only process (`lean_call_options`): a
+# RewriterConfig field and its value (a string names one of RewriterConfig's enum values).
+LEFT_OUT = {
+    "meta_optimizer_iterations": "ONE",  # its second round
+    "disable_tfg_optimizer": True,  # the TFG (MLIR) pipeline
+    "memory_optimization": "NO_MEM_OPT",  # swapping to host memory, for GPUs
+    "layout_optimizer": "OFF",  # converts no layout on a CPU
+}
 
 
 class Compiled:
@@ -36,6 +54,7 @@ class Compiled:
         self._specs = [(tuple(spec.shape), np.dtype(spec.dtype.as_numpy_dtype)) for spec in specs]
         problem = fast_path_problem(self.concrete, specs)
         self._fast = problem is None
+        self._options = lean_call_options()
         if problem is not None:
             warnings.warn(
                 f"dqnlab.compiled: {problem}; calling through ConcreteFunction.__call__ instead "
@@ -53,9 +72,52 @@ class Compiled:
                     f"argument {i} is {array.dtype}{list(array.shape)}, but this function was traced for "
                     f"{dtype}{list(shape)}: shapes are fixed once traced"
                 )
+        if self._options is None:
+            return self._call(arrays)
+        context = tf_context.context()
+        saved, context.function_call_options = context.function_call_options, self._options
+        try:
+            return self._call(arrays)
+        finally:
+            context.function_call_options = saved
+
+    def _call(self, arrays):
         if not self._fast:
             return self.concrete(*arrays)
         return self.concrete._call_flat([tf.constant(a) for a in arrays], self.concrete.captured_inputs)
+
+
+@functools.cache
+def lean_call_options():
+    """The function-call options `Compiled` calls with: this thread's, less four Grappler steps that leave a
+    dqnlab graph as it was on a CPU-only process; None (TF's own) on a process that sees a GPU, or where this
+    TensorFlow's call options cannot be read (then with one warning).
+
+    Measured on the 256-256 MLP's measured burst of 128 updates (TF_CPP_VMODULE=meta_optimizer=1 and
+    docs/performance.md): the meta optimizer's second round removes 16 of ~880 nodes, the TFG pipeline,
+    the memory optimizer (GPU swapping) and the layout optimizer (no conversion on a CPU) none, and together
+    they cost the burst's first call ~85 ms, the probe's ~25 ms, a plain burst's ~30 ms. The values computed
+    are the same bits (tests/test_compiled.py; every scalar of six presets' runs, docs/performance.md). With
+    a GPU the layout optimizer is what puts convolutions in the GPU's layout, so TF's defaults stay.
+    """
+    if tf.config.list_logical_devices("GPU"):
+        return None
+    try:
+        config = tf.compat.v1.ConfigProto()
+        config.ParseFromString(tf_context.context().function_call_options.config_proto_serialized)
+        rewrite = config.graph_options.rewrite_options
+        for field, value in LEFT_OUT.items():
+            setattr(rewrite, field, getattr(type(rewrite), value) if isinstance(value, str) else value)
+        return tf_context.FunctionCallOptions(config_proto=config)
+    except Exception as err:  # any failure of a private API is a reason to leave it
+        first_line = next(iter(str(err).splitlines()), "")
+        warnings.warn(
+            f"dqnlab.compiled: TF's function-call options cannot be set ({type(err).__name__}: "
+            f"{first_line}); TF's default graph optimizations instead (same results, slower first calls)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
 
 
 def fast_path_problem(concrete, specs: Sequence[tf.TensorSpec]) -> str | None:

@@ -130,3 +130,81 @@ def test_the_check_calls_nothing_so_an_update_is_applied_once_per_call():
     assert float(counter.numpy()) == 0.0  # traced and checked: the side effect has not run
     fn(np.ones(2, np.float32))
     assert float(counter.numpy()) == 2.0
+
+
+# ---- the call options: TF's own, less four Grappler steps, for Compiled's calls only --------------------
+
+
+def _rewrite_options(options):
+    config = tf.compat.v1.ConfigProto()
+    config.ParseFromString(options.config_proto_serialized)
+    return config.graph_options.rewrite_options
+
+
+def test_on_a_cpu_the_calls_leave_out_the_four_grappler_steps_and_nothing_else():
+    from tensorflow.python.eager import context
+
+    lean = _rewrite_options(compiled.lean_call_options())
+    default = _rewrite_options(context.context().function_call_options)
+    assert lean.meta_optimizer_iterations == type(lean).ONE
+    assert lean.disable_tfg_optimizer and lean.memory_optimization == type(lean).NO_MEM_OPT
+    assert lean.layout_optimizer == type(lean).OFF
+    for field in compiled.LEFT_OUT:
+        lean.ClearField(field)
+        default.ClearField(field)
+    assert lean == default  # constant folding, the remapper's fusions, pruning...: TF's own
+
+
+def test_a_call_sets_the_options_for_itself_only_even_when_it_raises():
+    from tensorflow.python.eager import context
+
+    before = context.context().function_call_options
+    checked_log = Compiled(lambda x: tf.debugging.check_numerics(tf.math.log(x), "log"), [
+        tf.TensorSpec([2], tf.float32)
+    ])  # fmt: skip
+    assert np.array_equal(checked_log(np.ones(2, np.float32)).numpy(), [0, 0])
+    assert context.context().function_call_options is before
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        checked_log(-np.ones(2, np.float32))
+    assert context.context().function_call_options is before  # a user's own calls keep TF's defaults
+
+
+def test_a_learner_computes_the_same_bits_with_tf_default_options(monkeypatch):
+    """The steps left out change no value: a measured burst, a plain one and a probe, bit for bit."""
+    from tests.helpers import OBS, batch, tiny_learner
+
+    def run():
+        learner = tiny_learner("clipped_delta_squared")
+        measured = learner.update(batch(8), True)
+        plain = learner.update(batch(8), False)
+        one = batch(1)
+        probe = learner.probe(np.tile(OBS, (4, 1)), type(one)(*(x[0] for x in one)))
+        weights = [w.numpy() for w in plain.weights]
+        return measured.metrics, weights, {tag: np.asarray(v) for tag, v in probe.items()}
+
+    lean = run()
+    monkeypatch.setattr(compiled, "lean_call_options", lambda: None)
+    default = run()
+    assert lean[0] == default[0]
+    for a, b in zip(lean[1], default[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert lean[2].keys() == default[2].keys()
+    for tag in lean[2]:
+        np.testing.assert_array_equal(lean[2][tag], default[2][tag])
+
+
+def test_with_a_gpu_or_without_the_private_options_tf_defaults(monkeypatch, recwarn):
+    compiled.lean_call_options.cache_clear()
+    gpu = lambda kind=None: ["/GPU:0"] if kind == "GPU" else []  # noqa: E731
+    monkeypatch.setattr(tf.config, "list_logical_devices", gpu)
+    assert compiled.lean_call_options() is None and _compiled_warnings(recwarn) == []
+    compiled.lean_call_options.cache_clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(compiled, "tf_context", None)  # as if TensorFlow had moved its context module
+    assert compiled.lean_call_options() is None
+    (warning,) = _compiled_warnings(recwarn)
+    assert "TF's default graph optimizations instead" in str(warning.message)
+    compiled.lean_call_options.cache_clear()
+    _, fn = _affine()
+    assert fn._options is None and _calls(fn)[0][1] == 15.0  # and the calls still work
+    compiled.lean_call_options.cache_clear()
