@@ -121,18 +121,22 @@ class Summaries:
 
 def histogram_pb(tag: str, data: np.ndarray, buckets: int = 30) -> summary_pb2.Summary:
     """A TensorBoard histogram summary, as TensorBoard's own `histogram_pb` writes it: `buckets`
-    equal-width buckets over [min, max] as a [buckets, 3] tensor of (left edge, right edge, count).
-    Counted with `np.histogram`, an order of magnitude faster than TensorBoard's one-hot version
-    (docs/performance.md); tests/test_summaries.py checks the two agree."""
+    equal-width buckets over [min, max] as a [buckets, 3] tensor of (left edge, right edge, count), a value
+    in bucket floor((value - min) / width), the maximum in the last. TensorBoard's bucketing, counted with
+    `np.bincount` instead of its one-hot matrix: ~30x faster, and ~2x faster than `np.histogram`, whose own
+    edge rounding may put a value on an edge in the next bucket (docs/performance.md); tests/test_summaries.py
+    checks the two agree."""
     data = np.asarray(data, np.float64).ravel()
     if data.size == 0:
         table = np.zeros((buckets, 3))
-    elif data.min() == data.max():  # all mass in the last bucket, as TensorBoard does
+    elif (low := data.min()) == (high := data.max()):  # all mass in the last bucket, as TensorBoard does
         counts = np.zeros(buckets)
         counts[-1] = data.size
-        table = np.stack([np.full(buckets, data.min()), np.full(buckets, data.min()), counts], axis=1)
+        table = np.stack([np.full(buckets, low), np.full(buckets, low), counts], axis=1)
     else:
-        counts, edges = np.histogram(data, bins=buckets, range=(data.min(), data.max()))
+        index = np.floor((data - low) / ((high - low) / buckets)).astype(np.int64)
+        counts = np.bincount(np.minimum(index, buckets - 1, out=index), minlength=buckets)
+        edges = np.linspace(low, high, buckets + 1)
         table = np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
     summary = summary_pb2.Summary()
     summary.value.add(

@@ -20,10 +20,13 @@ def table(summary) -> np.ndarray:
     [
         np.random.default_rng(0).normal(size=10_000),
         np.random.default_rng(1).integers(0, 5, size=1_000).astype(float),  # values on bucket edges
+        # Values on bucket edges where `np.histogram`'s own edge rounding puts one a bucket away from
+        # TensorBoard's floor((value - min) / width) (the fast version counted with it until #18).
+        np.arange(6) * 0.7,
         np.full(17, 3.5),  # constant
         np.array([]),
     ],
-    ids=["normal", "integers", "constant", "empty"],
+    ids=["normal", "integers", "edge_rounding", "constant", "empty"],
 )
 def test_histogram_matches_tensorboards(data):
     ours, theirs = table(histogram_pb("t", data)), table(tensorboard_histogram_pb("t", data))
