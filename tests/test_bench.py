@@ -204,6 +204,27 @@ def test_summaries_script_times_both_writers_and_finds_their_files_identical(cap
     assert len(rows) == 2 and all(" 59 " in row or " 60 " in row for row in rows), out
 
 
+def test_first_calls_script_times_both_option_sets_and_finds_the_same_bits(capsys, monkeypatch):
+    """scripts/bench_first_calls.py end to end, its processes run here (what it times is not checked): every
+    timing row for both option sets, and the values computed under TF's defaults and Compiled's options
+    digest alike."""
+    import bench_first_calls as script
+
+    from dqnlab import compiled
+
+    monkeypatch.setattr(bench, "limit_tf_to_one_thread", lambda: None)  # TF already runs in this process
+    # A process under TF's defaults replaces Compiled's options for good: put them back after the test.
+    monkeypatch.setattr(compiled, "lean_call_options", compiled.lean_call_options)
+    monkeypatch.setattr(
+        bench, "run_child", lambda script_path, flag, spec, marker, what: script._measure(spec)
+    )
+    assert script.main(["--repeats", "1", "--calls", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "every value computed: the same bits under both option sets" in out
+    timed = [line for line in out.splitlines() if line.startswith(("plain ", "measured "))]
+    assert len(timed) == 3 + 5 and all(line.count(" ms") == 2 for line in timed), out
+
+
 def test_panel_parts_script_times_every_variant_against_one_bare_call(capsys, monkeypatch):
     """scripts/bench_panel_parts.py runs end to end (a few calls; what they take is not checked here, but
     the table must show what was measured) and its partial panels compute the shipped values for what they

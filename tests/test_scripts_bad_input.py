@@ -72,6 +72,9 @@ CASES = [
     # bench_summaries.py
     ("bench_summaries", ["--events", "0"]),
     ("bench_summaries", ["--rounds", "x"]),
+    # bench_first_calls.py
+    ("bench_first_calls", ["--repeats", "0"]),
+    ("bench_first_calls", ["--calls", "x"]),
     # bench_panel_parts.py (imports TensorFlow, trains nothing)
     ("bench_panel_parts", ["--hidden", "abc"]),
     ("bench_panel_parts", ["--calls", "0"]),
