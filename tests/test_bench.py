@@ -225,6 +225,31 @@ def test_first_calls_script_times_both_option_sets_and_finds_the_same_bits(capsy
     assert len(timed) == 3 + 5 and all(line.count(" ms") == 2 for line in timed), out
 
 
+def test_loop_parts_script_times_each_part_of_both_arms(capsys, monkeypatch):
+    """scripts/bench_loop_parts.py end to end, its runs made here and short (what they take is not checked):
+    a row for every part, the burst's trace apart from its first call, and the whole run last."""
+    import bench_loop_parts as script
+
+    from dqnlab import doctor, learner, summaries
+
+    monkeypatch.setattr(bench, "limit_tf_to_one_thread", lambda: None)  # TF already runs in this process
+    for cls, name in [(learner.Learner, "_compile"), (learner.Learner, "update"), (learner.Learner, "probe")]:
+        monkeypatch.setattr(cls, name, getattr(cls, name))  # the script wraps them: unwrapped after the test
+    monkeypatch.setattr(summaries.Summaries, "metrics", summaries.Summaries.metrics)
+    monkeypatch.setattr(doctor.LiveDoctor, "maybe_check", doctor.LiveDoctor.maybe_check)
+    monkeypatch.setattr(
+        bench, "run_child", lambda script_path, flag, spec, marker, what: script._measure(spec)
+    )
+    assert script.main(["--pairs", "1", "--steps", "1500"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    parts = [line.split("  ")[0] for line in lines if line.endswith(" s")]
+    assert parts[-1] == "whole run" and {
+        "burst: trace",
+        "burst: calls (first)",
+        "probe: calls (first)",
+    } <= set(parts)
+
+
 def test_panel_parts_script_times_every_variant_against_one_bare_call(capsys, monkeypatch):
     """scripts/bench_panel_parts.py runs end to end (a few calls; what they take is not checked here, but
     the table must show what was measured) and its partial panels compute the shipped values for what they

@@ -75,6 +75,9 @@ CASES = [
     # bench_first_calls.py
     ("bench_first_calls", ["--repeats", "0"]),
     ("bench_first_calls", ["--calls", "x"]),
+    # bench_loop_parts.py
+    ("bench_loop_parts", ["--pairs", "0"]),
+    ("bench_loop_parts", ["--steps", "999"]),
     # bench_panel_parts.py (imports TensorFlow, trains nothing)
     ("bench_panel_parts", ["--hidden", "abc"]),
     ("bench_panel_parts", ["--calls", "0"]),
