@@ -578,6 +578,22 @@ def bench_learner(learner_class, hidden: tuple[int, ...], batch_size: int, seed:
     return make_learner(cfg, (4,), 2, seed, learner_class=learner_class)
 
 
+def random_replay(seed: int = 0):
+    """A replay of CartPole's shapes holding 2,000 random transitions (reward 1, 5% terminal): what the
+    per-call measurements sample their batches from."""
+    import numpy as np
+
+    from dqnlab.replay import ReplayBuffer
+
+    replay = ReplayBuffer(10_000, (4,), seed=seed)
+    rng = np.random.default_rng(seed)
+    for _ in range(2_000):
+        replay.add(
+            rng.normal(size=4), int(rng.integers(2)), 1.0, rng.normal(size=4), bool(rng.random() < 0.05)
+        )
+    return replay
+
+
 class CallCosts(NamedTuple):
     seconds: dict[str, float]  # per call, median over rounds
     ratio: dict[str, float]  # to the first arm: the median over rounds of each round's own ratio
@@ -591,16 +607,7 @@ def interleaved_call_costs(
     round's ratio compares calls made within milliseconds of each other: their median is steadier on a
     shared machine than a ratio of the medians. A call includes sampling the batch, reading the weights back
     and, with diagnostics, the metrics' host pull."""
-    import numpy as np
-
-    from dqnlab.replay import ReplayBuffer
-
-    replay = ReplayBuffer(10_000, (4,), seed=seed)
-    rng = np.random.default_rng(seed)
-    for _ in range(2_000):
-        replay.add(
-            rng.normal(size=4), int(rng.integers(2)), 1.0, rng.normal(size=4), bool(rng.random() < 0.05)
-        )
+    replay = random_replay(seed)
     times: dict[str, list[float]] = {label: [] for label in arms}
     for learner, flag in arms.values():  # trace every arm first
         learner.update(replay.sample_many(updates_per_call, batch_size), flag)

@@ -74,21 +74,16 @@ def measure_batched_here(setting_name: str, runs: int, steps: int) -> dict:
 def call_costs_here(settings: list[str], counts: list[int], rounds: int) -> list[list[str]]:
     """`--calls`: per-call cost of N batched runs' burst against N unbatched bursts, in this process."""
     bench.limit_tf_to_one_thread()
-    import numpy as np
 
     from dqnlab.batched_learner import make_batched_learner
     from dqnlab.config import load_preset
     from dqnlab.kinds import make_learner
-    from dqnlab.replay import ReplayBuffer
 
     rows = []
     for name in settings:
         setting = bench.SETTINGS[name]
         cfg = load_preset(setting.preset, bench.dqnlab_overrides(setting, True, 20_000))
-        replay = ReplayBuffer(10_000, (4,), seed=0)
-        rng = np.random.default_rng(0)
-        for _ in range(2_000):
-            replay.add(rng.normal(size=4), int(rng.integers(2)), 1.0, rng.normal(size=4), rng.random() < 0.05)
+        replay = bench.random_replay(0)
         learners = {0: make_learner(cfg, (4,), 2, 0)}
         learners.update({n: make_batched_learner([cfg] * n, list(range(n)), (4,), 2) for n in counts})
         for flag in (False, True):

@@ -35,19 +35,13 @@ def _measure(spec: dict) -> dict:
     from dqnlab import compiled
     from dqnlab._tf import tf
     from dqnlab.learner import Learner
-    from dqnlab.replay import ReplayBuffer
 
     if spec["options"] == OPTIONS[1]:
         compiled.lean_call_options = lambda: None  # read by every Compiled built from here on
     learner = bench.bench_learner(Learner, (256, 256), 64)
-    replay = ReplayBuffer(10_000, (4,), seed=0)
-    rng = np.random.default_rng(0)
-    for _ in range(2_000):
-        replay.add(
-            rng.normal(size=4), int(rng.integers(2)), 1.0, rng.normal(size=4), bool(rng.random() < 0.05)
-        )
+    replay = bench.random_replay(0)
     measured, digest, out = spec["measured"], hashlib.sha256(), {}
-    states = rng.normal(size=(256, 4)).astype(np.float32)
+    states = np.random.default_rng(1).normal(size=(256, 4)).astype(np.float32)
 
     def burst() -> None:
         result = learner.update(replay.sample_many(128, 64), measured)

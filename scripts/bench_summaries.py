@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import bench
-import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
 from dqnlab.cliargs import OneLineParser, int_at_least
@@ -45,15 +44,9 @@ class ProtobufSummaries(Summaries):
 def measured_burst_values() -> dict[str, float]:
     """The scalars of one measured burst of huber_relu (256-256, batch 64, 128 updates)."""
     from dqnlab.learner import Learner
-    from dqnlab.replay import ReplayBuffer
 
     learner = bench.bench_learner(Learner, (256, 256), 64)
-    replay = ReplayBuffer(10_000, (4,), seed=0)
-    rng = np.random.default_rng(0)
-    for _ in range(2_000):
-        replay.add(
-            rng.normal(size=4), int(rng.integers(2)), 1.0, rng.normal(size=4), bool(rng.random() < 0.05)
-        )
+    replay = bench.random_replay(0)
     return dict(learner.update(replay.sample_many(128, 64), True).metrics.items())
 
 
