@@ -96,7 +96,7 @@ def lean_call_options():
     Measured on the 256-256 MLP's measured burst of 128 updates (TF_CPP_VMODULE=meta_optimizer=1 and
     docs/performance.md): the meta optimizer's second round removes 16 of ~880 nodes, the TFG pipeline,
     the memory optimizer (GPU swapping) and the layout optimizer (no conversion on a CPU) none, and together
-    they cost the burst's first call ~85 ms, the probe's ~25 ms, a plain burst's ~30 ms. The values computed
+    they cost the burst's first call ~75 ms, the probe's ~25 ms, a plain burst's ~30 ms. The values computed
     are the same bits (tests/test_compiled.py; every scalar of six presets' runs, docs/performance.md). With
     a GPU the layout optimizer is what puts convolutions in the GPU's layout, so TF's defaults stay.
     """
