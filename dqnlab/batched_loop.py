@@ -50,6 +50,7 @@ from dqnlab.loop import (
     Probed,
     Schedule,
     Updated,
+    crosses,
     epsilon_at,
     greedy_episodes,
     value_gamma_of,
@@ -529,11 +530,6 @@ def _burst(
         elif members is not None and members.probe_due(i, step, updates):
             yield RunEvent(int(i), members.probe(i, step, learner, runs.samplers[i]))
     return out.weights
-
-
-def crosses(updates: int, k: int, every: int | None) -> bool:
-    """Whether going from `updates` to `updates + k` passes a multiple of `every` (`loop`'s rule)."""
-    return every is not None and (updates + k) // every > updates // every
 
 
 def epsilon_schedule(train) -> tuple:

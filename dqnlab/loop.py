@@ -101,9 +101,9 @@ class Schedule:
         gradient_steps`, is measured: it crosses a multiple of `measure_every` updates, or of `measure_floor`
         env steps since the burst `train_every` steps before it (no state: a resumed run measures the same
         bursts)."""
-        return _crosses(updates, train.gradient_steps, self.measure_every) or (
+        return crosses(updates, train.gradient_steps, self.measure_every) or (
             self.measure_floor is not None
-            and _crosses(step - train.train_every, train.train_every, self.measure_floor)
+            and crosses(step - train.train_every, train.train_every, self.measure_floor)
         )
 
 
@@ -369,7 +369,7 @@ def _burst(
     k = cfg.gradient_steps
     measure = schedule.measures(step, st.updates, cfg)
     probe = schedule.probe_every is not None and (
-        _crosses(st.updates, k, schedule.probe_every)
+        crosses(st.updates, k, schedule.probe_every)
         or (schedule.probe_floor is not None and step - st.last_probe >= schedule.probe_floor)
         or step + cfg.train_every > steps  # the run's last burst
     )
@@ -389,6 +389,6 @@ def _burst(
     return finite
 
 
-def _crosses(updates: int, k: int, every: int | None) -> bool:
+def crosses(updates: int, k: int, every: int | None) -> bool:
     """Whether going from `updates` to `updates + k` passes a multiple of `every`."""
     return every is not None and (updates + k) // every > updates // every
