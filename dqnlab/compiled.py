@@ -103,12 +103,16 @@ def lean_call_options():
     if tf.config.list_logical_devices("GPU"):
         return None
     try:
+        context = tf_context.context()
         config = tf.compat.v1.ConfigProto()
-        config.ParseFromString(tf_context.context().function_call_options.config_proto_serialized)
+        config.ParseFromString(context.function_call_options.config_proto_serialized)
         rewrite = config.graph_options.rewrite_options
         for field, value in LEFT_OUT.items():
             setattr(rewrite, field, getattr(type(rewrite), value) if isinstance(value, str) else value)
-        return tf_context.FunctionCallOptions(config_proto=config)
+        options, saved = tf_context.FunctionCallOptions(config_proto=config), context.function_call_options
+        context.function_call_options = options  # the setter, once, as `Compiled.__call__` uses it
+        context.function_call_options = saved
+        return options
     except Exception as err:  # any failure of a private API is a reason to leave it
         first_line = next(iter(str(err).splitlines()), "")
         warnings.warn(

@@ -193,14 +193,37 @@ def test_a_learner_computes_the_same_bits_with_tf_default_options(monkeypatch):
         np.testing.assert_array_equal(lean[2][tag], default[2][tag])
 
 
-def test_with_a_gpu_or_without_the_private_options_tf_defaults(monkeypatch, recwarn):
+def test_with_a_gpu_tf_defaults(monkeypatch, recwarn):
     compiled.lean_call_options.cache_clear()
     gpu = lambda kind=None: ["/GPU:0"] if kind == "GPU" else []  # noqa: E731
     monkeypatch.setattr(tf.config, "list_logical_devices", gpu)
     assert compiled.lean_call_options() is None and _compiled_warnings(recwarn) == []
     compiled.lean_call_options.cache_clear()
-    monkeypatch.undo()
-    monkeypatch.setattr(compiled, "tf_context", None)  # as if TensorFlow had moved its context module
+
+
+class _ContextWithoutASetter:
+    """TF's eager context as a TensorFlow might change it: options to read, none to set."""
+
+    def __init__(self, real):
+        self._real = real
+
+    @property
+    def function_call_options(self):
+        return self._real.function_call_options
+
+
+@pytest.mark.parametrize("tensorflow", ["without the context module", "without the options' setter"])
+def test_without_the_private_options_tf_defaults_with_one_warning(tensorflow, monkeypatch, recwarn):
+    from tensorflow.python.eager import context
+
+    compiled.lean_call_options.cache_clear()
+    if tensorflow == "without the context module":  # as if TensorFlow had moved it
+        monkeypatch.setattr(compiled, "tf_context", None)
+    else:
+        fake = type("FakeContextModule", (), {})()
+        fake.context = lambda: _ContextWithoutASetter(context.context())
+        fake.FunctionCallOptions = context.FunctionCallOptions
+        monkeypatch.setattr(compiled, "tf_context", fake)
     assert compiled.lean_call_options() is None
     (warning,) = _compiled_warnings(recwarn)
     assert "TF's default graph optimizations instead" in str(warning.message)
