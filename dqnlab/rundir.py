@@ -232,20 +232,22 @@ def check_resumable(run_dir: Path, steps: int | None = None) -> None:
         refuse_link(run_dir / sub)
     if not run_dir.is_dir():
         return
-    if _finished(run_dir):
+    if (finished := _finished(run_dir)) is not None:
         if steps is not None:
-            check_not_extended(json.loads((run_dir / RUN_JSON).read_text()), steps, run_dir)
+            check_not_extended(finished, steps, run_dir)
         return
     for directory in (run_dir, run_dir / _RUN_SUBDIRS[0]):
         if directory.is_dir() and not os.access(directory, os.W_OK | os.X_OK):
             raise ConfigError(f"--resume: cannot write in {directory}: it is not writable")
 
 
-def _finished(run_dir: Path) -> bool:
+def _finished(run_dir: Path) -> dict | None:
+    """The run's run.json when it says the run is `done` or `diverged`, else None."""
     try:
-        return json.loads((run_dir / RUN_JSON).read_text()).get("status") in ("done", "diverged")
+        info = json.loads((run_dir / RUN_JSON).read_text())
+        return info if info.get("status") in ("done", "diverged") else None
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
 
 
 def set_aside_earlier_life(run_dir: Path) -> Path:
