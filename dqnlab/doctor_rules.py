@@ -524,8 +524,7 @@ def rule_divergence(series: Series, run: Mapping) -> list[Finding]:
     what = f"run ended 'diverged' at step {div_step}; " if diverged else ""
     origin = div.get("origin") if isinstance(div.get("origin"), Mapping) else {}
     env_data = _env_data(_cfg(div, "nonfinite_env_data", types=Mapping))
-    # the data were not finite: the env's divergence, whatever the gradient then did
-    cause = f"; {env_data_phrase(env_data)}: the env's, not the network's" if env_data else ""
+    cause = env_data_cause(env_data)  # the data were not finite: the env's, whatever the gradient then did
     began = f"; it began in the raw gradient of {origin['variable']}" if origin.get("variable") else ""
     where = cause + began + (f"; non-finite weights: {', '.join(weights)}" if weights else "")
     why, fix = (
@@ -568,13 +567,14 @@ def _env_data(env_data) -> dict[str, int]:
     }
 
 
-def env_data_phrase(env_data: Mapping | None) -> str:
-    """'the env put non-finite values in replay (1 in rewards, 4 in next_obs)', or '' for none."""
+def env_data_cause(env_data: Mapping | None) -> str:
+    """'; the env put non-finite values in replay (1 in rewards, 4 in next_obs): the env's, not the
+    network's', or '' for none: the clause a divergence's line and finding both carry."""
     env_data = _env_data(env_data)
     if not env_data:
         return ""
     counts = ", ".join(f"{count} in {name}" for name, count in env_data.items())
-    return f"the env put non-finite values in replay ({counts})"
+    return f"; the env put non-finite values in replay ({counts}): the env's, not the network's"
 
 
 def _nonfinite_panels(count: int, diverged: bool) -> str:

@@ -27,7 +27,7 @@ from dqnlab.checkpoint import CheckpointError
 from dqnlab.components import describe
 from dqnlab.config import Config, ConfigError, check_env_fits
 from dqnlab.doctor import LiveDoctor, warning_line
-from dqnlab.doctor_rules import Finding, env_data_phrase
+from dqnlab.doctor_rules import Finding, env_data_cause
 from dqnlab.envs import make_env
 from dqnlab.events import read_series
 from dqnlab.kinds import make_learner, make_replay, make_sampler
@@ -476,8 +476,7 @@ def divergence_line(info: dict) -> str:
     """run.json's `error` for a diverged run: where it stopped, and where the non-finite values began."""
     divergence = info["divergence"]
     origin = divergence["origin"] or {}
-    env = env_data_phrase(divergence.get("nonfinite_env_data"))
-    cause = f"; {env}: the env's, not the network's" if env else ""
+    cause = env_data_cause(divergence.get("nonfinite_env_data"))
     first = f"; began in the raw gradient of {origin['variable']}" if origin.get("variable") else ""
     bad = divergence["nonfinite_weights"]
     where = f"{cause}{first}; non-finite weights: {', '.join(bad)}" if bad else cause + first
