@@ -14,8 +14,10 @@ too:
 
 `make_env` is what dqnlab itself uses: it registers these ids, builds the env, and turns gymnasium's
 "not found" errors (and a continuous action space, or observations the learners cannot read) into one-line
-`ValueError`s. Atari ids (`ALE/...-v5`, the optional `atari` extra) get the standard preprocessing of
-`make_atari_env` (docs/atari.md). This module does not import TensorFlow.
+`ValueError`s; discrete and composite observations (FrozenLake's `Discrete`, Blackjack's `Tuple`) reach the
+network one-hot encoded and joined, as gymnasium's `FlattenObservation` makes them (`needs_flattening`).
+Atari ids (`ALE/...-v5`, the optional `atari` extra) get the standard preprocessing of `make_atari_env`
+(docs/atari.md). This module does not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -119,10 +121,12 @@ def make_env(
 
     An Atari id (`ALE/...`) is built by `make_atari_env` with the `[atari]` settings (its defaults when
     `atari` is None); `evaluation=True` turns reward clipping and life-loss terminals off, so an evaluation
-    scores the real game. Raises ValueError if the id is unknown to gymnasium, if it needs a package that
-    is not installed, if its action space is not `Discrete`, or if its observations are not what the
-    learners read (`observations_readable`). If `seed` is given, the env is reset once with it and its
-    action space is seeded with it.
+    scores the real game, and gives an env without a time limit one of `EVAL_MAX_EPISODE_STEPS` steps, so
+    a greedy policy that never reaches a terminal state cannot hang the run. Raises ValueError if the id
+    is unknown to gymnasium, if it needs a package that is not installed, if its action space is not
+    `Discrete`, or if its observations are not what the learners read (`observations_readable`) once
+    discrete and composite spaces are flattened (`needs_flattening`). If `seed` is given, the env is reset
+    once with it and its action space is seeded with it.
     """
     register_envs()
     try:
@@ -151,12 +155,17 @@ def make_env(
         space = env.action_space
         env.close()
         raise ValueError(f"dqnlab needs a discrete action space; {env_id} has {space}")
+    if evaluation and not is_atari_env(env_id) and (env.spec is None or env.spec.max_episode_steps is None):
+        # A greedy policy in a deterministic env can walk in a circle for ever (CliffWalking has no limit).
+        env = gym.wrappers.TimeLimit(env, EVAL_MAX_EPISODE_STEPS)
+    if not is_atari_env(env_id) and needs_flattening(env.observation_space):
+        env = gym.wrappers.DtypeObservation(gym.wrappers.FlattenObservation(env), np.float32)
     if not observations_readable(env.observation_space, atari=is_atari_env(env_id)):
         space = env.observation_space
         env.close()
         raise ValueError(
-            f"dqnlab needs observations that are a flat Box of floats (Atari ids: stacked uint8 frames); "
-            f"{env_id} has {_line(space)}"
+            "dqnlab needs observations that are a vector of numbers, or a discrete or composite space it "
+            f"one-hot encodes and joins (Atari ids: stacked uint8 frames); {env_id} has {_line(space)}"
         )
     if seed is not None:
         env.reset(seed=seed)
@@ -164,15 +173,45 @@ def make_env(
     return env
 
 
+def needs_flattening(space: gym.Space) -> bool:
+    """Whether `make_env` gives the env's observations to the network as gymnasium's `FlattenObservation`
+    makes them, as float32: a `Discrete` state (FrozenLake, Taxi, CliffWalking) as its one-hot vector; a
+    `MultiDiscrete`, `MultiBinary`, `Tuple` (Blackjack) or `Dict` as its parts' one-hots and values joined
+    in gymnasium's order; a 1-D `Box` of ints or bools cast. What SB3's DQN feeds its MLP for the same
+    spaces. A `Box` of two or more axes is left alone (frames want a CNN, not a flattened MLP input), and so
+    is any other space (`Text`, whose flat form is character codes, `Graph`, `Sequence`)."""
+    if isinstance(space, gym.spaces.Box):
+        return len(space.shape) == 1 and not np.issubdtype(space.dtype, np.floating)
+    return _one_hot_leaves(space)
+
+
+def _one_hot_leaves(space: gym.Space) -> bool:
+    """Whether every part of `space` is a discrete space or a 1-D `Box`, inside `Tuple`s and `Dict`s."""
+    if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
+        return True
+    if isinstance(space, gym.spaces.Box):
+        return len(space.shape) == 1
+    if isinstance(space, gym.spaces.Dict):
+        return all(_one_hot_leaves(part) for part in space.spaces.values())
+    if isinstance(space, gym.spaces.Tuple):
+        return all(_one_hot_leaves(part) for part in space.spaces)
+    return False
+
+
 def observations_readable(space: gym.Space, atari: bool) -> bool:
     """What the learners read: the MLP and the RNN a vector of floats ([obs_dim]), the CNN stacked uint8
-    frames ([stack, H, W]). A Discrete (FrozenLake), Tuple (Blackjack) or Dict space has no such shape."""
+    frames ([stack, H, W]). A Discrete (FrozenLake), Tuple (Blackjack) or Dict space has no such shape until
+    `make_env` flattens it (`needs_flattening`)."""
     if not isinstance(space, gym.spaces.Box):
         return False
     if atari:
         return space.dtype == np.uint8 and len(space.shape) == 3
     return np.issubdtype(space.dtype, np.floating) and len(space.shape) == 1
 
+
+# Where an env has no time limit of its own, a greedy evaluation episode is cut (truncated) after this many
+# steps; its value check then treats it as a time limit (`loop.greedy_episodes`).
+EVAL_MAX_EPISODE_STEPS = 10_000
 
 ATARI_EXTRA = "install the atari extra: pip install 'dqnlab[atari]'"
 BOX2D_EXTRA = "install the box2d extra (prebuilt wheels, no swig): pip install 'dqnlab[box2d]'"

@@ -198,22 +198,6 @@ def cli_without_tensorflow(*args: str) -> tuple[subprocess.CompletedProcess, boo
     return out, imported
 
 
-@pytest.mark.parametrize(
-    "env_id, space",
-    [("FrozenLake-v1", "Discrete(16)"), ("CliffWalking-v1", "Discrete(48)"), ("Blackjack-v1", "Tuple(")],
-)
-def test_an_env_whose_observations_no_network_reads_is_refused(tmp_path, env_id, space):
-    out = dqnlab_cmd("train", "huber_relu", "--env", env_id, *SHORT, "--logdir", str(tmp_path))
-    refused(out, f"{env_id} has {space}", "flat Box of floats")
-    assert not any(tmp_path.iterdir())
-
-
-def test_ab_refuses_an_env_with_discrete_observations_too(tmp_path):
-    out = dqnlab_cmd("ab", "huber_relu", "lstm", "--env", "FrozenLake-v1", *SHORT, "--logdir", str(tmp_path))
-    refused(out, "FrozenLake-v1 has Discrete(16)")
-    assert not any(tmp_path.iterdir())
-
-
 @pytest.mark.parametrize("command", [["train", "huber_relu"], ["ab", "huber_relu", "squared_relu"]])
 def test_a_name_longer_than_the_file_system_allows_is_refused(tmp_path, command):
     out = dqnlab_cmd(*command, "--name", "n" * 300, *SHORT, "--logdir", str(tmp_path))

@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from dqnlab import envs
 from dqnlab.envs import ENV_IDS, MaskVelocity, RewardScale, env_dirname, make_env, register_envs
 
 ACTIONS = [0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 0]
@@ -131,6 +132,106 @@ def test_continuous_action_space_is_one_line_value_error():
     with pytest.raises(ValueError, match=r"discrete action space; Pendulum-v1 has Box\(") as info:
         make_env("Pendulum-v1")
     assert "\n" not in str(info.value)
+
+
+def test_a_discrete_state_reaches_the_network_one_hot():
+    env = make_env("FrozenLake-v1", seed=0)
+    assert env.observation_space == gym.spaces.Box(0.0, 1.0, (16,), np.float32)
+    obs, _ = env.reset(seed=0)
+    expected = np.zeros(16, np.float32)
+    expected[env.unwrapped.s] = 1.0
+    assert obs.dtype == np.float32 and np.array_equal(obs, expected)
+    for action in [2, 2, 1, 1]:  # a few steps: every observation is the one-hot of the state the env is in
+        obs, *_, terminated, truncated, _ = env.step(action)
+        assert obs.sum() == 1.0 and obs[env.unwrapped.s] == 1.0
+        if terminated or truncated:
+            break
+    env.close()
+
+
+def test_a_tuple_of_discretes_is_its_one_hots_joined():
+    """Blackjack's (player sum, dealer card, usable ace): Discrete(32), Discrete(11), Discrete(2)."""
+    env = make_env("Blackjack-v1")
+    assert env.observation_space.shape == (32 + 11 + 2,)
+    obs, _ = env.reset(seed=3)
+    raw = env.unwrapped._get_obs()
+    expected = np.zeros(45, np.float32)
+    expected[[raw[0], 32 + raw[1], 43 + int(raw[2])]] = 1.0
+    assert np.array_equal(obs, expected)
+    env.close()
+
+
+class _Counter(gym.Env):
+    """Observations of a chosen space; never terminates; no time limit of its own."""
+
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, observation_space=None):
+        self.observation_space = observation_space or gym.spaces.Box(0, 100, (3,), np.int64)
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.observation_space.sample(), 1.0, False, False, {}
+
+
+def _registered(name: str, **kwargs) -> str:
+    env_id = f"dqnlab-test/{name}-v0"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=_Counter, kwargs=kwargs)
+    return env_id
+
+
+def test_a_vector_of_ints_is_cast_to_float32():
+    env = make_env(_registered("IntCounter"))
+    assert env.observation_space.dtype == np.float32 and env.observation_space.shape == (3,)
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.float32
+    env.close()
+
+
+@pytest.mark.parametrize(
+    "space, shown",
+    [
+        (gym.spaces.Text(5), "Text("),
+        (gym.spaces.Box(0.0, 1.0, (4, 4), np.float32), "Box(0.0, 1.0, (4, 4)"),
+        (gym.spaces.Tuple([gym.spaces.Discrete(3), gym.spaces.Text(4)]), "Tuple(Discrete(3), Text("),
+    ],
+)
+def test_observations_no_network_reads_are_one_line_value_errors(space, shown):
+    env_id = _registered(f"Unreadable{type(space).__name__}{len(str(space))}", observation_space=space)
+    with pytest.raises(ValueError, match="needs observations that are a vector of numbers") as info:
+        make_env(env_id)
+    assert f"{env_id} has {shown}" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_evaluation_episode_without_a_time_limit_is_cut(monkeypatch):
+    """A greedy policy in an env that never terminates would evaluate for ever: the eval env gets a time
+    limit (the training env keeps the env's own: none)."""
+    from dqnlab.loop import greedy_episodes
+
+    monkeypatch.setattr(envs, "EVAL_MAX_EPISODE_STEPS", 40)
+    env_id = _registered("Endless")
+
+    class Constant:
+        def initial_state(self):
+            return None
+
+        def step(self, obs, state):
+            return np.array([1.0, 0.0]), state
+
+    episodes = greedy_episodes(make_env(env_id, evaluation=True), Constant(), 2, seed=0, gamma=0.5)
+    assert episodes.returns == (40.0, 40.0)
+    # Truncated, not terminated: each return completed with the tail gamma^(T - t) * max Q = 0.5^(40 - t).
+    assert episodes.q_taken.size == 2 * 36  # the steps whose tail weighs at most 5%: 0.5^5 = 0.031
+    training = make_env(env_id)
+    training.reset(seed=0)
+    assert not any(training.step(0)[3] for _ in range(100))  # no limit added to the training env
 
 
 def test_env_dirname():

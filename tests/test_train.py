@@ -68,6 +68,21 @@ def test_every_preset_trains_a_few_steps_and_logs_its_core_tags(tmp_path, name):
     assert [s for s, _ in res.scalars("perf/updates_per_s")] == [150, 200, 250, 300]
 
 
+@pytest.mark.parametrize("name", ["huber_relu", "lstm"])
+@pytest.mark.parametrize("env_id, width", [("FrozenLake-v1", 16), ("Blackjack-v1", 45)])
+def test_discrete_and_composite_observations_train_one_hot(tmp_path, name, env_id, width):
+    """FrozenLake's Discrete(16) and Blackjack's Tuple reach the MLP and the LSTM one-hot encoded
+    (dqnlab.envs.needs_flattening): the first layer reads that many inputs, and the panel and probes log."""
+    res = dqnlab.train(short_cfg(name), env=env_id, seed=0, steps=300, logdir=tmp_path, name="t")
+    assert res.status == "done" and res.env_steps == 300
+    assert res.run_dir.parts[-2] == env_id
+    from dqnlab import checkpoint
+
+    assert checkpoint.load(res.run_dir).arrays["online/0"].shape[0] == width  # the first layer's inputs
+    assert all(math.isfinite(v) for _, v in res.scalars("loss/td"))
+    assert res.scalars("eval/return")
+
+
 def test_run_json_records_the_run(tmp_path):
     res = dqnlab.train(short_cfg("huber_relu"), seed=1, steps=200, logdir=tmp_path, name="exp")
     info = json.loads((res.run_dir / "run.json").read_text())
