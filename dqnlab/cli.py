@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 from dqnlab.batch_plan import parse_batch_runs
@@ -337,15 +338,39 @@ def _train(args) -> int:
             checkpoint_every=args.checkpoint_every,
             checkpoint_replay=args.checkpoint_replay,
         )
-        res = train_run(spec, progress=progress, warn=lambda line: bar.write(line, file=sys.stderr))
+        try:
+            res = train_run(spec, progress=progress, warn=lambda line: bar.write(line, file=sys.stderr))
+        except Exception as exc:  # re-raised unless the run recorded it as its failure
+            res = _recorded_failure(run_dir, exc)
+            if res is None:
+                raise
     eval_return = res.final.get("eval_return")
     shown = "-" if eval_return is None else f"{eval_return:.1f}"
     print(f"{res.status}: {res.run_dir}  final eval return {shown}", end="")
     print(f"  ({res.env_steps} env steps, {res.wall_time_s:.0f} s)")
     if res.error:
         print(f"  {res.error}")
+    if where := res.info.get("raised_at"):
+        print(f'  raised at {where}; the whole traceback is run.json\'s "traceback"')
     print(f"TensorBoard: dqnlab board {res.run_dir}")
     return 0 if res.status == "done" else 1
+
+
+def _recorded_failure(run_dir: Path, exc: Exception):
+    """The failed run's result when `exc` ended a run that recorded it (run.json 'failed' with its error and
+    traceback: your env or network raised, say), as `ab` reports it; None for anything else (re-raised).
+    `info["raised_at"]` is the innermost frame, where the error was raised."""
+    from dqnlab.rundir import read_run
+
+    try:
+        res = read_run(run_dir)
+    except (OSError, ConfigError):
+        return None
+    if res.status != "failed" or res.error != f"{type(exc).__name__}: {exc}":
+        return None
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    res.info["raised_at"] = f"{frame.filename}:{frame.lineno} in {frame.name}"
+    return res
 
 
 def _ab(args) -> int:

@@ -470,3 +470,30 @@ def test_board_refuses_a_host_or_port_it_cannot_serve_on_before_starting(board_r
     if int(port) <= 65535:
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", int(port))) != 0  # nobody serving on it now
+
+
+def test_a_run_that_raises_is_reported_with_where_it_raised(tmp_path, monkeypatch, capsys):
+    """Your env (or network) raising mid-run: `dqnlab train` reports the failed run as `ab` does, says where
+    the error was raised, and keeps the whole traceback in run.json, no traceback printed. An error before
+    the run exists (here `train` itself raising) still propagates."""
+    import dqnlab.trainer
+    from dqnlab.cli import main
+
+    def sensor(*args, **kwargs):
+        raise RuntimeError("sensor disconnected")
+
+    monkeypatch.setattr(dqnlab.trainer, "run_loop", sensor)
+    argv = ["train", "huber_relu", "--steps", "50", "--quiet", "--checkpoint-every", "0"]
+    argv += ["--logdir", str(tmp_path)]
+    assert main([*argv, "--name", "x", *FAST]) == 1
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith("failed: ") and lines[1] == "  RuntimeError: sensor disconnected", out
+    assert lines[2].startswith(f"  raised at {__file__}:") and " in sensor;" in lines[2], out
+    assert "Traceback" not in out + err
+    info = json.loads(next(tmp_path.rglob("run.json")).read_text())
+    assert info["status"] == "failed" and "raise RuntimeError" in info["traceback"]
+
+    monkeypatch.setattr(dqnlab.trainer, "train", sensor)
+    with pytest.raises(RuntimeError, match="sensor disconnected"):
+        main([*argv, "--name", "y", *FAST])
