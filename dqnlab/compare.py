@@ -172,8 +172,10 @@ def events_end_early(series: Series, info: Mapping) -> EarlyEnd | None:
     The loop evaluates at every `train.eval_every` steps and always at the last step, and that final
     evaluation is the last scalar a run writes, so a done run of N env steps has an `eval/return` point at
     step N; a last point below N (or none) means the files lost their tail after the run ended cleanly:
-    torn, truncated by a copy, or zero-filled by a power loss. Other statuses stop wherever they stopped."""
-    if info.get("status") != FINISHED:
+    torn, truncated by a copy, or zero-filled by a power loss. Other statuses stop wherever they stopped.
+    A run of your own loop (`dqnlab.Panel`, run.json `"source": "panel"`) evaluates when its loop does, if at
+    all: it has no point due at its last step, and is not judged here (a damaged record still is)."""
+    if info.get("status") != FINISHED or info.get("source") == "panel":
         return None
     due = int(info.get("env_steps") or 0)
     steps = series[EVAL_TAG][0] if EVAL_TAG in series else np.zeros(0, np.int64)

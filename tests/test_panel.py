@@ -181,6 +181,26 @@ def _short_panel_run(tmp_path, **panel_kwargs):
     return dqnlab.read_run(panel.run_dir)
 
 
+def test_a_loop_that_evaluates_early_or_never_is_not_taken_for_a_truncated_run(tmp_path):
+    """`events_end_early` expects dqnlab's final evaluation at a done run's last step; your own loop
+    evaluates when it likes, if at all (here never): the doctor finds no cut events and compare counts the
+    run as finished."""
+    from dqnlab.compare import compare
+
+    cfg = load_preset("huber_relu", {"network.hidden": [16, 16]})
+    user = make_learner(cfg, (OBS_DIM,), ACTIONS, seed=0)
+    with Panel(user.online, env="CartPole-v1", arm="no_eval", logdir=tmp_path, experiment="noeval",
+               every=4, probe_every=0, warn=lambda _: None) as panel:  # fmt: skip
+        for step in range(1, 41):
+            _user_step(panel, user.online, user.target, user.optimizer, _batch(step), cfg, step)
+            if step % 10 == 0:
+                panel.episode(step, 10.0, 10, 0.5)
+    run = dqnlab.read_run(panel.run_dir)
+    assert run.status == "done" and run.env_steps == 40 and "eval/return" not in run.tags()
+    assert not [f for f in examine(panel.run_dir).runs[0].findings if f.rule == "events_end_early"]
+    assert compare(tmp_path / "noeval").problems == []
+
+
 def test_the_pytest_plugins_assertions_work_on_a_panel_run(tmp_path):
     from dqnlab import testing
 
