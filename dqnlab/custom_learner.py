@@ -7,12 +7,15 @@ changes:
 - Acting cannot use the MLP's numpy twin (it knows only a chain of Dense layers), so the policy is one
   concrete TF function of the online network on one observation, reading the live variables (as the CNN's).
 - The activation probe measures every Dense layer whose activation the probes know (relu, sigmoid, tanh),
-  from the layer's own input in the model's graph; a subclassed model has no such graph, and is probed for
+  its own or that of an activation layer right after it (`Dense(64)` then `ReLU()`: `user_layers`), from
+  the layer's own input in the model's graph; a subclassed model has no such graph, and is probed for
   weights and gradients only (docs/components.md). `grad/depth_ratio` runs from the first such layer to the
   last.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -20,24 +23,22 @@ from dqnlab import probes
 from dqnlab._tf import keras, tf
 from dqnlab.config import Config
 from dqnlab.learner import CompiledPolicy, Learner
+from dqnlab.user_layers import PROBED_ACTIVATIONS, activation_after
 
-PROBED_ACTIVATIONS = ("relu", "sigmoid", "tanh")  # those `dqnlab.probes` has derivatives and bounds for
 
-
-def probed_layers(model: keras.Model) -> list[keras.layers.Dense]:
-    """The model's Dense layers with an activation the probes know, in the model's layer order; none for a
-    subclassed model (no graph to read a layer's input from)."""
+def probed_layers(model: keras.Model) -> list[tuple[keras.layers.Dense, str, Callable]]:
+    """The model's Dense layers whose activation the probes know (their own, or an activation layer's right
+    after them: `user_layers.activation_after`), in the model's layer order, each with that activation's
+    name and function; none for a subclassed model (no graph to read a layer's input from)."""
     if not getattr(model, "inputs", None):  # a subclassed model: no graph to read a layer's input from
         return []
-    return [
-        layer
-        for layer in model.layers
-        if isinstance(layer, keras.layers.Dense) and activation_name(layer) in PROBED_ACTIVATIONS
-    ]
-
-
-def activation_name(layer: keras.layers.Layer) -> str:
-    return keras.activations.serialize(layer.activation) if hasattr(layer, "activation") else "linear"
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            name, fn = activation_after(model, layer)
+            if name in PROBED_ACTIVATIONS:
+                found.append((layer, name, fn))
+    return found
 
 
 class CustomLearner(Learner):
@@ -45,9 +46,10 @@ class CustomLearner(Learner):
 
     def __init__(self, cfg: Config, online: keras.Model, target: keras.Model, optimizer, obs_shape):
         super().__init__(cfg, online, target, optimizer, obs_shape)
-        self._hidden_layers = probed_layers(online)  # the ends of grad/depth_ratio
+        self._probed = probed_layers(online)
+        self._hidden_layers = [layer for layer, *_ in self._probed]  # the ends of grad/depth_ratio
         self._inputs_of = None
-        if self._hidden_layers:  # each probed layer's input, from the observations, in one call
+        if self._probed:  # each probed layer's input, from the observations, in one call
             inputs = [layer.input for layer in self._hidden_layers]
             self._inputs_of = keras.Model(online.inputs, inputs, name="probed_inputs")
         self._policy: CompiledPolicy | None = None
@@ -66,10 +68,11 @@ class CustomLearner(Learner):
         if self._inputs_of is not None:
             inputs = self._inputs_of(states)
             inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-            for layer, h in zip(self._hidden_layers, inputs, strict=True):
-                x = tf.matmul(h, layer.kernel) + layer.bias  # [N, U] pre-activations
-                z = layer.activation(x)
-                m.update(probes.layer_stats(layer.name, x, z, activation_name(layer), d))
+            for (layer, activation, fn), h in zip(self._probed, inputs, strict=True):
+                x = tf.matmul(h, layer.kernel)  # [N, U] pre-activations
+                x = x if layer.bias is None else x + layer.bias
+                z = fn(x)
+                m.update(probes.layer_stats(layer.name, x, z, activation, d))
                 if d.histograms:
                     m[f"hist/activation/{layer.name}"] = z
             m["features/srank"] = tf.cast(probes.srank(z, d.srank_delta), tf.float32)

@@ -64,10 +64,10 @@ from dqnlab.rundir import (
 )
 from dqnlab.summaries import Summaries
 from dqnlab.trainer import finding_markdown, verdict_markdown
+from dqnlab.user_layers import PROBED_ACTIVATIONS, activation_after, activation_name
 
 _log = logging.getLogger("dqnlab")
 
-PROBED_ACTIVATIONS = ("relu", "sigmoid", "tanh")  # probes.local_derivative knows these
 PROBE_TAGS = ["act_*/<layer>", "features/srank"]
 PROBE_RULES = ["dead_relu", "saturated_activation", "dormant_growth"]
 TD_TAGS = [
@@ -181,6 +181,8 @@ class Panel:
         self._near_zero_tol = float(near_zero_tol)
         self._diag = _Diag(dormant_tau, saturation_margin, srank_delta)
         self._hidden = [layer for layer in _dense_layers(model)][:-1]  # the last Dense is the head
+        # (name, function) of the activation each one's output goes through: its own, or the next layer's
+        self._activations = [activation_after(model, layer) for layer in self._hidden]
         self._stop_on_divergence = stop_on_divergence
         self._say = warn or _log.warning
         self._calls = 0
@@ -528,7 +530,7 @@ class Panel:
         write_json_atomic(self.run_dir / RUN_JSON, self.info)
 
     def _activation_name(self) -> str | None:
-        names = {_activation(layer) for layer in self._hidden}
+        names = {name for name, _ in self._activations}
         return names.pop() if len(names) == 1 else None
 
     def _note_inputs(self, qa, target, q, obs) -> None:
@@ -685,15 +687,17 @@ class Panel:
         """`Learner._probe_impl`'s activation statistics on the hidden Dense layers' outputs."""
         m: dict[str, tf.Tensor] = {}
         outputs = self._hidden_outputs(states)
-        for layer, z in zip(self._hidden, outputs, strict=True):
-            name, activation = layer.name, _activation(layer)
+        for layer, (activation, fn), out in zip(self._hidden, self._activations, outputs, strict=True):
+            if activation_name(layer) == "linear":  # the activation is the next layer's: x -> fn(x) here
+                x, z = out, fn(out)
+            else:  # its own, already applied: only ReLU's derivative reads x, and relu(x) > 0 where x > 0
+                x = z = out
             if activation in PROBED_ACTIVATIONS:
-                # Only ReLU's derivative reads the pre-activation, and relu(x) > 0 exactly where x > 0.
-                m.update(probes.layer_stats(name, z, z, activation, self._diag))
+                m.update(probes.layer_stats(layer.name, x, z, activation, self._diag))
             else:
-                m[f"act_dead_frac/{name}"] = probes.dead_frac(z)
-                m[f"act_dormant_frac/{name}"] = probes.dormant_frac(z, self._diag.dormant_tau)
-        m["features/srank"] = tf.cast(probes.srank(outputs[-1], self._diag.srank_delta), tf.float32)
+                m[f"act_dead_frac/{layer.name}"] = probes.dead_frac(z)
+                m[f"act_dormant_frac/{layer.name}"] = probes.dormant_frac(z, self._diag.dormant_tau)
+        m["features/srank"] = tf.cast(probes.srank(z, self._diag.srank_delta), tf.float32)
         return m
 
     def _hidden_outputs(self, states: tf.Tensor) -> list[tf.Tensor]:
@@ -785,10 +789,6 @@ def _dense_layers(model: keras.Model) -> list[keras.layers.Dense]:
         elif isinstance(layer, keras.layers.Dense):
             found.append(layer)
     return found
-
-
-def _activation(layer) -> str:
-    return getattr(layer.activation, "__name__", str(layer.activation))
 
 
 def _run_config(user, gamma, bound, loss, clip_norm, every, probe_every, probe_size, diag, near_zero_tol,
