@@ -68,8 +68,9 @@ def test_every_preset_trains_a_few_steps_and_logs_its_core_tags(tmp_path, name):
     assert [s for s, _ in res.scalars("perf/updates_per_s")] == [150, 200, 250, 300]
 
 
-@pytest.mark.parametrize("name", ["huber_relu", "lstm"])
-@pytest.mark.parametrize("env_id, width", [("FrozenLake-v1", 16), ("Blackjack-v1", 45)])
+@pytest.mark.parametrize(
+    "name, env_id, width", [("huber_relu", "FrozenLake-v1", 16), ("lstm", "Blackjack-v1", 45)]
+)
 def test_discrete_and_composite_observations_train_one_hot(tmp_path, name, env_id, width):
     """FrozenLake's Discrete(16) and Blackjack's Tuple reach the MLP and the LSTM one-hot encoded
     (dqnlab.envs.needs_flattening): the first layer reads that many inputs, and the panel and probes log."""
