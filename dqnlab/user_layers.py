@@ -27,11 +27,19 @@ def activation_name(layer: keras.layers.Layer) -> str:
 
 def activation_after(model: keras.Model, dense: keras.layers.Layer) -> tuple[str, Callable]:
     """(name, function) of the activation `dense`'s output goes through: its own unless it is linear, else
-    that of an activation layer that is the only reader of its output ("linear", identity otherwise)."""
+    that of an activation layer that is the only reader of its output ("linear", identity otherwise). A
+    subclassed model has no graph to say who reads it: there the layer after it in `model.layers` counts,
+    the plain-stack order the panel's forward pass assumes for such a model too."""
     own = activation_name(dense)
     if own != "linear":
         return own, dense.activation
-    readers = [layer for layer in _all_layers(model) if layer is not dense and _reads(layer, dense)]
+    layers = _all_layers(model)
+    try:
+        output = dense.output
+    except (AttributeError, ValueError):  # no graph (a subclassed model): the next layer, as in a plain stack
+        readers = layers[layers.index(dense) + 1 :][:1]
+    else:
+        readers = [layer for layer in layers if layer is not dense and _reads(layer, output)]
     if len(readers) == 1:
         (layer,) = readers
         if isinstance(layer, keras.layers.Activation):
@@ -51,9 +59,9 @@ def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return found
 
 
-def _reads(layer: keras.layers.Layer, dense: keras.layers.Layer) -> bool:
+def _reads(layer: keras.layers.Layer, output) -> bool:
     try:
-        return layer.input is dense.output
+        return layer.input is output
     except (AttributeError, ValueError):  # a layer never called, or called on several inputs
         return False
 

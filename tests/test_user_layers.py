@@ -61,6 +61,24 @@ def test_a_sequential_model_and_a_nested_one():
     assert activation_after(outer, inner_dense)[0] == "sigmoid"
 
 
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8)
+        self.act = keras.layers.Activation("sigmoid")
+        self.head = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.head(self.act(self.hidden(x)))
+
+
+def test_a_subclassed_model_is_read_as_the_plain_stack_its_layers_list():
+    model = _Subclassed()
+    model(np.zeros((1, 4), np.float32))
+    assert activation_after(model, model.hidden)[0] == "sigmoid"
+    assert activation_after(model, model.head)[0] == "linear"  # the last layer: nothing after it
+
+
 def _dead_first_layer(after: keras.layers.Layer) -> keras.Model:
     """Dense(8) with a zero kernel and bias -1, then `after`, then a head: every unit's pre-activation is -1
     on every state, so a ReLU after it outputs 0 everywhere: all 8 units dead, derivative 0 everywhere."""
