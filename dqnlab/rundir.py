@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dqnlab import checkpoint
 from dqnlab.cliargs import creation_problem
 from dqnlab.config import ConfigError
 from dqnlab.envs import env_dirname
@@ -226,7 +227,8 @@ def check_run_dir_free(run_dir: Path) -> None:
 def check_resumable(run_dir: Path, steps: int | None = None) -> None:
     """Before `--resume` writes in `run_dir`: not a symbolic link, and writable (with its checkpoints)
     unless it is finished (`done` and `diverged` runs are read, never written); a `done` one not asked for
-    more than its steps (`check_not_extended`)."""
+    more than its steps (`check_not_extended`), an unfinished one not for fewer than its checkpoint's
+    (`check_not_shortened`)."""
     refuse_link(run_dir)
     for sub in _RUN_SUBDIRS:
         refuse_link(run_dir / sub)
@@ -236,6 +238,8 @@ def check_resumable(run_dir: Path, steps: int | None = None) -> None:
         if steps is not None:
             check_not_extended(finished, steps, run_dir)
         return
+    if steps is not None:
+        check_not_shortened(run_dir, steps)
     for directory in (run_dir, run_dir / _RUN_SUBDIRS[0]):
         if directory.is_dir() and not os.access(directory, os.W_OK | os.X_OK):
             raise ConfigError(f"--resume: cannot write in {directory}: it is not writable")
@@ -447,6 +451,17 @@ def find_runs(directory: str | Path) -> list[Path]:
     root = Path(directory)
     skip = {"_aggregate", EARLIER_LIVES}
     return sorted(p.parent for p in root.rglob(RUN_JSON) if not skip & set(p.relative_to(root).parts))
+
+
+def check_not_shortened(run_dir: Path, steps: int) -> None:
+    """An unfinished run whose checkpoint lies past `steps` would end at the checkpoint, longer than asked
+    and without the final evaluation a run of `steps` makes there: refused."""
+    at = checkpoint.latest_step(run_dir)
+    if at is not None and at > steps:
+        raise ConfigError(
+            f"--resume: {run_dir}'s checkpoint is at env step {at:,}, past --steps {steps:,}: resume it with "
+            f"--steps {at:,} or more, or train a run of {steps:,} steps under a new --name"
+        )
 
 
 def check_not_extended(previous: dict, steps: int, run_dir: Path) -> None:

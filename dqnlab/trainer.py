@@ -49,6 +49,7 @@ from dqnlab.rundir import (
     RunResult,
     check_experiment_path,
     check_not_extended,
+    check_not_shortened,
     claim_run_dir,
     default_experiment_name,
     package_versions,
@@ -299,6 +300,7 @@ def _resolve_start(
             raise ConfigError(f"--resume: {run_dir} is still training (process {previous['pid']})")
         if previous:  # not the bare claim of a process that died at once: it must go on as it started
             check_same_config(previous, cfg, run_dir)
+            check_not_shortened(run_dir, steps)
             ckpt, restored = _resume_from_checkpoint(run_dir, cfg, learner, env, replay, seed)
         if ckpt is None:  # it never reached a checkpoint: start over, keeping what it logged
             kept = set_aside_earlier_life(run_dir)

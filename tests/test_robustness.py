@@ -112,6 +112,31 @@ def test_ab_and_train_resume_refuse_to_extend_a_done_run_before_anything_starts(
     assert refused.returncode == 2 and "is done at 300 env steps" in refused.stderr, refused.stderr
 
 
+def test_resume_of_an_unfinished_run_for_fewer_steps_than_its_checkpoint_is_refused(tmp_path):
+    """An interrupted run checkpointed at 300 env steps, resumed with --steps 200: it went on from the
+    checkpoint, trained nothing, and was written `done` at 300 steps, a run longer than asked. Refused before
+    anything is written, by the command and by `dqnlab.train`; asked for 300 or more, it resumes."""
+    from helpers import FAST, dqnlab_cmd
+
+    args = ["--logdir", str(tmp_path), "--name", "t", "--quiet", "--checkpoint-every", "100", *FAST]
+    assert dqnlab_cmd("train", "huber_relu", "--steps", "300", *args).returncode == 0
+    run = tmp_path / "t" / "huber_relu" / "CartPole-v1" / "seed_0"
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    refused = dqnlab_cmd("train", "huber_relu", "--steps", "200", "--resume", *args)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    said = "checkpoint is at env step 300, past --steps 200: resume it with --steps 300 or more"
+    assert said in refused.stderr
+    cfg = dqnlab.load_preset("huber_relu", [a for a in FAST if a != "--set"])
+    with pytest.raises(ConfigError, match="past --steps 200"):
+        dqnlab.train(cfg, seed=0, steps=200, logdir=tmp_path, name="t", resume=True)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    resumed = dqnlab_cmd("train", "huber_relu", "--steps", "400", "--resume", *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run / "run.json").read_text())["env_steps"] == 400
+
+
 def test_a_run_too_short_to_learn_is_warned_about(tmp_path):
     """--steps at or below learning_starts trained nothing, said nothing and ended `done`: now one warning
     line says no update will run (a run one step past it gets none)."""
