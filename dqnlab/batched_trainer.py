@@ -83,6 +83,7 @@ from dqnlab.trainer import (
     previous_run_json,
     report_finding,
     resumed_info,
+    retract_finding,
     write_experiment_json_once,
 )
 
@@ -135,7 +136,9 @@ class Member:
             self.summaries.restart_after(self.resumed_at)
         summaries, run_json = self.summaries, self.run_json
         self.live = LiveDoctor(
-            run_json.info, lambda f, grew: report_finding(f, grew, summaries, run_json, say)
+            run_json.info,
+            lambda f, grew: report_finding(f, grew, summaries, run_json, say),
+            retract=lambda f: retract_finding(f, summaries, run_json, say),
         )
         if self.doctor_state is not None:
             self.live.restore(self.doctor_state)

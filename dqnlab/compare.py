@@ -235,7 +235,7 @@ def compare(directory: str | Path, threshold: float | None = None) -> Comparison
     runs, order, problems = load_runs(directory)
     envs = []
     for env in sorted({r.env for r in runs}):
-        env_threshold = threshold if threshold is not None else _registry_threshold(env)
+        env_threshold = threshold if threshold is not None else registry_threshold(env)
         arms = [
             _summarize_arm(
                 preset, env, [r for r in runs if r.env == env and r.preset == preset], env_threshold
@@ -247,7 +247,8 @@ def compare(directory: str | Path, threshold: float | None = None) -> Comparison
     return Comparison(Path(directory), envs, problems)
 
 
-def _registry_threshold(env_id: str) -> float | None:
+def registry_threshold(env_id: str) -> float | None:
+    """The env's `reward_threshold` in gymnasium's registry, or None (no such id, or no threshold)."""
     import gymnasium
 
     import dqnlab.envs  # noqa: F401  (registers the dqnlab/ ids)

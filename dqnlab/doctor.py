@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dqnlab.compare import events_end_early, load_run_dirs
+from dqnlab.compare import events_end_early, load_run_dirs, registry_threshold
 from dqnlab.doctor_rules import ERROR, Finding, diagnose, evidence_gaps
 from dqnlab.events import Damage, Series, read_series_checked
 from dqnlab.rundir import RUN_JSON
@@ -69,7 +69,7 @@ def examine(directory: str | Path) -> Report:
     paths, problems = load_run_dirs(directory)
     runs = []
     for path in paths:
-        info = json.loads((path / RUN_JSON).read_text())
+        info = with_reward_threshold(json.loads((path / RUN_JSON).read_text()))
         series, damage = read_series_checked(path)
         findings = event_file_findings(series, info, damage) + diagnose(series, info)
         gaps = evidence_gaps(series, info)
@@ -230,22 +230,37 @@ def to_json(report: Report) -> dict:
     }
 
 
+def with_reward_threshold(info: dict) -> dict:
+    """`info` (a run.json dict) with `reward_threshold`, the env's in gymnasium's registry (None where it has
+    none or the id is not registered here), unless it says one already: the capacity rules read it
+    (`doctor_rules.solves_its_task`). Set in place, so a live run's run.json records it."""
+    if "reward_threshold" not in info:
+        env = info.get("env")
+        info["reward_threshold"] = registry_threshold(env) if isinstance(env, str) and env else None
+    return info
+
+
 class LiveDoctor:
     """The doctor's rules during training, on the scalars logged so far, every `LIVE_EVERY_STEPS` env steps.
 
     A finding is reported through `report(finding, upgraded)` when it first appears, and again whenever it
     grows: a warning that becomes an error, or evidence that grows by half again (`grew`). `verdict`
     runs the rules once more at the end: that list is what run.json's `final.doctor` records, and it is
-    what `dqnlab doctor` finds on the same run."""
+    what `dqnlab doctor` finds on the same run. A finding reported during the run that the end's verdict
+    does not hold (the run came to solve its task with the units it has left; the late half moved past a
+    problem of the early one) goes to `retract(finding)`, so the console and the Text dashboard do not end
+    on a finding the verdict drops."""
 
     def __init__(
         self,
         run_info: Mapping,
         report: Callable[[Finding, bool], None],
         every: int = LIVE_EVERY_STEPS,
+        retract: Callable[[Finding], None] | None = None,
     ):
-        self._run = run_info  # the trainer's run.json dict: status and divergence as they are set
-        self._report = report
+        # The trainer's run.json dict (status, divergence as they are set) with the env's reward threshold.
+        self._run = with_reward_threshold(run_info)
+        self._report, self._retract = report, retract
         self._every = every
         self._next_check = every
         self._reported: dict[tuple[str, str], Finding] = {}  # the last report of each (rule, subject)
@@ -279,9 +294,16 @@ class LiveDoctor:
     def verdict(
         self, history: Mapping[str, tuple[list[int], list[float]]]
     ) -> tuple[list[Finding], list[str]]:
-        """The findings at the end of the run (reporting those new or grown since the last check), and what
-        the rules could not judge for want of evidence."""
-        return self.check(history), evidence_gaps(_as_series(history), self._run)
+        """The findings at the end of the run (reporting those new or grown since the last check, and
+        retracting those reported that it no longer holds), and what the rules could not judge for want of
+        evidence."""
+        findings = self.check(history)
+        held = {(f.rule, f.subject) for f in findings}
+        for key in [key for key in self._reported if key not in held]:
+            dropped = self._reported.pop(key)
+            if self._retract is not None:
+                self._retract(dropped)
+        return findings, evidence_gaps(_as_series(history), self._run)
 
 
 def _as_series(history: Mapping[str, tuple[list[int], list[float]]]) -> Series:
@@ -298,6 +320,12 @@ def grew(before: Finding, now: Finding) -> bool:
         return _RANK.get(now.severity, 0) > _RANK.get(before.severity, 0)
     old, new = next(iter(before.evidence.values()), 0.0), next(iter(now.evidence.values()), 0.0)
     return bool(np.isfinite(new) and abs(new) >= 1.5 * abs(old) and new != old)
+
+
+def retraction_line(finding: Finding) -> str:
+    where = f" [{finding.subject}]" if finding.subject else ""
+    step = f"{finding.last_step:,}"
+    return f"doctor: {finding.rule}{where}, reported at env step {step}, no longer holds on the whole run"
 
 
 def warning_line(finding: Finding, grew: bool = False) -> str:

@@ -13,6 +13,7 @@ Robustness conventions shared by all rules:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -249,9 +250,26 @@ def rule_blocked_td_gradient(series: Series, run: Mapping) -> list[Finding]:
     ]
 
 
+def solves_its_task(series: Series, run: Mapping) -> bool:
+    """Whether the greedy evaluations' late-half median reaches the env's registered reward threshold
+    (run.json `reward_threshold`, gymnasium's `spec.reward_threshold`: CartPole-v1 475, FrozenLake-v1 0.7).
+    The capacity rules (dead_relu, dormant_growth) then stay silent: the units left are enough for the task.
+    False without a threshold or with fewer than `min_points` late evaluations."""
+    threshold = run.get("reward_threshold")
+    evals = _get(series, "eval/return")
+    if not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or evals is None:
+        return False
+    _, late = _late(*evals)
+    return len(late) >= T.min_points and float(np.median(late)) >= threshold
+
+
 def rule_dead_relu(series: Series, run: Mapping) -> list[Finding]:
-    """Dead ReLUs: act_dead_frac/<layer> almost 1, or high and risen well above its first probe."""
+    """Dead ReLUs: act_dead_frac/<layer> almost 1, or high and risen well above its first probe; not while
+    the run solves its task (`solves_its_task`: FrozenLake's one-hot states leave a 256-256 net 91% dead in
+    hidden_1 at its optimal success rate)."""
     out = []  # act_dead_frac is ~0 for bounded activations, so no activation check is needed
+    if solves_its_task(series, run):
+        return out
     for layer in _suffixes(series, "act_dead_frac/"):
         s = _get(series, f"act_dead_frac/{layer}")
         if s is None:
@@ -639,8 +657,11 @@ def rule_dormant_growth(series: Series, run: Mapping) -> list[Finding]:
     """act_dormant_frac/<layer> rising by a large margin from the early probes to the late half. The early
     level is the median of the first quarter of the probes, not the first alone: a probe taken before the
     network has trained (the probe floor puts one right after learning starts) reads lower than any later
-    one (an LSTM's dense layer: 12% at the first probe, 45-53% at every probe after it, over 4k steps)."""
+    one (an LSTM's dense layer: 12% at the first probe, 45-53% at every probe after it, over 4k steps).
+    Not while the run solves its task (`solves_its_task`)."""
     out = []
+    if solves_its_task(series, run):
+        return out
     for layer in _suffixes(series, "act_dormant_frac/"):
         s = _get(series, f"act_dormant_frac/{layer}")
         if s is None:

@@ -43,7 +43,7 @@ import numpy as np
 
 from dqnlab import probes
 from dqnlab._tf import keras, tf
-from dqnlab.doctor import LiveDoctor, warning_line
+from dqnlab.doctor import LiveDoctor, retraction_line, warning_line
 from dqnlab.learner import (
     MetricReader,
     divergence_origin,
@@ -204,7 +204,7 @@ class Panel:
         cfg = _run_config(config, gamma, bound, loss, clip_norm, every, probe_every, probe_size, self._diag,
                           near_zero_tol, self._activation_name())  # fmt: skip
         self._open_run(logdir, experiment or default_experiment_name(), arm, env, seed, cfg)
-        self._live = LiveDoctor(self.info, self._report_finding)
+        self._live = LiveDoctor(self.info, self._report_finding, retract=self._retract_finding)
         if probe_every and not self._hidden:
             self._note_missing("probes", PROBE_TAGS, "the model has no hidden Dense layer", PROBE_RULES)
 
@@ -746,6 +746,10 @@ class Panel:
         self.final["doctor_not_enough_evidence"] = gaps
         self.summaries.text(self._last_step, "doctor/verdict", verdict_markdown(verdict, gaps))
         self.summaries.flush()
+
+    def _retract_finding(self, finding) -> None:
+        self.summaries.text(self._last_step, "doctor/findings", f"*retracted:* {retraction_line(finding)}")
+        self._say(retraction_line(finding))
 
     def _report_finding(self, finding, grew: bool) -> None:
         key = (finding.rule, finding.subject)

@@ -26,7 +26,7 @@ from dqnlab._tf import tf
 from dqnlab.checkpoint import CheckpointError
 from dqnlab.components import describe
 from dqnlab.config import Config, ConfigError, check_env_fits
-from dqnlab.doctor import LiveDoctor, warning_line
+from dqnlab.doctor import LiveDoctor, retraction_line, warning_line
 from dqnlab.doctor_rules import Finding, env_data_cause
 from dqnlab.envs import make_env
 from dqnlab.events import read_series
@@ -411,7 +411,9 @@ def _run(
         with Summaries(run_json.path.parent, history=start.history) as summaries:
             start.open_summaries(summaries)
             live = LiveDoctor(
-                run_json.info, lambda f, grew: report_finding(f, grew, summaries, run_json, say)
+                run_json.info,
+                lambda f, grew: report_finding(f, grew, summaries, run_json, say),
+                retract=lambda f: retract_finding(f, summaries, run_json, say),
             )
             if start.doctor_state is not None:
                 live.restore(start.doctor_state)
@@ -532,6 +534,12 @@ def report_finding(finding: Finding, grew: bool, summaries: Summaries, run_json:
     run_json.final["doctor"] = [*kept, finding.to_dict()]
     summaries.text(finding.last_step, "doctor/findings", finding_markdown(finding, grew))
     warn(warning_line(finding, grew))
+
+
+def retract_finding(finding: Finding, summaries: Summaries, run_json: RunJson, warn) -> None:
+    """A live finding the end's verdict does not hold: the Text dashboard and the console say so."""
+    summaries.text(run_json.info["env_steps"], "doctor/findings", f"*retracted:* {retraction_line(finding)}")
+    warn(retraction_line(finding))
 
 
 def finding_markdown(finding: Finding, grew: bool = False) -> str:

@@ -9,8 +9,9 @@ Cases already trained under --logdir are read back, not trained again (delete th
 A label is the set of doctor rules a case must fire (empty: healthy). It is *justified* only when the run's
 own series say so, by criteria written here independently of the doctor's thresholds (`EVIDENCE`):
 structural facts (a healthy loss blocks exactly 0 samples) or gross ones (>= 95% of units dead at the last
-probe). A case whose series contradict its label is reported as unjustified, not scored. Prints one line
-per run and the confusion table per rule; exit status 0 when recall and precision are both 100%.
+probe, in a run that does not solve its task). A case whose series contradict its label is reported as
+unjustified, not scored. Prints one line per run and the confusion table per rule; exit status 0 when
+recall and precision are both 100%.
 docs/doctor.md carries the table.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from dqnlab.cliargs import OneLineParser, int_at_least
+from dqnlab.compare import registry_threshold
 from dqnlab.config import ConfigError
 from dqnlab.doctor import examine
 from dqnlab.doctor_rules import SUBSUMES
@@ -84,6 +86,8 @@ CASES = (
          about="look-alike: hidden_1 ~70% dead (PyTorch init), learns"),
     case("mountaincar_dead_b32_20k", "mountaincar_huber", "MountainCar-v0", 20_000, DEAD,
          ["network.bias_init=-3", "train.batch_size=32"]),
+    case("frozenlake_mostly_dead_30k", "huber_relu", "FrozenLake-v1", 30_000, (), ["train.eval_episodes=100"],
+         about="look-alike: one-hot states leave hidden_1 ~93% dead; it solves the lake"),
     # Saturated sigmoids, and a sigmoid net that is mostly saturated but passes a gradient and learns.
     case("cartpole_saturated_20k", "sigmoid_saturated", "CartPole-v1", 20_000, SATURATED,
          about="the README's command"),
@@ -125,12 +129,18 @@ def blocked_evidence(series, info) -> tuple[bool, str]:
 
 
 def dead_evidence(series, info) -> tuple[bool, str]:
-    """At the last probe, a hidden layer with >= 95% of units silent on every probe state."""
+    """At the last probe, a hidden layer with >= 95% of units silent on every probe state, in a run whose
+    last evaluation is below its env's registered reward threshold (gymnasium's): a net that solves its
+    task with the units it has left is the look-alike, not the pathology."""
     dead = {layer: _last(series, f"act_dead_frac/{layer}") for layer in _layers(series, "act_dead_frac/")}
     worst = max(dead, key=lambda k: dead[k], default=None)
     if worst is None:
         return False, "no probe"
-    return dead[worst] >= 0.95, f"{worst} {dead[worst]:.0%} dead at the last probe"
+    note = f"{worst} {dead[worst]:.0%} dead at the last probe"
+    threshold, last = registry_threshold(info["env"]), _last(series, "eval/return")
+    if threshold is not None and last >= threshold:
+        return False, f"{note}, and it solves its task (last evaluation {last:.3g} >= {threshold:g})"
+    return dead[worst] >= 0.95, note
 
 
 def saturated_evidence(series, info) -> tuple[bool, str]:

@@ -127,6 +127,26 @@ def test_a_grown_finding_is_reported_again_and_a_steady_one_is_not():
     assert live._reported == {("blocked_td_gradient", ""): warned}
 
 
+def test_a_live_finding_the_end_no_longer_holds_is_retracted():
+    """FrozenLake's mostly dead net: dead_relu is reported while its evaluations are below the task's
+    threshold (0.7), and retracted at the end, when the late evaluations reach it and the verdict drops it."""
+    from dqnlab.doctor import LiveDoctor, retraction_line
+
+    probes = [5888 + 5120 * i for i in range(9)]
+    history = {"act_dead_frac/hidden_1": (probes, [0.82, 0.86, 0.88, 0.9, 0.91, 0.91, 0.92, 0.91, 0.91])}
+    evals = [5000 * (i + 1) for i in range(6)]
+    reports, retracted = [], []
+    live = LiveDoctor({"env": "FrozenLake-v1"}, lambda f, grew: reports.append(f), retract=retracted.append)
+    live.check({**history, "eval/return": (evals, [0.1, 0.2, 0.3, 0.3, 0.4, 0.4])})
+    assert [(f.rule, f.subject) for f in reports] == [("dead_relu", "hidden_1")] and not retracted
+    verdict, _ = live.verdict({**history, "eval/return": (evals, [0.49, 0.70, 0.75, 0.73, 0.76, 0.77])})
+    assert verdict == [] and retracted == reports
+    assert retraction_line(retracted[0]) == (
+        "doctor: dead_relu [hidden_1], reported at env step 46,848, no longer holds on the whole run"
+    )
+    assert live.state()["reported"] == []
+
+
 def test_a_directory_of_experiments_keeps_each_experiments_arms_apart(experiment, tmp_path):
     import shutil
 

@@ -248,6 +248,30 @@ def test_dead_relu_near_misses_and_spike():
         assert rule_dead_relu({"act_dead_frac/hidden_1": probed(values)}, run_json()) == []
 
 
+def evaluated(values) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray(values, np.float64)
+    return 5000 * np.arange(1, len(values) + 1, dtype=np.int64), values
+
+
+@pytest.mark.parametrize("rule", [rule_dead_relu, rule_dormant_growth])
+def test_the_capacity_rules_are_silent_while_the_run_solves_its_task(rule):
+    """FrozenLake-v1 (threshold 0.7), huber_relu, 30k steps: hidden_1 91% dead (82% at the first probe),
+    hidden_0's dormant share rising by 0.4, and the greedy success rate 0.70-0.77 over the last evaluations:
+    the live units suffice. Below the threshold, or with no threshold or too few evaluations, the rules
+    judge as before."""
+    s = {
+        "act_dead_frac/hidden_1": probed([0.82, 0.86, 0.88, 0.9, 0.91, 0.91, 0.92, 0.91, 0.91]),
+        "act_dormant_frac/hidden_0": probed([0.2, 0.25, 0.4, 0.5, 0.6, 0.62, 0.64, 0.65, 0.66]),
+    }
+    solved = {**s, "eval/return": evaluated([0.49, 0.70, 0.75, 0.73, 0.76, 0.77])}
+    assert rule(solved, run_json(reward_threshold=0.7)) == []
+    assert len(rule(solved, run_json(reward_threshold=0.8))) == 1  # late median 0.75: not solved
+    assert len(rule(solved, run_json())) == 1  # no threshold known: no exemption
+    assert len(rule(solved, run_json(reward_threshold=None))) == 1
+    short = {**s, "eval/return": evaluated([0.75, 0.77])}  # one late evaluation: not enough to say
+    assert len(rule(short, run_json(reward_threshold=0.7))) == 1
+
+
 # ---------------------------------------------------------------------------------------------------------
 # saturated_activation and vanishing_gradient
 
