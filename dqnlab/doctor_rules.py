@@ -265,8 +265,8 @@ def solves_its_task(series: Series, run: Mapping) -> bool:
 
 def rule_dead_relu(series: Series, run: Mapping) -> list[Finding]:
     """Dead ReLUs: act_dead_frac/<layer> almost 1, or high and risen well above its first probe; not while
-    the run solves its task (`solves_its_task`: FrozenLake's one-hot states leave a 256-256 net 91% dead in
-    hidden_1 at its optimal success rate)."""
+    the run solves its task (`solves_its_task`: FrozenLake's one-hot states leave a 256-256 net 92-93% dead
+    in hidden_1 while it solves the lake)."""
     out = []  # act_dead_frac is ~0 for bounded activations, so no activation check is needed
     if solves_its_task(series, run):
         return out
