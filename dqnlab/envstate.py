@@ -24,8 +24,9 @@ from gymnasium.envs.registration import EnvSpec
 
 from dqnlab.plainstate import is_plain, restore_attributes
 
-# Construction arguments some cores keep for pickling: the fresh env was built from the same ones.
-_CONSTRUCTION = frozenset({"_ezpickle_args", "_ezpickle_kwargs", "_action_set", "metadata"})
+# Construction arguments some cores and wrappers keep for pickling (gymnasium's RecordConstructorArgs:
+# `_saved_kwargs`, DtypeObservation's dtype among them): the fresh env was built from the same ones.
+_CONSTRUCTION = frozenset({"_ezpickle_args", "_ezpickle_kwargs", "_action_set", "metadata", "_saved_kwargs"})
 
 
 def layers(env: gym.Env) -> list[gym.Env]:

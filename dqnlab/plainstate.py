@@ -8,7 +8,7 @@ encoding, an unknown tag a ValueError when decoding.
 
     None, bool, int, float, str           as themselves (floats keep nan and inf)
     list, dict with str keys              as themselves
-    tuple, collections.deque              tagged
+    tuple, collections.deque, int-keyed dict  tagged (a toy-text env's transition table `P`)
     numpy arrays (not object dtype)       a reference into the arrays
     numpy scalars (np.float32(1.5), ...)  a 0-d array, so dtype and bits survive
     numpy.random.Generator                its bit generator's state (plain integers)
@@ -54,8 +54,11 @@ def encode(value: Any, arrays: dict[str, np.ndarray], path: str = "") -> Any:
     if isinstance(value, list):
         return [encode(v, arrays, _join(path, i)) for i, v in enumerate(value)]
     if isinstance(value, dict):
+        if value and all(type(k) is int for k in value):  # FrozenLake's P: state -> action -> transitions
+            items = [[k, encode(v, arrays, _join(path, k))] for k, v in value.items()]
+            return {_TAG: "intdict", "items": items}
         if not all(isinstance(k, str) for k in value) or _TAG in value:
-            raise TypeError(f"{path or 'value'}: only dicts with string keys can be stored as data")
+            raise TypeError(f"{path or 'value'}: only dicts with string or int keys can be stored as data")
         return {k: encode(v, arrays, _join(path, k)) for k, v in value.items()}
     raise TypeError(f"{path or 'value'}: a {type(value).__name__} cannot be stored as data")
 
@@ -83,6 +86,11 @@ def decode(tree: Any, arrays: dict[str, np.ndarray]) -> Any:
     if kind in ("tuple", "deque"):
         items = [decode(v, arrays) for v in tree.get("items", [])]
         return tuple(items) if kind == "tuple" else deque(items, maxlen=tree.get("maxlen"))
+    if kind == "intdict":
+        pairs = tree.get("items", [])
+        if not all(isinstance(p, list) and len(p) == 2 and type(p[0]) is int for p in pairs):
+            raise ValueError("an int-keyed dict in a stored state has an entry that is not [int, value]")
+        return {k: decode(v, arrays) for k, v in pairs}
     raise ValueError(f"unknown node {kind!r} in a stored state")
 
 

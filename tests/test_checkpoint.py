@@ -110,8 +110,9 @@ def test_a_crafted_object_array_with_a_matching_manifest_is_refused_and_inert(tm
         {"__plain__": "object", "class": "os:system", "args": ["touch marker"]},
         {"__plain__": "generator", "state": {"bit_generator": "os.system", "state": {}}},
         {"__plain__": "array", "key": "nowhere"},
+        {"__plain__": "intdict", "items": [["0", 1]]},
     ],
-    ids=["unknown-node", "unknown-bit-generator", "missing-array"],
+    ids=["unknown-node", "unknown-bit-generator", "missing-array", "intdict-with-a-str-key"],
 )
 def test_a_state_tree_naming_anything_but_data_is_refused(tmp_path, node):
     path = checkpoint.save(tmp_path, 100, ARRAYS, sample_state(100))
@@ -233,13 +234,15 @@ def test_a_symlinked_checkpoints_directory_is_refused(tmp_path):
 
 def test_plainstate_round_trips_through_json_exactly():
     value = {"t": (1, 2.5, None, True), "d": deque([1], maxlen=3), "a": np.arange(3, dtype=np.uint8),
-             "g": np.random.default_rng(5), "s": np.int64(2**40), "l": [float("inf"), "x"]}  # fmt: skip
+             "g": np.random.default_rng(5), "s": np.int64(2**40), "l": [float("inf"), "x"],
+             "P": {0: {1: [(0.5, 4, 0.0, False)]}, 7: {}}}  # fmt: skip
     arrays: dict[str, np.ndarray] = {}
     back = plainstate.decode(json.loads(json.dumps(plainstate.encode(value, arrays))), arrays)
     assert back["t"] == (1, 2.5, None, True) and back["l"] == [float("inf"), "x"]
     assert back["d"] == deque([1], maxlen=3) and back["d"].maxlen == 3
     assert back["a"].dtype == np.uint8 and back["s"] == 2**40 and back["s"].dtype == np.int64
     assert back["g"].integers(1 << 60) == np.random.default_rng(5).integers(1 << 60)
+    assert back["P"] == {0: {1: [(0.5, 4, 0.0, False)]}, 7: {}}  # a toy-text env's transitions, int keys
 
 
 def test_restore_attributes_refuses_another_shape_kind_or_a_name_that_hides_a_method():

@@ -234,6 +234,35 @@ def test_an_evaluation_episode_without_a_time_limit_is_cut(monkeypatch):
     assert not any(training.step(0)[3] for _ in range(100))  # no limit added to the training env
 
 
+@pytest.mark.parametrize("env_id", ["FrozenLake-v1", "Taxi-v4", "CliffWalking-v1", "Blackjack-v1"])
+def test_toy_text_envs_are_stored_as_data_and_go_on_exactly(env_id):
+    """A checkpoint's env state (dqnlab.envstate): the one-hot wrappers' construction arguments are the
+    fresh env's, the transition table `P` an int-keyed dict of plain data; restored into an env built with
+    another seed, the same actions give the same observations, rewards and ends, across resets."""
+    import json
+
+    from dqnlab import envstate, plainstate
+
+    def play(env, steps=60):
+        out = []
+        for t in range(steps):
+            obs, reward, terminated, truncated, _ = env.step(t % env.action_space.n)
+            out.append((obs.tolist(), reward, terminated, truncated))
+            if terminated or truncated:
+                env.reset()  # unseeded: the env's own (restored) generator decides
+        return out
+
+    env = make_env(env_id, seed=0)
+    play(env, 7)
+    state = envstate.capture(env)
+    assert state is not None
+    arrays: dict = {}
+    tree = json.loads(json.dumps(plainstate.encode(state, arrays)))
+    fresh = make_env(env_id, seed=123)
+    envstate.restore(fresh, plainstate.decode(tree, arrays))
+    assert play(fresh) == play(env)
+
+
 def test_env_dirname():
     assert env_dirname("dqnlab/CartPole-reward10-v1") == "dqnlab-CartPole-reward10-v1"
     assert env_dirname("CartPole-v1") == "CartPole-v1"
