@@ -118,23 +118,22 @@ def test_resume_of_an_unfinished_run_for_fewer_steps_than_its_checkpoint_is_refu
     anything is written, by the command and by `dqnlab.train`; asked for 300 or more, it resumes."""
     from helpers import FAST, dqnlab_cmd
 
-    args = ["--logdir", str(tmp_path), "--name", "t", "--quiet", "--checkpoint-every", "100", *FAST]
-    assert dqnlab_cmd("train", "huber_relu", "--steps", "300", *args).returncode == 0
+    cfg = dqnlab.load_preset("huber_relu", [a for a in FAST if a != "--set"])
+    where = {"seed": 0, "logdir": tmp_path, "name": "t", "checkpoint_every": 100}
+    assert dqnlab.train(cfg, steps=300, **where).status == "done"
     run = tmp_path / "t" / "huber_relu" / "CartPole-v1" / "seed_0"
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    args = ["--logdir", str(tmp_path), "--name", "t", "--quiet", "--checkpoint-every", "100", *FAST]
     refused = dqnlab_cmd("train", "huber_relu", "--steps", "200", "--resume", *args)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     said = "checkpoint is at env step 300, past --steps 200: resume it with --steps 300 or more"
     assert said in refused.stderr
-    cfg = dqnlab.load_preset("huber_relu", [a for a in FAST if a != "--set"])
     with pytest.raises(ConfigError, match="past --steps 200"):
-        dqnlab.train(cfg, seed=0, steps=200, logdir=tmp_path, name="t", resume=True)
+        dqnlab.train(cfg, steps=200, resume=True, **where)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
-    resumed = dqnlab_cmd("train", "huber_relu", "--steps", "400", "--resume", *args)
-    assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((run / "run.json").read_text())["env_steps"] == 400
+    assert dqnlab.train(cfg, steps=400, resume=True, **where).env_steps == 400
 
 
 def test_a_run_too_short_to_learn_is_warned_about(tmp_path):
