@@ -205,6 +205,7 @@ def test_without_replay_a_resumed_batch_refills_before_learning(tmp_path, monkey
     assert not any(EVERY < s <= EVERY + 500 for s in steps) and steps.max() > EVERY + 500
 
 
+@pytest.mark.slow  # ~16 s, the longest end-to-end check of the default run; CI runs it with `-m slow`
 def test_cli_sigkill_of_a_batch_then_resume_matches_and_regroups(tmp_path):
     """`dqnlab ab --batch-runs` killed (SIGKILL) after every member's first checkpoint; `--resume` with a
     damaged member checkpoint is one line, exit 2; once repaired, `--resume` with another --batch-runs

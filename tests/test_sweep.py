@@ -295,6 +295,7 @@ def test_halving_rungs_and_survivors():
     assert survivors(scores, 2) == ["c", "d", "a"]  # ceil(5 / 2), best first, NaN last
 
 
+@pytest.mark.slow  # ~11 s end to end (`survivors` is tested above); CI runs it with `-m slow`
 def test_halving_cuts_the_worse_cells_at_the_rung_and_trains_the_best_to_the_end(tmp_path):
     args = ["sweep", "huber_relu", "--grid", "network.bias_init=0,-3", "--seeds", "1", "--steps", "2000"]
     args += ["--set", CONSTANT_BIASES]
