@@ -6,39 +6,22 @@ changes:
 
 - Acting cannot use the MLP's numpy twin (it knows only a chain of Dense layers), so the policy is one
   concrete TF function of the online network on one observation, reading the live variables (as the CNN's).
-- The activation probe measures every Dense layer whose activation the probes know (relu, sigmoid, tanh),
-  its own or that of an activation layer right after it (`Dense(64)` then `ReLU()`: `user_layers`), from
-  the layer's own input in the model's graph; a subclassed model has no such graph, and is probed for
-  weights and gradients only (docs/components.md). `grad/depth_ratio` runs from the first such layer to the
-  last.
+- The activation probe measures every activation the model applies to a layer's units, wherever it is (a
+  Dense layer's own, an activation layer after a linear Dense or a normalization, an op of your `call`):
+  `user_layers.probe_plan` finds them by watching the model run once, subclassed and nested models included
+  (docs/components.md). `grad/depth_ratio` runs from the first probed layer's kernel to the last.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
 
 import numpy as np
 
-from dqnlab import probes
 from dqnlab._tf import keras, tf
 from dqnlab.config import Config
 from dqnlab.learner import CompiledPolicy, Learner
-from dqnlab.user_layers import PROBED_ACTIVATIONS, activation_after
-
-
-def probed_layers(model: keras.Model) -> list[tuple[keras.layers.Dense, str, Callable]]:
-    """The model's Dense layers whose activation the probes know (their own, or an activation layer's right
-    after them: `user_layers.activation_after`), in the model's layer order, each with that activation's
-    name and function; none for a subclassed model (no graph to read a layer's input from)."""
-    if not getattr(model, "inputs", None):  # a subclassed model: no graph to read a layer's input from
-        return []
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Dense):
-            name, fn = activation_after(model, layer)
-            if name in PROBED_ACTIVATIONS:
-                found.append((layer, name, fn))
-    return found
+from dqnlab.user_layers import ProbePlan, activation_stats, probe_plan, probed_activations
 
 
 class CustomLearner(Learner):
@@ -46,12 +29,9 @@ class CustomLearner(Learner):
 
     def __init__(self, cfg: Config, online: keras.Model, target: keras.Model, optimizer, obs_shape):
         super().__init__(cfg, online, target, optimizer, obs_shape)
-        self._probed = probed_layers(online)
-        self._hidden_layers = [layer for layer, *_ in self._probed]  # the ends of grad/depth_ratio
-        self._inputs_of = None
-        if self._probed:  # each probed layer's input, from the observations, in one call
-            inputs = [layer.input for layer in self._hidden_layers]
-            self._inputs_of = keras.Model(online.inputs, inputs, name="probed_inputs")
+        self._plan = _plan_or_none(online, obs_shape)
+        kernels = [p.kernel_layer for p in self._plan.points if p.kernel_layer is not None]
+        self._hidden_layers = list(dict.fromkeys(kernels))  # the ends of grad/depth_ratio
         self._policy: CompiledPolicy | None = None
 
     _returns_weights = False  # the policy reads the variables
@@ -63,18 +43,22 @@ class CustomLearner(Learner):
         return self._policy
 
     def _probe_impl(self, states: tf.Tensor, *packed: tf.Tensor) -> dict[str, tf.Tensor]:
-        d = self._diag
-        m: dict[str, tf.Tensor] = {}
-        if self._inputs_of is not None:
-            inputs = self._inputs_of(states)
-            inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-            for (layer, activation, fn), h in zip(self._probed, inputs, strict=True):
-                x = tf.matmul(h, layer.kernel)  # [N, U] pre-activations
-                x = x if layer.bias is None else x + layer.bias
-                z = fn(x)
-                m.update(probes.layer_stats(layer.name, x, z, activation, d))
-                if d.histograms:
-                    m[f"hist/activation/{layer.name}"] = z
-            m["features/srank"] = tf.cast(probes.srank(z, d.srank_delta), tf.float32)
+        points, features = probed_activations(self.online, self._plan, states)
+        m = activation_stats(points, features, self._diag, self._diag.histograms)
         m.update(self._probe_weights_and_gradient(self._unpack(*packed)))
         return m
+
+
+def _plan_or_none(model: keras.Model, obs_shape) -> ProbePlan:
+    """The model's probe plan on float32 observations; an empty one, with a warning, when it cannot be read
+    (the weights and gradients are still measured)."""
+    try:
+        return probe_plan(model, tf.TensorSpec([None, *obs_shape], tf.float32))
+    except Exception as err:  # a model of yours may fail in ways dqnlab cannot list: measure the rest
+        first_line = next(iter(str(err).splitlines()), "")
+        warnings.warn(
+            f"dqnlab: no activation probes for this network ({type(err).__name__}: {first_line})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return ProbePlan((), None)

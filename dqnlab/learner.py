@@ -904,8 +904,8 @@ class Learner:
             reader.above("grad/clipped", preclip, clip)
         reader.total("grad/nonfinite", self._family_tags["grad_nonfinite"])
         if len(self._hidden_layers) >= 2:  # vanishing indicator: first over last hidden kernel's gradient
-            first, last = self._hidden_layers[0].name, self._hidden_layers[-1].name
-            reader.ratio("grad/depth_ratio", f"grad_norm/{first}/kernel", f"grad_norm/{last}/kernel")
+            first, last = (variable_tag(h.kernel) for h in (self._hidden_layers[0], self._hidden_layers[-1]))
+            reader.ratio("grad/depth_ratio", f"grad_norm/{first}", f"grad_norm/{last}")
         for tag, size in zip(self.variable_tags, self._sizes, strict=True):
             reader.zero_frac(f"grad_zero_frac/{tag}", f"~half_nonzero/{tag}", size)
         burst_tags(reader, self._burst_stats, num_updates)

@@ -21,8 +21,8 @@ finiteness check of the loss and gradient norm (a divergence marks the run `dive
 One call in `every` is measured: its whole panel is computed in one compiled call when the next `gradients`
 call (or `applied()`, or `close()`) finds the weights the optimizer step left, exactly as dqnlab's learner
 computes its one-update burst (`learner.td_counts`, `learner.per_variable_families`). Every `probe_every`
-calls the activation probes run on the model's hidden Dense layers, on a fixed batch of the `obs` it was
-given. What the loop did not pass (no `qa`/`target`, no `q`, no `obs`) is not logged, and run.json's
+calls the activation probes run wherever the model applies an activation (`user_layers.probe_plan`), on a
+fixed batch of the `obs` it was given. What the loop did not pass (no `qa`/`target`, no `q`, no `obs`) is not logged, and run.json's
 `panel.missing` and the doctor's "not enough evidence" say which tags and rules that leaves out.
 """
 
@@ -41,7 +41,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from dqnlab import probes
 from dqnlab._tf import keras, tf
 from dqnlab.doctor import LiveDoctor, retraction_line, warning_line
 from dqnlab.learner import (
@@ -64,7 +63,7 @@ from dqnlab.rundir import (
 )
 from dqnlab.summaries import Summaries
 from dqnlab.trainer import finding_markdown, verdict_markdown
-from dqnlab.user_layers import PROBED_ACTIVATIONS, activation_after, activation_name
+from dqnlab.user_layers import ProbePlan, activation_stats, probe_plan, probed_activations
 
 _log = logging.getLogger("dqnlab")
 
@@ -180,9 +179,8 @@ class Panel:
         self._every, self._probe_every, self._probe_size = every, probe_every, probe_size
         self._near_zero_tol = float(near_zero_tol)
         self._diag = _Diag(dormant_tau, saturation_margin, srank_delta)
-        self._hidden = [layer for layer in _dense_layers(model)][:-1]  # the last Dense is the head
-        # (name, function) of the activation each one's output goes through: its own, or the next layer's
-        self._activations = [activation_after(model, layer) for layer in self._hidden]
+        self._hidden = _dense_layers(model)[:-1]  # the last Dense is the head; grad/depth_ratio's ends
+        self._plan: ProbePlan | None = None  # where the model applies its activations (`_probe_plan`)
         self._stop_on_divergence = stop_on_divergence
         self._say = warn or _log.warning
         self._calls = 0
@@ -205,8 +203,8 @@ class Panel:
                           near_zero_tol, self._activation_name())  # fmt: skip
         self._open_run(logdir, experiment or default_experiment_name(), arm, env, seed, cfg)
         self._live = LiveDoctor(self.info, self._report_finding, retract=self._retract_finding)
-        if probe_every and not self._hidden:
-            self._note_missing("probes", PROBE_TAGS, "the model has no hidden Dense layer", PROBE_RULES)
+        if probe_every:
+            self._probe_plan(None)  # a functional model's now; a subclassed one's at its first probe
 
     def _open_run(self, logdir, experiment: str, arm: str, env: str, seed: int, cfg: dict) -> None:
         """Claim the run directory and write what `dqnlab train` writes at a start: run.json, the
@@ -474,12 +472,13 @@ class Panel:
                     float(tf.reduce_sum(tf.cast(tf.abs(g) < self._near_zero_tol, tf.float32))) / size
                 )
         states = self._states()
-        if states is not None and self._hidden:
+        plan = self._probe_plan(states) if states is not None else None
+        if plan is not None and (plan.points or plan.head is not None):
             if self._probe_fn is None:
                 self._probe_fn = tf.function(self._probe_impl, autograph=False)
             probe_fn = self._probe_impl if self._in_host_call else self._probe_fn
             m.update({k: float(v) for k, v in probe_fn(tf.constant(states)).items()})
-        elif self._hidden:
+        elif states is None and self._may_probe():
             why = "no obs= given to gradients() yet: the probes need states"
             self._note_missing("probe states", PROBE_TAGS, why, PROBE_RULES)
         self._last_step = self.env_step = max(self._last_step, int(step))
@@ -530,8 +529,38 @@ class Panel:
         write_json_atomic(self.run_dir / RUN_JSON, self.info)
 
     def _activation_name(self) -> str | None:
-        names = {name for name, _ in self._activations}
+        """The one activation the probed units go through (None: several, or not known yet)."""
+        names = {p.activation for p in self._plan.points} if self._plan is not None else set()
         return names.pop() if len(names) == 1 else None
+
+    def _may_probe(self) -> bool:
+        """Whether probe states would give activation probes (yes, while the model has not been read)."""
+        return self._plan is None or bool(self._plan.points)
+
+    def _probe_plan(self, states: np.ndarray | None) -> ProbePlan | None:
+        """`user_layers.probe_plan` of the model, made once: from a functional model's input, else from the
+        first probe states (None before them). A model that cannot be read that way gets an empty plan: no
+        activation probes, said once (run.json `panel.missing`), and the user's loop goes on."""
+        if self._plan is not None:
+            return self._plan
+        spec = _input_spec(self.model)
+        if spec is None and states is None:
+            return None
+        if spec is None:
+            spec = tf.TensorSpec([None, *states.shape[1:]], tf.as_dtype(states.dtype))
+        try:
+            self._plan = probe_plan(self.model, spec)
+        except Exception as err:  # a model of yours may fail in ways the panel cannot list: measure the rest
+            first_line = next(iter(str(err).splitlines()), "")
+            self._plan = ProbePlan((), None)
+            why = f"the model did not run on the probe states ({type(err).__name__}: {first_line})"
+            self._note_missing("probes", PROBE_TAGS, why, PROBE_RULES)
+            return self._plan
+        self.info["config"]["network"]["activation"] = self._activation_name()
+        if not self._plan.points:
+            why = "the model applies no activation the probes can read (docs/your_agent.md)"
+            self._note_missing("probes", ["act_*/<layer>"], why, PROBE_RULES)
+        return self._plan
 
     def _note_inputs(self, qa, target, q, obs) -> None:
         td_rules = ["blocked_td_gradient"]
@@ -544,7 +573,7 @@ class Panel:
             self._note_missing(
                 "q", ["q/mean", "q/max"], "gradients() got no q (the Q-values [B, A])", ["q_overestimation"]
             )
-        if obs is None and self._probe_every and self._probe_states is None and self._hidden:
+        if obs is None and self._probe_every and self._probe_states is None and self._may_probe():
             why = "gradients() got no obs: the probes need states"
             self._note_missing("probe states", PROBE_TAGS, why, PROBE_RULES)
 
@@ -684,38 +713,9 @@ class Panel:
         return reader
 
     def _probe_impl(self, states: tf.Tensor) -> dict[str, tf.Tensor]:
-        """`Learner._probe_impl`'s activation statistics on the hidden Dense layers' outputs."""
-        m: dict[str, tf.Tensor] = {}
-        outputs = self._hidden_outputs(states)
-        for layer, (activation, fn), out in zip(self._hidden, self._activations, outputs, strict=True):
-            if activation_name(layer) == "linear":  # the activation is the next layer's: x -> fn(x) here
-                x, z = out, fn(out)
-            else:  # its own, already applied: only ReLU's derivative reads x, and relu(x) > 0 where x > 0
-                x = z = out
-            if activation in PROBED_ACTIVATIONS:
-                m.update(probes.layer_stats(layer.name, x, z, activation, self._diag))
-            else:
-                m[f"act_dead_frac/{layer.name}"] = probes.dead_frac(z)
-                m[f"act_dormant_frac/{layer.name}"] = probes.dormant_frac(z, self._diag.dormant_tau)
-        m["features/srank"] = tf.cast(probes.srank(z, self._diag.srank_delta), tf.float32)
-        return m
-
-    def _hidden_outputs(self, states: tf.Tensor) -> list[tf.Tensor]:
-        """The hidden Dense layers' outputs on `states`: through a functional view of the model when it has
-        one, else by calling its layers in order (a plain stack)."""
-        try:
-            view = keras.Model(self.model.inputs, [layer.output for layer in self._hidden])
-        except (AttributeError, ValueError, TypeError):
-            view = None
-        if view is not None:
-            out = view(states)
-            return list(out) if isinstance(out, (list, tuple)) else [out]
-        outputs, h = [], states
-        for layer in self.model.layers:
-            h = layer(h)
-            if layer in self._hidden:
-                outputs.append(h)
-        return outputs
+        """`Learner._probe_impl`'s activation statistics, at the activations `_probe_plan` found."""
+        points, features = probed_activations(self.model, self._plan, states)
+        return activation_stats(points, features, self._diag, histograms=False)
 
     def _diverged(self, step: int, vector: np.ndarray) -> None:
         """Record the divergence as `dqnlab train` does, close, and raise `Diverged` (unless told not to)."""
@@ -782,6 +782,17 @@ def _number(x) -> bool:
     return (
         isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool) and math.isfinite(x)
     )
+
+
+def _input_spec(model: keras.Model) -> tf.TensorSpec | None:
+    """A functional model's one input as a spec with any batch size (None: subclassed, or several inputs)."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not inputs or len(inputs) != 1:
+        return None
+    return tf.TensorSpec([None, *inputs[0].shape[1:]], tf.as_dtype(inputs[0].dtype))
 
 
 def _dense_layers(model: keras.Model) -> list[keras.layers.Dense]:
