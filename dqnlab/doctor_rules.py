@@ -193,7 +193,7 @@ def _make(rule, severity, subject, span, evidence, summary, why, fix) -> Finding
 BLOCKED_COUNT, NONZERO_COUNT = "td/grad_blocked_count/burst_sum", "td/nonzero_delta_count/burst_sum"
 
 
-def _pooled_blocked(series: Series) -> tuple[np.ndarray, float, float] | None:
+def pooled_blocked(series: Series) -> tuple[np.ndarray, float, float] | None:
     """(steps of the late half, blocked share pooled over it, samples it pooled). Pooled from the bursts'
     counts when logged, else from the measured updates' fractions (their mean: each is over one batch)."""
     blocked, nonzero = _get(series, BLOCKED_COUNT), _get(series, NONZERO_COUNT)
@@ -211,7 +211,7 @@ def _pooled_blocked(series: Series) -> tuple[np.ndarray, float, float] | None:
 
 def rule_blocked_td_gradient(series: Series, run: Mapping) -> list[Finding]:
     """The forward-clip bug: a share of TD errors with dL/dQ exactly 0, pooled over the late half."""
-    pooled = _pooled_blocked(series)
+    pooled = pooled_blocked(series)
     if pooled is None or len(pooled[0]) < T.min_points or pooled[1] < T.blocked_warn:
         return []
     steps, share, samples = pooled

@@ -22,8 +22,9 @@ One call in `every` is measured: its whole panel is computed in one compiled cal
 call (or `applied()`, or `close()`) finds the weights the optimizer step left, exactly as dqnlab's learner
 computes its one-update burst (`learner.td_counts`, `learner.per_variable_families`). Every `probe_every`
 calls the activation probes run wherever the model applies an activation (`user_layers.probe_plan`), on a
-fixed batch of the `obs` it was given. What the loop did not pass (no `qa`/`target`, no `q`, no `obs`) is not logged, and run.json's
-`panel.missing` and the doctor's "not enough evidence" say which tags and rules that leaves out.
+fixed batch of the `obs` it was given. What the loop did not pass (no `qa`/`target`, no `q`, no `obs`) is
+not logged, and run.json's `panel.missing` and the doctor's "not enough evidence" say which tags and rules
+that leaves out.
 """
 
 from __future__ import annotations

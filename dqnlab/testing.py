@@ -27,6 +27,7 @@ import pytest
 
 from dqnlab.components import describe
 from dqnlab.config import load_preset, resolve_preset_path
+from dqnlab.doctor_rules import pooled_blocked
 from dqnlab.rundir import RunResult, read_run
 
 CACHE_DIR = "dqnlab-runs"
@@ -139,17 +140,34 @@ def assert_no_dead_units(run: RunResult, max_dead_frac: float = 0.9) -> None:
 
 
 def assert_td_gradients_not_blocked(run: RunResult, max_blocked_frac: float = 0.01) -> None:
-    """The loss passes gradient for the TD errors: `td/grad_blocked_frac` (median, second half) is at most
-    `max_blocked_frac` (exactly 0 for Huber, squared and gradient-clipped losses)."""
-    series = _series(run, "td/grad_blocked_frac")
-    if not series:
+    """The loss passes gradient for the TD errors: the share of nonzero TD errors sent exactly zero
+    gradient, pooled over the second half of the run as the doctor pools it (every update's counts,
+    `td/grad_blocked_count/burst_sum` over `td/nonzero_delta_count/burst_sum`; the measured updates'
+    fractions for a run that logs no counts), is at most `max_blocked_frac` (exactly 0 for Huber, squared
+    and gradient-clipped losses). Every update of every burst counts, not a median of the one measured
+    update per burst: the updates right after a target sync block the most, and a per-update fraction
+    moves in steps of 1/batch size."""
+    pooled = pooled_blocked(_timed_series(run))
+    if pooled is None:
         raise AssertionError(f"td/grad_blocked_frac not logged {_where(run)}")
-    blocked = _late_median(series["td/grad_blocked_frac"])
+    steps, blocked, samples = pooled
+    if not len(steps):
+        raise AssertionError(f"no measured update in the second half of the run {_where(run)}")
     if blocked > max_blocked_frac:
+        over = f"{samples:,.0f} TD errors" if math.isfinite(samples) else f"{len(steps)} measured updates"
         raise AssertionError(
-            f"the loss blocks the TD gradient of {blocked:.1%} of the sampled transitions (median, second "
-            f"half; bound {max_blocked_frac:.1%}): a forward clip of the TD error? {_where(run)}"
+            f"the loss blocks the TD gradient of {blocked:.1%} of the nonzero TD errors (pooled over the "
+            f"second half: {over}; bound {max_blocked_frac:.1%}): a forward clip of the TD error? "
+            f"{_where(run)}"
         )
+
+
+def _timed_series(run: RunResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every scalar series as the doctor's rules read them: tag -> (steps, values)."""
+    return {
+        tag: (np.array([s for s, _ in points]), np.array([v for _, v in points]))
+        for tag, points in run.all_scalars().items()
+    }
 
 
 def assert_all_finite(run: RunResult) -> None:
