@@ -325,7 +325,7 @@ class Panel:
             td = [_flat(dqa), _flat(qa), _flat(target)] if with_td else []
             q_part = [_float(q)] if q is not None else []
             target_part = [_flat(target)] if target is not None and not with_td else []
-            inputs = [_float(loss), *td, *target_part, *q_part, *raw, *before]
+            inputs = [_float(loss), *td, *target_part, *q_part, *map(_float, raw), *map(_float, before)]
             key = (with_td, bool(target_part), bool(q_part))
             self._pending = _Pending(step, inputs, key)
         if self._probe_every and self._calls % self._probe_every == 0:
@@ -349,7 +349,7 @@ class Panel:
         )
         given = list(raw)
         raw = [tf.zeros_like(v) if g is None else g for g, v in zip(raw, self.variables, strict=True)]
-        out = self._check_impl(tf.cast(loss, tf.float32), raw)
+        out = self._check_impl(loss, raw)
         grads, vector = out[:-1], out[-1]
         finite = vector[-1] > 0
         if self._counter is None:
@@ -412,7 +412,7 @@ class Panel:
             td = [parts["dqa"], parts["qa"], parts["target"]] if with_td else []
             target_part = [parts["target"]] if "target" in parts and not with_td else []
             q_part = [parts["q"]] if "q" in parts else []
-            inputs = [parts["loss"], *td, *target_part, *q_part, *raw, *weights]
+            inputs = [parts["loss"], *td, *target_part, *q_part, *map(_float, raw), *map(_float, weights)]
             self._pending = _Pending(step, inputs, (with_td, bool(target_part), bool(q_part)))
         if "obs" in parts and self._probe_every:
             self._keep_obs(parts["obs"].numpy())
@@ -610,7 +610,7 @@ class Panel:
         [V], finite], finite when the loss and the raw global norm are."""
         if self._check_fn is None:
             self._check_fn = tf.function(self._check_impl, autograph=False)
-        return self._check_fn(_float(loss), raw)
+        return self._check_fn(tf.convert_to_tensor(loss), raw)
 
     def _check_impl(self, loss, raw):
         preclip_norm, half_squares = global_norm_parts(raw)
@@ -618,7 +618,8 @@ class Panel:
         grads = list(raw)
         if self._clip_norm > 0:
             grads, _ = tf.clip_by_global_norm(raw, self._clip_norm, use_norm=preclip_norm)
-        vector = tf.concat([loss[None], half_squares, tf.cast(finite, tf.float32)[None]], 0)
+        # judged in the model's own dtype (a float64 model's norm may not fit a float32), logged in float32
+        vector = tf.concat([_float(loss)[None], _float(half_squares), tf.cast(finite, tf.float32)[None]], 0)
         return [*grads, vector]
 
     def _flush(self, after: list[tf.Tensor] | None = None) -> None:
@@ -628,7 +629,7 @@ class Panel:
         fn = self._measure_fns.get(key)
         if fn is None:
             fn = self._measure_fns[key] = tf.function(lambda *a: self._measure_impl(key, *a), autograph=False)
-        after = after or [tf.convert_to_tensor(v.value) for v in self.variables]
+        after = [_float(w) for w in (after or [v.value for v in self.variables])]
         if self._in_host_call:  # inside the loop's graph: op by op (see `_host_call`)
             fn = functools.partial(self._measure_impl, key)
         vector = fn(*pending.inputs, *after)
@@ -770,7 +771,8 @@ class _Diag(NamedTuple):
 
 
 def _float(x) -> tf.Tensor:
-    """A loop's tensor (or array) as float32: a float64 target or loss is measured as the learner's are."""
+    """A loop's tensor (or array) as float32: a float64 target, loss or model (or a float16 activation) is
+    measured as the learner's are."""
     return tf.cast(x, tf.float32)
 
 

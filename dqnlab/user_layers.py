@@ -144,8 +144,8 @@ def probed_activations(
 
 
 def _units(t) -> tf.Tensor:
-    """[N, ..., U] as [N * ..., U]: a unit is the last axis (a convolution's channel)."""
-    t = tf.convert_to_tensor(t)
+    """[N, ..., U] as float32 [N * ..., U]: a unit is the last axis (a convolution's channel)."""
+    t = tf.cast(t, tf.float32)
     return t if t.shape.rank == 2 else tf.reshape(t, [-1, t.shape[-1]])
 
 

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import dqnlab
+from dqnlab._tf import keras
 from dqnlab.config import load_preset
 from dqnlab.doctor import examine
 from dqnlab.kinds import make_learner
@@ -355,6 +356,43 @@ def test_float64_targets_and_column_shaped_q_values_are_measured(tmp_path):
     blocked = run.scalars("td/grad_blocked_frac")[-1][1]
     beyond = run.scalars("td/beyond_bound_frac")[-1][1]
     assert blocked == beyond > 0  # the forward clip blocks exactly the samples beyond the bound
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+def test_a_float64_model_is_measured_as_its_float32_twin(tmp_path, mode):
+    """Weights, gradients and activations in float64 (a model built with dtype="float64"): the panel
+    measures them in float32 as the learner does, and reads what the same model in float32 reads."""
+    logged, weights = {}, None
+    for dtype in ("float32", "float64"):
+        hidden = keras.layers.Dense(16, activation="relu", dtype=dtype, name="hidden")
+        layers = [hidden, keras.layers.Dense(ACTIONS, dtype=dtype, name="head")]
+        model = keras.Sequential([keras.Input((OBS_DIM,), dtype=dtype), *layers])
+        weights = weights or model.get_weights()  # the float32 model's, cast to float64 for its twin
+        model.set_weights([w.astype(dtype) for w in weights])
+        panel = Panel(model, env="CartPole-v1", arm=dtype, experiment=mode, logdir=tmp_path, every=1,
+                      probe_every=2, probe_size=B, clip_norm=10.0, warn=lambda _: None)  # fmt: skip
+
+        def step_fn(obs, actions, rewards, step, model=model, panel=panel, dtype=dtype):
+            with tf.GradientTape() as tape:
+                q = model(tf.cast(obs, dtype))
+                qa = tf.gather(q, actions, batch_dims=1)
+                target = tf.cast(rewards, dtype) + 1.0
+                loss = tf.reduce_mean(tf.square(target - qa))
+            grads = panel.gradients(tape, loss, model.trainable_variables, qa=qa, target=target, q=q,
+                                    obs=tf.cast(obs, dtype), step=step)  # fmt: skip
+            return grads
+
+        fn = tf.function(step_fn) if mode == "graph" else step_fn
+        for i in range(1, 5):
+            batch = _batch(i)
+            fn(batch.obs, batch.actions, batch.rewards, tf.constant(i, tf.int64) if mode == "graph" else i)
+        panel.close()
+        logged[dtype] = dqnlab.read_run(panel.run_dir).all_scalars()
+    assert logged["float64"].keys() == logged["float32"].keys()
+    for tag in ("loss/td", "grad_norm/global", "td/abs_max", "act_dead_frac/hidden", "features/srank"):
+        assert tag in logged["float64"], tag
+        twin = [v for _, v in logged["float32"][tag]]
+        np.testing.assert_allclose([v for _, v in logged["float64"][tag]], twin, rtol=1e-5, atol=1e-6)
 
 
 GRAPH_LOOP_ONE_THREAD = """
