@@ -311,13 +311,12 @@ def _train(args) -> int:
         check_resumable(run_dir, args.steps or cfg.train.steps)
     else:
         check_run_dir_free(run_dir)
-    from tqdm import tqdm
-
+    from dqnlab.progress import progress_bar
     from dqnlab.runspec import RunSpec
     from dqnlab.trainer import train_run  # imports TensorFlow: only after the input is known good
 
     steps = args.steps or cfg.train.steps
-    with tqdm(total=steps, unit="step", disable=args.quiet, dynamic_ncols=True, desc=cfg.name) as bar:
+    with progress_bar(total=steps, unit="step", disable=args.quiet, dynamic_ncols=True, desc=cfg.name) as bar:
 
         def progress(step: int, episode_return: float | None) -> None:
             bar.update(step - bar.n)

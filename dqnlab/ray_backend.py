@@ -16,9 +16,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from dqnlab.config import ConfigError
+from dqnlab.progress import progress_bar
 from dqnlab.rundir import claim_experiment_dir
 from dqnlab.runner import (
     SINGLE_THREAD_ENV,
@@ -122,7 +121,7 @@ def run_experiment_ray(
             pending[remote.options(**options).remote(attempt)] = job
         outcomes: dict[int, RunOutcome] = {}
         desc = f"{len(specs)} runs on Ray" + (f", {len(batches)} batched" if batches else "")
-        with tqdm(total=len(specs), unit="run", disable=quiet, desc=desc) as bar:
+        with progress_bar(total=len(specs), unit="run", disable=quiet, desc=desc) as bar:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in done:

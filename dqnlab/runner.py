@@ -20,8 +20,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from dqnlab import checkpoint, early_stop
 from dqnlab.aggregate import update_aggregates
 from dqnlab.batch_plan import member_ended, plan_batches
@@ -33,6 +31,7 @@ from dqnlab.config import (
     check_fits_memory,
 )
 from dqnlab.envs import env_dirname, make_env
+from dqnlab.progress import progress_bar
 from dqnlab.rundir import (
     EXPERIMENT_JSON,
     RUN_JSON,
@@ -483,7 +482,7 @@ def run_experiment(
     progress_queue, stop_event = ctx.Queue(), ctx.Event()
     returns = ArmReturns(specs)
     running: dict[int, mp.process.BaseProcess] = {}  # job number -> its process
-    bar = tqdm(
+    bar = progress_bar(
         total=sum(min(specs[i].steps, specs[i].pause_at or specs[i].steps) for i in queued),
         unit="step",
         disable=quiet,
