@@ -21,7 +21,7 @@ import numpy as np
 from dqnlab._tf import keras, tf
 from dqnlab.config import Config
 from dqnlab.learner import CompiledPolicy, Learner
-from dqnlab.user_layers import ProbePlan, activation_stats, probe_plan, probed_activations
+from dqnlab.user_layers import ProbePlan, activation_stats, error_line, probe_plan, probed_activations
 
 
 class CustomLearner(Learner):
@@ -55,9 +55,8 @@ def _plan_or_none(model: keras.Model, obs_shape) -> ProbePlan:
     try:
         return probe_plan(model, tf.TensorSpec([None, *obs_shape], tf.float32))
     except Exception as err:  # a model of yours may fail in ways dqnlab cannot list: measure the rest
-        first_line = next(iter(str(err).splitlines()), "")
         warnings.warn(
-            f"dqnlab: no activation probes for this network ({type(err).__name__}: {first_line})",
+            f"dqnlab: no activation probes for this network ({error_line(err)})",
             RuntimeWarning,
             stacklevel=2,
         )

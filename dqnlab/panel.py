@@ -64,7 +64,7 @@ from dqnlab.rundir import (
 )
 from dqnlab.summaries import Summaries
 from dqnlab.trainer import finding_markdown, verdict_markdown
-from dqnlab.user_layers import ProbePlan, activation_stats, probe_plan, probed_activations
+from dqnlab.user_layers import ProbePlan, activation_stats, error_line, probe_plan, probed_activations
 
 _log = logging.getLogger("dqnlab")
 
@@ -478,7 +478,12 @@ class Panel:
             if self._probe_fn is None:
                 self._probe_fn = tf.function(self._probe_impl, autograph=False)
             probe_fn = self._probe_impl if self._in_host_call else self._probe_fn
-            m.update({k: float(v) for k, v in probe_fn(tf.constant(states)).items()})
+            try:
+                m.update({k: float(v) for k, v in probe_fn(tf.constant(states)).items()})
+            except Exception as err:  # a model of yours may fail in ways the panel cannot list: go on without
+                self._plan = ProbePlan((), None)
+                why = f"the activation probe failed ({error_line(err)})"
+                self._note_missing("probes", PROBE_TAGS, why, PROBE_RULES)
         elif states is None and self._may_probe():
             why = "no obs= given to gradients() yet: the probes need states"
             self._note_missing("probe states", PROBE_TAGS, why, PROBE_RULES)
@@ -552,9 +557,8 @@ class Panel:
         try:
             self._plan = probe_plan(self.model, spec)
         except Exception as err:  # a model of yours may fail in ways the panel cannot list: measure the rest
-            first_line = next(iter(str(err).splitlines()), "")
             self._plan = ProbePlan((), None)
-            why = f"the model did not run on the probe states ({type(err).__name__}: {first_line})"
+            why = f"the model did not run on the probe states ({error_line(err)})"
             self._note_missing("probes", PROBE_TAGS, why, PROBE_RULES)
             return self._plan
         self.info["config"]["network"]["activation"] = self._activation_name()

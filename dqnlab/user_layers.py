@@ -24,6 +24,7 @@ each point's pre-activations and outputs, and the features the Q head reads (`fe
 from __future__ import annotations
 
 import contextlib
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -153,9 +154,15 @@ def _first(inputs):
     return inputs[0] if isinstance(inputs, (list, tuple)) else inputs
 
 
-def _layers(model: keras.Model) -> list[keras.layers.Layer]:
+def _layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
     """Every layer inside `model`, those of nested models and layers included."""
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)]
+    try:
+        return list(model._flatten_layers(include_self=False, recursive=True))
+    except AttributeError:  # a Keras without it: the layers each layer lists
+        found = []
+        for layer in getattr(model, "layers", None) or getattr(model, "_layers", []):
+            found += [layer, *_layers(layer)]
+        return found
 
 
 @contextlib.contextmanager
@@ -323,3 +330,11 @@ def activation_stats(
     if features is not None:
         m["features/srank"] = tf.cast(probes.srank(features, diag.srank_delta), tf.float32)
     return m
+
+
+def error_line(err: Exception) -> str:
+    """`Type: message` of what a model of yours raised, in one line: Keras's "Exception encountered when
+    calling ..." preface and its terminal colours left out."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines()]
+    said = [line for line in lines if line and not line.startswith("Exception encountered when calling")]
+    return f"{type(err).__name__}: {said[0] if said else ''}".rstrip(": ")

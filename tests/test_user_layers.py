@@ -235,3 +235,38 @@ def test_eager_and_traced_probes_read_the_same_values():
     traced = outputs(tf.constant(STATES))
     for (_, _, z), t in zip(eager, traced, strict=True):
         np.testing.assert_allclose(z, t, rtol=1e-6)
+
+
+class FixedBatch(keras.Model):
+    """A model that only runs on batches of 32 (a reshape to the training batch size)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.head = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.head(tf.reshape(self.hidden(x), [32, 8]))
+
+
+def test_a_probe_that_fails_leaves_the_users_loop_running(tmp_path):
+    """The probe's 64 states do not fit the model's fixed batch: the probe is dropped, said once in run.json,
+    and every call of the loop still returns its gradient."""
+    model = FixedBatch()
+    model(STATES)
+    panel = dqnlab.Panel(model, env="CartPole-v1", logdir=tmp_path, experiment="fixed", every=1,
+                         probe_every=2, probe_size=64, warn=lambda _: None)  # fmt: skip
+    for step in range(1, 5):
+        with tf.GradientTape() as tape:
+            q = model(STATES)
+            qa = q[:, 0]
+            loss = tf.reduce_mean(tf.square(qa - 1.0))
+        obs = np.concatenate([STATES, STATES])  # 64 probe states
+        grads = panel.gradients(tape, loss, model.trainable_variables, qa=qa, target=tf.ones(32), q=q,
+                                obs=obs[:32] if step % 2 else obs[32:], step=step)  # fmt: skip
+        assert all(g is not None for g in grads)
+    panel.close()
+    run = dqnlab.read_run(panel.run_dir)
+    (missing,) = [m for m in run.info["panel"]["missing"] if m["what"] == "probes"]
+    assert missing["why"].startswith("the activation probe failed (ValueError: Cannot reshape a tensor")
+    assert run.status == "done" and len(run.scalars("loss/td")) == 4
