@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench
 import numpy as np
 
-from dqnlab import bench
 from dqnlab.cliargs import OneLineParser, int_at_least
 
 ROOT = Path(__file__).resolve().parent.parent

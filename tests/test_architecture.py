@@ -91,3 +91,45 @@ def test_nothing_cites_a_file_outside_the_repository():
              for p in ROOT.glob(pattern) if p.is_file() and p.name != Path(__file__).name]  # fmt: skip
     hits = [f"{p.relative_to(ROOT)}: {name}" for p in files for name in outside if name in p.read_text()]
     assert hits == []
+
+
+def _defined_names(tree: ast.Module) -> set[str]:
+    """The names a module defines or imports at its top level (what `from module import name` can take)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def test_every_dqnlab_import_outside_the_package_resolves():
+    """Scripts, examples and tests import only dqnlab modules and names that exist: a benchmark run once a
+    month (scripts/bench_user_panel.py imported a module that had moved out of the package) fails here,
+    statically, without importing TensorFlow."""
+    modules = {p.stem: ast.parse(p.read_text()) for p in PACKAGE.glob("*.py")}
+    public = set(ast.literal_eval(next(
+        n.value for n in modules["__init__"].body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "_LAZY"
+    ))) | {"__version__"}  # fmt: skip
+    broken = []
+    for path in sorted([*ROOT.glob("scripts/*.py"), *ROOT.glob("examples/*.py"), *ROOT.glob("tests/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "dqnlab":
+                broken += [
+                    f"{path.name}: dqnlab.{a.name}" for a in node.names if a.name not in public | set(modules)
+                ]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dqnlab."):
+                stem = node.module.split(".")[1]
+                if stem not in modules:
+                    broken.append(f"{path.name}: {node.module}")
+                    continue
+                defined = _defined_names(modules[stem])
+                broken += [
+                    f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name not in defined
+                ]
+    assert broken == []
