@@ -200,12 +200,16 @@ class Panel:
         self._perf_mark: tuple[float, int, int] | None = None
         self._closed = False
 
+        # A functional model is read now, so that run.json and the HParams name its activation from the
+        # start; a subclassed one at its first probe, from the probe states.
+        spec = _input_spec(model) if probe_every else None
+        self._plan, why_not = _read_plan(model, spec) if spec is not None else (None, None)
         cfg = _run_config(config, gamma, bound, loss, clip_norm, every, probe_every, probe_size, self._diag,
                           near_zero_tol, self._activation_name())  # fmt: skip
         self._open_run(logdir, experiment or default_experiment_name(), arm, env, seed, cfg)
         self._live = LiveDoctor(self.info, self._report_finding, retract=self._retract_finding)
-        if probe_every:
-            self._probe_plan(None)  # a functional model's now; a subclassed one's at its first probe
+        if why_not:
+            self._note_missing("probes", *why_not)
 
     def _open_run(self, logdir, experiment: str, arm: str, env: str, seed: int, cfg: dict) -> None:
         """Claim the run directory and write what `dqnlab train` writes at a start: run.json, the
@@ -543,28 +547,14 @@ class Panel:
         """Whether probe states would give activation probes (yes, while the model has not been read)."""
         return self._plan is None or bool(self._plan.points)
 
-    def _probe_plan(self, states: np.ndarray | None) -> ProbePlan | None:
-        """`user_layers.probe_plan` of the model, made once: from a functional model's input, else from the
-        first probe states (None before them). A model that cannot be read that way gets an empty plan: no
-        activation probes, said once (run.json `panel.missing`), and the user's loop goes on."""
-        if self._plan is not None:
-            return self._plan
-        spec = _input_spec(self.model)
-        if spec is None and states is None:
-            return None
-        if spec is None:
+    def _probe_plan(self, states: np.ndarray) -> ProbePlan:
+        """The model's probe plan (`_read_plan`), made once; a subclassed model's from the probe states."""
+        if self._plan is None:
             spec = tf.TensorSpec([None, *states.shape[1:]], tf.as_dtype(states.dtype))
-        try:
-            self._plan = probe_plan(self.model, spec)
-        except Exception as err:  # a model of yours may fail in ways the panel cannot list: measure the rest
-            self._plan = ProbePlan((), None)
-            why = f"the model did not run on the probe states ({error_line(err)})"
-            self._note_missing("probes", PROBE_TAGS, why, PROBE_RULES)
-            return self._plan
-        self.info["config"]["network"]["activation"] = self._activation_name()
-        if not self._plan.points:
-            why = "the model applies no activation the probes can read (docs/your_agent.md)"
-            self._note_missing("probes", ["act_*/<layer>"], why, PROBE_RULES)
+            self._plan, why_not = _read_plan(self.model, spec)
+            self.info["config"]["network"]["activation"] = self._activation_name()
+            if why_not:
+                self._note_missing("probes", *why_not)
         return self._plan
 
     def _note_inputs(self, qa, target, q, obs) -> None:
@@ -789,6 +779,21 @@ def _number(x) -> bool:
     return (
         isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool) and math.isfinite(x)
     )
+
+
+def _read_plan(model: keras.Model, spec: tf.TensorSpec) -> tuple[ProbePlan, tuple | None]:
+    """`user_layers.probe_plan` of `model` on inputs of `spec`, and why it gives no activation probe
+    (tags, why, rules for run.json's `panel.missing`; None when it gives some). A model that cannot be read
+    that way gets an empty plan, and the user's loop goes on."""
+    try:
+        plan = probe_plan(model, spec)
+    except Exception as err:  # a model of yours may fail in ways the panel cannot list: measure the rest
+        why = f"the model did not run on the probe states ({error_line(err)})"
+        return ProbePlan((), None), (PROBE_TAGS, why, PROBE_RULES)
+    if not plan.points:
+        why = 'the model applies no activation the probes can read (docs/metrics.md, "Where the probes look")'
+        return plan, (["act_*/<layer>"], why, PROBE_RULES)
+    return plan, None
 
 
 def _input_spec(model: keras.Model) -> tf.TensorSpec | None:
