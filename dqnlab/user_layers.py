@@ -246,9 +246,8 @@ def _plan(calls: list[_Call]) -> ProbePlan:
         nth[id(c.layer)] += 1
     readers: dict[int, list[int]] = defaultdict(list)  # id(tensor) -> indices of the calls reading it
     for i, c in enumerate(calls):
-        if c.outputs is not _first(
-            c.inputs
-        ):  # an identity at inference (dropout): its readers read the input
+        # a call that returns its input (dropout at inference) is skipped: its readers read that input
+        if c.outputs is not _first(c.inputs):
             readers[id(_first(c.inputs))].append(i)
 
     found: list[tuple[int, ProbePoint]] = []  # (when it is applied, point)
